@@ -1,0 +1,153 @@
+"""Log-likelihood requests per second: mnemos's MnemosLM vs lm-evaluation-harness's HF backend (HFLM)
+on the same model and the same requests, measured in the same run.
+
+The mnemos GPT is exported to a transformers GPT2LMHeadModel (weights copied; `evaluation.hf.to_hf`)
+for the peer; both see the same tokens (byte-level tokenizer, the same ids on both sides). Workloads:
+
+  arithmetic_4shot   GPT-3's released 2D+ file, 4 demonstrations per prompt (unique contexts)
+  multiple_choice    4 choices per shared context (HellaSwag-like; contexts from WikiText-2)
+  generate_greedy    generate_until on the arithmetic prompts: greedy, stop at newline, 8 tokens at most
+
+Usage: python bench/eval_throughput.py [--device cpu|cuda] [--preset small|gpt3-small] [--n 200]
+Writes bench/results/eval_throughput_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+PRESETS = {
+    "tiny": dict(n_layer=1, d_model=32, n_head=2, n_ctx=512, vocab_size=512),  # smoke test of the script
+    # a small model with GPT-2's vocabulary size, so the output layer costs what it costs in practice
+    "small": dict(n_layer=4, d_model=256, n_head=4, n_ctx=512, vocab_size=50304),
+    "gpt3-small": dict(n_layer=12, d_model=768, n_head=12, n_ctx=2048, vocab_size=50304),
+}
+
+
+def workloads(data: Path, n: int) -> dict[str, list[tuple[str, str]]]:
+    from evaluation.registry import get_task
+    task = get_task("gpt3_arithmetic_2da", data)
+    docs = task.eval_docs(limit=n)
+    arith = [(task.fewshot_context(i, d, 4, seed=0), d["completion"]) for i, d in enumerate(docs)]
+    lines = [x.strip() for x in (data / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()
+             if len(x.strip()) > 400 and not x.strip().startswith("=")]
+    mc = []
+    for i in range(max(1, n // 4)):
+        text = lines[i % len(lines)]
+        ctx = text[:300]
+        ends = [lines[(i + j * 7 + 1) % len(lines)][300:300 + 60 + 15 * j] for j in range(4)]
+        mc += [(ctx, " " + e.strip()) for e in ends]
+    return {"arithmetic_4shot": arith, "multiple_choice": mc}
+
+
+def timed(fn, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    ap.add_argument("--n", type=int, default=200, help="examples per workload")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import lm_eval
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from evaluation.adapters import ByteTokenizer, MnemosLM
+    from evaluation.hf import byte_hf_tokenizer, to_hf
+    from launcher.config import ModelConfig
+    from model.gpt import build_gpt
+
+    cfg = ModelConfig(**PRESETS[args.preset])
+    model = build_gpt(cfg, seed=0).eval()
+    hf = to_hf(model)
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = model.to(args.device)
+    hf = hf.to(device=args.device, dtype=dt)
+    ours = MnemosLM(model, ByteTokenizer(), batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                    progress=False)
+    peer = HFLM(pretrained=hf, tokenizer=byte_hf_tokenizer(), batch_size=args.batch_size, device=args.device)
+
+    results = {}
+    loads = workloads(Path(args.data), args.n)
+    gen_kwargs = {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}
+    gen_reqs = [(ctx, gen_kwargs) for ctx, _ in loads["arithmetic_4shot"][: max(8, args.n // 4)]]
+    for name, reqs in loads.items():
+        inst = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=0) for r in reqs]
+        ours.loglikelihood(reqs[: args.batch_size])  # warm-up
+        peer.loglikelihood(inst[: args.batch_size])
+        t_ours, a = timed(lambda: ours.loglikelihood(reqs), args.repeats)
+        t_peer, b = timed(lambda: peer.loglikelihood(inst), args.repeats)
+        diff = max(abs(x[0] - y[0]) for x, y in zip(a, b))
+        agree = sum(x[1] == y[1] for x, y in zip(a, b)) / len(a)
+        results[name] = {"requests": len(reqs), "mnemos_s": round(t_ours, 4), "lm_eval_hf_s": round(t_peer, 4),
+                         "mnemos_requests_per_s": round(len(reqs) / t_ours, 2),
+                         "lm_eval_hf_requests_per_s": round(len(reqs) / t_peer, 2),
+                         "speedup": round(t_peer / t_ours, 3), "max_abs_loglikelihood_diff": diff,
+                         "greedy_agreement": agree}
+        print(f"{name}: mnemos {len(reqs) / t_ours:.1f} req/s, lm_eval HF {len(reqs) / t_peer:.1f} req/s, "
+              f"x{t_peer / t_ours:.2f}, max |dLL| {diff:.2e}", flush=True)
+
+    inst = [Instance(request_type="generate_until", doc={}, arguments=r, idx=0) for r in gen_reqs]
+    ours_reqs = [(c, {"until": ["\n"], "max_gen_toks": 8}) for c, _ in gen_reqs]
+    ours.generate_until(ours_reqs[:2])
+    peer.generate_until(inst[:2])
+    t_ours, a = timed(lambda: ours.generate_until(ours_reqs), args.repeats)
+    t_peer, b = timed(lambda: peer.generate_until(inst), args.repeats)
+    same = sum(x == y for x, y in zip(a, b)) / len(a)
+    results["generate_greedy"] = {"requests": len(gen_reqs), "mnemos_s": round(t_ours, 4), "lm_eval_hf_s": round(t_peer, 4),
+                                  "mnemos_requests_per_s": round(len(gen_reqs) / t_ours, 2),
+                                  "lm_eval_hf_requests_per_s": round(len(gen_reqs) / t_peer, 2),
+                                  "speedup": round(t_peer / t_ours, 3), "same_text": same}
+    print(f"generate_greedy: mnemos {len(gen_reqs) / t_ours:.1f} req/s, lm_eval HF {len(gen_reqs) / t_peer:.1f} req/s, "
+          f"x{t_peer / t_ours:.2f}, same text {same:.2f}", flush=True)
+
+    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    record = {
+        "benchmark": "evaluation log-likelihood throughput, mnemos MnemosLM vs lm-evaluation-harness HFLM",
+        "device": args.device, "device_name": dev_name, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "lm_eval": lm_eval.__version__,
+        "model": {**PRESETS[args.preset], "preset": args.preset, "parameters": model.num_parameters()},
+        "dtype": args.dtype, "batch_size": args.batch_size, "repeats_best_of": args.repeats, "workloads": results,
+        "note": "same model (GPT-2 export), same tokens, same batch size, measured in one process; "
+                "timings on a shared machine vary between runs, the ratio is the figure to read",
+    }
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"eval_throughput_{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

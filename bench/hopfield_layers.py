@@ -1,0 +1,81 @@
+"""Benchmark: Hopfield layer vs nn.MultiheadAttention (same shapes, same device), forward + backward.
+
+Reports times and the ratio to the peer measured in the same run (no absolute targets):
+    python bench/hopfield_layers.py --out bench/results/hopfield_layers.json [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from model.hopfield import Hopfield  # noqa: E402
+
+
+def _time(fn, repeats: int, device: str) -> float:
+    fn()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+def run(batch: int, seq: int, d: int, heads: int, steps: list[int], repeats: int, device: str) -> list[dict]:
+    x = torch.randn(batch, seq, d, device=device)
+    mha = nn.MultiheadAttention(d, heads, batch_first=True).to(device)
+
+    def mha_step():
+        mha(x, x, x, need_weights=False)[0].sum().backward()
+
+    base = _time(mha_step, repeats, device)
+    rows = [dict(layer="nn.MultiheadAttention", update_steps_max=1, seconds=base, ratio=1.0)]
+    for s in steps:
+        hop = Hopfield(input_size=d, num_heads=heads, scaling=1 / math.sqrt(d // heads), update_steps_max=s,
+                       normalize_stored_pattern=False, normalize_state_pattern=False,
+                       normalize_pattern_projection=False).to(device)
+
+        def hop_step():
+            hop(x).sum().backward()
+
+        t = _time(hop_step, repeats, device)
+        rows.append(dict(layer="Hopfield", update_steps_max=s, seconds=t, ratio=t / base))
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--d", type=int, default=256)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--steps", default="1,3", help="update_steps_max values to time")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="bench/results/hopfield_layers.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = run(args.batch, args.seq, args.d, args.heads, [int(s) for s in args.steps.split(",")], args.repeats,
+               args.device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(config=vars(args), results=rows), indent=2))
+    for r in rows:
+        print(f"{r['layer']:>22} steps={r['update_steps_max']}: {1e3 * r['seconds']:.2f} ms  x{r['ratio']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""`mnemos submit CONFIG ...` and `mnemos jobs status|logs|cancel|list JOB`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("submit", help="submit a multi-node training job to Slurm or Kubernetes",
+                              description="Validate CONFIG for nodes x ranks, write RUN/config.yaml and submit. "
+                                          "--dry-run prints the exact sbatch script / PyTorchJob manifest.")
+    p.add_argument("config", help="YAML config file or a preset name from configs/")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (repeatable)")
+    p.add_argument("--nodes", type=int, default=1, help="machines (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per machine (default 0: CPU job)")
+    p.add_argument("--nproc-per-node", type=int, default=None, help="ranks per machine (default: GPUs, or 1)")
+    p.add_argument("--cpus-per-node", type=int, default=None, help="CPU cores per machine")
+    p.add_argument("--mem", default=None, help="memory per machine, e.g. 200G ('0' = all)")
+    p.add_argument("--scheduler", choices=["slurm", "k8s"], default="slurm")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
+    p.add_argument("--time", default=None, help="time limit: MIN, HH:MM:SS or D-HH:MM:SS")
+    for opt in ("partition", "account", "qos", "constraint"):
+        p.add_argument(f"--{opt}", default=None, help=f"Slurm {opt}")
+    p.add_argument("--exclusive", action="store_true", help="do not share nodes")
+    p.add_argument("--array", default=None, help="Slurm array, e.g. 0-3%%2: task i trains RUN/task<i> with seed+i")
+    p.add_argument("--dependency", default=None, help="e.g. afterok:1234 (start after job 1234 succeeded)")
+    p.add_argument("--max-restarts", type=int, default=3, help="requeues after preemption/failure (default 3)")
+    p.add_argument("--signal-lead", type=int, default=120, dest="signal_lead_s",
+                   help="seconds before the time limit at which ranks checkpoint and the job requeues")
+    p.add_argument("--name", default=None, help="job name (default mnemos-<run dir name>)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment (repeatable)")
+    p.add_argument("--python", default=sys.executable, help="python on the compute nodes (default: this one)")
+    p.add_argument("--image", default="mnemos:latest", help="container image (k8s)")
+    p.add_argument("--namespace", default="default", help="namespace (k8s)")
+    p.add_argument("--pvc", default=None, help="ReadWriteMany claim mounted at the run directory (k8s)")
+    p.set_defaults(func=submit_cmd)
+
+    j = subparsers.add_parser("jobs", help="follow and control submitted jobs")
+    jsub = j.add_subparsers(dest="jobs_command", metavar="ACTION")
+    for action, helptext in (("status", "state, restarts and reason of a job"),
+                             ("logs", "the job's output and where the per-rank logs are"),
+                             ("cancel", "cancel a job (or send it a signal)")):
+        a = jsub.add_parser(action, help=helptext)
+        a.add_argument("job", help="job id (Slurm) or name (k8s)")
+        a.add_argument("--scheduler", choices=["slurm", "k8s"], default=None,
+                       help="default: from the job record, else slurm for numeric ids")
+        if action == "status":
+            a.add_argument("--json", action="store_true", help="machine-readable output")
+        if action == "logs":
+            a.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+        if action == "cancel":
+            a.add_argument("--signal", default=None, help="send this signal instead (e.g. USR1: checkpoint + requeue)")
+        a.set_defaults(func=jobs_cmd, jobs_action=action)
+    ls = jsub.add_parser("list", help="jobs submitted from this account (records in $MNEMOS_HOME/jobs)")
+    ls.set_defaults(func=jobs_cmd, jobs_action="list", job=None, scheduler=None)
+    j.set_defaults(func=lambda args: (j.print_help(), 2)[1])
+
+
+def _spec(args):
+    from cluster.spec import JobSpec
+    from launcher.config import ConfigError
+    env = {}
+    for item in args.env:
+        if "=" not in item:
+            raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        env[k] = v
+    try:
+        return JobSpec(name=args.name, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                       nproc_per_node=args.nproc_per_node, cpus_per_node=args.cpus_per_node, mem=args.mem,
+                       time=args.time, partition=args.partition, account=args.account, qos=args.qos,
+                       constraint=args.constraint, exclusive=args.exclusive, array=args.array,
+                       dependency=args.dependency, max_restarts=args.max_restarts,
+                       signal_lead_s=args.signal_lead_s, env=env, image=args.image, namespace=args.namespace)
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"invalid job options: {err}") from None
+
+
+def submit_cmd(args) -> int:
+    from cluster.job import JobError
+    from cluster.spec import SpecError
+    from cluster.submit import prepare, render, submit_training
+    from launcher.config import ConfigError
+    spec = _spec(args)
+    try:
+        if args.dry_run:
+            _, cmd = prepare(args.config, spec, args.overrides, args.python)
+            sys.stdout.write(render(spec, cmd, args.scheduler, args.pvc))
+            return 0
+        job = submit_training(args.config, spec, args.overrides, args.scheduler, args.python, args.pvc)
+    except SpecError as err:
+        raise ConfigError(str(err)) from None
+    except JobError as err:
+        print(f"mnemos submit: {err}", file=sys.stderr)
+        return 1
+    if job.scheduler == "slurm":
+        print(f"submitted Slurm job {job.job_id}: {spec.nodes} node(s) x {spec.ranks_per_node} rank(s), "
+              f"run {job.record.run_dir}")
+    else:
+        print(f"submitted PyTorchJob {job.job_id} in namespace {spec.namespace}")
+    print(f"follow it with: mnemos jobs status {job.job_id}   |   mnemos jobs logs {job.job_id}")
+    return 0
+
+
+def jobs_cmd(args) -> int:
+    from cluster.job import TERMINAL, JobError, jobs_home
+    try:
+        if args.jobs_action == "list":
+            recs = sorted(jobs_home().glob("*.json"), key=lambda p: p.stat().st_mtime)
+            for path in recs:
+                r = json.loads(path.read_text())
+                print(f"{r['scheduler']:5} {r['job_id']:>12}  {r['name']:30} {r['run_dir']}")
+            return 0
+        from cluster.submit import get_job
+        job = get_job(args.job, args.scheduler)
+        if args.jobs_action == "status":
+            state = job.state()
+            info = {"job": job.job_id, "scheduler": job.scheduler, "state": state, "run_dir": job.record.run_dir}
+            if job.scheduler == "slurm":
+                extra = job.info()
+                info.update({k.lower(): extra[k] for k in ("Restarts", "Reason", "NodeList", "ExitCode", "RunTime")
+                             if k in extra})
+                info["tasks"] = job.task_states()
+            if args.json:
+                print(json.dumps(info, indent=1))
+            else:
+                print("  ".join(f"{k}={v}" for k, v in info.items() if k != "tasks"))
+                if len(info.get("tasks", {})) > 1:
+                    for tid, st in sorted(info["tasks"].items()):
+                        print(f"  {tid}: {st}")
+            return 0
+        if args.jobs_action == "logs":
+            if not args.follow:
+                print(job.logs())
+                return 0
+            shown = 0
+            while True:
+                try:
+                    text = job.logs(with_rank_logs=False)
+                except JobError:
+                    text = ""
+                print(text[shown:], end="", flush=True)
+                shown = len(text)
+                if job.state() in TERMINAL:
+                    break
+                time.sleep(5)
+            print(f"\njob {job.job_id} ended {job.state()}")
+            return 0
+        if args.jobs_action == "cancel":
+            if args.signal and job.scheduler == "slurm":
+                job.cancel(signal=args.signal, batch_only=True)
+                print(f"sent SIG{args.signal} to job {job.job_id}")
+            else:
+                job.cancel()
+                print(f"cancelled job {job.job_id}")
+            return 0
+    except JobError as err:
+        print(f"mnemos jobs: {err}", file=sys.stderr)
+        return 1
+    return 2

@@ -1,0 +1,219 @@
+"""Kubernetes: a Kubeflow `PyTorchJob` manifest with the Slurm job's semantics, its structural
+validation, and submission/status/logs/cancel through `kubectl`.
+
+One pod per node (a Master and nodes-1 Workers); each runs `python -m launcher.launch --k8s CONFIG`,
+which reads the operator's MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK (pods, not ranks) and starts
+torchrun with c10d rendezvous at MASTER_ADDR:MASTER_PORT (the master pod). Preemption: the kubelet sends SIGTERM, the ranks save
+a checkpoint, and the launcher exits 143 (128 + SIGTERM) when the run stopped early. With
+`restartPolicy: ExitCode` the operator treats 128-255 as retryable and restarts the pod, which resumes
+from the newest checkpoint; 1-127 (a config error, a crash) fail the job. `runPolicy.backoffLimit`
+caps the restarts like Slurm's restart cap; `terminationGracePeriodSeconds` gives the save time.
+The run directory must be a volume every pod mounts (a ReadWriteMany claim, `--pvc`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from cluster.job import Job, JobError, JobRecord, load_record, save_record
+from cluster.spec import JobCommand, JobSpec, check_no_control_chars
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+RUN_VOLUME = "mnemos-run"
+
+
+def k8s_name(spec: JobSpec, run_dir: Path) -> str:
+    """A DNS-1123 label from the job name: lowercase, [a-z0-9-], at most 50 characters (pod suffixes)."""
+    raw = (spec.name or f"mnemos-{Path(run_dir).name or 'run'}").lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:50].strip("-")
+    return name or "mnemos-run"
+
+
+def render_pytorchjob(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) -> dict:
+    """The PyTorchJob as a dict (`manifest_yaml` prints it)."""
+    if cmd.config is None:
+        raise JobError("Kubernetes jobs run training configs; explicit commands are Slurm-only")
+    if spec.array or spec.dependency:
+        raise JobError("--array and --dependency are Slurm features; a PyTorchJob has neither")
+    name = k8s_name(spec, cmd.run_dir)
+    for field, value in (("run_dir", str(cmd.run_dir)), ("config", str(cmd.config)), ("image", spec.image)):
+        check_no_control_chars(field, value)
+    command = [cmd.python, "-m", "launcher.launch", "--k8s", str(cmd.config),
+               "--nproc-per-node", str(spec.ranks_per_node)]
+    env = [{"name": "MNEMOS_RUN_DIR", "value": str(cmd.run_dir)}, {"name": "MNEMOS_JOB_NAME", "value": name},
+           {"name": "PYTHONPATH", "value": str(cmd.code_dir or cmd.workdir)}]
+    env += [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    resources: dict = {}
+    if spec.gpus_per_node:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = spec.gpus_per_node
+    if spec.cpus_per_node:
+        resources.setdefault("requests", {})["cpu"] = spec.cpus_per_node
+    if spec.mem and spec.mem != "0":
+        resources.setdefault("requests", {})["memory"] = _k8s_memory(spec.mem)
+    container = {"name": "pytorch", "image": spec.image, "imagePullPolicy": "IfNotPresent",
+                 "workingDir": str(cmd.workdir), "command": command, "env": env}
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict = {"terminationGracePeriodSeconds": spec.signal_lead_s, "containers": [container]}
+    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if pvc:
+        volumes.append({"name": RUN_VOLUME, "persistentVolumeClaim": {"claimName": pvc}})
+        container["volumeMounts"].append({"name": RUN_VOLUME, "mountPath": str(cmd.run_dir)})
+    pod_spec["volumes"] = volumes
+    if spec.exclusive:
+        # One job's pods never share a machine (like Slurm --exclusive).
+        pod_spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"mnemos/job": name}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    if spec.constraint:
+        pod_spec["nodeSelector"] = dict(_node_selector(spec.constraint))
+
+    def replica(count: int) -> dict:
+        return {"replicas": count, "restartPolicy": "ExitCode",
+                "template": {"metadata": {"labels": {"mnemos/job": name}}, "spec": copy.deepcopy(pod_spec)}}
+
+    replicas = {"Master": replica(1)}
+    if spec.nodes > 1:
+        replicas["Worker"] = replica(spec.nodes - 1)
+    run_policy: dict = {"backoffLimit": spec.max_restarts, "cleanPodPolicy": "None"}
+    if spec.time_seconds():
+        run_policy["activeDeadlineSeconds"] = spec.time_seconds()
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+            "metadata": {"name": name, "namespace": spec.namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "mnemos", "mnemos/job": name}},
+            "spec": {"runPolicy": run_policy, "pytorchReplicaSpecs": replicas}}
+
+
+def _k8s_memory(mem: str) -> str:
+    m = re.fullmatch(r"(\d+)([KMGT]?)B?", mem.upper())
+    if not m:
+        raise JobError(f"--mem={mem!r} (rule: a number with K, M, G or T, e.g. 200G)")
+    return m.group(1) + (m.group(2) + "i" if m.group(2) else "Mi")  # Slurm's bare number is MB
+
+
+def _node_selector(constraint: str):
+    """'gpu=h100&zone=a' -> {gpu: h100, zone: a}; a bare feature becomes 'mnemos/feature-X: "true"'."""
+    for part in constraint.split("&"):
+        if "|" in part or "[" in part:
+            raise JobError(f"--constraint={constraint!r}: only '&' of features maps onto a nodeSelector")
+        key, sep, value = part.partition("=")
+        yield (key, value) if sep else (f"mnemos/feature-{key}", "true")
+
+
+def manifest_yaml(manifest: dict) -> str:
+    return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
+
+
+def validate_pytorchjob(m: dict) -> list[str]:
+    """Structural checks of a PyTorchJob (the CRD's schema where it matters); [] when valid."""
+    errors = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            errors.append(msg)
+
+    need(m.get("apiVersion") == "kubeflow.org/v1", "apiVersion must be kubeflow.org/v1")
+    need(m.get("kind") == "PyTorchJob", "kind must be PyTorchJob")
+    meta = m.get("metadata", {})
+    need(isinstance(meta.get("name"), str) and bool(_DNS1123.match(meta.get("name", "")))
+         and len(meta.get("name", "")) <= 63, "metadata.name must be a DNS-1123 label")
+    need(isinstance(meta.get("namespace"), str) and bool(_DNS1123.match(meta.get("namespace", ""))),
+         "metadata.namespace must be a DNS-1123 label")
+    spec = m.get("spec", {})
+    rp = spec.get("runPolicy", {})
+    need(isinstance(rp.get("backoffLimit"), int) and rp["backoffLimit"] >= 0, "runPolicy.backoffLimit must be an int >= 0")
+    if "activeDeadlineSeconds" in rp:
+        need(isinstance(rp["activeDeadlineSeconds"], int) and rp["activeDeadlineSeconds"] > 0,
+             "runPolicy.activeDeadlineSeconds must be a positive int")
+    need(rp.get("cleanPodPolicy", "None") in ("None", "Running", "All"), "runPolicy.cleanPodPolicy invalid")
+    reps = spec.get("pytorchReplicaSpecs", {})
+    need(isinstance(reps, dict) and "Master" in reps, "pytorchReplicaSpecs.Master is required")
+    for role, r in (reps or {}).items():
+        where = f"pytorchReplicaSpecs.{role}"
+        need(role in ("Master", "Worker"), f"{where}: role must be Master or Worker")
+        need(isinstance(r.get("replicas"), int) and r["replicas"] >= 1, f"{where}.replicas must be an int >= 1")
+        if role == "Master":
+            need(r.get("replicas") == 1, f"{where}.replicas must be 1")
+        need(r.get("restartPolicy") in ("Always", "OnFailure", "Never", "ExitCode"), f"{where}.restartPolicy invalid")
+        pod = r.get("template", {}).get("spec", {})
+        containers = pod.get("containers", [])
+        need(any(c.get("name") == "pytorch" for c in containers), f"{where}: a container named 'pytorch' is required")
+        for c in containers:
+            need(isinstance(c.get("image"), str) and bool(c.get("image")), f"{where}: container image required")
+            need(isinstance(c.get("command"), list) and all(isinstance(a, str) for a in c["command"]),
+                 f"{where}: command must be a list of strings")
+            for e in c.get("env", []):
+                need(set(e) == {"name", "value"} and isinstance(e.get("value"), str),
+                     f"{where}: env entries are {{name, value: string}}")
+            for kind, vals in c.get("resources", {}).items():
+                need(kind in ("limits", "requests"), f"{where}: resources.{kind} unknown")
+                gpu = vals.get("nvidia.com/gpu")
+                need(gpu is None or (isinstance(gpu, int) and gpu > 0), f"{where}: nvidia.com/gpu must be an int > 0")
+            mounts = {v["name"] for v in pod.get("volumes", [])}
+            for vm in c.get("volumeMounts", []):
+                need(vm.get("name") in mounts, f"{where}: volumeMount {vm.get('name')!r} has no volume")
+        grace = pod.get("terminationGracePeriodSeconds")
+        need(grace is None or (isinstance(grace, int) and grace >= 0), f"{where}: terminationGracePeriodSeconds invalid")
+    return errors
+
+
+# ------------------------------------------------------------------------------------------- kubectl
+def _kubectl(args: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    if shutil.which("kubectl") is None:
+        raise JobError("kubectl not found: install it and point KUBECONFIG at the cluster "
+                       "(or use --dry-run to print the manifest)")
+    res = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise JobError(f"kubectl {' '.join(args)} failed: {res.stderr.strip()}")
+    return res
+
+
+def submit(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) -> "KubernetesJob":
+    manifest = render_pytorchjob(spec, cmd, pvc)
+    errors = validate_pytorchjob(manifest)
+    if errors:
+        raise JobError("invalid PyTorchJob: " + "; ".join(errors))
+    text = manifest_yaml(manifest)
+    kdir = Path(cmd.run_dir) / "k8s"
+    kdir.mkdir(parents=True, exist_ok=True)
+    path = kdir / f"{manifest['metadata']['name']}.yaml"
+    path.write_text(text)
+    _kubectl(["apply", "-f", "-"], stdin=text)
+    name = manifest["metadata"]["name"]
+    rec = JobRecord(job_id=name, scheduler="k8s", name=name, run_dir=str(cmd.run_dir), script=str(path),
+                    namespace=spec.namespace)
+    save_record(rec)
+    return KubernetesJob(name, rec)
+
+
+class KubernetesJob(Job):
+    scheduler = "k8s"
+
+    def __init__(self, name: str, record: JobRecord | None = None) -> None:
+        super().__init__(name, record or load_record(name, "k8s"))
+        self.namespace = self.record.namespace or "default"
+
+    def state(self) -> str:
+        res = _kubectl(["get", "pytorchjob", self.job_id, "-n", self.namespace, "-o", "json"])
+        conditions = json.loads(res.stdout).get("status", {}).get("conditions", [])
+        latest = {c["type"]: c for c in conditions if c.get("status") == "True"}
+        for kind, state in (("Succeeded", "COMPLETED"), ("Failed", "FAILED"), ("Restarting", "RESTARTING"),
+                            ("Running", "RUNNING"), ("Created", "PENDING")):
+            if kind in latest:
+                return state
+        return "PENDING"
+
+    def cancel(self) -> None:
+        _kubectl(["delete", "pytorchjob", self.job_id, "-n", self.namespace])
+
+    def logs(self, with_rank_logs: bool = True) -> str:
+        res = _kubectl(["logs", "-n", self.namespace, "-l", f"mnemos/job={self.job_id}", "--prefix",
+                        "--tail=-1", "--max-log-requests=64"])
+        return res.stdout

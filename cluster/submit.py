@@ -1,0 +1,86 @@
+"""The Python API behind `mnemos submit`, submitit-style: give a config and a JobSpec, get a Job.
+
+    from cluster import JobSpec, submit_training
+    job = submit_training("my_run.yaml", JobSpec(nodes=16, gpus_per_node=8, time="2-00:00:00"))
+    job.state(); job.logs(); job.wait(); job.result(); job.cancel()
+
+Only the resolved config file and a command line travel to the nodes; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from cluster.job import Job, JobError
+from cluster.spec import JobCommand, JobSpec, SpecError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def prepare(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tuple = (),
+            python: str | None = None, workdir: str | os.PathLike | None = None):
+    """Resolve and validate the config for spec.nodes x ranks (before anything is queued).
+
+    Returns (RunConfig, JobCommand); the run directory is made absolute, the job starts in `workdir`
+    (default: here), so relative data paths keep their meaning on the nodes.
+    """
+    from launcher.config import ConfigError, load_config
+    cfg = load_config(config, list(overrides))
+    cfg.run_dir = str(Path(cfg.run_dir).absolute())
+    cfg.check_cross_sections(spec.world_size)  # fail here, not after hours in the queue
+    run_dir = Path(cfg.run_dir)
+    try:
+        cmd = JobCommand(run_dir=run_dir, workdir=Path(workdir or Path.cwd()), code_dir=REPO_ROOT,
+                         python=python or sys.executable, config=run_dir / "config.yaml")
+    except (ValueError, SpecError) as err:
+        raise ConfigError(str(err)) from None
+    return cfg, cmd
+
+
+def render(spec: JobSpec, cmd: JobCommand, scheduler: str = "slurm", pvc: str | None = None) -> str:
+    """Exactly what would be submitted: the sbatch script or the PyTorchJob YAML."""
+    if scheduler == "slurm":
+        from cluster.slurm import render_sbatch
+        return render_sbatch(spec, cmd)
+    from cluster import k8s
+    manifest = k8s.render_pytorchjob(spec, cmd, pvc)
+    errors = k8s.validate_pytorchjob(manifest)
+    if errors:
+        raise JobError("invalid PyTorchJob: " + "; ".join(errors))
+    return k8s.manifest_yaml(manifest)
+
+
+def write_config(cfg, path: Path) -> None:
+    """RUN/config.yaml (atomically) and the run directory's layout."""
+    for sub in ("checkpoints", "tensorboard", "results", "logs"):
+        (path.parent / sub).mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(cfg.to_yaml())
+    os.replace(tmp, path)
+
+
+def submit_training(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tuple = (),
+                    scheduler: str = "slurm", python: str | None = None, pvc: str | None = None) -> Job:
+    """Validate, write RUN/config.yaml, submit; returns the Job (SlurmJob or KubernetesJob)."""
+    cfg, cmd = prepare(config, spec, overrides, python)
+    render(spec, cmd, scheduler, pvc)  # refuse before writing anything
+    write_config(cfg, cmd.config)
+    if scheduler == "slurm":
+        from cluster import slurm
+        return slurm.submit(spec, cmd)
+    from cluster import k8s
+    return k8s.submit(spec, cmd, pvc)
+
+
+def get_job(job_id: str, scheduler: str | None = None) -> Job:
+    """A Job handle for an id (Slurm) or name (k8s), using the submission record when there is one."""
+    from cluster.job import load_record
+    rec = load_record(job_id, scheduler)
+    sched = scheduler or (rec.scheduler if rec else ("slurm" if job_id.replace("_", "").isdigit() else "k8s"))
+    if sched == "slurm":
+        from cluster.slurm import SlurmJob
+        return SlurmJob(job_id, rec)
+    from cluster.k8s import KubernetesJob
+    return KubernetesJob(job_id, rec)

@@ -1,0 +1,130 @@
+"""Weighted blends of tokenized datasets with train/valid/test splits and cached indices.
+
+A dataset is a name, a sampling weight and one or more shard prefixes (a tokenize output
+directory); its weight is shared among its shards by token count, so a dataset's shards together
+get its share. `build_blend` builds (and caches) the packed-sample indices of every split, reports
+how many epochs of each dataset the blend takes (GPT-3 Table 2.2: Wikipedia 3.4, Common Crawl 0.44),
+and writes `blend.json` holding the resolved prefixes and weights that a training config uses
+(`data.train`, `data.weights`, `data.valid`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .gpt_dataset import PackedGPTDataset, split_ranges
+from .indexed import IndexedDataset
+from .pipeline import _write_json
+from .tokenize import find_prefixes
+
+GPT3_MIX = {"common_crawl": 0.60, "webtext2": 0.22, "books1": 0.08, "books2": 0.08, "wikipedia": 0.03}
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    weight: float
+    prefixes: list[str]
+
+    @classmethod
+    def parse(cls, arg: str) -> "DatasetSpec":
+        """`NAME=WEIGHT:PATH[,PATH...]` (PATH: a prefix or a directory of shards)."""
+        try:
+            name, rest = arg.split("=", 1)
+            weight, paths = rest.split(":", 1)
+            w = float(weight)
+        except ValueError:
+            raise ValueError(f"dataset spec {arg!r} must look like NAME=WEIGHT:PATH[,PATH...]") from None
+        if w < 0:
+            raise ValueError(f"dataset spec {arg!r}: weight {w} must be >= 0")
+        return cls(name, w, find_prefixes(paths.split(",")))
+
+
+def resolve(specs: Sequence[DatasetSpec]) -> tuple[list[str], list[float], list[str]]:
+    """(prefixes, weight per prefix, dataset name per prefix): dataset weight split by shard tokens."""
+    total_w = sum(s.weight for s in specs)
+    if total_w <= 0:
+        raise ValueError("dataset weights must have a positive sum")
+    prefixes, weights, names = [], [], []
+    for s in specs:
+        tokens = np.array([IndexedDataset(p).num_tokens for p in s.prefixes], dtype=np.float64)
+        share = tokens / tokens.sum() if tokens.sum() > 0 else np.full(len(tokens), 1 / len(tokens))
+        for p, f in zip(s.prefixes, share):
+            prefixes.append(p)
+            weights.append(s.weight / total_w * float(f))
+            names.append(s.name)
+    return prefixes, weights, names
+
+
+def materialize_splits(prefixes: Sequence[str], names: Sequence[str], out_dir: str,
+                       split: Sequence[float]) -> dict[str, list[str]]:
+    """Copy each shard's document ranges into `OUT_DIR/{train,valid,test}/` shards (held-out documents
+    never reach training, whatever reads the prefixes). Returns split -> prefixes (aligned with input)."""
+    from .indexed import IndexedDatasetBuilder, exists
+    out: dict[str, list[str]] = {}
+    for split_name, (lo_f, hi_f) in split_ranges(split).items():
+        out[split_name] = []
+        for k, (p, name) in enumerate(zip(prefixes, names)):
+            ds = IndexedDataset(p)
+            lo, hi = int(round(lo_f * len(ds))), int(round(hi_f * len(ds)))
+            dst = os.path.join(out_dir, split_name, f"{name}_{k:04d}")
+            if not exists(dst):
+                with IndexedDatasetBuilder(dst, ds.dtype) as b:
+                    b.add_range(ds, lo, hi)
+            out[split_name].append(dst)
+    return out
+
+
+def build_blend(specs: Sequence[DatasetSpec], seq_len: int, eos_id: int, out_dir: str,
+                num_samples: int | None = None, split: Sequence[float] = (98, 1, 1), seed: int = 1234) -> dict:
+    """Materialize the splits, build and cache the blended index of each; held-out splits are
+    one pass over their documents (weights by size), the train split follows the weights."""
+    prefixes, weights, names = resolve(specs)
+    split_prefixes = materialize_splits(prefixes, names, out_dir, split)
+    cache = os.path.join(out_dir, "index_cache")
+    summary: dict = {"seq_len": seq_len, "eos_id": eos_id, "seed": seed, "split": list(split), "splits": {}}
+    for split_name, sp in split_prefixes.items():
+        sizes = [IndexedDataset(p).num_tokens for p in sp]
+        keep = [k for k, n in enumerate(sizes) if n > seq_len]   # shards with at least one sample
+        if not keep:
+            summary["splits"][split_name] = {"error": f"no shard holds a sample of {seq_len + 1} tokens"}
+            continue
+        is_train = split_name == "train"
+        ds = PackedGPTDataset([sp[k] for k in keep], seq_len, eos_id,
+                              weights=[weights[k] for k in keep] if is_train else None, seed=seed,
+                              num_samples=num_samples if is_train else None, cache_dir=cache)
+        per_dataset: dict[str, dict] = {}
+        for k, d in zip(keep, ds.describe()["datasets"]):
+            e = per_dataset.setdefault(names[k], {"weight": 0.0, "samples": 0, "samples_per_epoch": 0})
+            e["weight"] += d["weight"]
+            e["samples"] += d["samples"]
+        for j, k in enumerate(keep):
+            if ds.epochs[j] > 0:
+                per_dataset[names[k]]["samples_per_epoch"] += ds.streams[j].num_samples // int(ds.epochs[j])
+        for e in per_dataset.values():
+            e["epochs"] = round(e["samples"] / e["samples_per_epoch"], 4) if e["samples_per_epoch"] else 0.0
+        summary["splits"][split_name] = {"samples": len(ds), "tokens": len(ds) * seq_len,
+                                         "prefixes": [sp[k] for k in keep],
+                                         "weights": [float(w) for w in ds.weights], "datasets": per_dataset}
+    summary["datasets"] = [{"name": s.name, "weight": s.weight, "prefixes": s.prefixes} for s in specs]
+    tr = summary["splits"].get("train", {})
+    va = summary["splits"].get("valid", {})
+    summary["config"] = {"data.train": tr.get("prefixes", []), "data.weights": tr.get("weights"),
+                         "data.valid": va.get("prefixes", []), "data.seq_len": seq_len, "data.seed": seed}
+    _write_json(os.path.join(out_dir, "blend.json"), summary)
+    return summary
+
+
+def format_blend(summary: dict) -> str:
+    lines = ["| split | dataset | weight | samples | epochs |", "| --- | --- | --- | --- | --- |"]
+    for split_name, s in summary["splits"].items():
+        if "error" in s:
+            lines.append(f"| {split_name} | (none: {s['error']}) | | | |")
+            continue
+        for name, d in s["datasets"].items():
+            lines.append(f"| {split_name} | {name} | {d['weight']:.3f} | {d['samples']} | {d['epochs']:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,353 @@
+"""`mnemos data ...`: each stage reads and writes files, works shard by shard (`--tasks`, run locally
+with `--workers` processes, or one task per Slurm array element with `--rank`), prints what it kept
+and dropped, and writes JSON stats (`OUT/stats.json` plus per-task stats under `OUT/logs/`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="data pipeline: tokenizer, tokenize, dedup, decontaminate, blend, stats",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="data_command", metavar="STAGE")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    def common(q, out=True):
+        q.add_argument("--input", "-i", nargs="+", required=True,
+                       help="files, globs or directories (jsonl/parquet/txt, optionally .gz/.zst)")
+        if out:
+            q.add_argument("--out", "-o", required=True, help="output directory")
+        q.add_argument("--text-field", default="text", help="record field holding the text")
+        q.add_argument("--txt-sample-by", default="line", choices=["line", "paragraph", "document"],
+                       help="what one document is in plain-text inputs")
+        q.add_argument("--max-chars", type=int, default=100_000_000,
+                       help="documents longer than this are counted as too_long and skipped")
+        q.add_argument("--tasks", type=int, default=1, help="number of shards/tasks the stage is split into")
+        q.add_argument("--workers", type=int, default=1, help="local processes running tasks")
+        q.add_argument("--rank", type=int, default=None,
+                       help="run only this task (Slurm array element); default: all tasks locally")
+
+    q = sub.add_parser("train-tokenizer", help="train a sentencepiece model")
+    q.add_argument("--input", "-i", nargs="+", required=True)
+    q.add_argument("--text-field", default="text")
+    q.add_argument("--model-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab, PREFIX.json")
+    q.add_argument("--vocab-size", type=int, required=True)
+    q.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
+    q.add_argument("--no-byte-fallback", action="store_true")
+    q.add_argument("--no-split-digits", action="store_true")
+    q.add_argument("--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training")
+    q.add_argument("--user-defined-symbols", default="", help="comma-separated pieces kept whole")
+    q.add_argument("--threads", type=int, default=1)
+    q.set_defaults(func=cmd_train_tokenizer)
+
+    q = sub.add_parser("tokenize", help="tokenize into Megatron .bin/.idx shards (one per task)")
+    common(q)
+    q.add_argument("--tokenizer", required=True, help="sentencepiece .model")
+    q.add_argument("--normalize", action="store_true", help="apply Unicode NFC + cleanup first")
+    q.set_defaults(func=cmd_tokenize)
+
+    q = sub.add_parser("filter", help="cleanup + heuristic quality filters (+ GPT-3 classifier)")
+    common(q)
+    q.add_argument("--min-words", type=int, default=50)
+    q.add_argument("--no-heuristics", action="store_true")
+    q.add_argument("--classifier", help="QualityClassifier file (from --train-classifier-reference/raw)")
+    q.add_argument("--train-classifier-reference", nargs="*", default=[], help="reference (high quality) files")
+    q.add_argument("--train-classifier-raw", nargs="*", default=[], help="raw crawl files")
+    q.add_argument("--pareto-alpha", type=float, default=9.0)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_filter)
+
+    q = sub.add_parser("dedup", help="exact + MinHash-LSH deduplication")
+    common(q)
+    q.add_argument("--num-perm", type=int, default=128)
+    q.add_argument("--bands", type=int, default=16)
+    q.add_argument("--rows", type=int, default=8)
+    q.add_argument("--shingle", type=int, default=5, help="words per shingle")
+    q.add_argument("--scheme", default="affine32", choices=["affine32", "legacy"])
+    q.add_argument("--no-exact", action="store_true")
+    q.add_argument("--no-fuzzy", action="store_true")
+    q.add_argument("--seed", type=int, default=1)
+    q.set_defaults(func=cmd_dedup)
+
+    q = sub.add_parser("decontaminate", help="GPT-3 App. C 13-gram contamination filter")
+    common(q)
+    q.add_argument("--tasks-from-registry", default="all",
+                   help="evaluation tasks whose texts are filtered: all, none, or T1,T2 (evaluation.registry)")
+    q.add_argument("--eval-file", nargs="*", default=[], help="extra benchmark files (jsonl/txt)")
+    q.add_argument("--n", type=int, default=13)
+    q.add_argument("--min-n", type=int, default=8,
+                   help="benchmark texts shorter than N words are matched whole when they have >= MIN_N words "
+                        "(0 = off, strict GPT-3: such texts are never matched)")
+    q.add_argument("--max-train-docs", type=int, default=10, help="ignore n-grams in more training docs")
+    q.add_argument("--window", type=int, default=200)
+    q.add_argument("--min-piece-chars", type=int, default=200)
+    q.add_argument("--max-pieces", type=int, default=10)
+    q.add_argument("--write-index", help="also write the training corpus NgramIndex here (for `mnemos eval`)")
+    q.add_argument("--index-ns", default="8,9,10,11,12,13", help="n values of that index")
+    q.set_defaults(func=cmd_decontaminate)
+
+    q = sub.add_parser("blend", help="weighted blend + train/valid/test splits + cached indices")
+    q.add_argument("--dataset", action="append", required=True, metavar="NAME=WEIGHT:PATH[,PATH]",
+                   help="repeat per dataset (e.g. wiki=0.03:shards/wiki)")
+    q.add_argument("--out", "-o", required=True)
+    q.add_argument("--seq-len", type=int, required=True)
+    q.add_argument("--eos-id", type=int, default=None)
+    q.add_argument("--tokenizer", help="take the end-of-text id from this model")
+    q.add_argument("--num-samples", type=int, default=None, help="train samples (default: one pass worth)")
+    q.add_argument("--split", default="98,1,1", help="train,valid,test document fractions")
+    q.add_argument("--seed", type=int, default=1234)
+    q.set_defaults(func=cmd_blend)
+
+    q = sub.add_parser("stats", help="documents, tokens, bytes of shards or jsonl/text files")
+    q.add_argument("paths", nargs="+")
+    q.add_argument("--json-out", help="write the stats JSON here")
+    q.set_defaults(func=cmd_stats)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _reader(a):
+    from .io import DocumentReader
+    return DocumentReader(a.input, text_field=a.text_field, txt_sample_by=a.txt_sample_by, max_chars=a.max_chars)
+
+
+def _execute(pipeline, logging_dir: str, a):
+    from .pipeline import LocalExecutor
+    ex = LocalExecutor(pipeline, logging_dir, tasks=a.tasks, workers=a.workers)
+    if a.rank is not None:
+        ex.run_task(a.rank)
+        if not all(ex.is_done(r) for r in range(a.tasks)):
+            return None
+        return ex.merged_stats()
+    return ex.run()
+
+
+def _report(title: str, steps: list[dict], out_dir: str, extra: dict | None = None) -> dict:
+    from .pipeline import _write_json, format_stats
+    reader = next((s for s in steps if s["step"] == "reader"), {})
+    summary = {"stage": title, "steps": steps, **(extra or {})}
+    n_in = reader.get("documents", 0)
+    summary["documents_in"] = n_in
+    print(f"== mnemos data {title} ==")
+    skipped = {k: v for k, v in reader.items() if k.startswith("skipped")}
+    print(f"read {n_in} documents from {reader.get('files', 0)} files"
+          + (f"; skipped malformed records: {skipped}" if skipped else "")
+          + (f"; unreadable files: {reader['unreadable_files']}" if reader.get("unreadable_files") else ""))
+    print(format_stats(steps))
+    path = os.path.join(out_dir, "stats.json")
+    _write_json(path, summary)
+    print(f"stats: {path}")
+    return summary
+
+
+def _pending(a) -> int:
+    print(f"task {a.rank} done; run the remaining tasks, then re-run without --rank to finish the stage")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- commands
+def cmd_train_tokenizer(a) -> int:
+    import tempfile
+    from .io import DocumentReader, detect_format
+    from .pipeline import _write_json
+    from .tokenizer import Tokenizer, train_tokenizer
+    files = []
+    tmp = None
+    from .io import expand_paths
+    paths = expand_paths(a.input)
+    if all(detect_format(p) == "text" and not p.endswith(".gz") and not p.endswith(".zst") for p in paths):
+        files = paths
+    else:  # jsonl/parquet/compressed: extract the text once
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8")
+        for doc in DocumentReader(paths, text_field=a.text_field).run():
+            tmp.write(doc.text.replace("\r", "") + "\n")
+        tmp.close()
+        files = [tmp.name]
+    try:
+        path = train_tokenizer(files, a.model_prefix, a.vocab_size, model_type=a.model_type,
+                               byte_fallback=not a.no_byte_fallback, split_digits=not a.no_split_digits,
+                               input_sentence_size=a.input_sentence_size, num_threads=a.threads,
+                               user_defined_symbols=[s for s in a.user_defined_symbols.split(",") if s])
+    finally:
+        if tmp is not None:
+            os.remove(tmp.name)
+    tok = Tokenizer(path)
+    info = {"model": path, "vocab_size": tok.vocab_size, "padded_vocab_size_128": tok.padded_vocab_size(128),
+            "eos_id": tok.eos_id, "pad_id": tok.pad_id, "model_type": a.model_type, "inputs": paths}
+    _write_json(a.model_prefix + ".json", info)
+    print(f"tokenizer: {path} (vocab {tok.vocab_size}, padded to {tok.padded_vocab_size(128)} for TP; "
+          f"end-of-text id {tok.eos_id}); info: {a.model_prefix}.json")
+    return 0
+
+
+def cmd_tokenize(a) -> int:
+    from .filters import TextNormalizer
+    from .tokenize import TokenizeStep, shard_stats
+    from .pipeline import _write_json
+    step = TokenizeStep(a.tokenizer, a.out)
+    pipeline = [_reader(a)] + ([TextNormalizer()] if a.normalize else []) + [step]
+    steps = _execute(pipeline, os.path.join(a.out, "logs"), a)
+    if steps is None:
+        return _pending(a)
+    shards = [shard_stats(step.shard_prefix(r)) for r in range(a.tasks)]
+    tot = {k: sum(s[k] for s in shards) for k in ("documents", "tokens", "bytes")}
+    summary = _report("tokenize", steps, a.out, {"shards": shards, **tot})
+    from .tokenizer import Tokenizer
+    tok = Tokenizer(a.tokenizer)
+    _write_json(os.path.join(a.out, "shards.json"), {"tokenizer": os.path.abspath(a.tokenizer),
+                                                     "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+                                                     "prefixes": [s["prefix"] for s in shards], **tot})
+    print(f"wrote {a.tasks} shard(s) to {a.out}: {tot['documents']} documents, {tot['tokens']} tokens, "
+          f"{tot['bytes']} bytes")
+    return 0 if summary else 1
+
+
+def cmd_filter(a) -> int:
+    from .filters import (ClassifierFilter, LengthFilter, QualityClassifier, RepetitionFilter, SymbolRatioFilter,
+                          TextNormalizer)
+    from .io import DocumentReader, JsonlWriter
+    steps = [_reader(a), TextNormalizer()]
+    if not a.no_heuristics:
+        steps += [LengthFilter(a.min_words, rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"), prefix="length_")),
+                  SymbolRatioFilter(rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"), prefix="symbols_")),
+                  RepetitionFilter(rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"), prefix="repetition_"))]
+    clf = None
+    if a.train_classifier_reference or a.train_classifier_raw:
+        if not (a.train_classifier_reference and a.train_classifier_raw):
+            print("mnemos data filter: training the classifier needs both --train-classifier-reference and "
+                  "--train-classifier-raw", file=sys.stderr)
+            return 2
+        ref = [d.text for d in DocumentReader(a.train_classifier_reference, text_field=a.text_field).run()]
+        raw = [d.text for d in DocumentReader(a.train_classifier_raw, text_field=a.text_field).run()]
+        clf = QualityClassifier().fit(ref, raw, seed=a.seed)
+        os.makedirs(a.out, exist_ok=True)
+        clf.save(os.path.join(a.out, "quality_classifier.pkl"))
+        print(f"trained quality classifier on {len(ref)} reference / {len(raw)} raw documents -> "
+              f"{os.path.join(a.out, 'quality_classifier.pkl')}")
+    elif a.classifier:
+        clf = QualityClassifier.load(a.classifier)
+    if clf is not None:
+        steps.append(ClassifierFilter(clf, alpha=a.pareto_alpha, seed=a.seed, rejects_writer=JsonlWriter(
+            os.path.join(a.out, "rejects"), prefix="classifier_")))
+    steps.append(JsonlWriter(a.out))
+    res = _execute(steps, os.path.join(a.out, "logs"), a)
+    if res is None:
+        return _pending(a)
+    _report("filter", res, a.out, {"kept": res[-1].get("documents", 0)})
+    return 0
+
+
+def cmd_dedup(a) -> int:
+    from .dedup import DedupFilter, DedupSignatures, find_duplicates, format_s_curve, plot_s_curve
+    from .io import JsonlWriter
+    print(format_s_curve(a.bands, a.rows))
+    os.makedirs(a.out, exist_ok=True)
+    print(f"S-curve plot: {plot_s_curve(a.bands, a.rows, os.path.join(a.out, 's_curve.png'))}")
+    work = os.path.join(a.out, "minhash")
+    sigs = DedupSignatures(work, num_perm=a.num_perm, shingle=a.shingle, seed=a.seed, scheme=a.scheme)
+    r1 = _execute([_reader(a), sigs], os.path.join(a.out, "logs", "signatures"), a)
+    if r1 is None:
+        return _pending(a)
+    report = find_duplicates(work, a.tasks, a.bands, a.rows, exact=not a.no_exact, fuzzy=not a.no_fuzzy)
+    a2 = argparse.Namespace(**{**vars(a), "rank": None})
+    res = _execute([_reader(a), DedupFilter(work, rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"))),
+                    JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
+    extra = {k: v for k, v in report.items() if not k.endswith("_clusters")}
+    extra["clusters_file"] = os.path.join(work, "clusters.json")
+    _report("dedup", res, a.out, extra)
+    print(f"exact duplicates removed: {report['exact_duplicates']} ({report['num_exact_clusters']} clusters); "
+          f"near duplicates removed: {report['near_duplicates']} ({report['num_fuzzy_clusters']} clusters, "
+          f"largest {report['largest_fuzzy_cluster']}); clusters: {extra['clusters_file']}")
+    return 0
+
+
+def cmd_decontaminate(a) -> int:
+    from .contamination import (ContaminationCounter, ContaminationIndex, DecontaminationFilter, NgramIndexStep)
+    from .io import JsonlWriter
+    reg = a.tasks_from_registry
+    tasks = None if reg == "all" else ([] if reg == "none" else reg.split(","))
+    try:
+        index = ContaminationIndex.from_registry(tasks, a.eval_file, n=a.n, min_n=a.min_n or None)
+    except RuntimeError as err:
+        print(f"mnemos data decontaminate: {err}", file=sys.stderr)
+        return 2
+    print(f"benchmark n-grams: {len(index)} (n={index.ns}) from {len(index.source_names)} sources")
+    work = os.path.join(a.out, "contamination")
+    pass1 = [_reader(a), ContaminationCounter(index, work)]
+    if a.write_index:
+        pass1.append(NgramIndexStep([int(x) for x in a.index_ns.split(",")], work))
+    r1 = _execute(pass1, os.path.join(a.out, "logs", "count"), a)
+    if r1 is None:
+        return _pending(a)
+    counts = ContaminationCounter.merge(work, a.tasks)
+    ignored = index.ignore_frequent(counts, a.max_train_docs)
+    print(f"ignoring {ignored} benchmark n-grams found in more than {a.max_train_docs} training documents")
+    if a.write_index:
+        idx = NgramIndexStep.merge(work, a.tasks, a.write_index)
+        print(f"training n-gram index: {a.write_index} ({idx})")
+    filt = DecontaminationFilter(index, window=a.window, min_piece_chars=a.min_piece_chars, max_pieces=a.max_pieces)
+    a2 = argparse.Namespace(**{**vars(a), "rank": None})
+    res = _execute([_reader(a), filt, JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
+    f = next(s for s in res if s["step"] == "decontaminate")
+    _report("decontaminate", res, a.out, {"ignored_frequent_ngrams": ignored, "benchmark_ngrams": len(index),
+                                          "sources": index.source_names})
+    print(f"documents in {f.get('documents_in', 0)}: clean {f.get('clean', 0)}, cut {f.get('cut', 0)} "
+          f"(-> {f.get('pieces_out', 0)} pieces), dropped {f.get('dropped', 0)}; "
+          f"characters removed {f.get('chars_removed', 0)}")
+    return 0
+
+
+def cmd_blend(a) -> int:
+    from .blend import DatasetSpec, build_blend, format_blend
+    eos = a.eos_id
+    if eos is None:
+        if not a.tokenizer:
+            print("mnemos data blend: give --eos-id or --tokenizer", file=sys.stderr)
+            return 2
+        from .tokenizer import Tokenizer
+        eos = Tokenizer(a.tokenizer).eos_id
+    try:
+        specs = [DatasetSpec.parse(d) for d in a.dataset]
+        split = [float(x) for x in a.split.split(",")]
+        summary = build_blend(specs, a.seq_len, eos, a.out, num_samples=a.num_samples, split=split, seed=a.seed)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mnemos data blend: {err}", file=sys.stderr)
+        return 2
+    print(format_blend(summary))
+    print(f"blend: {os.path.join(a.out, 'blend.json')} (its `config` entry holds data.train / data.weights / data.valid)")
+    return 0
+
+
+def cmd_stats(a) -> int:
+    from .io import DocumentReader, expand_paths
+    from .pipeline import _write_json
+    from .tokenize import find_prefixes, shard_stats
+    rows = []
+    for p in a.paths:
+        is_shards = (os.path.isdir(p) and any(f.endswith(".idx") for f in os.listdir(p))) or \
+            os.path.exists(p + ".idx") or p.endswith((".idx", ".bin"))
+        if is_shards:
+            rows.extend(shard_stats(x) for x in find_prefixes([p]))
+        else:
+            for f in expand_paths([p]):
+                r = DocumentReader([f])
+                docs = chars = 0
+                for d in r.run():
+                    docs += 1
+                    chars += len(d.text)
+                rows.append({"path": f, "documents": docs, "chars": chars, "bytes": os.path.getsize(f),
+                             "skipped": int(r.stats.get("skipped", 0))})
+    print("| path | documents | tokens | bytes |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r.get('prefix', r.get('path'))} | {r['documents']} | {r.get('tokens', '-')} | {r['bytes']} |")
+    total = {k: sum(r.get(k, 0) for r in rows) for k in ("documents", "tokens", "bytes")}
+    print(f"| total | {total['documents']} | {total['tokens']} | {total['bytes']} |")
+    if a.json_out:
+        _write_json(a.json_out, {"rows": rows, "total": total})
+    return 0

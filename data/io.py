@@ -1,0 +1,303 @@
+"""Readers (ingest through `datasets`, streaming) and writers (jsonl, plain or gzip/zstd compressed).
+
+Inputs: jsonl, parquet or plain text files, optionally `.gz`/`.zst`/`.bz2`/`.xz` compressed (the
+format is taken from the extension under the compression suffix), or a `datasets` hub name with
+`hf://NAME[:CONFIG]`. Malformed records (bad JSON, undecodable bytes, no text field, empty or huge
+documents) are counted under their reason and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import gzip
+import io
+import json
+import logging
+import os
+from typing import Iterable, Iterator, Sequence
+
+from .pipeline import Document, PipelineStep
+
+log = logging.getLogger(__name__)
+
+# Undecodable bytes become U+FDD0, a Unicode noncharacter that real text does not contain (unlike
+# U+FFFD, which genuine documents do carry), so a record with it is counted as non-UTF-8 and skipped.
+_BAD_BYTES_MARK = "\ufdd0"
+_BAD_BYTES_HANDLER = "mnemos_mark_bad_bytes"
+codecs.register_error(_BAD_BYTES_HANDLER, lambda err: (_BAD_BYTES_MARK, err.end))
+
+COMPRESSIONS = (".gz", ".zst", ".zstd", ".bz2", ".xz")
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "text",
+           ".text": "text"}
+
+
+_SKIP_DIRS = {"logs", "rejects", "minhash", "contamination", "stats", "completions", "index_cache"}
+
+
+def expand_paths(paths: Iterable[str]) -> list[str]:
+    """Files, globs and directories (recursively: every file of a known format) -> sorted file list."""
+    out: list[str] = []
+    for p in paths:
+        p = str(p)
+        if p.startswith("hf://"):
+            out.append(p)
+        elif os.path.isdir(p):
+            # a stage's output directory: its document shards, not its logs/rejects/work files
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+                out.extend(os.path.join(root, f) for f in files
+                           if detect_format(f, strict=False) and not f.endswith(".json") and ".tmp" not in f)
+        elif any(c in p for c in "*?["):
+            out.extend(glob.glob(p, recursive=True))
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input {p!r} does not exist")
+    return sorted(dict.fromkeys(out))
+
+
+def detect_format(path: str, strict: bool = True) -> str | None:
+    name = os.path.basename(path).lower()
+    for c in COMPRESSIONS:
+        if name.endswith(c):
+            name = name[: -len(c)]
+            break
+    ext = os.path.splitext(name)[1]
+    if ext in FORMATS:
+        return FORMATS[ext]
+    if strict:
+        raise ValueError(f"{path}: unknown input format {ext!r} (known: {sorted(FORMATS)} + {COMPRESSIONS})")
+    return None
+
+
+class DocumentReader(PipelineStep):
+    """Reads this task's share of the inputs: whole files when there are at least as many files as
+    tasks (files[rank::world_size]), otherwise every task reads all files and keeps the records
+    with index % world_size == rank."""
+
+    name = "reader"
+
+    def __init__(self, paths: Sequence[str], text_field: str = "text", id_field: str = "id",
+                 txt_sample_by: str = "line", min_chars: int = 1, max_chars: int = 100_000_000,
+                 limit: int | None = None):
+        super().__init__()
+        self.paths = expand_paths(paths)
+        if not self.paths:
+            raise FileNotFoundError(f"no input files in {list(paths)}")
+        self.text_field = text_field
+        self.id_field = id_field
+        if txt_sample_by not in ("line", "paragraph", "document"):
+            raise ValueError(f"txt_sample_by={txt_sample_by!r} (allowed: line, paragraph, document)")
+        self.txt_sample_by = txt_sample_by
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+        self.limit = limit
+
+    def _records(self, path: str) -> Iterator[tuple[int, dict | None, str]]:
+        """(record number, record or None, problem)."""
+        import datasets
+        datasets.disable_progress_bars()
+        if path.startswith("hf://"):
+            name, _, config = path[5:].partition(":")
+            ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
+            for k, rec in enumerate(ds):
+                yield k, rec, ""
+            return
+        fmt = detect_format(path)
+        if os.path.getsize(path) == 0:
+            return
+        if fmt == "parquet":
+            ds = datasets.load_dataset("parquet", data_files=[path], split="train", streaming=True)
+            for k, rec in enumerate(ds):
+                yield k, rec, ""
+            return
+        kw = {"sample_by": self.txt_sample_by} if fmt == "text" else {}
+        ds = datasets.load_dataset("text", data_files=[path], split="train", streaming=True,
+                                   encoding_errors=_BAD_BYTES_HANDLER, **kw)
+        k = -1
+        for line in (x for batch in ds.iter(batch_size=1024) for x in batch["text"]):
+            if fmt == "jsonl" and not line.strip():
+                continue
+            k += 1
+            if _BAD_BYTES_MARK in line:
+                yield k, None, "non_utf8"
+                continue
+            if fmt == "text":
+                yield k, {self.text_field: line}, ""
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                yield k, None, "malformed_json"
+                continue
+            if isinstance(rec, str):          # a bare JSON string is a document (GPT-3 samples file)
+                rec = {self.text_field: rec}
+            if not isinstance(rec, dict):
+                yield k, None, "malformed_json"
+                continue
+            yield k, rec, ""
+
+    def run(self, docs=None, rank=0, world_size=1):
+        by_file = len(self.paths) >= world_size
+        paths = self.paths[rank::world_size] if by_file else self.paths
+        emitted = 0
+        tf, idf, min_chars, max_chars = self.text_field, self.id_field, self.min_chars, self.max_chars
+        progress = _Progress(paths, rank, world_size)
+        for path in paths:
+            self.stat("files")
+            base = os.path.basename(path)
+            n_rec = n_doc = n_chars = 0        # local counters: the per-document path stays lean
+            try:
+                for k, rec, problem in self._records(path):
+                    if not by_file and k % world_size != rank:
+                        continue
+                    n_rec += 1
+                    if rec is not None:
+                        text = rec.get(tf)
+                        if not isinstance(text, str):
+                            problem = "missing_text_field"
+                        elif len(text) > max_chars:
+                            problem = "too_long"
+                        elif len(text.strip()) < min_chars:
+                            problem = "empty"
+                    if problem:
+                        self.stat(f"skipped:{problem}")
+                        self.stat("skipped")
+                        continue
+                    doc_id = rec.get(idf)
+                    doc_id = f"{base}/{k}" if doc_id is None else str(doc_id)
+                    meta = rec.get("metadata")
+                    n_doc += 1
+                    n_chars += len(text)
+                    if not n_doc & 1023:
+                        progress.tick(n_doc, n_chars)
+                    yield Document(text, doc_id, dict(meta) if isinstance(meta, dict) else {})
+                    emitted += 1
+                    if self.limit is not None and emitted >= self.limit:
+                        return
+            except Exception as err:  # an unreadable file (corrupt archive, bad parquet) is a count, not a crash
+                log.warning("%s: unreadable after some records (%s: %s)", path, type(err).__name__, err)
+                self.stat("unreadable_files")
+            finally:
+                self.stat("records", n_rec)
+                self.stat("documents", n_doc)
+                self.stat("chars", n_chars)
+                progress.file_done(path, n_doc, n_chars)
+
+
+class _Progress:
+    """A periodic log line per task: documents, MB read, rate, and an ETA from the input bytes."""
+
+    def __init__(self, paths, rank: int, world_size: int, every_s: float = 10.0):
+        import time
+        self.time = time.monotonic
+        self.t0 = self.last = self.time()
+        self.every_s = every_s
+        self.total_bytes = sum(os.path.getsize(p) for p in paths if not p.startswith("hf://") and os.path.exists(p))
+        self.done_bytes = 0
+        self.docs = self.chars = 0
+        self.tag = f"task {rank}/{world_size}"
+
+    def tick(self, n_doc: int, n_chars: int) -> None:
+        now = self.time()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        self._log(self.docs + n_doc, self.chars + n_chars, now)
+
+    def file_done(self, path: str, n_doc: int, n_chars: int) -> None:
+        self.docs += n_doc
+        self.chars += n_chars
+        if not path.startswith("hf://") and os.path.exists(path):
+            self.done_bytes += os.path.getsize(path)
+
+    def _log(self, docs: int, chars: int, now: float) -> None:
+        dt = max(now - self.t0, 1e-9)
+        eta = ""
+        if self.done_bytes and self.total_bytes:
+            eta = f", ETA {(self.total_bytes - self.done_bytes) * dt / self.done_bytes:.0f}s (by input bytes)"
+        log.info("%s: %d documents, %.1f MB, %.2f MB/s, %.0f%% of input files done%s", self.tag, docs,
+                 chars / 1e6, chars / 1e6 / dt, 100 * self.done_bytes / max(1, self.total_bytes), eta)
+
+
+class ListReader(PipelineStep):
+    """Documents from memory (tests, small tools): a list of Documents or strings."""
+
+    name = "reader"
+
+    def __init__(self, docs: Sequence[Document | str]):
+        super().__init__()
+        self.docs = [d if isinstance(d, Document) else Document(text=d, id=str(k)) for k, d in enumerate(docs)]
+
+    def run(self, docs=None, rank=0, world_size=1):
+        for d in self.docs[rank::world_size]:
+            self.stat("documents")
+            yield Document(d.text, d.id, dict(d.metadata))
+
+
+class _Sink:
+    """One output file, written under a temporary name and renamed on close()."""
+
+    def __init__(self, path: str, compression: str | None):
+        self.path = path
+        self.tmp = f"{path}.tmp{os.getpid()}"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        raw = open(self.tmp, "wb")
+        self._raw = raw
+        if compression == "zst":
+            import zstandard
+            self._comp = zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
+            stream = self._comp
+        elif compression == "gz":
+            self._comp = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)   # mtime 0: identical re-runs
+            stream = self._comp
+        elif compression in (None, "", "none"):
+            self._comp = None
+            stream = raw
+        else:
+            raise ValueError(f"compression={compression!r} (allowed: zst, gz, none)")
+        self._f = io.TextIOWrapper(stream, encoding="utf-8", newline="\n", write_through=False)
+        self.count = 0
+
+    def write(self, doc: Document) -> None:
+        rec = {"id": doc.id, "text": doc.text}
+        if doc.metadata:
+            rec["metadata"] = doc.metadata
+        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._f.flush()
+        self._f.detach()
+        if self._comp is not None:
+            self._comp.close()
+        self._raw.close()
+        os.replace(self.tmp, self.path)
+
+
+class JsonlWriter(PipelineStep):
+    """Writes this task's documents to `OUT_DIR/{prefix}{rank:05d}.jsonl[.zst|.gz]` and passes them on."""
+
+    name = "writer"
+
+    def __init__(self, out_dir: str, compression: str | None = "zst", prefix: str = ""):
+        super().__init__()
+        self.out_dir = str(out_dir)
+        self.compression = compression
+        self.prefix = prefix
+
+    def path(self, rank: int) -> str:
+        ext = {"zst": ".jsonl.zst", "gz": ".jsonl.gz"}.get(self.compression or "", ".jsonl")
+        return os.path.join(self.out_dir, f"{self.prefix}{rank:05d}{ext}")
+
+    def open(self, rank: int) -> _Sink:
+        return _Sink(self.path(rank), self.compression)
+
+    def run(self, docs, rank=0, world_size=1):
+        sink = self.open(rank)
+        for doc in docs:
+            sink.write(doc)
+            self.stat("documents")
+            yield doc
+        sink.close()

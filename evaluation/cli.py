@@ -1,0 +1,189 @@
+"""`mnemos eval` (few-shot evaluation of a checkpoint) and `mnemos eval-data` (task data helpers)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,32") from None
+    if not out or any(k < 0 for k in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected non-negative integers")
+    return out
+
+
+def _batch_size(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer or 'auto'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer or 'auto'")
+    return v
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="zero/one/few-shot evaluation of a checkpoint (JSON + Markdown + plots)",
+        description="Evaluate a checkpoint on tasks at several numbers of shots (GPT-3 Section 2.4). "
+                    "Writes OUT/results.json, OUT/results.md and OUT/plots/*.png.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="run directory or checkpoint directory to evaluate")
+    src.add_argument("--hf-model", help="directory of exported Hugging Face GPT-2 weights, loaded with "
+                                        "accelerate's big-model loading (device map across GPUs, CPU offload)")
+    p.add_argument("--tokenizer", help="with --hf-model: the sentencepiece .model file (default: DIR/tokenizer.model)")
+    p.add_argument("--tasks", help="comma-separated task or group names (see --list-tasks)")
+    p.add_argument("--shots", type=_int_list, default=[0, 1, 10], help="comma-separated K values (default 0,1,10)")
+    p.add_argument("--out", help="output directory (default: RUN/results/eval, or ./eval_results)")
+    p.add_argument("--contamination", metavar="INDEX", help="training-corpus n-gram index: adds the clean/dirty report")
+    p.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
+    p.add_argument("--batch-size", type=_batch_size, default=16, help="sequences per forward, or 'auto' (default 16)")
+    p.add_argument("--data-dir", help="root of the task data files ({data_dir} in task YAMLs; env MNEMOS_EVAL_DATA)")
+    p.add_argument("--include-tasks", action="append", default=[], metavar="DIR",
+                   help="directory of extra task YAML files (repeatable; env MNEMOS_EVAL_TASKS)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute dtype (GPU only for bf16/fp16)")
+    p.add_argument("--max-memory", action="append", default=[], metavar="DEV=SIZE",
+                   help="with --hf-model: memory cap per device, e.g. 0=70GiB cpu=200GiB (repeatable)")
+    p.add_argument("--offload-folder", help="with --hf-model: where to offload weights that fit nowhere else")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the demonstration sampling")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the request cache (OUT/cache.sqlite)")
+    p.add_argument("--log-samples", action="store_true", help="also write every request and answer (samples_*.jsonl)")
+    p.add_argument("--list-tasks", action="store_true", help="list the registered tasks and exit")
+    p.set_defaults(func=main)
+
+    d = subparsers.add_parser("eval-data", help="build task data: word lists and GPT-3 synthetic task files")
+    dsub = d.add_subparsers(dest="what", metavar="WHAT")
+    w = dsub.add_parser("words", help="word list for the word-scramble tasks: the N most frequent words of 5-14 letters")
+    w.add_argument("corpus", nargs="+", help="text files")
+    w.add_argument("--out", required=True, help="output file, one word per line")
+    w.add_argument("--n", type=int, default=10000)
+    w.set_defaults(func=_words)
+    a = dsub.add_parser("synthetic", help="write the generated GPT-3 arithmetic (and, with --word-list, scramble) files")
+    a.add_argument("--out", required=True, help="output directory")
+    a.add_argument("--word-list", help="word list for the scramble tasks")
+    a.add_argument("--n", type=int, default=2000)
+    a.add_argument("--seed", type=int, default=1234)
+    a.set_defaults(func=_synthetic)
+    d.set_defaults(func=lambda args: d.print_help() or 2)
+
+
+def _words(args) -> int:
+    from evaluation.synthetic import build_word_list
+
+    def texts():
+        for f in args.corpus:
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                yield from fh
+    words = build_word_list(texts(), n=args.n)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(words) + "\n", encoding="utf-8")
+    print(f"wrote {len(words)} words to {args.out}")
+    return 0
+
+
+def _synthetic(args) -> int:
+    from evaluation import synthetic as s
+    out = Path(args.out)
+    for kind, fname in s.ARITHMETIC_FILES.items():
+        s.write_jsonl(s.arithmetic_docs(kind, n=args.n, seed=args.seed), out / fname)
+    n_files = len(s.ARITHMETIC_FILES)
+    if args.word_list:
+        words = s.read_word_list(args.word_list)
+        for kind in s.SCRAMBLES:
+            s.write_jsonl(s.scramble_docs(kind, words, n=args.n, seed=args.seed), out / f"scramble_{kind}.jsonl")
+            n_files += 1
+    print(f"wrote {n_files} task files to {out}")
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"mnemos eval: --device {name} asked but CUDA is not available here; use --device cpu")
+    return name
+
+
+def main(args) -> int:
+    from evaluation.registry import load_configs
+    from evaluation.task import TaskError
+
+    if args.list_tasks:
+        for name, cfg in load_configs(args.include_tasks).items():
+            paper = f" ({cfg.paper_name})" if cfg.paper_name else ""
+            print(f"{name}{paper}  [{cfg.output_type}; groups: {', '.join(cfg.group) or '-'}]")
+        return 0
+    if not args.tasks:
+        print("mnemos eval: --tasks is required (see --list-tasks)", file=sys.stderr)
+        return 2
+    if not (args.checkpoint or args.hf_model):
+        print("mnemos eval: give --checkpoint DIR (or --hf-model DIR)", file=sys.stderr)
+        return 2
+    device = _device(args.device)
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        # launched by torchrun: data-parallel evaluation, one model replica per rank
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device == "cuda":
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    from evaluation.adapters import MnemosLM
+    info = {}
+    if args.hf_model:
+        from evaluation.hf import load_hf_for_eval
+        max_memory = dict(x.split("=", 1) for x in args.max_memory) or None
+        if max_memory:
+            max_memory = {int(k) if k.isdigit() else k: v for k, v in max_memory.items()}
+        model, tokenizer = load_hf_for_eval(args.hf_model, tokenizer_path=args.tokenizer, max_memory=max_memory,
+                                            offload_folder=args.offload_folder, dtype=args.dtype)
+        device = model.input_device
+        info = {"hf_model": str(args.hf_model)}
+        default_out = Path("eval_results")
+    else:
+        try:
+            from launcher.inference import load_for_eval
+        except ImportError as err:
+            print(f"mnemos eval: checkpoint loading is not available ({err})", file=sys.stderr)
+            return 2
+        model, tokenizer, run_config = load_for_eval(args.checkpoint, device=device)
+        info = {"checkpoint": str(args.checkpoint)}
+        cfg = getattr(model, "cfg", None)
+        if cfg is not None:
+            info.update({"n_layer": cfg.n_layer, "d_model": cfg.d_model, "n_head": cfg.n_head, "n_ctx": cfg.n_ctx,
+                         "vocab_size": cfg.vocab_size})
+        ck = Path(args.checkpoint)
+        run_dir = ck if (ck / "config.yaml").exists() else ck.parent.parent if (ck.parent.parent / "config.yaml").exists() else None
+        default_out = (run_dir / "results" / "eval") if run_dir else Path("eval_results")
+    out = Path(args.out) if args.out else default_out
+    adapter = MnemosLM(model, tokenizer, batch_size=args.batch_size, device=device,
+                       dtype="fp32" if args.hf_model else args.dtype)
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    from evaluation.api import run_eval
+    try:
+        results = run_eval(adapter, [t.strip() for t in args.tasks.split(",") if t.strip()], args.shots, out,
+                           contamination_index=args.contamination, limit=args.limit, seed=args.seed,
+                           data_dir=args.data_dir, include=args.include_tasks,
+                           cache=None if args.no_cache else out / "cache.sqlite",
+                           log_samples=args.log_samples, model_info=info)
+    except TaskError as err:
+        print(f"mnemos eval: {err}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        from evaluation.report import markdown
+        print(markdown(results))
+        files = results.get("files", {})
+        print(f"results: {files.get('json')}\nreport:  {files.get('markdown')}\nplots:   {', '.join(files.get('plots', []))}")
+    return 0

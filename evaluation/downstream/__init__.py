@@ -1,0 +1,1 @@
+"""Downstream tasks for Hopfield layers and Slot Attention."""

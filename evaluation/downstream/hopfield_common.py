@@ -1,0 +1,128 @@
+"""Shared plumbing for the Hopfield downstream tasks: run directory, seeding, progress, AUC statistics, and the
+JSON + Markdown result files (RUN/config.yaml, RUN/tensorboard/, RUN/results/ like every mnemos run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+log = logging.getLogger("mnemos.downstream")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads(n: int) -> None:
+    """CPU threads for this process (the downstream tasks default to 1: they are small and the CI is shared)."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+@dataclass
+class RunDir:
+    root: Path
+
+    @classmethod
+    def create(cls, out: str | Path, config: dict) -> "RunDir":
+        root = Path(out)
+        for sub in ("results", "tensorboard", "logs"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return cls(root)
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    def writer(self):
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(log_dir=str(self.tensorboard))
+
+
+class Progress:
+    """A periodic progress line with rate and ETA (the downstream tasks' 'bar')."""
+
+    def __init__(self, total: int, what: str, every_s: float = 5.0):
+        self.total, self.what, self.every_s = total, what, every_s
+        self.done = 0
+        self.t0 = self.last = time.monotonic()
+
+    def step(self, n: int = 1, info: str = "") -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            log.info("%s %d/%d (%.2f/s, ETA %s) %s", self.what, self.done, self.total, rate, _fmt_s(eta), info)
+
+
+def _fmt_s(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """ROC AUC (ties count half); NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, np.asarray(scores)))
+
+
+def mean_se(values: Iterable[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return float(v.mean()), se
+
+
+def write_results(run: RunDir, name: str, payload: dict, table_header: Sequence[str],
+                  table_rows: Sequence[Sequence], title: str, notes: Sequence[str] = ()) -> tuple[Path, Path]:
+    """RUN/results/{name}.json (machine-readable) and {name}.md (a Markdown table for people)."""
+    jpath = run.results / f"{name}.json"
+    jpath.write_text(json.dumps(payload, indent=2, default=_jsonable))
+    lines = [f"# {title}", "", "| " + " | ".join(table_header) + " |", "|" + "---|" * len(table_header)]
+    for row in table_rows:
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    mpath = run.results / f"{name}.md"
+    mpath.write_text("\n".join(lines) + "\n")
+    return jpath, mpath
+
+
+def _cell(c) -> str:
+    return f"{c:.4f}" if isinstance(c, float) else str(c)
+
+
+def _jsonable(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))

@@ -1,0 +1,272 @@
+"""`mnemos downstream mil`: multiple-instance learning with Hopfield pooling (Ramsauer et al. 2020, Section 4
+"Multiple instance learning datasets", Table 1: Tiger 91.3 +- 0.5, Fox 64.05 +- 0.4 AUC).
+
+Model: instance embedding (Linear-ReLU-Dropout blocks) -> HopfieldPooling (learned query over the bag's
+instances) -> linear classifier (one logit). Protocol: the npz's folds (5 repetitions x 10-fold CV); inside
+every outer training set the hyperparameters are chosen by an inner stratified k-fold CV over a small grid,
+the winner is retrained on the whole outer training set and scored on the held-out fold. Reported: mean AUC
+over all outer folds with the standard error over repetitions (and over folds).
+
+Data format (see ../shared/data/README.md): instances float32 (n, d), bag_id int (n,), bag_label (n_bags,),
+folds bool (R, K, n_bags) = TRAIN masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
+                                                   write_results)
+from model.hopfield import HopfieldPooling
+
+log = logging.getLogger("mnemos.downstream.mil")
+
+PAPER_AUC = {"tiger": 91.3, "fox": 64.05, "elephant": 94.6}
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+@dataclass
+class MILData:
+    bags: torch.Tensor  # (n_bags, max_instances, d), zero padded
+    mask: torch.Tensor  # (n_bags, max_instances) bool, True = padding
+    labels: np.ndarray  # (n_bags,) 0/1
+    folds: np.ndarray | None  # (R, K, n_bags) bool train masks
+    name: str
+
+    @property
+    def n_bags(self) -> int:
+        return len(self.labels)
+
+
+def load_mil_npz(path: str | Path) -> MILData:
+    """Reads the bag npz (instances, bag_id, bag_label[, folds]) into padded bags."""
+    z = np.load(path)
+    for key in ("instances", "bag_id", "bag_label"):
+        if key not in z.files:
+            raise ValueError(f"{path}: missing array {key!r} (have {z.files})")
+    x, bag_id, labels = z["instances"].astype(np.float32), z["bag_id"].astype(np.int64), z["bag_label"].astype(np.int64)
+    n_bags = len(labels)
+    if bag_id.min() < 0 or bag_id.max() >= n_bags:
+        raise ValueError(f"{path}: bag_id must index bag_label (0..{n_bags - 1})")
+    sizes = np.bincount(bag_id, minlength=n_bags)
+    bags = torch.zeros(n_bags, int(sizes.max()), x.shape[1])
+    mask = torch.ones(n_bags, int(sizes.max()), dtype=torch.bool)
+    fill = np.zeros(n_bags, dtype=np.int64)
+    for i, b in enumerate(bag_id):
+        bags[b, fill[b]] = torch.from_numpy(x[i])
+        mask[b, fill[b]] = False
+        fill[b] += 1
+    folds = z["folds"].astype(bool) if "folds" in z.files else None
+    return MILData(bags, mask, labels, folds, Path(path).stem)
+
+
+def standardise(data: MILData, train_idx: np.ndarray) -> torch.Tensor:
+    """Bags standardised with the mean/std of the training bags' instances (no test statistics leak)."""
+    inst = data.bags[train_idx][~data.mask[train_idx]]  # (n_train_instances, d)
+    mu, sd = inst.mean(0), inst.std(0).clamp_min(1e-6)
+    return ((data.bags - mu) / sd).masked_fill(data.mask[..., None], 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------- model
+
+@dataclass(frozen=True)
+class MILConfig:
+    hidden: int = 64  # embedding width
+    layers: int = 2  # embedding blocks
+    heads: int = 4
+    head_dim: int = 16
+    scaling: float = 1.0  # beta, as a multiple of 1/sqrt(head_dim)
+    dropout: float = 0.0  # embedding dropout
+    association_dropout: float = 0.0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 60
+    batch_size: int = 16
+
+
+class MILNet(nn.Module):
+    """embedding -> HopfieldPooling -> classifier (paper Section 4, MIL)."""
+
+    def __init__(self, d_in: int, cfg: MILConfig):
+        super().__init__()
+        blocks, d = [], d_in
+        for _ in range(cfg.layers):
+            blocks += [nn.Linear(d, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            d = cfg.hidden
+        self.embed = nn.Sequential(*blocks)
+        self.pool = HopfieldPooling(input_size=d, hidden_size=cfg.head_dim, output_size=d, num_heads=cfg.heads,
+                                    scaling=cfg.scaling / cfg.head_dim**0.5, dropout=cfg.association_dropout,
+                                    quantity=1)
+        self.head = nn.Linear(self.pool.output_size, 1)
+
+    def forward(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # bags: (B, N, d_in), mask: (B, N) True = padding -> logits (B,)
+        h = self.embed(bags)  # (B, N, hidden)
+        z = self.pool(h, stored_pattern_padding_mask=mask)  # (B, hidden)
+        return self.head(z).squeeze(-1)  # (B,)
+
+
+def train_model(x: torch.Tensor, mask: torch.Tensor, y: np.ndarray, train_idx: np.ndarray, cfg: MILConfig,
+                seed: int, writer=None, tag: str = "") -> MILNet:
+    g = seed_everything(seed)
+    model = MILNet(x.shape[-1], cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    idx = torch.as_tensor(train_idx)
+    loss_fn = nn.BCEWithLogitsLoss()
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = idx[torch.randperm(len(idx), generator=g)]
+        total = 0.0
+        for s in range(0, len(perm), cfg.batch_size):
+            b = perm[s: s + cfg.batch_size]
+            loss = loss_fn(model(x[b], mask[b]), yt[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(b)
+        if writer is not None:
+            writer.add_scalar(f"{tag}/train_loss", total / len(perm), epoch)
+    return model
+
+
+@torch.no_grad()
+def predict(model: MILNet, x: torch.Tensor, mask: torch.Tensor, idx: np.ndarray) -> np.ndarray:
+    model.eval()
+    return torch.sigmoid(model(x[idx], mask[idx])).numpy()
+
+
+# ------------------------------------------------------------------------------------------------------ protocol
+
+GRIDS = {
+    # CI: one configuration, few epochs
+    "tiny": dict(hidden=[32], layers=[1], heads=[2], head_dim=[8], scaling=[1.0], dropout=[0.0], epochs=[15]),
+    # default: 2 configurations (embedding dropout), sized for a shared CPU core; the paper's grid is far larger
+    "small": dict(dropout=[0.0, 0.5], batch_size=[32], epochs=[40]),
+    # a wider search for a bigger machine
+    "medium": dict(hidden=[32, 64], heads=[4, 8], scaling=[0.1, 1.0], dropout=[0.0, 0.5], batch_size=[32],
+                   epochs=[40]),
+}
+
+
+def grid_configs(name: str) -> list[MILConfig]:
+    grid = GRIDS[name]
+    keys = list(grid)
+    return [MILConfig(**dict(zip(keys, vals))) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def stratified_kfold(y: np.ndarray, idx: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(idx[a], idx[b]) for a, b in skf.split(idx, y[idx])]
+
+
+def select_config(x, mask, y, train_idx, configs, inner_folds: int, seed: int) -> tuple[MILConfig, list[float]]:
+    if len(configs) == 1:
+        return configs[0], [float("nan")]
+    splits = stratified_kfold(y, train_idx, inner_folds, seed)
+    scores = []
+    for ci, cfg in enumerate(configs):
+        aucs = []
+        for si, (tr, va) in enumerate(splits):
+            m = train_model(x, mask, y, tr, cfg, seed=seed + 1000 * ci + si)
+            aucs.append(auc(y[va], predict(m, x, mask, va)))
+        scores.append(float(np.nanmean(aucs)))
+    return configs[int(np.nanargmax(scores))], scores
+
+
+def run_protocol(data: MILData, repetitions: int, folds: int, grid: str, inner_folds: int, seed: int,
+                 run: RunDir | None = None) -> dict:
+    if data.folds is not None and folds <= data.folds.shape[1] and repetitions <= data.folds.shape[0] \
+            and folds == data.folds.shape[1]:
+        fold_masks = data.folds[:repetitions]
+        fold_source = "npz"
+    else:  # the file has no folds, or a smaller CI protocol: stratified folds from the seed
+        fold_masks = np.zeros((repetitions, folds, data.n_bags), dtype=bool)
+        for r in range(repetitions):
+            for k, (tr, _) in enumerate(stratified_kfold(data.labels, np.arange(data.n_bags), folds, seed + r)):
+                fold_masks[r, k, tr] = True
+        fold_source = "stratified (seeded)"
+    configs = grid_configs(grid)
+    writer = run.writer() if run is not None else None
+    prog = Progress(repetitions * folds, f"mil[{data.name}] outer folds")
+    per_fold = []
+    for r in range(repetitions):
+        for k in range(folds):
+            train_idx = np.flatnonzero(fold_masks[r, k])
+            test_idx = np.flatnonzero(~fold_masks[r, k])
+            x = standardise(data, train_idx)
+            s = seed + 100 * r + k
+            best, inner = select_config(x, data.mask, data.labels, train_idx, configs, inner_folds, s)
+            model = train_model(x, data.mask, data.labels, train_idx, best, seed=s, writer=writer,
+                                tag=f"mil_{data.name}/rep{r}_fold{k}")
+            a = auc(data.labels[test_idx], predict(model, x, data.mask, test_idx))
+            per_fold.append(dict(repetition=r, fold=k, auc=a, config=asdict(best), inner_auc=inner))
+            if writer is not None:
+                writer.add_scalar(f"mil_{data.name}/test_auc", a, r * folds + k)
+            prog.step(info=f"rep {r} fold {k}: AUC {a:.3f}")
+    if writer is not None:
+        writer.close()
+    fold_aucs = [f["auc"] for f in per_fold]
+    rep_means = [float(np.nanmean([f["auc"] for f in per_fold if f["repetition"] == r])) for r in range(repetitions)]
+    mean, se_folds = mean_se(fold_aucs)
+    _, se_reps = mean_se(rep_means)
+    return dict(dataset=data.name, auc_mean=mean, auc_se_repetitions=se_reps, auc_se_folds=se_folds,
+                repetition_means=rep_means, repetitions=repetitions, folds=folds, fold_source=fold_source,
+                inner_folds=inner_folds, grid=grid, grid_size=len(configs), per_fold=per_fold,
+                paper_auc=PAPER_AUC.get(data.name))
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("mil", help="multiple-instance learning with Hopfield pooling (Tiger/Fox/Elephant npz)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, nargs="+", help="bag npz file(s) (instances, bag_id, bag_label, folds)")
+    p.add_argument("--out", default="runs/mil", help="run directory (results/, tensorboard/, config.yaml)")
+    p.add_argument("--repetitions", type=int, default=5, help="CV repetitions (paper: 5)")
+    p.add_argument("--folds", type=int, default=10, help="outer folds per repetition (paper: 10)")
+    p.add_argument("--inner-folds", type=int, default=3, help="inner CV folds for hyperparameter selection")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="small", help="hyperparameter grid (tiny = CI)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    set_threads(args.threads)
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    results, rows = [], []
+    for path in args.dataset:
+        data = load_mil_npz(path)
+        t0 = time.monotonic()
+        log.info("mil[%s]: %d bags, %d-dim instances, %dx%d CV, grid %s (%d configs), inner %d-fold",
+                 data.name, data.n_bags, data.bags.shape[-1], args.repetitions, args.folds, args.grid,
+                 len(grid_configs(args.grid)), args.inner_folds)
+        res = run_protocol(data, args.repetitions, args.folds, args.grid, args.inner_folds, args.seed, run)
+        res["seconds"] = time.monotonic() - t0
+        results.append(res)
+        paper = res["paper_auc"]
+        rows.append([data.name, f"{100 * res['auc_mean']:.2f} ± {100 * res['auc_se_repetitions']:.2f}",
+                     f"{100 * res['auc_se_folds']:.2f}", "-" if paper is None else f"{paper:.2f}",
+                     "-" if paper is None else f"{100 * res['auc_mean'] - paper:+.2f}",
+                     f"{args.repetitions}x{args.folds}", f"{args.grid} ({res['grid_size']}), inner {args.inner_folds}-fold",
+                     f"{res['seconds']:.0f}"])
+        log.info("mil[%s]: AUC %.2f ± %.2f (paper %s)", data.name, 100 * res["auc_mean"],
+                 100 * res["auc_se_repetitions"], paper)
+    j, m = write_results(run, "mil", {"results": results, "config": {k: v for k, v in vars(args).items() if k != "func"}},
+                         ["dataset", "AUC ± SE (reps)", "SE (folds)", "paper AUC", "Δ", "CV", "selection", "seconds"],
+                         rows, "MIL with Hopfield pooling",
+                         notes=["AUC in percent; SE over repetitions (and over all outer folds)."])
+    log.info("results: %s, %s; tensorboard: %s", j, m, run.tensorboard)
+    return 0

@@ -1,0 +1,467 @@
+"""`mnemos downstream repertoire`: immune repertoire classification with Hopfield attention pooling, DeepRC-style
+(Ramsauer et al. 2020, Section 4 "Immune repertoire classification"; Widrich et al. 2020, DeepRC).
+
+A repertoire is a bag of 10^3-10^5 amino-acid sequences (CDR3s); a repertoire is positive when some of its
+sequences ("witnesses", down to 0.01%) carry a disease motif. Pieces:
+
+  simulate_repertoires  background CDR3-like sequences; positive repertoires get a motif implanted into a
+                        fraction `witness_rate` of their sequences, each motif position substituted with
+                        probability `motif_noise`.
+  read_repertoires      real data: one TSV per repertoire (one row per sequence: amino-acid column + count
+                        column) and a metadata TSV (filename, label).
+  RepertoireNet         sequence embedding (1D CNN over one-hot amino acids + 3 position features, max over
+                        positions) -> HopfieldPooling over the whole repertoire -> linear classifier.
+  kmer_baseline         k-mer frequency vector per repertoire -> L1 logistic regression (inner CV for C).
+
+Evaluation: stratified k-fold cross-validation over repertoires, ROC AUC per fold, mean +- standard error.
+Training is single-process here (one CPU core by default); sequences are subsampled per repertoire during
+training as DeepRC does, and the whole repertoire is used at test time.
+
+Measured on one shared CPU core (200 simulated repertoires, motif SLGY without noise, 3-fold CV, defaults
+below): witness rate 1% (500 sequences, 5 witnesses per positive) Hopfield AUC 0.998 +- 0.002 vs 4-mer
+baseline 1.000; 0.1% (1000 sequences, 1 witness) Hopfield 0.438 +- 0.034 vs baseline 0.909 +- 0.011 -- at
+0.1% these CPU-sized budgets (a few thousand updates) do not find the motif; DeepRC trains ~10^5 updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
+                                                   write_results)
+from model.hopfield import HopfieldPooling
+
+log = logging.getLogger("mnemos.downstream.repertoire")
+
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+AA_INDEX = {a: i for i, a in enumerate(AMINO_ACIDS)}
+
+
+@dataclass
+class Repertoire:
+    sequences: list[str]
+    counts: np.ndarray  # (n_seq,) int
+    label: int
+    name: str = ""
+    witnesses: int = 0  # number of implanted sequences (simulated data only)
+
+
+# ----------------------------------------------------------------------------------------------------- simulator
+
+@dataclass
+class SimConfig:
+    n_repertoires: int = 100
+    sequences_per_repertoire: int = 1000
+    witness_rate: float = 0.01
+    motif: str = "SLGY"  # implanted motif (length 4 as in DeepRC's simulations)
+    motif_noise: float = 0.0  # per-position substitution probability in implanted motifs
+    min_len: int = 10
+    max_len: int = 18
+    positive_fraction: float = 0.5
+    seed: int = 0
+
+
+def simulate_repertoires(cfg: SimConfig) -> list[Repertoire]:
+    """CDR3-like background (non-uniform amino-acid usage, 'CAS...F'-like ends) with implanted motifs."""
+    if not 0 <= cfg.witness_rate <= 1:
+        raise ValueError(f"witness_rate={cfg.witness_rate} must be in [0, 1]")
+    rng = np.random.default_rng(cfg.seed)
+    usage = rng.dirichlet(np.full(20, 5.0))  # a fixed, skewed amino-acid usage
+    aa = np.array(list(AMINO_ACIDS))
+    reps = []
+    n_pos = int(round(cfg.positive_fraction * cfg.n_repertoires))
+    labels = np.array([1] * n_pos + [0] * (cfg.n_repertoires - n_pos))
+    rng.shuffle(labels)
+    for r, y in enumerate(labels):
+        n = cfg.sequences_per_repertoire
+        lengths = rng.integers(cfg.min_len, cfg.max_len + 1, size=n)
+        seqs = ["CAS" + "".join(aa[rng.choice(20, size=L - 4, p=usage)]) + "F" for L in lengths]
+        n_wit = 0
+        if y == 1:
+            n_wit = max(1, int(round(cfg.witness_rate * n)))
+            for i in rng.choice(n, size=n_wit, replace=False):
+                motif = list(cfg.motif)
+                for j in range(len(motif)):
+                    if rng.random() < cfg.motif_noise:
+                        motif[j] = aa[rng.integers(20)]
+                s = seqs[i]
+                pos = rng.integers(3, len(s) - 1 - len(motif) + 1)  # inside the variable middle
+                seqs[i] = s[:pos] + "".join(motif) + s[pos + len(motif):]
+        counts = rng.geometric(0.5, size=n)  # clone sizes
+        reps.append(Repertoire(seqs, counts, int(y), f"sim_{r:04d}", n_wit))
+    return reps
+
+
+# --------------------------------------------------------------------------------------------------- TSV reader
+
+SEQ_COLUMNS = ("amino_acid", "aminoAcid", "cdr3_aa", "junction_aa", "cdr3", "sequence")
+COUNT_COLUMNS = ("templates", "count", "duplicate_count", "count (templates/reads)", "counts", "frequency")
+
+
+def read_repertoire_tsv(path: str | Path, label: int = -1, max_sequences: int | None = None,
+                        rng: np.random.Generator | None = None) -> Repertoire:
+    """One repertoire: a TSV with a header, one row per sequence, an amino-acid column and a count column
+    (names as in AIRR / immuneACCESS exports, see SEQ_COLUMNS / COUNT_COLUMNS; missing count = 1)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        fields = reader.fieldnames or []
+        seq_col = next((c for c in SEQ_COLUMNS if c in fields), None)
+        if seq_col is None:
+            raise ValueError(f"{path}: no amino-acid column (one of {SEQ_COLUMNS}); have {fields}")
+        cnt_col = next((c for c in COUNT_COLUMNS if c in fields), None)
+        seqs, counts = [], []
+        for row in reader:
+            s = (row[seq_col] or "").strip().upper()
+            if not s or any(ch not in AA_INDEX for ch in s):
+                continue  # empty, stop codons (*) or non-standard letters: not a productive CDR3
+            c = row.get(cnt_col) if cnt_col else None
+            seqs.append(s)
+            counts.append(max(1, int(float(c))) if c not in (None, "", "NA") else 1)
+    if not seqs:
+        raise ValueError(f"{path}: no valid amino-acid sequences")
+    counts = np.asarray(counts)
+    if max_sequences and len(seqs) > max_sequences:
+        rng = rng or np.random.default_rng(0)
+        keep = np.sort(rng.choice(len(seqs), size=max_sequences, replace=False))
+        seqs, counts = [seqs[i] for i in keep], counts[keep]
+    return Repertoire(seqs, counts, label, Path(path).stem)
+
+
+def read_repertoires(directory: str | Path, metadata: str | Path, label_column: str = "label",
+                     max_sequences: int | None = None) -> list[Repertoire]:
+    """Repertoires listed in a metadata TSV with columns `filename` (relative to `directory`) and a 0/1 (or
+    True/False, +/-) label column."""
+    truth = {"1": 1, "true": 1, "+": 1, "positive": 1, "0": 0, "false": 0, "-": 0, "negative": 0}
+    reps = []
+    with open(metadata, newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            raw = str(row[label_column]).strip().lower()
+            if raw not in truth:
+                raise ValueError(f"{metadata}: label {row[label_column]!r} of {row['filename']} is not 0/1")
+            reps.append(read_repertoire_tsv(Path(directory) / row["filename"], truth[raw], max_sequences))
+    return reps
+
+
+def write_repertoires(reps: list[Repertoire], directory: str | Path) -> Path:
+    """Writes repertoires in the reader's format (for users who want the simulated data as files)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "metadata.tsv", "w") as meta:
+        meta.write("filename\tlabel\n")
+        for r in reps:
+            meta.write(f"{r.name}.tsv\t{r.label}\n")
+            with open(d / f"{r.name}.tsv", "w") as f:
+                f.write("amino_acid\ttemplates\n")
+                f.writelines(f"{s}\t{c}\n" for s, c in zip(r.sequences, r.counts))
+    return d / "metadata.tsv"
+
+
+# ------------------------------------------------------------------------------------------------------ encoding
+
+def encode_repertoire(rep: Repertoire) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amino-acid indices (n_seq, L_max) int8 (-1 = padding) and lengths (n_seq,)."""
+    lengths = np.array([len(s) for s in rep.sequences])
+    idx = np.full((len(rep.sequences), lengths.max()), -1, dtype=np.int8)
+    for i, s in enumerate(rep.sequences):
+        idx[i, : len(s)] = [AA_INDEX[c] for c in s]
+    return torch.from_numpy(idx), torch.from_numpy(lengths)
+
+
+def sequence_features(idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """One-hot amino acids + DeepRC's 3 position features: (n_seq, L) -> (n_seq, 23, L).
+
+    The position features rise/fall linearly over the sequence's start, middle and end, so a kernel knows
+    where in the CDR3 it looks; padding is all zeros."""
+    n, L = idx.shape
+    valid = idx >= 0  # (n, L)
+    onehot = F.one_hot(idx.long().clamp_min(0), 20).float() * valid[..., None]  # (n, L, 20)
+    pos = torch.arange(L).float()[None, :] / (lengths[:, None].float() - 1).clamp_min(1)  # (n, L) in [0, 1]
+    start = (1 - 2 * pos).clamp_min(0)
+    middle = 1 - (2 * pos - 1).abs()
+    end = (2 * pos - 1).clamp_min(0)
+    feats = torch.stack([start, middle, end], -1) * valid[..., None]  # (n, L, 3)
+    return torch.cat([onehot, feats], -1).transpose(1, 2)  # (n, 23, L)
+
+
+# --------------------------------------------------------------------------------------------------------- model
+
+@dataclass(frozen=True)
+class RepConfig:
+    kernels: int = 16
+    kernel_size: int = 5
+    heads: int = 2
+    head_dim: int = 16
+    scaling: float = 4.0  # beta as a multiple of 1/sqrt(head_dim): sharp, to single out rare witnesses
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    epochs: int = 25
+    batch_repertoires: int = 1
+    subsample: int = 200  # sequences per repertoire per training step (DeepRC subsamples too); many cheap steps
+    position_pool: str = "max"  # "max" over positions (DeepRC) or a smooth max, tau*logsumexp(h/tau)
+    tau: float = 1.0
+
+
+class RepertoireNet(nn.Module):
+    """1D CNN sequence embedding -> HopfieldPooling over the repertoire -> linear (DeepRC with Hopfield pooling)."""
+
+    def __init__(self, cfg: RepConfig):
+        super().__init__()
+        self.conv = nn.Conv1d(23, cfg.kernels, cfg.kernel_size)
+        if cfg.position_pool not in ("max", "lse"):
+            raise ValueError(f"position_pool must be max or lse, got {cfg.position_pool!r}")
+        self.position_pool, self.tau = cfg.position_pool, cfg.tau
+        self.pool = HopfieldPooling(input_size=cfg.kernels, hidden_size=cfg.head_dim, output_size=cfg.kernels,
+                                    num_heads=cfg.heads, scaling=cfg.scaling / cfg.head_dim**0.5)
+        self.head = nn.Linear(self.pool.output_size, 1)
+
+    def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # x: (n_seq, 23, L) -> (n_seq, kernels)
+        h = F.selu(self.conv(x))  # (n_seq, kernels, L - kernel_size + 1)
+        L_out = h.shape[-1]
+        valid = torch.arange(L_out)[None, :] <= (lengths[:, None] - self.conv.kernel_size[0])  # (n_seq, L_out)
+        h = h.masked_fill(~valid[:, None, :], float("-inf"))
+        if self.position_pool == "max":
+            return h.amax(-1)  # max over positions: (n_seq, kernels)
+        # smooth max: every position gets gradient, so a kernel can find a motif that is not yet its maximum
+        return self.tau * torch.logsumexp(h / self.tau, dim=-1)  # (n_seq, kernels)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # one repertoire: x (n_seq, 23, L) -> logit ()
+        e = self.embed(x, lengths)  # (n_seq, kernels)
+        z = self.pool(e[None])  # Hopfield pooling over all sequences: (1, kernels)
+        return self.head(z).reshape(())
+
+
+class EncodedRepertoires:
+    """Encoded repertoires; the (n_seq, 23, L) network inputs are cached while they fit in `cache_bytes`
+    (small simulated sets), and built per step otherwise (real repertoires of 10^5 sequences)."""
+
+    def __init__(self, reps: list[Repertoire], cache_bytes: float = 2e9):
+        self.items = [encode_repertoire(r) for r in reps]
+        total = sum(idx.numel() * 23 * 4 for idx, _ in self.items)
+        self.cache = [sequence_features(*it) for it in self.items] if total <= cache_bytes else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def n_sequences(self, i: int) -> int:
+        return self.items[i][0].shape[0]
+
+    def features(self, i: int, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, lengths = self.items[i]
+        if self.cache is not None:
+            x = self.cache[i]
+            return (x, lengths) if rows is None else (x[rows], lengths[rows])
+        if rows is not None:
+            idx, lengths = idx[rows], lengths[rows]
+        return sequence_features(idx, lengths), lengths
+
+
+def _features(encoded: EncodedRepertoires, i, rows=None):
+    return encoded.features(i, rows)
+
+
+def train_repertoire_net(encoded, labels: np.ndarray, train_idx: np.ndarray, cfg: RepConfig, seed: int,
+                         writer=None, tag: str = "") -> RepertoireNet:
+    g = seed_everything(seed)
+    model = RepertoireNet(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    y = torch.as_tensor(labels, dtype=torch.float32)
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.as_tensor(train_idx)[torch.randperm(len(train_idx), generator=g)]
+        total = 0.0
+        for s in range(0, len(order), cfg.batch_repertoires):
+            logits = []
+            batch = order[s: s + cfg.batch_repertoires]
+            for i in batch.tolist():
+                n = encoded.n_sequences(i)
+                rows = torch.randperm(n, generator=g)[: cfg.subsample] if n > cfg.subsample else None
+                logits.append(model(*_features(encoded, i, rows)))
+            loss = F.binary_cross_entropy_with_logits(torch.stack(logits), y[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(batch)
+            step += 1
+        if writer is not None:
+            writer.add_scalar(f"{tag}/train_loss", total / len(order), epoch)
+    return model
+
+
+@torch.no_grad()
+def predict_repertoires(model: RepertoireNet, encoded, idx: np.ndarray, chunk: int = 20000) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in idx:
+        n = encoded.n_sequences(i)
+        # embed in chunks (repertoires of 10^5 sequences), pool over all of them at once
+        emb = torch.cat([model.embed(*_features(encoded, i, torch.arange(s, min(s + chunk, n))))
+                         for s in range(0, n, chunk)])  # (n_seq, kernels)
+        out.append(torch.sigmoid(model.head(model.pool(emb[None]))).item())
+    return np.asarray(out)
+
+
+# ------------------------------------------------------------------------------------------------------ baseline
+
+def kmer_matrix(reps: list[Repertoire], k: int = 4, use_counts: bool = False):
+    """Sparse (n_repertoires, 20^k) k-mer frequencies (each repertoire's vector sums to 1)."""
+    from scipy.sparse import csr_matrix
+    rows, cols, vals = [], [], []
+    weights = 20 ** np.arange(k - 1, -1, -1)
+    for r, rep in enumerate(reps):
+        idx, lengths = encode_repertoire(rep)
+        idx = idx.long().numpy()
+        codes, w = [], []
+        for j in range(idx.shape[1] - k + 1):
+            window = idx[:, j: j + k]
+            ok = (window >= 0).all(1)
+            codes.append(window[ok] @ weights)
+            w.append(rep.counts[ok] if use_counts else np.ones(ok.sum()))
+        codes, w = np.concatenate(codes), np.concatenate(w).astype(float)
+        uniq, inv = np.unique(codes, return_inverse=True)
+        sums = np.bincount(inv, weights=w)
+        rows.append(np.full(len(uniq), r))
+        cols.append(uniq)
+        vals.append(sums / sums.sum())
+    return csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(len(reps), 20**k))
+
+
+def kmer_baseline_scores(X, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, seed: int) -> np.ndarray:
+    """L1 logistic regression on (scaled) k-mer frequencies; C chosen by inner 3-fold CV (DeepRC's baseline)."""
+    from sklearn.linear_model import LogisticRegressionCV
+    scale = X[train_idx].max(axis=0).toarray().ravel()
+    scale[scale == 0] = 1.0
+    from scipy.sparse import diags
+    Xs = X @ diags(1.0 / scale)
+    n_splits = max(2, min(3, int(np.bincount(labels[train_idx]).min())))
+    clf = LogisticRegressionCV(Cs=[0.1, 1.0, 10.0, 100.0], cv=n_splits, penalty="l1", solver="liblinear",
+                               scoring="roc_auc", max_iter=2000, random_state=seed)
+    with warnings.catch_warnings():  # scikit-learn 1.8 announces a change of LogisticRegressionCV's attributes
+        warnings.simplefilter("ignore", FutureWarning)
+        clf.fit(Xs[train_idx], labels[train_idx])
+    return clf.predict_proba(Xs[test_idx])[:, 1]
+
+
+# ------------------------------------------------------------------------------------------------------ protocol
+
+def cross_validate(reps: list[Repertoire], cfg: RepConfig, folds: int, seed: int, kmer_k: int = 4,
+                   baseline: bool = True, run: RunDir | None = None, tag: str = "repertoire") -> dict:
+    from sklearn.model_selection import StratifiedKFold
+    labels = np.array([r.label for r in reps])
+    encoded = EncodedRepertoires(reps)
+    X = kmer_matrix(reps, kmer_k) if baseline else None
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    writer = run.writer() if run is not None else None
+    prog = Progress(folds, f"{tag} folds", every_s=1.0)
+    per_fold = []
+    for k, (tr, te) in enumerate(skf.split(np.zeros(len(labels)), labels)):
+        t0 = time.monotonic()
+        model = train_repertoire_net(encoded, labels, tr, cfg, seed=seed + k, writer=writer, tag=f"{tag}/fold{k}")
+        a = auc(labels[te], predict_repertoires(model, encoded, te))
+        b = auc(labels[te], kmer_baseline_scores(X, labels, tr, te, seed)) if baseline else float("nan")
+        per_fold.append(dict(fold=k, auc=a, kmer_auc=b, seconds=time.monotonic() - t0))
+        if writer is not None:
+            writer.add_scalar(f"{tag}/test_auc", a, k)
+            writer.add_scalar(f"{tag}/kmer_auc", b, k)
+        prog.step(info=f"fold {k}: Hopfield AUC {a:.3f}, k-mer AUC {b:.3f}")
+    if writer is not None:
+        writer.close()
+    m, se = mean_se(f["auc"] for f in per_fold)
+    bm, bse = mean_se(f["kmer_auc"] for f in per_fold)
+    return dict(auc_mean=m, auc_se=se, kmer_auc_mean=bm, kmer_auc_se=bse, folds=folds, per_fold=per_fold,
+                model=asdict(cfg))
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("repertoire", help="immune repertoire classification (DeepRC-style, Hopfield pooling)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("data (simulated unless --repertoires is given)")
+    src.add_argument("--repertoires", help="directory of repertoire TSVs (real data)")
+    src.add_argument("--metadata", help="metadata TSV with columns filename, label (with --repertoires)")
+    src.add_argument("--label-column", default="label")
+    src.add_argument("--max-sequences", type=int, default=None, help="subsample real repertoires to this many")
+    src.add_argument("--n-repertoires", type=int, default=200)
+    src.add_argument("--sequences", type=int, default=1000, help="sequences per simulated repertoire")
+    src.add_argument("--witness-rates", default="0.01,0.001", help="comma-separated witness rates to simulate")
+    src.add_argument("--motif", default="SLGY")
+    src.add_argument("--motif-noise", type=float, default=0.0, help="per-position substitution probability")
+    src.add_argument("--export", help="also write the simulated repertoires as TSVs into this directory")
+    m = p.add_argument_group("model and protocol")
+    m.add_argument("--folds", type=int, default=5)
+    m.add_argument("--epochs", type=int, default=RepConfig.epochs)
+    m.add_argument("--kernels", type=int, default=RepConfig.kernels)
+    m.add_argument("--kernel-size", type=int, default=RepConfig.kernel_size)
+    m.add_argument("--heads", type=int, default=RepConfig.heads)
+    m.add_argument("--scaling", type=float, default=RepConfig.scaling, help="beta in units of 1/sqrt(head_dim)")
+    m.add_argument("--batch-repertoires", type=int, default=RepConfig.batch_repertoires)
+    m.add_argument("--subsample", type=int, default=RepConfig.subsample)
+    m.add_argument("--lr", type=float, default=RepConfig.lr)
+    m.add_argument("--position-pool", choices=["max", "lse"], default=RepConfig.position_pool,
+                   help="pooling of the CNN over positions: max (DeepRC) or smooth max")
+    m.add_argument("--kmer", type=int, default=4, help="k of the k-mer baseline")
+    m.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--out", default="runs/repertoire")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    set_threads(args.threads)
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    cfg = RepConfig(kernels=args.kernels, kernel_size=args.kernel_size, heads=args.heads, epochs=args.epochs,
+                    subsample=args.subsample, lr=args.lr, scaling=args.scaling,
+                    batch_repertoires=args.batch_repertoires, position_pool=args.position_pool)
+    datasets = []
+    if args.repertoires:
+        if not args.metadata:
+            raise SystemExit("repertoire: --repertoires needs --metadata (filename, label)")
+        datasets.append(("real", None, read_repertoires(args.repertoires, args.metadata, args.label_column,
+                                                        args.max_sequences)))
+    else:
+        for w in (float(x) for x in args.witness_rates.split(",")):
+            sim = SimConfig(n_repertoires=args.n_repertoires, sequences_per_repertoire=args.sequences,
+                            witness_rate=w, motif=args.motif, motif_noise=args.motif_noise, seed=args.seed)
+            reps = simulate_repertoires(sim)
+            if args.export:
+                write_repertoires(reps, Path(args.export) / f"witness_{w:g}")
+            datasets.append((f"witness {w:.4%}", sim, reps))
+    results, rows = [], []
+    for name, sim, reps in datasets:
+        log.info("repertoire[%s]: %d repertoires, %d-%d sequences, %d-fold CV", name, len(reps),
+                 min(len(r.sequences) for r in reps), max(len(r.sequences) for r in reps), args.folds)
+        t0 = time.monotonic()
+        res = cross_validate(reps, cfg, args.folds, args.seed, args.kmer, not args.no_baseline, run,
+                             tag=f"repertoire_{name.replace(' ', '_').replace('%', 'pct')}")
+        res.update(dataset=name, simulation=asdict(sim) if sim else None, seconds=time.monotonic() - t0,
+                   witnesses_per_positive=float(np.mean([r.witnesses for r in reps if r.label == 1])) if sim else None)
+        results.append(res)
+        rows.append([name, len(reps), int(np.mean([len(r.sequences) for r in reps])),
+                     "-" if sim is None else f"{res['witnesses_per_positive']:.1f}",
+                     f"{res['auc_mean']:.3f} ± {res['auc_se']:.3f}", f"{res['kmer_auc_mean']:.3f} ± {res['kmer_auc_se']:.3f}",
+                     f"{res['seconds']:.0f}"])
+        log.info("repertoire[%s]: Hopfield AUC %.3f ± %.3f, k-mer baseline %.3f ± %.3f", name, res["auc_mean"],
+                 res["auc_se"], res["kmer_auc_mean"], res["kmer_auc_se"])
+    j, md = write_results(run, "repertoire", {"results": results, "config": {k: v for k, v in vars(args).items() if k != "func"}},
+                          ["data", "repertoires", "seqs/repertoire", "witnesses/positive", "Hopfield AUC ± SE",
+                           f"{args.kmer}-mer LR AUC ± SE", "seconds"], rows,
+                          "Immune repertoire classification (Hopfield pooling vs k-mer baseline)",
+                          notes=[f"{args.folds}-fold CV over repertoires; motif {args.motif!r}, noise {args.motif_noise}"])
+    log.info("results: %s, %s", j, md)
+    return 0

@@ -1,0 +1,496 @@
+"""`mnemos downstream slots`: Slot Attention object discovery and set prediction on rendered scenes.
+
+    mnemos downstream slots --dataset tetrominoes|sprites --task discovery|set-prediction \
+        --steps N --seeds 0,1,2 --out RUN
+
+Data parallel when launched with torchrun (torch.distributed DDP; gloo on CPU, nccl on CUDA): every rank
+renders its own scenes (seed, rank, step) and the global batch is split across ranks; rank 0 logs,
+checkpoints and evaluates. Each seed trains in turn and resumes from its newest valid checkpoint.
+
+Run directory:
+  RUN/config.yaml                        resolved options
+  RUN/checkpoints/seed{S}/step{N}.pt     model + optimiser + step (written to a temp name, then renamed)
+  RUN/tensorboard/seed{S}/               scalars (loss, lr, eval metrics) and mask images
+  RUN/results/slots_{dataset}_{task}.json / .md   per-seed metrics, medians, k-means baseline,
+                                         inference-time flexibility grid (more slots / iterations)
+  RUN/results/reconstructions_{dataset}_seed{S}.png   (discovery) inputs, reconstructions, per-slot masks
+  RUN/logs/slots.log
+
+Training follows the paper (App. E): Adam, lr 4e-4 with linear warmup and decay 0.5^(step / decay_steps),
+T = 3 iterations, K = objects + 1 slots; `--preset paper` uses the paper's widths, `cpu` and `tiny` are
+narrower variants that fit a CPU (smaller kernels, strided encoder, low-resolution broadcast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from evaluation.downstream import scenes as scenes_mod
+from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
+from model.slot_attention import SlotAttentionAutoEncoder, SlotAttentionSetPredictor
+
+log = logging.getLogger("mnemos.slots")
+
+AP_THRESHOLDS = [math.inf, 0.2, 0.1, 0.05, 0.025]  # position distance in image units (App. E.2, scaled to 2D)
+EVAL_SEED = 1_000_003  # all training seeds are evaluated on the same held-out scenes
+
+# Architecture presets. "paper": App. E.1 widths (5x5 kernels, 64 channels, full-resolution broadcast).
+PRESETS = {
+    "paper": {
+        "tetrominoes": dict(slot_dim=64, mlp_hidden=128, enc_hidden=64, enc_kernel=5, dec_hidden=64, dec_kernel=5),
+        "sprites": dict(slot_dim=64, mlp_hidden=128, enc_hidden=64, enc_kernel=5, dec_hidden=64, dec_kernel=5),
+    },
+    "cpu": {
+        "tetrominoes": dict(slot_dim=64, mlp_hidden=128, enc_hidden=32, enc_kernel=3, dec_hidden=32, dec_kernel=3,
+                            dec_layers=3, broadcast_size=(9, 9)),
+        "sprites": dict(slot_dim=64, mlp_hidden=128, enc_hidden=32, enc_kernel=3, enc_stride=2, dec_hidden=32,
+                        dec_kernel=3, dec_layers=3, broadcast_size=(16, 16)),
+    },
+    "tiny": {
+        "tetrominoes": dict(slot_dim=32, mlp_hidden=64, enc_hidden=16, enc_layers=3, enc_kernel=3, dec_hidden=16,
+                            dec_kernel=3, dec_layers=3, broadcast_size=(9, 9)),
+        "sprites": dict(slot_dim=32, mlp_hidden=64, enc_hidden=16, enc_layers=3, enc_kernel=3, enc_stride=2,
+                        dec_hidden=16, dec_kernel=3, dec_layers=3, broadcast_size=(8, 8)),
+    },
+}
+for _p in PRESETS.values():  # the 14x14 CI set: full-resolution broadcast is cheap there
+    _p["tetrominoes-mini"] = {k: v for k, v in _p["tetrominoes"].items() if k != "broadcast_size"}
+DECODER_KEYS = {"dec_hidden", "dec_kernel", "dec_layers", "broadcast_size"}
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def register(subparsers) -> None:
+    p = subparsers.add_parser("slots", help="Slot Attention: object discovery / set prediction on rendered scenes",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(scenes_mod.SPECS), default="tetrominoes")
+    p.add_argument("--task", choices=["discovery", "set-prediction"], default="discovery")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps per seed")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="architecture widths")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch (split across ranks)")
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: min(10000, steps // 10)")
+    p.add_argument("--decay-steps", type=int, default=100_000, help="lr halves every this many steps")
+    p.add_argument("--num-slots", type=int, default=None, help="default: max objects + 1")
+    p.add_argument("--iters", type=int, default=3, help="slot attention iterations T in training")
+    p.add_argument("--eval-size", type=int, default=256, help="held-out scenes for the final evaluation")
+    p.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (TensorBoard)")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the k-means baseline")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = DistContext.from_env(args.device)
+    try:
+        seeds = [int(s) for s in str(args.seeds).split(",") if s.strip() != ""]
+        run = Path(args.out)
+        if ctx.rank == 0:
+            for sub in ("checkpoints", "tensorboard", "results", "logs"):
+                (run / sub).mkdir(parents=True, exist_ok=True)
+            _add_file_log(run / "logs" / "slots.log")
+            _write_config(run / "config.yaml", args, ctx)
+        ctx.barrier()
+        results = [train_and_evaluate(args, seed, ctx) for seed in seeds]
+        if ctx.rank == 0:
+            summary = summarise(args, results, seeds)
+            paths = write_results(run, args, summary)
+            log.info("results: %s", ", ".join(str(p) for p in paths))
+            log.info("tensorboard: %s", run / "tensorboard")
+        return 0
+    finally:
+        ctx.close()
+
+
+# ------------------------------------------------------------------------------------ data parallel
+class DistContext:
+    """Rank/world/device of this process; initialises torch.distributed when launched by torchrun."""
+
+    def __init__(self, rank: int, world: int, device: torch.device, initialised: bool):
+        self.rank, self.world, self.device, self.initialised = rank, world, device, initialised
+
+    @classmethod
+    def from_env(cls, device: str) -> "DistContext":
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SystemExit("mnemos downstream slots: --device cuda asked for, but CUDA is not available here")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        initialised = False
+        if world > 1:
+            import torch.distributed as dist
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if device.startswith("cuda"):
+                torch.cuda.set_device(local)
+                device = f"cuda:{local}"
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            initialised = True
+        return cls(rank, world, torch.device(device), initialised)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.initialised:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def barrier(self) -> None:
+        if self.initialised:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.initialised:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------- model
+def build(args, spec: scenes_mod.SceneSpec) -> torch.nn.Module:
+    widths = dict(PRESETS[args.preset][spec.name])
+    k = args.num_slots or spec.num_slots
+    if args.task == "discovery":
+        return SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=k, iters=args.iters, **widths)
+    enc = {key: v for key, v in widths.items() if key not in DECODER_KEYS}
+    return SlotAttentionSetPredictor(out_dim=target_dim(spec), num_slots=k, iters=args.iters, **enc)
+
+
+def target_dim(spec: scenes_mod.SceneSpec) -> int:
+    return 2 + sum(spec.categorical.values()) + 1
+
+
+def batch_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def to_tensor(images: np.ndarray, device) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
+    return (x * 2.0 - 1.0).to(device)  # [-1, 1] as in the paper's code
+
+
+def lr_at(step: int, args) -> float:
+    warm = args.warmup_steps if args.warmup_steps is not None else min(10_000, max(args.steps // 10, 1))
+    factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+    return args.lr * factor * 0.5 ** (step / args.decay_steps)
+
+
+def set_prediction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Huber loss between predictions and targets matched by the Hungarian algorithm (Section 2.2)."""
+    # pred: (B, K, D); target: (B, M, D), M <= K, padded here with "absent" rows of zeros
+    B, K, D = pred.shape
+    target = F.pad(target, (0, 0, 0, K - target.shape[1]))  # (B, K, D)
+    pairs = (pred[:, :, None].expand(B, K, K, D), target[:, None].expand(B, K, K, D))  # (B, K_pred, K_true, D)
+    cost = F.huber_loss(*pairs, reduction="none").sum(-1)  # (B, K, K)
+    match = torch.from_numpy(hungarian_match(cost.detach().cpu().numpy())).to(pred.device)  # (B, K)
+    matched = torch.gather(pred, 1, match[..., None].expand(B, K, D))  # (B, K, D), row j matches target j
+    return F.huber_loss(matched, target, reduction="sum") / B
+
+
+# ------------------------------------------------------------------------------------------ training
+def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
+    spec = scenes_mod.SPECS[args.dataset]
+    run = Path(args.out)
+    torch.manual_seed(seed)
+    model = build(args, spec).to(ctx.device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    ckpt_dir = run / "checkpoints" / f"seed{seed}"
+    start = load_latest(ckpt_dir, model, opt, ctx.device)
+    ddp = ctx.wrap(model)
+    writer = None
+    if ctx.rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run / "tensorboard" / f"seed{seed}"))
+    if args.batch_size % ctx.world:
+        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {ctx.world} ranks")
+    per_rank = args.batch_size // ctx.world
+    if start:
+        log.info("seed %d: resumed from step %d", seed, start)
+    eval_scenes = scenes_mod.render(args.dataset, args.eval_size, EVAL_SEED) if ctx.rank == 0 else None
+    t0, last_t, last_step = time.time(), time.time(), start
+    loss_val = float("nan")
+    for step in range(start, args.steps):
+        lr = lr_at(step, args)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        bseed = batch_seed(seed, ctx.rank, step)  # scenes and slot noise are functions of (seed, rank, step),
+        batch = scenes_mod.render(args.dataset, per_rank, bseed)  # so a resumed run repeats the same stream
+        gen = torch.Generator(device=ctx.device).manual_seed(bseed)
+        loss = compute_loss(ddp, args, spec, batch, ctx.device, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_val = loss.item()
+        done = step + 1
+        if ctx.rank == 0:
+            writer.add_scalar("train/loss", loss_val, done)
+            writer.add_scalar("train/lr", lr, done)
+            if done % args.log_every == 0 or done == args.steps:
+                now = time.time()
+                rate = (done - last_step) / max(now - last_t, 1e-9)
+                eta = (args.steps - done) / max(rate, 1e-9)
+                log.info("seed %d step %d/%d loss %.5f lr %.2e %.2f step/s eta %s", seed, done, args.steps,
+                         loss_val, lr, rate, _fmt_secs(eta))
+                last_t, last_step = now, done
+            if done % args.eval_every == 0 and done != args.steps:
+                quick = evaluate(model, args, spec, _subset(eval_scenes, 64), ctx.device, seed)
+                for key, v in quick.items():
+                    writer.add_scalar(f"eval/{key}", v, done)
+                log.info("seed %d step %d quick eval (64 scenes): %s", seed, done,
+                         ", ".join(f"{k} {v:.4f}" for k, v in quick.items()))
+                if args.task == "discovery":
+                    add_mask_images(writer, model, eval_scenes, ctx.device, done)
+        if ctx.rank == 0 and (done % args.ckpt_every == 0 or done == args.steps):
+            save_checkpoint(ckpt_dir, model, opt, done)
+    result = {"seed": seed, "steps": args.steps, "final_train_loss": loss_val,
+              "train_seconds": round(time.time() - t0, 1)}
+    if ctx.rank == 0:
+        result.update(evaluate(model, args, spec, eval_scenes, ctx.device, seed))
+        result["flexibility"] = flexibility(model, args, spec, eval_scenes, ctx.device, seed)
+        if args.task == "discovery":
+            add_mask_images(writer, model, eval_scenes, ctx.device, args.steps)
+            result["picture"] = str(save_picture(model, eval_scenes, ctx.device,
+                                                 run / "results" / f"reconstructions_{args.dataset}_seed{seed}.png"))
+        for key, v in result.items():
+            if isinstance(v, float):
+                writer.add_scalar(f"final/{key}", v, args.steps)
+        writer.close()
+        log.info("seed %d: %s", seed, {k: v for k, v in result.items() if k != "flexibility"})
+    ctx.barrier()
+    return result
+
+
+def compute_loss(model, args, spec, batch: scenes_mod.Scenes, device, generator=None) -> torch.Tensor:
+    x = to_tensor(batch.images, device)  # (B, 3, H, W)
+    out = model(x, generator=generator)
+    if args.task == "discovery":
+        return F.mse_loss(out["recon"], x)  # Section 2.2: pixel MSE
+    target = torch.from_numpy(scenes_mod.set_targets(batch, spec)).to(device)  # (B, M, D)
+    return set_prediction_loss(out["pred"], target)
+
+
+def _subset(s: scenes_mod.Scenes, n: int) -> scenes_mod.Scenes:
+    return scenes_mod.Scenes(s.images[:n], s.masks[:n], s.present[:n], {k: v[:n] for k, v in s.attrs.items()})
+
+
+@torch.no_grad()
+def predict(model, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None, iters=None,
+            batch: int = 64) -> dict[str, np.ndarray]:
+    """Run the model over `scenes` in chunks with a fixed slot-init generator; returns numpy outputs."""
+    was = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    outs: dict[str, list] = {}
+    for i in range(0, len(scenes), batch):
+        o = model(to_tensor(scenes.images[i:i + batch], device), num_slots=num_slots, iters=iters, generator=gen)
+        for key in ("recon", "masks", "rgb", "pred"):
+            if key in o:
+                outs.setdefault(key, []).append(o[key].cpu().numpy())
+    model.train(was)
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def evaluate(model, args, spec, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None,
+             iters=None) -> dict[str, float]:
+    out = predict(model, scenes, device, seed, num_slots, iters)
+    if args.task == "discovery":
+        labels = out["masks"].argmax(1)  # (n, H, W): each pixel to its most responsible slot
+        recon = out["recon"].transpose(0, 2, 3, 1)
+        return {"fg_ari": float(np.nanmean(fg_ari(scenes.masks, labels))),
+                "mse": float(np.mean((recon - (scenes.images * 2 - 1)) ** 2))}
+    target = scenes_mod.set_targets(scenes, spec)
+    cats = list(spec.categorical.values())
+    return {f"ap_{_thr_name(t)}": average_precision(out["pred"], target, cats, t) for t in AP_THRESHOLDS}
+
+
+def flexibility(model, args, spec, scenes, device, seed: int) -> list[dict]:
+    """Inference-time flexibility (Section 4.1): more slots and more iterations than in training."""
+    k = args.num_slots or spec.num_slots
+    rows = []
+    for ns in (k, k + 2):
+        for it in (args.iters, 2 * args.iters, 3 * args.iters):
+            rows.append({"num_slots": ns, "iters": it,
+                         **evaluate(model, args, spec, scenes, device, seed, num_slots=ns, iters=it)})
+    return rows
+
+
+def _thr_name(t: float) -> str:
+    return "inf" if math.isinf(t) else f"{t:g}"
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(ckpt_dir: Path, model, opt, step: int, keep: int = 2) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step{step:08d}.pt"
+    tmp = ckpt_dir / f".{path.name}.tmp"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+    os.replace(tmp, path)  # atomic: a checkpoint is either complete or absent
+    for old in sorted(ckpt_dir.glob("step*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_latest(ckpt_dir: Path, model, opt, device) -> int:
+    """Load the newest checkpoint that reads back; returns its step (0 when there is none)."""
+    for path in sorted(ckpt_dir.glob("step*.pt"), reverse=True):
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:  # a torn or foreign file: say so and try the previous one
+            log.warning("skipping unreadable checkpoint %s: %s", path, err)
+            continue
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        return int(state["step"])
+    return 0
+
+
+# ---------------------------------------------------------------------------------- pictures, logs
+def _mask_grid(model, scenes, device, n: int = 6) -> np.ndarray:
+    """(rows*H, (2+K)*W, 3) grid: input | reconstruction | each slot's RGB times its mask."""
+    out = predict(model, _subset(scenes, n), device, seed=0)
+    img = scenes.images[:n]
+    recon = (out["recon"].transpose(0, 2, 3, 1) + 1) / 2
+    per_slot = (out["masks"][:, :, None] * (out["rgb"] + 1) / 2 + (1 - out["masks"][:, :, None]))  # white bg
+    per_slot = per_slot.transpose(0, 1, 3, 4, 2)  # (n, K, H, W, 3)
+    rows = [np.concatenate([img[i], recon[i], *per_slot[i]], axis=1) for i in range(len(img))]
+    return np.clip(np.concatenate(rows, axis=0), 0, 1)
+
+
+def add_mask_images(writer, model, scenes, device, step: int) -> None:
+    writer.add_image("masks/input_recon_slots", _mask_grid(model, scenes, device), step, dataformats="HWC")
+
+
+def save_picture(model, scenes, device, path: Path, n: int = 6) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = predict(model, _subset(scenes, n), device, seed=0)
+    K = out["masks"].shape[1]
+    fig, axes = plt.subplots(n, 3 + K, figsize=(1.6 * (3 + K), 1.6 * n), squeeze=False)
+    recon = np.clip((out["recon"].transpose(0, 2, 3, 1) + 1) / 2, 0, 1)
+    labels = out["masks"].argmax(1)
+    scores = fg_ari(scenes.masks[:n], labels)
+    for i in range(n):
+        axes[i, 0].imshow(scenes.images[i])
+        axes[i, 1].imshow(recon[i])
+        axes[i, 2].imshow(labels[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+        axes[i, 2].set_xlabel(f"FG-ARI {scores[i]:.2f}", fontsize=7)
+        for k in range(K):
+            axes[i, 3 + k].imshow(out["masks"][i, k], cmap="gray", vmin=0, vmax=1)
+    for j, title in enumerate(["input", "recon", "argmax"] + [f"slot {k}" for k in range(K)]):
+        axes[0, j].set_title(title, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _fmt_secs(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _add_file_log(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+
+
+def _write_config(path: Path, args, ctx: DistContext) -> None:
+    import yaml
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    cfg["world_size"] = ctx.world
+    cfg["device"] = str(ctx.device)
+    cfg["architecture"] = PRESETS[args.preset][args.dataset]
+    path.write_text(yaml.safe_dump(cfg, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------------ results
+def summarise(args, results: list[dict], seeds: list[int]) -> dict:
+    spec = scenes_mod.SPECS[args.dataset]
+    keys = [k for k, v in results[0].items() if isinstance(v, float) and k not in ("final_train_loss",)]
+    summary = {"dataset": args.dataset, "task": args.task, "steps": args.steps, "seeds": seeds,
+               "preset": args.preset, "batch_size": args.batch_size, "num_slots": args.num_slots or spec.num_slots,
+               "iters": args.iters, "eval_size": args.eval_size, "eval_seed": EVAL_SEED,
+               "median": {k: statistics.median(r[k] for r in results) for k in keys}, "per_seed": results}
+    if args.task == "discovery" and not args.no_baseline:
+        ev = scenes_mod.render(args.dataset, args.eval_size, EVAL_SEED)
+        k = args.num_slots or spec.num_slots
+        summary["kmeans_baseline"] = {f: float(np.nanmean(kmeans_fg_ari(ev.images, ev.masks, k, f)))
+                                      for f in ("rgb", "rgbxy")}
+    return summary
+
+
+def _finite(obj):
+    """JSON has no NaN/inf: write them as null (AP at an infinite threshold is keyed "ap_inf")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_results(run: Path, args, summary: dict) -> list[Path]:
+    stem = run / "results" / f"slots_{args.dataset}_{args.task.replace('-', '_')}"
+    js = stem.with_suffix(".json")
+    js.write_text(json.dumps(_finite(summary), indent=2, default=str))
+    lines = [f"# Slot Attention: {args.task} on {args.dataset}", "",
+             f"{args.steps} steps, batch {args.batch_size}, preset {args.preset}, seeds {summary['seeds']}, "
+             f"{summary['num_slots']} slots, {args.iters} iterations; evaluated on {args.eval_size} held-out "
+             f"scenes (seed {EVAL_SEED}).", ""]
+    metric_keys = list(summary["median"])
+    lines += ["| seed | " + " | ".join(metric_keys) + " |", "|---" * (len(metric_keys) + 1) + "|"]
+    for r in summary["per_seed"]:
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{r[k]:.4f}" for k in metric_keys) + " |")
+    lines.append("| **median** | " + " | ".join(f"**{summary['median'][k]:.4f}**" for k in metric_keys) + " |")
+    if "kmeans_baseline" in summary:
+        lines += ["", "k-means-on-pixels baseline (FG-ARI, k = number of slots): " + ", ".join(
+            f"{f}: {v:.4f}" for f, v in summary["kmeans_baseline"].items())]
+    lines += ["", "## Inference-time flexibility (median over seeds)", ""]
+    flex = [r["flexibility"] for r in summary["per_seed"]]
+    fkeys = [k for k in flex[0][0] if k not in ("num_slots", "iters")]
+    lines += ["| slots | iterations | " + " | ".join(fkeys) + " |", "|---" * (len(fkeys) + 2) + "|"]
+    for j, row in enumerate(flex[0]):
+        vals = [statistics.median(f[j][k] for f in flex) for k in fkeys]
+        lines.append(f"| {row['num_slots']} | {row['iters']} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    pics = [r["picture"] for r in summary["per_seed"] if "picture" in r]
+    if pics:
+        lines += ["", "Pictures: " + ", ".join(pics)]
+    md = stem.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")
+    return [js, md]
+
+
+if __name__ == "__main__":  # `torchrun -m evaluation.downstream.slots ...` (what `mnemos downstream slots` runs)
+    import sys
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _parser = argparse.ArgumentParser(prog="python -m evaluation.downstream.slots")
+    register(_parser.add_subparsers(dest="task_name"))
+    _args = _parser.parse_args(["slots", *sys.argv[1:]])
+    sys.exit(_args.func(_args))

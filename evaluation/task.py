@@ -1,0 +1,379 @@
+"""A task is a versioned declarative config (YAML): where the documents are, how a document becomes a
+prompt and a target, how it is scored. No code lives in YAML: templates are Jinja2 (`{{ question }}`),
+and the few published formats that need restructuring name a Python processor or loader registered
+below (`process_docs: hellaswag`, `dataset.loader: race`).
+
+Prompt construction follows GPT-3 Section 2.4: a task description (optional), then K demonstrations
+drawn at random from the few-shot split (the eval split itself when the task has no other, never the
+test example), each `text + target_delimiter + target`, joined by `fewshot_delimiter`, then the test
+example's text. The adapter truncates the prompt from the left to fit the model's context.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import jinja2
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")
+MC_METRICS = ["acc", "acc_norm_token", "acc_norm_char", "acc_uncond"]
+DEFAULT_METRICS = {
+    "multiple_choice": MC_METRICS,
+    "loglikelihood": ["acc", "perplexity"],
+    "loglikelihood_rolling": ["word_perplexity", "byte_perplexity", "bits_per_byte"],
+    "generate_until": ["exact_match", "f1"],
+}
+
+
+class TaskError(ValueError):
+    """A task definition or its data is unusable; the message says which and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    loader: Literal["json", "jsonl", "csv", "parquet", "text", "hub", "generator", "piqa", "race",
+                    "wikitext"] = Field("json", description="How to read the files (datasets builder or a named loader).")
+    files: dict[str, Any] = Field(default_factory=dict,
+                                  description="split -> path (or list of paths); '{data_dir}' is substituted.")
+    field: str | None = Field(None, description="json: the top-level key holding the records (TriviaQA: Data).")
+    name: str | None = Field(None, description="hub: dataset name on the Hugging Face hub (needs network).")
+    config: str | None = Field(None, description="hub: dataset config name.")
+    generator: Literal["arithmetic", "scramble"] | None = Field(None, description="generator: which generator.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="generator: its arguments.")
+
+
+class TaskConfig(_Strict):
+    task: str = Field(description="Unique task name.")
+    version: int = Field(0, description="Bumped whenever prompts, data or scoring change.")
+    group: list[str] = Field(default_factory=list, description="Groups the task belongs to (selectable by name).")
+    paper_name: str | None = Field(None, description="The task's name in the GPT-3 paper, for reports.")
+    description: str = Field("", description="Task description prepended to every prompt (GPT-3 Section 2).")
+    dataset: DatasetSpec
+    eval_split: str = Field("test", description="Split that is evaluated.")
+    fewshot_split: str | None = Field(None, description="Split demonstrations come from; None = eval split minus the example.")
+    process_docs: str | None = Field(None, description="Named Python processor applied to each split's documents.")
+    output_type: Literal["multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until"]
+    doc_to_text: str = Field("{{ context }}", description="Jinja template: the prompt of one document.")
+    doc_to_target: str = Field("{{ completion }}", description="Jinja template: the target (MC: gold index or choice text).")
+    doc_to_choice: str | None = Field(None, description="Jinja expression giving the list of choices (MC).")
+    doc_to_continuation: str | None = Field(None, description="Partial scoring: template of the shared continuation.")
+    doc_to_answers: str | None = Field(None, description="Jinja expression giving all acceptable answers (generation).")
+    target_delimiter: str = Field(" ", description="Between a prompt and its target.")
+    fewshot_delimiter: str = Field("\n\n", description="Between demonstrations.")
+    unconditional_context: str = Field("Answer:", description="Context of P(completion | 'Answer:') normalisation.")
+    partial_scoring: bool = Field(False, description="Choices are contexts scored on a shared continuation (WinoGrande).")
+    generation: dict[str, Any] = Field(default_factory=dict, description="until, max_gen_toks, method (greedy|beam), num_beams, length_penalty.")
+    answer_normalization: Literal["none", "strip", "squad"] = Field("strip", description="Normalisation before exact match / F1.")
+    metrics: list[str] = Field(default_factory=list, description="Metrics to report; default by output_type.")
+    gpt3_metric: str | None = Field(None, description="The metric GPT-3 reports for this task (marked in reports).")
+    contamination_ngram: int | None = Field(None, description="Fixed N for the clean/dirty report (2 for anagrams, reversed words).")
+    limit_fewshot_pool: int | None = Field(None, description="Use only the first N documents of the few-shot split.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        from evaluation.metrics import METRICS
+        bad = [m for m in v if m not in METRICS]
+        if bad:
+            raise ValueError(f"unknown metrics {bad}; known: {sorted(METRICS)}")
+        return v
+
+    def resolved_metrics(self) -> list[str]:
+        return self.metrics or DEFAULT_METRICS[self.output_type]
+
+    def main_metric(self) -> str:
+        return self.gpt3_metric or self.resolved_metrics()[0]
+
+
+# ---------------------------------------------------------------------- named processors
+PROCESSORS: dict[str, Callable[[list[dict]], list[dict]]] = {}
+
+
+def processor(name: str):
+    def deco(fn):
+        PROCESSORS[name] = fn
+        return fn
+    return deco
+
+
+def _hellaswag_clean(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+@processor("hellaswag")
+def _hellaswag(docs):
+    """HellaSwag jsonl (ctx_a, ctx_b, activity_label, endings, label) -> query, choices, gold."""
+    out = []
+    for d in docs:
+        ctx = d["ctx_a"] + " " + d["ctx_b"].capitalize()
+        out.append({**d, "query": _hellaswag_clean(d["activity_label"] + ": " + ctx),
+                    "choices": [_hellaswag_clean(e) for e in d["endings"]],
+                    "gold": int(d["label"]) if str(d.get("label", "")).strip() != "" else -1})
+    return out
+
+
+@processor("race")
+def _race(docs):
+    """RACE (one article with several questions) -> one document per question."""
+    out = []
+    for d in docs:
+        for q, opts, ans in zip(d["questions"], d["options"], d["answers"]):
+            out.append({"article": d["article"], "question": q, "options": list(opts),
+                        "gold": "ABCD".index(ans.strip())})
+    return out
+
+
+@processor("winogrande")
+def _winogrande(docs):
+    """WinoGrande (sentence with '_', option1, option2, answer '1'/'2') -> partial-scoring parts."""
+    out = []
+    for d in docs:
+        i = d["sentence"].index("_")
+        out.append({**d, "contexts": [d["sentence"][:i] + d["option1"], d["sentence"][:i] + d["option2"]],
+                    "continuation": d["sentence"][i + 1:].strip(),
+                    "gold": int(d["answer"]) - 1 if str(d.get("answer", "")).strip() else -1})
+    return out
+
+
+# ---------------------------------------------------------------------- loaders
+def _expand(spec: Any, data_dir: str | None) -> Any:
+    if isinstance(spec, str):
+        if "{data_dir}" in spec:
+            if not data_dir:
+                raise TaskError(f"path {spec!r} needs a data directory: pass --data-dir (or set MNEMOS_EVAL_DATA)")
+            spec = spec.replace("{data_dir}", str(data_dir))
+        return os.path.expanduser(spec)
+    if isinstance(spec, list):
+        return [_expand(s, data_dir) for s in spec]
+    if isinstance(spec, dict):
+        return {k: _expand(v, data_dir) for k, v in spec.items()}
+    return spec
+
+
+def _check_exists(paths: Any, task: str) -> None:
+    for p in paths if isinstance(paths, list) else [paths]:
+        if not glob.glob(p) and not os.path.exists(p):
+            raise TaskError(f"task {task}: data file {p} does not exist")
+
+
+def _datasets_load(builder: str, files: Any, field: str | None) -> list[dict]:
+    import datasets
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+    kwargs = {"field": field} if field else {}
+    was_on = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        ds = datasets.load_dataset(builder, data_files={"x": files}, split="x", **kwargs)
+    finally:
+        if was_on:
+            enable_progress_bar()
+    return [dict(r) for r in ds]
+
+
+def load_split(cfg: TaskConfig, split: str, data_dir: str | None) -> list[dict]:
+    """Raw documents of one split (before process_docs)."""
+    spec = cfg.dataset
+    if spec.loader == "generator":
+        from evaluation import synthetic
+        kw = _expand(dict(spec.kwargs), data_dir)
+        n, seed = int(kw.pop("n", 2000)), int(kw.pop("seed", 1234))
+        if split != cfg.eval_split:
+            raise TaskError(f"task {cfg.task}: a generated task has only the split {cfg.eval_split!r}")
+        if spec.generator == "arithmetic":
+            return synthetic.arithmetic_docs(kw["kind"], n=n, seed=seed)
+        words_path = kw.get("word_list")
+        if not words_path:
+            raise TaskError(f"task {cfg.task}: dataset.kwargs.word_list (a file with one word per line) is required")
+        _check_exists(words_path, cfg.task)
+        return synthetic.scramble_docs(kw["kind"], synthetic.read_word_list(words_path), n=n, seed=seed)
+    if spec.loader == "hub":
+        import datasets
+        return [dict(r) for r in datasets.load_dataset(spec.name, spec.config, split=split)]
+    if split not in spec.files:
+        raise TaskError(f"task {cfg.task}: no file given for split {split!r} (dataset.files has {sorted(spec.files)})")
+    files = _expand(spec.files[split], data_dir)
+    if spec.loader == "piqa":  # published as data jsonl + one label per line
+        _check_exists([files["data"], files["labels"]], cfg.task)
+        docs = [json.loads(x) for x in Path(files["data"]).read_text(encoding="utf-8").splitlines() if x.strip()]
+        labels = [int(x) for x in Path(files["labels"]).read_text().split()]
+        if len(labels) != len(docs):
+            raise TaskError(f"task {cfg.task}: {len(docs)} documents but {len(labels)} labels")
+        return [{**d, "label": y} for d, y in zip(docs, labels)]
+    _check_exists(files, cfg.task)
+    if spec.loader == "race":  # a directory of .txt files, one JSON article each
+        paths = sorted(p for f in (files if isinstance(files, list) else [files])
+                       for p in (glob.glob(os.path.join(f, "**", "*.txt"), recursive=True) if os.path.isdir(f) else [f]))
+        return [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    if spec.loader == "wikitext":  # raw text; a new document at each top-level " = Title = " heading
+        docs, cur = [], []
+        for path in files if isinstance(files, list) else [files]:
+            for line in Path(path).read_text(encoding="utf-8").splitlines(keepends=True):
+                if re.match(r"^ = [^=].* = \s*$", line) and any(x.strip() for x in cur):
+                    docs.append({"page": "".join(cur).strip("\n")})
+                    cur = []
+                cur.append(line)
+        if any(x.strip() for x in cur):
+            docs.append({"page": "".join(cur).strip("\n")})
+        return docs
+    builder = "json" if spec.loader in ("json", "jsonl") else spec.loader
+    return _datasets_load(builder, files, spec.field)
+
+
+# ---------------------------------------------------------------------- the task
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+_SIMPLE: dict = {}  # template -> field name, for templates that are exactly "{{ field }}"
+
+
+def _template(source: str) -> jinja2.Template:
+    t = _ENV.from_string(source)
+    m = re.fullmatch(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}", source)
+    if m:
+        _SIMPLE[t] = m.group(1)
+    return t
+
+
+class Task:
+    """One task definition bound to a data directory."""
+
+    def __init__(self, config: TaskConfig, data_dir: str | None = None):
+        self.config = config
+        self.name = config.task
+        self.data_dir = data_dir
+        c = config
+        if c.output_type == "multiple_choice" and not c.doc_to_choice:
+            raise TaskError(f"task {c.task}: output_type multiple_choice needs doc_to_choice")
+        if c.partial_scoring and not c.doc_to_continuation:
+            raise TaskError(f"task {c.task}: partial_scoring needs doc_to_continuation")
+        if c.process_docs and c.process_docs not in PROCESSORS:
+            raise TaskError(f"task {c.task}: unknown process_docs {c.process_docs!r}; known: {sorted(PROCESSORS)}")
+        self._text = _template(c.doc_to_text)
+        self._target = _template(c.doc_to_target)
+        self._choice = _ENV.compile_expression(c.doc_to_choice) if c.doc_to_choice else None
+        self._cont = _template(c.doc_to_continuation) if c.doc_to_continuation else None
+        self._answers = _ENV.compile_expression(c.doc_to_answers) if c.doc_to_answers else None
+        self._splits: dict[str, list[dict]] = {}
+        self._demos: dict[int, str] = {}  # few-shot pool index -> rendered demonstration
+
+    # documents
+    def docs(self, split: str) -> list[dict]:
+        if split not in self._splits:
+            docs = load_split(self.config, split, self.data_dir)
+            if self.config.process_docs:
+                docs = PROCESSORS[self.config.process_docs](docs)
+            self._splits[split] = docs
+        return self._splits[split]
+
+    def eval_docs(self, limit: int | None = None) -> list[dict]:
+        docs = self.docs(self.config.eval_split)
+        return docs[:limit] if limit else docs
+
+    def fewshot_docs(self) -> list[dict]:
+        split = self.config.fewshot_split or self.config.eval_split
+        docs = self.docs(split)
+        n = self.config.limit_fewshot_pool
+        return docs[:n] if n else docs
+
+    # rendering
+    def _render(self, tmpl: jinja2.Template, doc: dict, what: str) -> str:
+        field = _SIMPLE.get(tmpl)
+        if field is not None and field in doc:  # "{{ name }}": skip the template engine
+            return str(doc[field])
+        try:
+            return tmpl.render(**doc)
+        except jinja2.TemplateError as e:
+            raise TaskError(f"task {self.name}: {what} failed on a document with keys {sorted(doc)}: {e}") from None
+
+    def text(self, doc: dict) -> str:
+        return self._render(self._text, doc, "doc_to_text")
+
+    def choices(self, doc: dict) -> list[str]:
+        out = self._choice(**doc)
+        if not isinstance(out, (list, tuple)) or not out:
+            raise TaskError(f"task {self.name}: doc_to_choice gave {out!r}, expected a non-empty list")
+        return [str(x) for x in out]
+
+    def gold(self, doc: dict) -> int:
+        """Index of the right choice (multiple choice)."""
+        raw = self._render(self._target, doc, "doc_to_target").strip()
+        if re.fullmatch(r"-?\d+", raw):
+            return int(raw)
+        choices = self.choices(doc)
+        if raw in choices:
+            return choices.index(raw)
+        raise TaskError(f"task {self.name}: target {raw!r} is neither an index nor one of the choices")
+
+    def target(self, doc: dict) -> str:
+        """The text that follows the prompt in a demonstration (and the scored continuation)."""
+        c = self.config
+        if c.output_type == "multiple_choice":
+            if c.partial_scoring:
+                return self.continuation(doc)
+            return self.choices(doc)[self.gold(doc)]
+        return self._render(self._target, doc, "doc_to_target")
+
+    def continuation(self, doc: dict) -> str:
+        return self._render(self._cont, doc, "doc_to_continuation")
+
+    def answers(self, doc: dict) -> list[str]:
+        if self._answers is not None:
+            out = self._answers(**doc)
+            return [str(a) for a in (out if isinstance(out, (list, tuple)) else [out])]
+        return [self.target(doc)]
+
+    def demo(self, doc: dict) -> str:
+        c = self.config
+        if c.partial_scoring:
+            return self.choices(doc)[self.gold(doc)] + c.target_delimiter + self.continuation(doc)
+        return self.text(doc) + c.target_delimiter + self.target(doc)
+
+    def example_text(self, doc: dict) -> str:
+        """Context + completion of an example: what the contamination filter and report look at."""
+        c = self.config
+        if c.output_type == "loglikelihood_rolling":
+            return self.text(doc)
+        if c.partial_scoring:
+            return self.demo(doc)
+        try:
+            return self.demo(doc)
+        except TaskError:
+            return self.text(doc)
+
+    # prompting (GPT-3 Section 2.4)
+    def fewshot_context(self, doc_id: int, doc: dict, k: int, seed: int, prompt_text: str | None = None) -> str:
+        """Description + k demonstrations (seeded per example, never the example itself) + prompt."""
+        c = self.config
+        prompt = self.text(doc) if prompt_text is None else prompt_text
+        demos: list[str] = []
+        if k > 0:
+            pool = self.fewshot_docs()
+            same = (c.fewshot_split or c.eval_split) == c.eval_split and doc_id < len(pool)
+            usable = len(pool) - (1 if same else 0)
+            if usable < k:
+                raise TaskError(f"task {self.name}: {k} demonstrations asked but the few-shot split has "
+                                f"only {usable} usable documents")
+            rng = random.Random(f"{seed}/{self.name}/{doc_id}/{k}")
+            picks = rng.sample(range(usable), k)
+            if same:  # skip the test example itself
+                picks = [i + 1 if i >= doc_id else i for i in picks]
+            for i in picks:
+                if i not in self._demos:
+                    self._demos[i] = self.demo(pool[i])
+            demos = [self._demos[i] for i in picks]
+        body = c.fewshot_delimiter.join(demos + [prompt]) if demos else prompt
+        return c.description + body
+

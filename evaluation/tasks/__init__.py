@@ -1,0 +1,1 @@
+"""Shipped task definitions (YAML). Not Python: this file only makes the folder package data."""

@@ -1,0 +1,1 @@
+"""mnemos: launcher package."""

@@ -1,0 +1,53 @@
+"""`mnemos` command line: parse, dispatch. Each command group lives beside the code it drives and
+registers itself through a `register(subparsers)` function listed in COMMAND_MODULES."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that contribute subcommands; each defines register(subparsers) and sets `func` on its parsers.
+COMMAND_MODULES = [
+    "launcher.train_cli",       # train
+    "parallel.cli",             # plan
+    "cluster.cli",              # submit, jobs
+    "data.cli",                 # data train-tokenizer/tokenize/dedup/decontaminate/blend/stats
+    "evaluation.cli",           # eval, eval-data
+    "parallel.ckpt_cli",        # ckpt inspect/verify/reshard/export-hf/import-hf/export-torch
+    "launcher.finetune",        # finetune (BERT)
+    "evaluation.downstream.cli",  # downstream mil/repertoire/bert-heads/slots/toy
+    "launcher.quickstart",      # quickstart
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnemos",
+        description="Train and evaluate GPT-3-class and BERT models across many machines.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from launcher.config import ConfigError
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"mnemos: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

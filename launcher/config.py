@@ -1,0 +1,273 @@
+"""The one typed config tree of a training run.
+
+YAML presets and `--set a.b=c` overrides resolve into `RunConfig`. Each section checks its own fields;
+`RunConfig.check_cross_sections` checks the rules that span sections. Every failure names the field,
+the value and the rule, and happens before any rank is spawned.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config value breaks a rule. The message names field, value and rule."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    arch: Literal["gpt", "bert"] = Field("gpt", description="Decoder (GPT-3) or encoder (BERT).")
+    preset: str | None = Field(None, description="Name of the preset the shape came from, for the record.")
+    n_layer: int = Field(2, gt=0, description="Number of transformer blocks.")
+    d_model: int = Field(64, gt=0, description="Residual stream width.")
+    n_head: int = Field(4, gt=0, description="Attention heads per block.")
+    d_ff: int | None = Field(None, gt=0, description="MLP hidden width; None means 4 * d_model (GPT-3).")
+    n_ctx: int = Field(128, gt=0, description="Maximum sequence length (learned positions).")
+    vocab_size: int = Field(512, gt=0, description="Embedding rows; pad to a multiple of 128 for TP.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
+    attn_pattern: Literal["dense", "alternating"] = Field(
+        "dense", description="'alternating': odd layers use locally banded attention (GPT-3 / Sparse Transformer).")
+    local_window: int = Field(256, gt=0, description="Band width in tokens of the local attention layers.")
+    init_std: float = Field(0.02, gt=0, description="Std of normal init; residual projections get std/sqrt(2 n_layer).")
+    type_vocab_size: int = Field(2, gt=0, description="BERT token-type (segment) embeddings.")
+    layer_norm_eps: float = Field(1e-5, gt=0, description="LayerNorm epsilon.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.d_model % self.n_head != 0:
+            raise ValueError(
+                f"model.n_head={self.n_head} must divide model.d_model={self.d_model} "
+                f"(rule: d_model % n_head == 0)")
+        return self
+
+    @property
+    def ff_width(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+
+class DataConfig(_Section):
+    tokenizer: str | None = Field(None, description="Path to the sentencepiece .model file.")
+    train: list[str] = Field(default_factory=list, description="Prefixes of .bin/.idx token shards to train on.")
+    weights: list[float] | None = Field(None, description="Sampling weight per train prefix (blend); None = by size.")
+    valid: list[str] = Field(default_factory=list, description="Prefixes of validation shards.")
+    seq_len: int = Field(128, gt=0, description="Tokens per training sequence (packed, EOT-separated).")
+    seed: int = Field(1234, description="Seed of the shuffled sampler.")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> "DataConfig":
+        if self.weights is not None:
+            if len(self.weights) != len(self.train):
+                raise ValueError(f"data.weights has {len(self.weights)} entries but data.train has "
+                                 f"{len(self.train)} (rule: one weight per train prefix)")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError(f"data.weights={self.weights} must be >= 0 with a positive sum")
+        return self
+
+
+class OptimConfig(_Section):
+    lr: float = Field(6e-4, gt=0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to this fraction of peak (GPT-3: 10%).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="Adam beta2 (GPT-3: 0.95).")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay; not applied to biases/LayerNorm.")
+    grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clip; 0 disables.")
+
+
+class ScheduleConfig(_Section):
+    warmup_tokens: int = Field(0, ge=0, description="Linear LR warmup length in tokens (GPT-3: 375M).")
+    decay_tokens: int = Field(0, ge=0, description="Decay ends here, in tokens (GPT-3: 260B); 0 = constant.")
+    decay_shape: Literal["cosine", "linear"] = Field(
+        "cosine", description="GPT-3 decays by cosine; BERT linearly (to optim.min_lr_ratio x peak).")
+    batch_ramp_tokens: int = Field(0, ge=0, description="Batch size ramps linearly to full over this many tokens.")
+    batch_ramp_start_tokens: int = Field(32768, gt=0, description="Batch size in tokens at the start of the ramp.")
+
+
+class TrainConfig(_Section):
+    max_steps: int = Field(100, gt=0, description="Optimizer steps to train for.")
+    global_batch_size: int = Field(8, gt=0, description="Sequences per optimizer step over all data-parallel ranks.")
+    micro_batch_size: int = Field(4, gt=0, description="Sequences per rank per forward/backward.")
+    eval_every_steps: int = Field(50, ge=0, description="Validation every N steps; 0 disables.")
+    eval_batches: int = Field(8, gt=0, description="Validation micro-batches per evaluation.")
+    log_every_steps: int = Field(10, gt=0, description="Progress line every N steps.")
+
+
+class ParallelConfig(_Section):
+    tp: int = Field(1, gt=0, description="Tensor-parallel degree (Megatron style).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage over the data-parallel group.")
+    sequence_parallel: bool = Field(False, description="Shard LayerNorm/dropout regions along the sequence under TP.")
+    activation_checkpointing: bool = Field(False, description="Recompute block activations in backward.")
+
+
+class PrecisionConfig(_Section):
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Compute dtype; master weights stay fp32.")
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(0, ge=0, description="Save every N steps; 0 saves only at the end.")
+    keep_last: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
+    keep_every_steps: int = Field(0, ge=0, description="Also keep one permanently every M steps; 0 = none.")
+    save_at_end: bool = Field(True, description="Save when training finishes.")
+    async_finalize: bool = Field(False, description="Checksum, manifest and rename in a background thread so training resumes right after the shards are written.")
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars under RUN/tensorboard.")
+    progress: Literal["line", "none"] = Field("line", description="Periodic progress line with rate and ETA.")
+
+
+class BertPretrainConfig(_Section):
+    """BERT pretraining data settings (a `bert:` section of the run config, when the tree has one)."""
+
+    short_seq_len: int = Field(128, ge=8, description="Sequence length of the first phase (BERT: 128).")
+    short_seq_fraction: float = Field(0.9, ge=0, le=1, description="Fraction of train.max_steps at short_seq_len (BERT: 0.9); the rest uses data.seq_len.")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="Fraction of tokens predicted by the masked LM (BERT: 15%).")
+    nsp_random_prob: float = Field(0.5, ge=0, le=1, description="Probability that segment B comes from another document (BERT: 50%).")
+    short_seq_prob: float = Field(0.1, ge=0, le=1, description="Probability a sample aims at a shorter random length (reference code: 10%).")
+    whole_word_masking: bool = Field(False, description="Mask all pieces of a word together.")
+
+
+class FaultsConfig(_Section):
+    hang_minutes: float = Field(0.0, ge=0, description="Exit (for a scheduler restart) after this long without a finished step; 0 = off.")
+    spike_zscore: float = Field(0.0, ge=0, description="A micro-batch loss this many std above the recent mean is a spike; 0 = only NaN/inf count.")
+    rollback_after: int = Field(3, gt=0, description="After this many bad steps since the last checkpoint, roll back to it and skip the data seen since.")
+
+
+class RunConfig(_Section):
+    run_dir: str = Field("runs/default", description="Run directory: config.yaml, checkpoints/, tensorboard/, results/, logs/.")
+    seed: int = Field(1234, description="Seed for weights, dropout and everything not seeded elsewhere.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to compute; auto = cuda when present.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    bert: BertPretrainConfig = Field(default_factory=BertPretrainConfig)
+
+    def check_cross_sections(self, world_size: int) -> None:
+        """Rules that span sections; needs the number of ranks the run will use."""
+        tp = self.parallel.tp
+        if world_size % tp != 0:
+            raise ConfigError(f"parallel.tp={tp} must divide the world size {world_size} (rule: world % tp == 0)")
+        if self.model.n_head % tp != 0:
+            raise ConfigError(f"parallel.tp={tp} must divide model.n_head={self.model.n_head} "
+                              f"(rule: heads are split across TP ranks)")
+        if self.model.vocab_size % tp != 0:
+            raise ConfigError(f"parallel.tp={tp} must divide model.vocab_size={self.model.vocab_size} "
+                              f"(rule: the vocabulary is split across TP ranks; pad it to a multiple of 128)")
+        if self.model.ff_width % tp != 0:
+            raise ConfigError(f"parallel.tp={tp} must divide the MLP width {self.model.ff_width}")
+        dp = world_size // tp
+        per_step = self.train.micro_batch_size * dp
+        if self.train.global_batch_size % per_step != 0:
+            raise ConfigError(
+                f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
+                f"train.micro_batch_size={self.train.micro_batch_size} x data-parallel ranks {dp} = {per_step} "
+                f"(rule: global batch = micro batch x dp x gradient-accumulation steps)")
+        if self.data.seq_len > self.model.n_ctx:
+            raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds model.n_ctx={self.model.n_ctx} "
+                              f"(rule: sequences must fit the learned positions)")
+        if not self.data.train:
+            raise ConfigError("data.train=[] (rule: at least one token-shard prefix to train on)")
+        for field, prefixes in (("data.train", self.data.train), ("data.valid", self.data.valid)):
+            for p in prefixes:
+                for ext in (".bin", ".idx"):
+                    if not os.path.exists(p + ext):
+                        raise ConfigError(f"{field} entry {p!r}: file {p + ext} does not exist "
+                                          f"(rule: each prefix names an existing .bin/.idx pair)")
+        if self.data.tokenizer is not None and not os.path.exists(self.data.tokenizer):
+            raise ConfigError(f"data.tokenizer={self.data.tokenizer!r} does not exist")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML's scalar rules: 3e-4 -> float, true -> bool, [1,2] -> list, abc -> str.
+    value = yaml.safe_load(text)
+    return text if value is None and text not in ("null", "~", "") else value
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` override to a nested dict, in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-4")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = _parse_scalar(raw)
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(config)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{field}: unknown key (value {e['input']!r}); rule: only fields of the schema are allowed")
+        elif field == "(config)" or msg.startswith(field):
+            lines.append(msg)
+        else:
+            lines.append(f"{field}={e.get('input')!r}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def build_config(tree: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or a preset name from configs/), apply `a.b=c` overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists() and (PRESET_DIR / f"{path}.yaml").exists():
+            p = PRESET_DIR / f"{path}.yaml"
+        if not p.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        tree = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping")
+    tree = copy.deepcopy(tree)
+    for o in overrides or []:
+        apply_override(tree, o)
+    # A model preset name expands into its shape; explicit model.* keys still win.
+    model_tree = tree.get("model", {})
+    if isinstance(model_tree, dict) and model_tree.get("preset"):
+        from model.presets import preset_shape
+        try:
+            shape = preset_shape(model_tree["preset"])
+        except KeyError as e:
+            raise ConfigError(str(e.args[0])) from None
+        tree["model"] = {**shape, **model_tree}
+    return build_config(tree)

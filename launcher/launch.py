@@ -1,0 +1,468 @@
+"""Start the ranks of a run: local torchrun spawn, multi-node rendezvous, and the per-node entry used
+inside a Slurm allocation.
+
+    torchrun_command(...)  the exact `python -m torch.distributed.run ... -m launcher.worker CONFIG` argv
+    spawn_local(...)       run it here: rank environment, per-rank log files, signal forwarding
+    python -m launcher.launch --slurm CONFIG --nproc-per-node G
+                           one task per node inside `srun`: reads SLURM_*, expands the node list,
+                           rendezvous on the first node, then spawn_local
+
+Every rank gets MASTER_ADDR/MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE (set by torchrun), plus the
+settings below (`rank_environment`). Rank output goes to the console prefixed with `[rankR]:` and to
+RUN/logs/rankR.log (appended across restarts); torchrun's own per-attempt files stay under
+RUN/logs/torchrun/. When one rank fails, torchrun stops the others on that node and exits non-zero;
+across nodes `srun --kill-on-bad-exit=1` ends the other nodes' tasks.
+
+SIGUSR1/SIGTERM sent to the launcher are forwarded to the worker processes (which save a checkpoint
+and exit 0); a rank still starting up (no handler yet) gets SIGUSR1 as soon as it installs one.
+torchrun itself ignores SIGUSR1, so a signal delivered to the whole process tree (Slurm signals every
+process of a job step) reaches the workers without killing their agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("mnemos.launch")
+
+WORKER_MODULE = "launcher.worker"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_PREFIX = re.compile(r"^\[rank(\d+)\]:")
+NOTICE_POLL_S = 1.0  # after SIGUSR1, how often to look for ranks that could not catch it yet
+
+
+# --------------------------------------------------------------------------------------------- command
+def torchrun_command(config_path: str | os.PathLike, nproc: int, overrides: list[str] | None = None,
+                     nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None, *,
+                     rdzv_id: str | None = None, local_addr: str | None = None,
+                     rdzv_conf: str | None = None, log_dir: str | os.PathLike | None = None,
+                     module: str = WORKER_MODULE, python: str | None = None) -> list[str]:
+    """The torchrun argv that starts `nproc` ranks of `module CONFIG` on this node.
+
+    `config_path` must be the resolved RUN/config.yaml; with `overrides` the config is resolved here
+    and written to RUN/config.yaml first (the worker's only argument is a resolved YAML path).
+    Single node without an endpoint uses `--standalone` (a free local port, so concurrent runs on one
+    machine never collide); otherwise c10d rendezvous at `rdzv_endpoint` (HOST:PORT on the first node).
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc={nproc} (rule: at least 1 rank per node)")
+    if nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise ValueError(f"node_rank={node_rank}, nnodes={nnodes} (rule: 0 <= node_rank < nnodes)")
+    if overrides:
+        config_path = resolve_config(config_path, overrides)
+    cmd = [python or sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    if nnodes == 1 and rdzv_endpoint is None:
+        cmd += ["--standalone"]
+    else:
+        if rdzv_endpoint is None:
+            raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint=HOST:PORT (the first node)")
+        _split_endpoint(rdzv_endpoint)
+        cmd += ["--nnodes", str(nnodes), "--node_rank", str(node_rank),
+                "--rdzv_backend", "c10d", "--rdzv_endpoint", rdzv_endpoint]
+        if rdzv_id is not None:
+            cmd += ["--rdzv_id", str(rdzv_id)]
+        if local_addr is not None:
+            cmd += ["--local_addr", local_addr]
+        if rdzv_conf is not None:
+            cmd += ["--rdzv_conf", rdzv_conf]
+    cmd += ["--max_restarts", "0"]  # restarts belong to the scheduler, which resumes from a checkpoint
+    if log_dir is not None:
+        cmd += ["--log_dir", str(log_dir), "--redirects", "3", "--tee", "3"]
+    cmd += ["-m", module, str(config_path)]
+    return cmd
+
+
+def resolve_config(config_path: str | os.PathLike, overrides: list[str]) -> Path:
+    """Apply `--set` overrides and write RUN/config.yaml; returns its path."""
+    from launcher.config import load_config
+    cfg = load_config(config_path, overrides)
+    path = Path(cfg.run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(cfg.to_yaml())
+    os.replace(tmp, path)
+    return path
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"rdzv_endpoint={endpoint!r} (rule: HOST:PORT)")
+    return host, int(port)
+
+
+def rank_environment(run_dir: str | os.PathLike | None, base: dict[str, str] | None = None,
+                     nproc: int = 1, cuda: bool | None = None) -> dict[str, str]:
+    """Environment for torchrun and its ranks. Values already set by the user win (setdefault)."""
+    env = dict(os.environ if base is None else base)
+    if cuda is None:
+        cuda = _cuda_available()
+    if not cuda:
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would otherwise probe for CUDA and fail
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nproc))))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a failed collective aborts, never hangs
+    env.setdefault("NCCL_DEBUG", "WARN")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # torchrun prefixes each console line with the global rank; spawn_local splits on it.
+    env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = "[rank${rank}]:"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    if run_dir is not None:
+        env["MNEMOS_LOG_DIR"] = str(Path(run_dir) / "logs")
+    return env
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch here means no CUDA either
+        return False
+
+
+# --------------------------------------------------------------------------------------------- spawn
+def spawn_local(config_path: str | os.PathLike, nproc: int, overrides: list[str] | None = None, *,
+                run_dir: str | os.PathLike | None = None, nnodes: int = 1, node_rank: int = 0,
+                rdzv_endpoint: str | None = None, rdzv_id: str | None = None,
+                local_addr: str | None = None, rdzv_conf: str | None = None,
+                env: dict[str, str] | None = None, module: str = WORKER_MODULE,
+                received: list[str] | None = None) -> int:
+    """Run torchrun here and wait; returns its exit code (0 only if every rank exited 0).
+
+    Rank output: console (prefixed `[rankR]:`) and RUN/logs/rankR.log; agent output: RUN/logs/agent-nodeN.log.
+    The names of the signals forwarded to the ranks are appended to `received`; a SIGUSR1 already in
+    it (caught by the caller before the ranks existed) is delivered to the ranks once they can catch it.
+    """
+    if overrides:
+        config_path = resolve_config(config_path, overrides)
+    if run_dir is None:
+        import yaml
+        run_dir = (yaml.safe_load(Path(config_path).read_text()) or {}).get("run_dir", "runs/default")
+    logs = Path(run_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = torchrun_command(config_path, nproc, None, nnodes, node_rank, rdzv_endpoint, rdzv_id=rdzv_id,
+                           local_addr=local_addr, rdzv_conf=rdzv_conf, log_dir=logs / "torchrun", module=module)
+    full_env = rank_environment(run_dir, env, nproc)
+    log.info("launching %d rank(s) on node %d/%d: %s", nproc, node_rank, nnodes, " ".join(cmd))
+
+    def _child_setup() -> None:
+        # torchrun must survive a SIGUSR1 aimed at the whole tree; workers install their own handler.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_child_setup, bufsize=1, text=True, errors="replace")
+    demux = _LogDemux(logs, node_rank)
+    pump = threading.Thread(target=demux.pump, args=(proc.stdout,), daemon=True)
+    pump.start()
+
+    notice = _StopNotice()
+
+    if received and "SIGUSR1" in received:  # the notice came while the launcher was still starting
+        notice.requested = True
+
+    def _forward(signum, _frame):
+        name = signal.Signals(signum).name
+        if received is not None:
+            received.append(name)
+        workers = _children(proc.pid)
+        log.warning("received %s: forwarding to worker(s) %s", name, workers)
+        if signum == signal.SIGUSR1:
+            notice.requested = True  # delivered by the wait loop below (within NOTICE_POLL_S), not re-entrantly
+            return
+        for pid in workers:  # SIGTERM/SIGINT: to every rank, and torchrun stops too
+            _kill(pid, signum)
+        _kill(proc.pid, signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _forward)
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=NOTICE_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                if notice.requested:  # ranks that were still starting up get it once they can catch it
+                    notice.deliver(_children(proc.pid))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        pump.join(timeout=10)
+        demux.close()
+    if rc != 0:
+        log.error("torchrun exited with code %d; rank logs are in %s", rc, logs)
+    return rc
+
+
+class _StopNotice:
+    """SIGUSR1 for the ranks, delivered exactly once to each rank, and only when it catches it.
+
+    The ranks inherit SIGUSR1 ignored; a rank still importing when the notice came would miss it,
+    and a rank that already caught it and is exiting (Python resets handlers at shutdown) would be
+    killed by a second one. So: deliver to ranks whose handler is installed (SigCgt), retry the others.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.delivered: set[int] = set()
+
+    def deliver(self, pids: list[int]) -> None:
+        for pid in pids:
+            if pid not in self.delivered and _catches(pid, signal.SIGUSR1):
+                _kill(pid, signal.SIGUSR1)
+                self.delivered.add(pid)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler installed for `sig` (the SigCgt mask in /proc/PID/status)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class _LogDemux:
+    """Copy torchrun's console stream to our stdout and split it into RUN/logs/rankR.log files."""
+
+    def __init__(self, logs: Path, node_rank: int) -> None:
+        self.logs = logs
+        self.files: dict[str, object] = {}
+        self.agent = open(logs / f"agent-node{node_rank}.log", "a", buffering=1)
+
+    def pump(self, stream) -> None:
+        for line in stream:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            m = _PREFIX.match(line)
+            if m:
+                f = self.files.get(m.group(1))
+                if f is None:
+                    f = self.files[m.group(1)] = open(self.logs / f"rank{m.group(1)}.log", "a", buffering=1)
+                f.write(line[m.end():])
+            else:
+                self.agent.write(line)
+
+    def close(self) -> None:
+        for f in [*self.files.values(), self.agent]:
+            f.close()
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid` (torchrun's workers), read from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------------------------- Slurm
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a Slurm hostlist: 'gpu[01-03,7],login1' -> ['gpu01','gpu02','gpu03','gpu7','login1'].
+
+    Several bracket groups in one name form the cartesian product ('r[1-2]n[1-2]' -> r1n1 r1n2 r2n1 r2n2);
+    zero padding of a range start is kept.
+    """
+    names: list[str] = []
+    for item in _split_top_level(nodelist.strip()):
+        names.extend(_expand_one(item))
+    return names
+
+
+def _split_top_level(text: str) -> list[str]:
+    items, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ']' in node list {text!r}")
+        if ch == "," and depth == 0:
+            if cur:
+                items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth != 0:
+        raise ValueError(f"unbalanced '[' in node list {text!r}")
+    if cur:
+        items.append(cur)
+    return items
+
+
+def _expand_one(item: str) -> list[str]:
+    m = re.search(r"\[([^\]]*)\]", item)
+    if not m:
+        return [item]
+    head, tail = item[:m.start()], item[m.end():]
+    out = []
+    for part in m.group(1).split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
+                raise ValueError(f"bad range {part!r} in node list entry {item!r}")
+            width = len(lo) if lo.startswith("0") else 0
+            values = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+        else:
+            if not part.isdigit():
+                raise ValueError(f"bad index {part!r} in node list entry {item!r}")
+            values = [part]
+        for v in values:
+            out.extend(_expand_one(head + v + tail))
+    return out
+
+
+def node_address(name: str) -> str:
+    """The address slurmd advertises for node `name` (NodeAddr); the name itself without scontrol."""
+    if shutil.which("scontrol"):
+        res = subprocess.run(["scontrol", "show", "node", name], capture_output=True, text=True)
+        m = re.search(r"\bNodeAddr=(\S+)", res.stdout)
+        if res.returncode == 0 and m:
+            return m.group(1)
+    return name
+
+
+def slurm_rendezvous(environ: dict[str, str] | None = None) -> dict:
+    """nnodes, node_rank, rdzv endpoint and id for this task, from the SLURM_* variables of `srun`."""
+    e = os.environ if environ is None else environ
+    try:
+        job_id = e["SLURM_JOB_ID"]
+        nodelist = e.get("SLURM_JOB_NODELIST") or e["SLURM_NODELIST"]
+    except KeyError as missing:
+        raise RuntimeError(f"--slurm: {missing.args[0]} is not set (run this inside srun in an allocation)") from None
+    nodes = expand_nodelist(nodelist)
+    nnodes = int(e.get("SLURM_JOB_NUM_NODES") or e.get("SLURM_NNODES") or len(nodes))
+    node_rank = int(e.get("SLURM_NODEID", "0"))
+    host = e.get("MNEMOS_RDZV_HOST") or node_address(nodes[0])
+    # A port per job: two jobs whose first node is the same host never collide.
+    port = int(e.get("MNEMOS_RDZV_PORT") or 20000 + int(re.sub(r"\D", "", job_id) or 0) % 20000)
+    restart = e.get("SLURM_RESTART_COUNT", "0")
+    return {"nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": f"{host}:{port}",
+            "rdzv_id": f"{job_id}-{restart}", "nodes": nodes,
+            "local_addr": host if host in ("127.0.0.1", "localhost") else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    # From the first moment on, a preemption notice is remembered rather than fatal (SIGUSR1's default).
+    received: list[str] = []
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: received.append(signal.Signals(signum).name))
+    p = argparse.ArgumentParser(prog="python -m launcher.launch", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="resolved RUN/config.yaml")
+    p.add_argument("--nproc-per-node", "--nproc", type=int, default=None, dest="nproc",
+                   help="ranks on this node (default: SLURM_GPUS_ON_NODE with --slurm, else 1)")
+    p.add_argument("--slurm", action="store_true", help="take nnodes/node rank/rendezvous from SLURM_*")
+    p.add_argument("--k8s", action="store_true",
+                   help="take them from a Kubeflow PyTorchJob pod (MASTER_ADDR/PORT, WORLD_SIZE=pods, RANK=pod)")
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the first node")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--array-task", type=int, default=None, metavar="ID",
+                   help="Slurm array task: train RUN/task<ID> with seed + ID")
+    p.add_argument("--worker-module", default=WORKER_MODULE, help=argparse.SUPPRESS)  # tests use a stand-in
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    kw = {"nnodes": args.nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint}
+    if args.nproc is None:
+        gpus = os.environ.get("SLURM_GPUS_ON_NODE", "") if args.slurm else ""
+        args.nproc = int(gpus) if gpus.isdigit() and int(gpus) > 0 else 1
+    if args.slurm:
+        r = slurm_rendezvous()
+        log.info("slurm job %s: node %d of %d %s, rendezvous %s", os.environ.get("SLURM_JOB_ID"),
+                 r["node_rank"], r["nnodes"], r["nodes"], r["rdzv_endpoint"])
+        kw = {k: r[k] for k in ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "local_addr")}
+        if kw["nnodes"] == 1:
+            kw["rdzv_endpoint"] = kw["rdzv_id"] = kw["local_addr"] = None
+    if args.k8s:
+        kw = k8s_rendezvous()
+        log.info("pytorchjob pod %d of %d, rendezvous %s", kw["node_rank"], kw["nnodes"], kw["rdzv_endpoint"])
+    config, overrides = args.config, args.overrides
+    if args.array_task is not None:
+        config, overrides = array_task_config(config, args.array_task, overrides), []
+    started = time.time()
+    rc = spawn_local(config, args.nproc, overrides, module=args.worker_module, received=received, **kw)
+    if args.k8s and rc == 0:
+        return k8s_exit_code(config, started, received)
+    return rc
+
+
+def array_task_config(config_path: str | os.PathLike, task_id: int, overrides: list[str] | None = None) -> Path:
+    """RUN/task<ID>/config.yaml: the same run with its own directory and seed + ID (one array task)."""
+    from launcher.config import load_config
+    cfg = load_config(config_path, overrides)
+    cfg.run_dir = str(Path(cfg.run_dir) / f"task{task_id}")
+    cfg.seed = cfg.seed + task_id
+    path = Path(cfg.run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(cfg.to_yaml())
+    os.replace(tmp, path)
+    return path
+
+
+def k8s_rendezvous(environ: dict[str, str] | None = None) -> dict:
+    """nnodes/node_rank/endpoint in a PyTorchJob pod: the operator's WORLD_SIZE and RANK count pods."""
+    e = os.environ if environ is None else environ
+    try:
+        nnodes, node_rank = int(e["WORLD_SIZE"]), int(e["RANK"])
+        endpoint = f"{e['MASTER_ADDR']}:{e['MASTER_PORT']}"
+    except KeyError as missing:
+        raise RuntimeError(f"--k8s: {missing.args[0]} is not set (the PyTorchJob operator sets it)") from None
+    if nnodes == 1:
+        return {"nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
+    # The master pod hosts the rendezvous store; say so rather than rely on hostname matching.
+    return {"nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": endpoint,
+            "rdzv_id": e.get("MNEMOS_JOB_NAME", "mnemos"), "rdzv_conf": f"is_host={int(node_rank == 0)}"}
+
+
+def k8s_exit_code(config_path: str, started: float, received: list[str], wait_s: float = 60.0) -> int:
+    """0 when the run finished; 143 (retryable under restartPolicy ExitCode) when it saved and stopped."""
+    import yaml
+    from cluster.outcome import run_outcome
+    run_dir = (yaml.safe_load(Path(config_path).read_text()) or {}).get("run_dir", "runs/default")
+    deadline = time.time() + wait_s
+    outcome = run_outcome(run_dir, since=started)
+    while outcome == "unknown" and time.time() < deadline:  # rank 0 may live in another pod
+        time.sleep(1)
+        outcome = run_outcome(run_dir, since=started)
+    if outcome == "finished":
+        return 0
+    if outcome == "preempted" or received:
+        log.warning("run stopped early (%s); exit 143 so the operator restarts this pod", outcome)
+        return 128 + signal.SIGTERM
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Slot Attention (Locatello et al. 2020, "Object-Centric Learning with Slot Attention"), read top to
+bottom in forward order.
+
+Blocks, as in the paper:
+  SoftPositionEmbed         App. E.1: a linear map of the 4-channel grid (y, x, 1-y, 1-x) added to features
+  SlotAttention             Section 2.1, Algorithm 1: slots from a learned Gaussian, T rounds of attention
+                            normalised over slots, weighted mean over inputs, GRU + residual MLP
+  Encoder                   App. E.1: CNN, soft position embedding, flatten, LayerNorm, MLP
+  SpatialBroadcastDecoder   App. E.1 (Watters et al. 2019): each slot broadcast on a grid, CNN to RGB + alpha
+  SlotAttentionAutoEncoder  Section 2.2 "Object discovery": masks = softmax over slots, MSE reconstruction
+  SlotAttentionSetPredictor Section 2.2 "Set prediction": encoder, slot attention, per-slot MLP head
+
+The number of slots and of iterations are arguments of `forward`, so both can change at test time
+(Section 4.1, "generalisation to more objects / more iterations"). Slots are exchangeable: nothing in
+`SlotAttention` depends on a slot's index, which makes it permutation-equivariant in the slots given a
+fixed initialisation (Section 2.1, "Permutation equivariance").
+
+This module never imports torch.distributed; the loss for set prediction (Hungarian matching) lives with
+the trainer in evaluation/downstream/slots.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def build_grid(height: int, width: int, device=None) -> torch.Tensor:
+    """(1, H, W, 4) grid of (y, x, 1-y, 1-x) in [0, 1] (App. E.1, "position embedding")."""
+    ys = torch.linspace(0.0, 1.0, height, device=device)
+    xs = torch.linspace(0.0, 1.0, width, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+    grid = torch.stack([gy, gx], dim=-1)  # (H, W, 2)
+    return torch.cat([grid, 1.0 - grid], dim=-1).unsqueeze(0)  # (1, H, W, 4)
+
+
+class SoftPositionEmbed(nn.Module):
+    """Adds a learned projection of the 4-d position grid to channels-last features (App. E.1)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(4, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, H, W, C)
+        grid = build_grid(x.shape[1], x.shape[2], x.device).to(x.dtype)  # (1, H, W, 4)
+        return x + self.proj(grid)
+
+
+class SlotAttention(nn.Module):
+    """Algorithm 1 of the paper. `dim` is the slot size D; inputs have `input_dim` features."""
+
+    def __init__(self, num_slots: int, dim: int, iters: int = 3, mlp_hidden: int = 128,
+                 input_dim: int | None = None, eps: float = 1e-8):
+        super().__init__()
+        self.num_slots = num_slots
+        self.iters = iters
+        self.dim = dim
+        self.eps = eps
+        self.scale = dim ** -0.5  # 1/sqrt(D) in Eq. 1
+        input_dim = input_dim or dim
+        # Slots are sampled from N(mu, diag(sigma^2)) with learned mu, sigma shared by all slots (Section 2.1).
+        self.slots_mu = nn.Parameter(torch.zeros(1, 1, dim))
+        self.slots_log_sigma = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.xavier_uniform_(self.slots_mu)
+        nn.init.xavier_uniform_(self.slots_log_sigma)
+        self.norm_inputs = nn.LayerNorm(input_dim)
+        self.norm_slots = nn.LayerNorm(dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(input_dim, dim, bias=False)
+        self.to_v = nn.Linear(input_dim, dim, bias=False)
+        self.gru = nn.GRUCell(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, dim))
+
+    def init_slots(self, batch: int, num_slots: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(batch, num_slots, self.dim, generator=generator,
+                            device=self.slots_mu.device if generator is None else generator.device)
+        return self.slots_mu + self.slots_log_sigma.exp() * noise.to(self.slots_mu.device)  # (B, K, D)
+
+    def forward(self, inputs: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
+                slots: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        # inputs: (B, N, D_in); slots (optional initial slots): (B, K, D)
+        B, N, _ = inputs.shape
+        K = num_slots or (slots.shape[1] if slots is not None else self.num_slots)
+        T = iters or self.iters
+        if slots is None:
+            slots = self.init_slots(B, K, generator)  # (B, K, D)
+        inputs = self.norm_inputs(inputs)  # Algorithm 1, line 2
+        k = self.to_k(inputs)  # (B, N, D)
+        v = self.to_v(inputs)  # (B, N, D)
+        attn = None
+        for _ in range(T):
+            slots_prev = slots
+            q = self.to_q(self.norm_slots(slots))  # (B, K, D)
+            logits = torch.einsum("bnd,bkd->bnk", k, q) * self.scale  # (B, N, K), Eq. 1
+            attn = logits.softmax(dim=-1) + self.eps  # softmax over slots: slots compete for inputs (Eq. 1)
+            weights = attn / attn.sum(dim=1, keepdim=True)  # weighted mean over inputs (Eq. 2)
+            updates = torch.einsum("bnk,bnd->bkd", weights, v)  # (B, K, D), Eq. 2
+            slots = self.gru(updates.reshape(B * K, -1), slots_prev.reshape(B * K, -1))  # (B*K, D)
+            slots = slots.reshape(B, K, -1)  # (B, K, D)
+            slots = slots + self.mlp(self.norm_mlp(slots))  # residual MLP (Algorithm 1, line 9)
+        return slots, attn.transpose(1, 2)  # (B, K, D), (B, K, N) attention of the last iteration
+
+
+def conv_stack(channels: list[int], kernel: int, final_act: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
+        layers.append(nn.Conv2d(cin, cout, kernel, padding=kernel // 2))
+        if final_act or i < len(channels) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """CNN -> soft position embedding -> flatten -> LayerNorm -> MLP (App. E.1, Table 3).
+
+    `stride` > 1 on the first layer shrinks the feature map (a CPU-sized variant; the paper uses 1)."""
+
+    def __init__(self, in_channels: int = 3, hidden: int = 64, layers: int = 4, kernel: int = 5,
+                 out_dim: int = 64, stride: int = 1):
+        super().__init__()
+        self.first = nn.Conv2d(in_channels, hidden, kernel, stride=stride, padding=kernel // 2)
+        self.cnn = conv_stack([hidden] * layers, kernel, final_act=True)
+        self.pos = SoftPositionEmbed(hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # image: (B, 3, H, W)
+        x = self.cnn(F.relu(self.first(image)))  # (B, C, H', W')
+        x = self.pos(x.permute(0, 2, 3, 1))  # (B, H', W', C)
+        x = x.flatten(1, 2)  # (B, N = H' W', C)
+        return self.mlp(self.norm(x))  # (B, N, out_dim)
+
+
+class SpatialBroadcastDecoder(nn.Module):
+    """Each slot is tiled on an (h0, w0) grid, given the position embedding and decoded by a CNN into
+    4 channels: RGB and an alpha logit (App. E.1, Watters et al. 2019). With h0 < image height the grid is
+    upsampled by stride-2 transposed convolutions (the paper's CLEVR decoder) and cropped to the image."""
+
+    def __init__(self, slot_dim: int = 64, hidden: int = 32, layers: int = 4, kernel: int = 5,
+                 image_size: tuple[int, int] = (35, 35), broadcast_size: tuple[int, int] | None = None):
+        super().__init__()
+        self.image_size = tuple(image_size)
+        self.broadcast_size = tuple(broadcast_size or image_size)
+        n_up = 0
+        h = self.broadcast_size[0]
+        while h < self.image_size[0]:
+            h, n_up = h * 2, n_up + 1
+        self.pos = SoftPositionEmbed(slot_dim)
+        ups: list[nn.Module] = []
+        cin = slot_dim
+        for _ in range(n_up):
+            ups += [nn.ConvTranspose2d(cin, hidden, kernel, stride=2, padding=kernel // 2, output_padding=1),
+                    nn.ReLU()]
+            cin = hidden
+        self.up = nn.Sequential(*ups)
+        self.cnn = conv_stack([cin] + [hidden] * max(layers - n_up - 1, 0), kernel, final_act=True)
+        self.out = nn.Conv2d(hidden if (layers - n_up - 1 > 0 or n_up) else cin, 4, 3, padding=1)
+
+    def forward(self, slots: torch.Tensor):
+        # slots: (B, K, D)
+        B, K, D = slots.shape
+        h0, w0 = self.broadcast_size
+        x = slots.reshape(B * K, 1, 1, D).expand(B * K, h0, w0, D)  # (B*K, h0, w0, D), spatial broadcast
+        x = self.pos(x).permute(0, 3, 1, 2)  # (B*K, D, h0, w0)
+        x = self.cnn(self.up(x))  # (B*K, hidden, H'', W'')
+        x = self.out(x)[:, :, : self.image_size[0], : self.image_size[1]]  # (B*K, 4, H, W)
+        x = x.reshape(B, K, 4, *self.image_size)  # (B, K, 4, H, W)
+        return x[:, :, :3], x[:, :, 3:]  # rgb (B, K, 3, H, W), alpha logits (B, K, 1, H, W)
+
+
+class SlotAttentionAutoEncoder(nn.Module):
+    """Object discovery (Section 2.2): encode, group into slots, decode each slot; the alpha logits are
+    normalised by a softmax over slots into masks and the image is the mask-weighted sum of per-slot RGB."""
+
+    def __init__(self, image_size: tuple[int, int] = (35, 35), num_slots: int = 4, iters: int = 3,
+                 slot_dim: int = 64, enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5,
+                 enc_stride: int = 1, dec_hidden: int = 32, dec_layers: int = 4, dec_kernel: int = 5,
+                 broadcast_size: tuple[int, int] | None = None, mlp_hidden: int = 128):
+        super().__init__()
+        self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
+        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden)
+        self.decoder = SpatialBroadcastDecoder(slot_dim, dec_hidden, dec_layers, dec_kernel, image_size,
+                                               broadcast_size)
+
+    def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        # image: (B, 3, H, W) in [-1, 1]
+        feats = self.encoder(image)  # (B, N, D)
+        slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator)  # (B, K, D), (B, K, N)
+        rgb, alpha = self.decoder(slots)  # (B, K, 3, H, W), (B, K, 1, H, W)
+        masks = alpha.softmax(dim=1)  # softmax over slots (Section 2.2)
+        recon = (masks * rgb).sum(dim=1)  # (B, 3, H, W)
+        return {"recon": recon, "rgb": rgb, "masks": masks.squeeze(2), "slots": slots, "attn": attn}
+
+
+class SlotAttentionSetPredictor(nn.Module):
+    """Set prediction (Section 2.2): encoder, slot attention, and a shared MLP applied to each slot that
+    outputs one object's property vector (coordinates, one-hot attributes, "is real" flag), in [0, 1]."""
+
+    def __init__(self, out_dim: int, num_slots: int = 4, iters: int = 3, slot_dim: int = 64,
+                 enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5, enc_stride: int = 1,
+                 mlp_hidden: int = 128):
+        super().__init__()
+        self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
+        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden)
+        self.head = nn.Sequential(nn.Linear(slot_dim, slot_dim), nn.ReLU(), nn.Linear(slot_dim, out_dim))
+
+    def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        # image: (B, 3, H, W) in [-1, 1]
+        feats = self.encoder(image)  # (B, N, D)
+        slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator)  # (B, K, D)
+        return {"pred": torch.sigmoid(self.head(slots)), "slots": slots, "attn": attn}  # pred: (B, K, out_dim)

@@ -1,0 +1,216 @@
+"""`mnemos ckpt inspect|verify|reshard|export-hf|import-hf|export-torch`: checkpoint tools.
+
+DIR may be a run directory, its checkpoints/ folder or one step_N checkpoint; a run or checkpoints
+folder means its newest checkpoint (inspect and verify look at all of them)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    ckpt = subparsers.add_parser("ckpt", help="inspect, verify, reshard and export checkpoints")
+    sub = ckpt.add_subparsers(dest="ckpt_command", metavar="ACTION")
+
+    p = sub.add_parser("inspect", help="layout, step, tokens, parallel layout, sizes, checksum status")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", help="check every file against the manifest's sizes and sha256")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("reshard", help="write a layout-free (universal) copy that any TP/DP/ZeRO layout loads")
+    p.add_argument("dir")
+    p.add_argument("--out", required=True, help="run directory to write OUT/checkpoints/step_N into")
+    p.add_argument("--tp", type=int, help="check the target layout now: tensor-parallel degree")
+    p.add_argument("--dp", type=int, help="check the target layout now: data-parallel degree")
+    p.add_argument("--zero", type=int, choices=[0, 1, 2, 3], help="target ZeRO stage (any works)")
+    p.set_defaults(func=cmd_reshard)
+
+    p = sub.add_parser("export-hf", help="transformers directory (safetensors + config.json + tokenizer)")
+    p.add_argument("dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokenizer", help="sentencepiece model (default: the run config's data.tokenizer)")
+    p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("import-hf", help="start a run from an HF GPT-2/BERT directory's weights")
+    p.add_argument("hf_dir")
+    p.add_argument("--config", required=True, help="the run config that will train from these weights")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_import_hf)
+
+    p = sub.add_parser("export-torch", help="consolidated fp32 state dict for plain PyTorch")
+    p.add_argument("dir")
+    p.add_argument("--out", required=True, help="output .pt file")
+    p.set_defaults(func=cmd_export_torch)
+
+    ckpt.set_defaults(func=lambda args: (ckpt.print_help(), 2)[1])
+
+
+def _checkpoints(path: Path) -> list[Path]:
+    from parallel.checkpoint import MANIFEST, STEP_DIR, list_checkpoints
+    if (path / MANIFEST).exists() or STEP_DIR.match(path.name):
+        return [path]
+    for root in (path / "checkpoints", path):
+        found = list_checkpoints(root)
+        if found:
+            return found
+    return []
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def describe(ckpt: Path) -> dict:
+    """What `inspect` shows for one checkpoint directory (never loads tensors)."""
+    from parallel.checkpoint import MANIFEST, read_manifest, verify
+    ok, reason = verify(ckpt)
+    info = {"path": str(ckpt), "checksum_ok": ok, "checksum_status": reason}
+    if not (ckpt / MANIFEST).exists():
+        files = [p for p in ckpt.rglob("*") if p.is_file()]
+        info.update(files=len(files), bytes=sum(p.stat().st_size for p in files))
+        return info
+    try:
+        m = read_manifest(ckpt)
+    except json.JSONDecodeError:
+        return info
+    files = m.get("files", {})
+    kinds: dict[str, int] = {}
+    for rel, f in files.items():
+        kind = ("optimizer" if "optim_states" in rel else "model" if "model_states" in rel
+                else "rank_state" if rel.startswith("rank_state") else "universal" if rel.endswith(".safetensors")
+                else "other")
+        kinds[kind] = kinds.get(kind, 0) + f["bytes"]
+    model_cfg = (m.get("config") or {}).get("model", {})
+    universal = m.get("format") is not None
+    info.update({
+        "format": m.get("format", "deepspeed-sharded"), "step": m.get("step"),
+        "consumed_tokens": m.get("consumed_tokens"), "arch": m.get("arch") or model_cfg.get("arch"),
+        "layout": m.get("source_layout") if universal else {k: m.get(k) for k in ("tp", "dp", "zero_stage", "world_size")},
+        "model": {k: model_cfg.get(k) for k in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size") if k in model_cfg},
+        "files": len(files), "bytes": sum(f["bytes"] for f in files.values()), "bytes_by_kind": kinds,
+        "created_unix": m.get("created_unix"),
+    })
+    if model_cfg:
+        info["parameters"] = _count_params(model_cfg)
+    return info
+
+
+def _count_params(model_cfg: dict) -> int | None:
+    import torch
+    from launcher.config import ModelConfig
+    from parallel.build import model_class
+    try:
+        mc = ModelConfig(**{k: v for k, v in model_cfg.items()})
+        with torch.device("meta"):
+            return sum(p.numel() for p in model_class(mc.arch)(mc).parameters())
+    except Exception:  # an unknown architecture field: the count is informative only
+        return None
+
+
+def cmd_inspect(args) -> int:
+    ckpts = _checkpoints(Path(args.dir))
+    if not ckpts:
+        print(f"mnemos ckpt: no checkpoint under {args.dir}", file=sys.stderr)
+        return 1
+    infos = [describe(c) for c in ckpts]
+    if args.json:
+        print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
+        return 0
+    for info in infos:
+        print(f"{info['path']}")
+        if "format" in info:
+            lay = info["layout"] or {}
+            print(f"  format      {info['format']}  ({info['arch']})")
+            print(f"  step        {info['step']}   tokens {info['consumed_tokens']}")
+            print(f"  layout      tp={lay.get('tp')} dp={lay.get('dp')} zero={lay.get('zero_stage')} "
+                  f"world={lay.get('world_size')}")
+            if info.get("model"):
+                print("  model       " + " ".join(f"{k}={v}" for k, v in info["model"].items())
+                      + (f"  ({info['parameters']:,} parameters)" if info.get("parameters") else ""))
+            kinds = ", ".join(f"{k} {_human(v)}" for k, v in sorted(info["bytes_by_kind"].items()))
+            print(f"  size        {_human(info['bytes'])} in {info['files']} files ({kinds})")
+        else:
+            print(f"  size        {_human(info['bytes'])} in {info['files']} files")
+        print(f"  checksums   {'OK' if info['checksum_ok'] else 'FAILED: ' + info['checksum_status']}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from parallel.checkpoint import verify
+    ckpts = _checkpoints(Path(args.dir))
+    if not ckpts:
+        print(f"mnemos ckpt verify: no checkpoint under {args.dir}", file=sys.stderr)
+        return 1
+    bad = 0
+    for c in ckpts:
+        ok, reason = verify(c)
+        print(f"{c}: {'OK' if ok else 'CORRUPT: ' + reason}")
+        bad += not ok
+    if bad and len(ckpts) > 1:
+        good = next((c for c in ckpts if verify(c)[0]), None)
+        print(f"a resume would use: {good if good else 'nothing (no valid checkpoint)'}")
+    return 1 if bad else 0
+
+
+def _resolve_valid(path: str) -> Path:
+    from launcher.inference import resolve_checkpoint
+    return resolve_checkpoint(path)
+
+
+def cmd_reshard(args) -> int:
+    from parallel.checkpoint import _write_latest, read_manifest
+    from parallel.reshard import read_full_state, write_universal
+    src = _resolve_valid(args.dir)
+    state = read_full_state(src)
+    if args.tp or args.dp:
+        from launcher.config import build_config
+        from parallel.topology import Topology
+        cfg = build_config(state.client["config"])
+        tp, dp = args.tp or 1, args.dp or 1
+        Topology(world_size=tp * dp, rank=0, tp=tp).check_model(cfg.model)
+        per_step = cfg.train.micro_batch_size * dp
+        if cfg.train.global_batch_size % per_step:
+            print(f"note: train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
+                  f"micro_batch_size {cfg.train.micro_batch_size} x dp {dp}; set train.micro_batch_size when "
+                  f"resuming (the global batch must stay {cfg.train.global_batch_size} to keep the data stream)")
+    root = Path(args.out) / "checkpoints"
+    out = write_universal(state, root / src.name,
+                          meta={"resharded_from": str(src), "target_layout": {"tp": args.tp, "dp": args.dp,
+                                                                               "zero_stage": args.zero}})
+    _write_latest(root, out.name)
+    lay = state.layout
+    print(f"wrote {out} (universal: loads on any tp/dp/zero) from {src} "
+          f"(tp={lay['tp']} dp={lay['dp']} zero={lay['zero_stage']}), step {read_manifest(out)['step']}")
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from parallel.export_hf import export_hf
+    out = export_hf(_resolve_valid(args.dir), args.out, args.tokenizer)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_import_hf(args) -> int:
+    from launcher.config import load_config
+    from parallel.export_hf import import_hf
+    cfg = load_config(args.config, args.overrides)
+    out = import_hf(args.hf_dir, cfg)
+    print(f"wrote {out}; `mnemos train {args.config}` starts from these weights")
+    return 0
+
+
+def cmd_export_torch(args) -> int:
+    from parallel.export_hf import export_torch
+    out = export_torch(_resolve_valid(args.dir), args.out)
+    print(f"wrote {out} (torch.load(..., weights_only=True) + model.load_state_dict)")
+    return 0

@@ -1,0 +1,50 @@
+"""`mnemos plan`: memory per GPU and expected step time before anything is launched."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="memory per GPU and expected step time of a layout, before launch",
+        description="Parameters, bytes for weights / gradients / optimizer states / activations per GPU, "
+                    "whether it fits, and the expected step time and MFU for a model preset on a cluster layout.")
+    p.add_argument("--model", required=True, help="model preset, e.g. gpt3-175b")
+    p.add_argument("--nodes", type=int, default=1, help="number of nodes")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (inside a node)")
+    p.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage over the DP group")
+    p.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per forward/backward")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
+    p.add_argument("--global-batch", type=int, default=None,
+                   help="sequences per optimizer step (default: the paper's batch for GPT-3 presets)")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
+    p.add_argument("--sequence-parallel", action="store_true", help="shard LayerNorm/dropout activations under TP")
+    p.add_argument("--gpu-mem-gb", type=float, default=80.0, help="memory of one GPU, GB (1e9 bytes)")
+    p.add_argument("--gpu-tflops", type=float, default=400.0,
+                   help="sustained TFLOP/s of one GPU on this model (stated assumption; default 400)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense TFLOP/s for MFU (H100/H200 bf16)")
+    p.add_argument("--reserve-gb", type=float, default=2.0, help="kept free for the CUDA context and allocator")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from parallel.planner import PlanError, PlanInput, format_report, make_plan, report_json
+    inp = PlanInput(model=args.model, nodes=args.nodes, gpus_per_node=args.gpus_per_node, tp=args.tp,
+                    zero=args.zero, micro_batch=args.micro_batch, seq_len=args.seq_len,
+                    precision=args.precision, activation_checkpointing=args.activation_checkpointing,
+                    sequence_parallel=args.sequence_parallel, gpu_mem_gb=args.gpu_mem_gb,
+                    gpu_tflops=args.gpu_tflops, peak_tflops=args.peak_tflops, global_batch=args.global_batch,
+                    reserve_gb=args.reserve_gb)
+    try:
+        report = make_plan(inp)
+    except PlanError as err:
+        print(f"mnemos plan: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report_json(report), indent=2) if args.json else format_report(report))
+    return 0

@@ -1,0 +1,225 @@
+"""Export a checkpoint of any layout to the Hugging Face ecosystem, import one back, and write a plain
+consolidated PyTorch state dict.
+
+- `export_hf(ckpt, out)`: `transformers` model directory: `model.safetensors` + `config.json`
+  (GPT -> `GPT2LMHeadModel`, BERT -> `BertForPreTraining`) + the tokenizer (`tokenizer.model`, the
+  sentencepiece file, with a `tokenizer_config.json` that `AutoTokenizer` loads as a Llama-style
+  sentencepiece tokenizer without BOS/EOS insertion, i.e. the ids mnemos trained on).
+- `import_hf(hf_dir, cfg)`: an HF GPT-2 / BERT directory -> a step-0 universal checkpoint in
+  `cfg.run_dir/checkpoints`, so `mnemos train` starts from those weights (fresh optimizer).
+- `export_torch(ckpt, out_file)`: `{name: fp32 tensor}` for `torch.load(weights_only=True)` +
+  `load_state_dict` on mnemos' own model classes, no DeepSpeed needed.
+
+Weight maps: GPT uses `evaluation.hf` (Linear weights transposed to GPT-2's Conv1D, q|k|v order kept);
+BERT uses `model.bert.to_hf_state_dict` / `from_hf_state_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("mnemos.export")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+# ---- GPT <-> GPT-2 --------------------------------------------------------------------------------
+
+_GPT_LINEARS = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
+                ("mlp.proj", "mlp.c_proj"))
+
+
+def gpt_to_hf(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+    out = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["wpe.weight"],
+           "transformer.ln_f.weight": sd["ln_f.weight"], "transformer.ln_f.bias": sd["ln_f.bias"]}
+    for i in range(n_layer):
+        src, dst = f"blocks.{i}.", f"transformer.h.{i}."
+        for ln in ("ln_1", "ln_2"):
+            for leaf in ("weight", "bias"):
+                out[f"{dst}{ln}.{leaf}"] = sd[f"{src}{ln}.{leaf}"]
+        for a, b in _GPT_LINEARS:
+            out[f"{dst}{b}.weight"] = sd[f"{src}{a}.weight"].t().contiguous()  # Linear (out, in) -> Conv1D (in, out)
+            out[f"{dst}{b}.bias"] = sd[f"{src}{a}.bias"]
+    return out
+
+
+def gpt_from_hf(hf: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+    g = lambda k: hf.get(k, hf.get(k[len("transformer."):]))  # noqa: E731 (GPT2Model dirs lack the prefix)
+    out = {"wte.weight": g("transformer.wte.weight"), "wpe.weight": g("transformer.wpe.weight"),
+           "ln_f.weight": g("transformer.ln_f.weight"), "ln_f.bias": g("transformer.ln_f.bias")}
+    for i in range(n_layer):
+        src, dst = f"transformer.h.{i}.", f"blocks.{i}."
+        for ln in ("ln_1", "ln_2"):
+            for leaf in ("weight", "bias"):
+                out[f"{dst}{ln}.{leaf}"] = g(f"{src}{ln}.{leaf}")
+        for a, b in _GPT_LINEARS:
+            out[f"{dst}{a}.weight"] = g(f"{src}{b}.weight").t().contiguous()
+            out[f"{dst}{a}.bias"] = g(f"{src}{b}.bias")
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise ExportError(f"the HF GPT-2 checkpoint lacks tensors for {missing[:5]}")
+    return out
+
+
+def bert_hf_config(m):
+    from transformers import BertConfig
+    return BertConfig(vocab_size=m.vocab_size, hidden_size=m.d_model, num_hidden_layers=m.n_layer,
+                      num_attention_heads=m.n_head, intermediate_size=m.ff_width, hidden_act="gelu",
+                      hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout,
+                      max_position_embeddings=m.n_ctx, type_vocab_size=m.type_vocab_size,
+                      initializer_range=m.init_std, layer_norm_eps=m.layer_norm_eps)
+
+
+def model_fields_from_hf(config: dict) -> dict:
+    """mnemos model.* fields from an HF config.json (GPT-2 or BERT)."""
+    if config.get("model_type") == "gpt2":
+        act = config.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ExportError(f"GPT-2 activation_function={act!r}: mnemos' GPT uses the tanh GELU (gelu_new)")
+        return {"arch": "gpt", "n_layer": config["n_layer"], "d_model": config["n_embd"], "n_head": config["n_head"],
+                "d_ff": config.get("n_inner") or 4 * config["n_embd"], "n_ctx": config["n_positions"],
+                "vocab_size": config["vocab_size"], "layer_norm_eps": config.get("layer_norm_epsilon", 1e-5)}
+    if config.get("model_type") == "bert":
+        if config.get("hidden_act", "gelu") != "gelu":
+            raise ExportError(f"BERT hidden_act={config['hidden_act']!r}: mnemos' BERT uses the erf GELU ('gelu')")
+        return {"arch": "bert", "n_layer": config["num_hidden_layers"], "d_model": config["hidden_size"],
+                "n_head": config["num_attention_heads"], "d_ff": config["intermediate_size"],
+                "n_ctx": config["max_position_embeddings"], "vocab_size": config["vocab_size"],
+                "type_vocab_size": config["type_vocab_size"], "layer_norm_eps": config["layer_norm_eps"]}
+    raise ExportError(f"model_type={config.get('model_type')!r}: only gpt2 and bert directories can be imported")
+
+
+# ---- export ----------------------------------------------------------------------------------------
+
+def write_tokenizer(tokenizer_model: str | Path, out: Path) -> None:
+    """The sentencepiece model plus a tokenizer_config.json AutoTokenizer understands."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
+    shutil.copyfile(tokenizer_model, out / "tokenizer.model")
+    piece = lambda i: sp.id_to_piece(i) if i >= 0 else None  # noqa: E731
+    cfg = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False, "legacy": False,
+           "add_prefix_space": True, "unk_token": piece(sp.unk_id()), "bos_token": piece(sp.bos_id()),
+           "eos_token": piece(sp.eos_id()), "pad_token": piece(sp.pad_id()),
+           "model_max_length": None, "clean_up_tokenization_spaces": False}
+    (out / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=1))
+    specials = {k: cfg[k] for k in ("unk_token", "bos_token", "eos_token", "pad_token") if cfg[k]}
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=1))
+
+
+def hf_model_from_state(sd: dict[str, torch.Tensor], model_cfg):
+    """A transformers model (GPT2LMHeadModel / BertForPreTraining) holding these mnemos weights."""
+    if model_cfg.arch == "gpt":
+        from evaluation.hf import hf_config
+        from transformers import GPT2LMHeadModel
+        hf = GPT2LMHeadModel(hf_config(model_cfg))
+        hf_sd = gpt_to_hf(sd, model_cfg.n_layer)
+        hf_sd["lm_head.weight"] = hf_sd["transformer.wte.weight"]
+        ignore = (".attn.bias", ".attn.masked_bias")
+    else:
+        from model.bert import to_hf_state_dict
+        from transformers import BertForPreTraining
+        hf = BertForPreTraining(bert_hf_config(model_cfg))
+        hf_sd = to_hf_state_dict(sd)
+        ignore = ("position_ids", "token_type_ids")
+    missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
+    missing = [k for k in missing if not k.endswith(ignore)]
+    if missing or unexpected:
+        raise ExportError(f"{type(hf).__name__} export mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """Write a transformers directory for a checkpoint (any TP/DP/ZeRO layout, or universal)."""
+    from launcher.inference import consolidated_state_dict
+    sd, cfg = consolidated_state_dict(ckpt)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf = hf_model_from_state(sd, cfg.model)
+    hf.save_pretrained(out, safe_serialization=True)
+    tok = tokenizer or cfg.data.tokenizer
+    if tok:
+        write_tokenizer(tok, out)
+    else:
+        log.warning("no tokenizer in the run config and none given: the HF directory has weights only")
+    log.info("exported %s as %s to %s", ckpt, type(hf).__name__, out)
+    return out
+
+
+def export_torch(ckpt: str | Path, out_file: str | Path) -> Path:
+    """Consolidated fp32 state dict (`torch.load(weights_only=True)`-loadable) + its config as JSON."""
+    from launcher.inference import consolidated_state_dict
+    sd, cfg = consolidated_state_dict(ckpt)
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.contiguous().clone() for k, v in sd.items()}, out)
+    out.with_suffix(".config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    return out
+
+
+# ---- import ----------------------------------------------------------------------------------------
+
+def read_hf_dir(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(mnemos-named fp32 state dict, mnemos model fields) from an HF GPT-2 / BERT directory."""
+    from safetensors.torch import load_file
+    hf_dir = Path(hf_dir)
+    config = json.loads((hf_dir / "config.json").read_text())
+    fields = model_fields_from_hf(config)
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise ExportError(f"{hf_dir}: no *.safetensors weights (pickled pytorch_model.bin is not loaded: it could "
+                          f"execute code; convert it to safetensors first)")
+    hf = {}
+    for f in files:
+        hf.update(load_file(str(f)))
+    if fields["arch"] == "gpt":
+        sd = gpt_from_hf(hf, fields["n_layer"])
+    else:
+        from model.bert import from_hf_state_dict
+        sd = from_hf_state_dict({k: v for k, v in hf.items() if not k.startswith("cls.predictions.decoder.weight")})
+        sd.pop("mlm.decoder.weight", None)  # tied to bert.wte
+    return {k: v.float().contiguous() for k, v in sd.items()}, fields
+
+
+def import_hf(hf_dir: str | Path, cfg) -> Path:
+    """Write the HF weights as a step-0 universal checkpoint under cfg.run_dir/checkpoints: the run then
+    starts from them (same data stream, fresh optimizer). The run config's model must match the HF one."""
+    from launcher.config import ConfigError
+    from parallel.checkpoint import _write_latest, step_dirname
+    from parallel.reshard import FullState, write_universal
+
+    sd, fields = read_hf_dir(hf_dir)
+    now = cfg.model.model_dump(mode="json")
+    for k, v in fields.items():
+        mine = cfg.model.ff_width if k == "d_ff" else now.get(k)
+        if mine != v:
+            raise ConfigError(f"model.{k}={mine!r} differs from the HF checkpoint {hf_dir} ({v!r}); rule: the run "
+                              f"config's architecture must match the imported weights")
+    # the model's own parameter names: nothing missing, nothing extra
+    from parallel.build import model_class
+    with torch.device("meta"):
+        names = [n for n, _ in model_class(cfg.model.arch)(cfg.model).named_parameters()]
+    missing, extra = [n for n in names if n not in sd], sorted(set(sd) - set(names))
+    if missing or extra:
+        raise ExportError(f"HF weights do not fit the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    from launcher.objectives import make_objective
+    from parallel.topology import Topology
+    n_samples = len(make_objective(cfg, Topology.single()).train_dataset())
+    client = {"trainer": {"step": 0, "consumed_samples": 0, "consumed_tokens": 0},
+              "sampler": {"consumed_samples": 0, "num_samples": n_samples, "seed": cfg.data.seed},
+              "config": cfg.model_dump(mode="json"), "history": {"train_loss": [], "valid": []}}
+    root = Path(cfg.run_dir) / "checkpoints"
+    out = root / step_dirname(0)
+    if out.exists():
+        raise ExportError(f"{out} exists; import into a fresh run directory")
+    write_universal(FullState(fp32={n: sd[n] for n in names}, client=client), out,
+                    meta={"imported_from": str(hf_dir)})
+    _write_latest(root, out.name)
+    return out

@@ -1,0 +1,39 @@
+"""A stand-in for launcher.worker used by the launch tests: `python -m tests.cluster.fake_worker CONFIG`.
+
+FAKE_MODE=ok      print the rank environment and exit 0
+FAKE_MODE=fail1   rank 1 exits 3 after a moment; the other ranks would block for 10 minutes
+FAKE_MODE=signal  wait for SIGUSR1/SIGTERM, write RUN/logs/stopped-rankR, exit 0
+FAKE_MODE=late    like signal, but install the handlers only after 4 s of "start-up"
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+rank = int(os.environ["RANK"])
+mode = os.environ.get("FAKE_MODE", "ok")
+keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR",
+        "MNEMOS_LOG_DIR", "TORCH_NCCL_ASYNC_ERROR_HANDLING"]
+print("ENV " + json.dumps({k: os.environ.get(k) for k in keys} | {"argv": sys.argv[1:]}), flush=True)
+if mode == "fail1":
+    if rank == 1:
+        time.sleep(1)
+        print("rank 1 failing on purpose", flush=True)
+        sys.exit(3)
+    time.sleep(600)
+elif mode in ("signal", "late"):
+    if mode == "late":
+        print("starting", flush=True)
+        time.sleep(4)  # a SIGUSR1 now is ignored (inherited SIG_IGN), as in a trainer still importing
+    got = []
+    signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+    signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    print("ready", flush=True)
+    deadline = time.time() + 120
+    while not got and time.time() < deadline:
+        time.sleep(0.05)
+    with open(os.path.join(os.environ["MNEMOS_LOG_DIR"], f"stopped-rank{rank}"), "w") as f:
+        f.write(signal.Signals(got[0]).name if got else "timeout")
+    sys.exit(0 if got else 5)

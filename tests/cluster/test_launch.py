@@ -1,0 +1,172 @@
+"""launcher.launch: the torchrun command, Slurm node lists, rank environment, per-rank logs,
+fail-fast when one rank dies, and signal forwarding to the ranks (a stand-in worker, no training)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.launch import (expand_nodelist, k8s_rendezvous, rank_environment, slurm_rendezvous,
+                             spawn_local, torchrun_command)
+
+FAKE = "tests.cluster.fake_worker"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("node1", ["node1"]),
+    ("gpu[01-03,7],login1", ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]),
+    ("a[8-10]", ["a8", "a9", "a10"]),
+    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+    ("x-[001-002]-ib,y", ["x-001-ib", "x-002-ib", "y"]),
+])
+def test_expand_nodelist(text, expected):
+    assert expand_nodelist(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["n[1-", "n]1[", "n[a-b]", "n[3-1]"])
+def test_expand_nodelist_rejects_malformed(bad):
+    with pytest.raises(ValueError):
+        expand_nodelist(bad)
+
+
+def test_torchrun_command_single_node_is_standalone():
+    cmd = torchrun_command("/r/config.yaml", 4, python="py")
+    assert cmd == ["py", "-m", "torch.distributed.run", "--nproc_per_node", "4", "--standalone",
+                   "--max_restarts", "0", "-m", "launcher.worker", "/r/config.yaml"]
+
+
+def test_torchrun_command_multi_node_uses_c10d_endpoint():
+    cmd = torchrun_command("/r/config.yaml", 8, None, nnodes=4, node_rank=2, rdzv_endpoint="n1:29500",
+                           rdzv_id="77-0", python="py")
+    assert cmd == ["py", "-m", "torch.distributed.run", "--nproc_per_node", "8", "--nnodes", "4",
+                   "--node_rank", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", "n1:29500",
+                   "--rdzv_id", "77-0", "--max_restarts", "0", "-m", "launcher.worker", "/r/config.yaml"]
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        torchrun_command("/r/c.yaml", 8, None, nnodes=2)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        torchrun_command("/r/c.yaml", 8, None, nnodes=2, rdzv_endpoint="n1")
+
+
+def test_torchrun_command_with_overrides_writes_resolved_config(tmp_path):
+    src = tmp_path / "c.yaml"
+    src.write_text(f"run_dir: {tmp_path / 'run'}\n")
+    cmd = torchrun_command(src, 1, ["optim.lr=0.5"])
+    resolved = Path(cmd[-1])
+    assert resolved == tmp_path / "run" / "config.yaml"
+    assert "lr: 0.5" in resolved.read_text()
+
+
+def test_slurm_rendezvous_reads_allocation():
+    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_NODEID": "1", "SLURM_RESTART_COUNT": "3", "MNEMOS_RDZV_HOST": "10.0.0.7"}
+    r = slurm_rendezvous(env)
+    assert r["nnodes"] == 2 and r["node_rank"] == 1 and r["nodes"] == ["gpu07", "gpu08"]
+    assert r["rdzv_endpoint"] == "10.0.0.7:24242" and r["rdzv_id"] == "4242-3"
+    with pytest.raises(RuntimeError, match="SLURM_JOB_ID"):
+        slurm_rendezvous({})
+
+
+def test_k8s_rendezvous_counts_pods():
+    r = k8s_rendezvous({"WORLD_SIZE": "3", "RANK": "0", "MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456"})
+    assert r["nnodes"] == 3 and r["rdzv_endpoint"] == "job-master-0:23456" and r["rdzv_conf"] == "is_host=1"
+    assert k8s_rendezvous({"WORLD_SIZE": "3", "RANK": "2", "MASTER_ADDR": "m", "MASTER_PORT": "1"})["rdzv_conf"] == "is_host=0"
+
+
+def test_rank_environment_cpu_defaults_and_user_values_win(tmp_path):
+    env = rank_environment(tmp_path, {"NCCL_DEBUG": "INFO"}, nproc=2, cuda=False)
+    assert env["DS_ACCELERATOR"] == "cpu" and env["NCCL_DEBUG"] == "INFO"
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert env["MNEMOS_LOG_DIR"] == str(tmp_path / "logs")
+    assert "DS_ACCELERATOR" not in rank_environment(tmp_path, {}, cuda=True)
+
+
+def _config(tmp_path, name):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"run_dir: {tmp_path / name}\n")
+    return path
+
+
+def test_spawn_local_sets_rank_env_and_writes_per_rank_logs(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    rc = spawn_local(_config(tmp_path, "ok"), 2, module=FAKE)
+    assert rc == 0
+    logs = tmp_path / "ok" / "logs"
+    seen = {}
+    for r in (0, 1):
+        line = next(l for l in (logs / f"rank{r}.log").read_text().splitlines() if l.startswith("ENV "))
+        seen[r] = json.loads(line[4:])
+    assert [seen[r]["RANK"] for r in (0, 1)] == ["0", "1"]
+    assert {seen[r]["WORLD_SIZE"] for r in (0, 1)} == {"2"}
+    assert seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"] and seen[0]["MASTER_ADDR"]
+    assert seen[0]["argv"] == [str(tmp_path / "ok.yaml")]
+    assert "[rank1]:ENV" in capfd.readouterr().out  # the console copy is prefixed with the rank
+
+
+def test_one_failing_rank_fails_the_whole_job_fast(tmp_path, monkeypatch):
+    # Rank 1 exits 3 after a second; rank 0 would block for 10 minutes if nobody stopped it.
+    monkeypatch.setenv("FAKE_MODE", "fail1")
+    t0 = time.monotonic()
+    rc = spawn_local(_config(tmp_path, "fail"), 2, module=FAKE)
+    elapsed = time.monotonic() - t0
+    assert rc != 0
+    assert elapsed < 60, f"took {elapsed:.0f}s to fail"
+    assert "failing on purpose" in (tmp_path / "fail" / "logs" / "rank1.log").read_text()
+
+
+@pytest.mark.parametrize("mode, word", [("signal", "ready"), ("late", "starting")])
+def test_sigusr1_to_the_launcher_reaches_every_rank(tmp_path, mode, word):
+    """'late': the signal arrives before the ranks installed their handler; they get it once they do."""
+    cfg = _config(tmp_path, "sig")
+    code = ("import sys, launcher.launch as L; "
+            f"sys.exit(L.spawn_local({str(cfg)!r}, 2, module={FAKE!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE=mode),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    logs = tmp_path / "sig" / "logs"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ready = [p for p in logs.glob("rank*.log") if word in p.read_text()]
+        if len(ready) == 2:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("ranks never became ready:\n" + proc.communicate()[0])
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == ["SIGUSR1", "SIGUSR1"]
+
+
+def test_array_task_config_gets_its_own_run_dir_and_seed(tmp_path):
+    from launcher.launch import array_task_config
+    import yaml
+    odd = tmp_path / "run #1: x"  # YAML-significant characters stay a plain path
+    src = tmp_path / "c.yaml"
+    src.write_text(yaml.safe_dump({"run_dir": str(odd), "seed": 10}))
+    path = array_task_config(src, 3)
+    cfg = yaml.safe_load(path.read_text())
+    assert path == odd / "task3" / "config.yaml"
+    assert cfg["run_dir"] == str(odd / "task3") and cfg["seed"] == 13
+
+
+def test_sigusr1_before_the_ranks_exist_is_remembered(tmp_path):
+    """A notice that arrives while the launcher is still starting (no ranks yet) reaches them later."""
+    cfg = _config(tmp_path, "early")
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.launch", str(cfg), "--nproc-per-node", "1",
+                             "--worker-module", FAKE], cwd=REPO, env=dict(os.environ, FAKE_MODE="signal"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from launcher.launch import _catches
+    deadline = time.monotonic() + 30
+    while not _catches(proc.pid, signal.SIGUSR1):  # the launcher's first act: remember a notice
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)  # long before torchrun (which imports torch) starts a rank
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert (tmp_path / "early" / "logs" / "stopped-rank0").read_text() == "SIGUSR1"

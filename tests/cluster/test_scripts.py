@@ -1,0 +1,273 @@
+"""Generated sbatch scripts and PyTorchJob manifests: golden files, quoting, validation, --dry-run.
+
+Regenerate the golden files after an intended change with MNEMOS_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster import k8s
+from cluster.slurm import directive, render_sbatch
+from cluster.spec import JobCommand, JobSpec, SpecError
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[2]
+
+CMD = JobCommand(run_dir=Path("/shared/runs/gpt3-xl"), workdir=Path("/shared/work"),
+                 code_dir=Path("/shared/mnemos"), python="/shared/venv/bin/python",
+                 config=Path("/shared/runs/gpt3-xl/config.yaml"))
+FULL = JobSpec(nodes=16, gpus_per_node=8, cpus_per_node=96, mem="0", time="2-00:00:00", partition="gpu",
+               account="llm", qos="high", constraint="h100&ib", exclusive=True, dependency="afterok:1200",
+               max_restarts=5, signal_lead_s=300, env={"NCCL_IB_HCA": "mlx5", "WANDB_MODE": "offline"})
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("MNEMOS_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"golden file {path} missing: run with MNEMOS_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from the golden file (MNEMOS_UPDATE_GOLDEN=1 to accept)"
+
+
+def test_sbatch_training_16x8_golden():
+    check_golden("sbatch_train_16x8.sh", render_sbatch(FULL, CMD))
+
+
+def test_sbatch_array_golden():
+    spec = JobSpec(nodes=1, gpus_per_node=1, time="30", array="0-3%2", max_restarts=1)
+    check_golden("sbatch_array.sh", render_sbatch(spec, CMD))
+
+
+def test_sbatch_command_job_golden():
+    cmd = JobCommand(run_dir=Path("/shared/runs/prep"), workdir=Path("/shared/work"), python="python3",
+                     argv=["python3", "-m", "data.prep", "--shard", "all"])
+    check_golden("sbatch_command.sh", render_sbatch(JobSpec(array="0-9", max_restarts=0), cmd))
+
+
+def test_pytorchjob_golden_and_valid():
+    spec = FULL.model_copy(update={"dependency": None, "image": "ghcr.io/acme/mnemos:0.1", "namespace": "llm"})
+    manifest = k8s.render_pytorchjob(spec, CMD, pvc="runs-rwx")
+    assert k8s.validate_pytorchjob(manifest) == []
+    check_golden("pytorchjob_16x8.yaml", k8s.manifest_yaml(manifest))
+    reps = manifest["spec"]["pytorchReplicaSpecs"]
+    assert reps["Master"]["replicas"] == 1 and reps["Worker"]["replicas"] == 15
+    assert manifest["spec"]["runPolicy"] == {"backoffLimit": 5, "cleanPodPolicy": "None",
+                                             "activeDeadlineSeconds": 172800}
+    pod = reps["Worker"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 300
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    assert pod["containers"][0]["command"][-4:] == ["--k8s", "/shared/runs/gpt3-xl/config.yaml", "--nproc-per-node", "8"]
+
+
+def test_pytorchjob_single_node_has_no_workers_and_name_is_dns_safe():
+    spec = JobSpec(name="My_Run.v2 (test)", nodes=1)
+    m = k8s.render_pytorchjob(spec, CMD)
+    assert list(m["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+    assert m["metadata"]["name"] == "my-run-v2-test"
+    assert k8s.validate_pytorchjob(m) == []
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m.update(kind="Job"), "kind"),
+    (lambda m: m["metadata"].update(name="Bad_Name"), "DNS-1123"),
+    (lambda m: m["spec"]["pytorchReplicaSpecs"]["Master"].update(replicas=2), "Master.replicas must be 1"),
+    (lambda m: m["spec"]["pytorchReplicaSpecs"]["Worker"].update(restartPolicy="Sometimes"), "restartPolicy"),
+    (lambda m: m["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].update(name="x"),
+     "named 'pytorch'"),
+    (lambda m: m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "N", "value": 3}), "env entries"),
+    (lambda m: m["spec"]["runPolicy"].update(backoffLimit=-1), "backoffLimit"),
+])
+def test_pytorchjob_validation_catches_structural_errors(mutate, message):
+    m = k8s.render_pytorchjob(JobSpec(nodes=2, gpus_per_node=1), CMD)
+    m = json.loads(json.dumps(m))  # replicas share one pod spec dict; mutate a private copy
+    mutate(m)
+    assert any(message in e for e in k8s.validate_pytorchjob(m)), k8s.validate_pytorchjob(m)
+
+
+def test_pytorchjob_refuses_slurm_only_features():
+    with pytest.raises(Exception, match="Slurm"):
+        k8s.render_pytorchjob(JobSpec(array="0-3"), CMD)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"time": "forever"}, "time"), ({"array": "0-3; rm -rf /"}, "array"),
+    ({"dependency": "afterok:1 && echo"}, "dependency"), ({"env": {"BAD-NAME": "x"}}, "env"),
+    ({"nodes": 0}, "nodes"),
+])
+def test_job_options_are_validated(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        JobSpec(**kwargs)
+
+
+def test_directive_quoting():
+    assert directive("partition", "gpu") == "#SBATCH --partition=gpu"
+    assert directive("output", '/a b/"x"/$(id)') == '#SBATCH --output="/a b/\\"x\\"/$(id)"'
+    with pytest.raises(SpecError, match="control character"):
+        directive("partition", "gpu\n#SBATCH --qos=high")
+
+
+HOSTILE = "x $(touch PWNED1) `touch PWNED2` ' \" ; touch PWNED3 #"
+
+
+def _shims(tmp_path: Path) -> Path:
+    """srun and scontrol stand-ins that record their argv (one JSON list per line)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("srun", "scontrol"):
+        p = bin_dir / name
+        p.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                     f"open({str(tmp_path / (name + '.calls'))!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                     "import os; sys.exit(int(os.environ.get('SHIM_RC', '0')))\n")
+        p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def test_hostile_config_values_cannot_change_the_script(tmp_path):
+    """Run the generated script with srun/scontrol shims: no injected command runs, and srun receives
+    the hostile run directory and environment value as exact, single arguments."""
+    run_dir = tmp_path / f"runs {HOSTILE}"
+    cmd = JobCommand(run_dir=run_dir, workdir=tmp_path, code_dir=REPO, python=sys.executable,
+                     config=run_dir / "config.yaml")
+    spec = JobSpec(name=HOSTILE, nodes=2, env={"USER_NOTE": HOSTILE}, max_restarts=1)
+    script = render_sbatch(spec, cmd)
+    # #SBATCH lines: the only place a value is not shell-quoted; each stays one line with one option.
+    for line in script.splitlines():
+        if line.startswith("#SBATCH"):
+            assert line.count("#SBATCH") == 1
+    assert "#SBATCH --job-name=x___touch_PWNED1___touch_PWNED2________touch_PWNED3__\n" in script
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    env = dict(os.environ, PATH=f"{_shims(tmp_path)}:{os.environ['PATH']}", SLURM_JOB_ID="7",
+               SLURM_JOB_NODELIST="node[1-2]", SHIM_RC="1")
+    res = subprocess.run(["bash", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*")), res.stdout + res.stderr
+    srun = [json.loads(l) for l in (tmp_path / "srun.calls").read_text().splitlines()]
+    assert len(srun) == 1
+    assert srun[0][srun[0].index("--slurm") + 1] == str(run_dir / "config.yaml")
+    # The step failed (exit 1): the script requeues the job, with the job id as one argument.
+    assert json.loads((tmp_path / "scontrol.calls").read_text().splitlines()[0]) == ["requeue", "7"]
+    assert "exit code 1, training unknown" in res.stdout
+
+
+def test_hostile_value_reaches_the_rank_environment_verbatim(tmp_path):
+    """The exported value, read back by bash itself, equals the original string byte for byte."""
+    spec = JobSpec(env={"USER_NOTE": HOSTILE})
+    cmd = JobCommand(run_dir=tmp_path, workdir=tmp_path, python=sys.executable, argv=["true"])
+    script = render_sbatch(spec, cmd)
+    exports = "\n".join(l for l in script.splitlines() if l.startswith("export "))
+    out = subprocess.run(["bash", "-c", exports + '\nprintf %s "$USER_NOTE"'], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.stdout == HOSTILE
+    assert not list(tmp_path.glob("PWNED*"))
+
+
+def _write_tiny_config(tmp_path: Path, run_dir: Path) -> Path:
+    """A config that passes check_cross_sections: dummy .bin/.idx files and a tokenizer path exist."""
+    for name in ("train.bin", "train.idx", "tok.model"):
+        (tmp_path / name).write_bytes(b"")
+    cfg = {"run_dir": str(run_dir), "data": {"train": [str(tmp_path / "train")], "tokenizer": str(tmp_path / "tok.model")},
+           "train": {"global_batch_size": 8, "micro_batch_size": 2}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _mnemos(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+
+
+def test_cli_dry_run_prints_the_exact_script_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _write_tiny_config(tmp_path, run_dir)
+    res = _mnemos("submit", str(cfg), "--nodes", "2", "--gpus-per-node", "2", "--time", "01:00:00",
+                  "--partition", "gpu", "--dry-run", "--python", "python3", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    cmd = JobCommand(run_dir=run_dir, workdir=tmp_path, code_dir=REPO, python="python3",
+                     config=run_dir / "config.yaml")
+    spec = JobSpec(nodes=2, gpus_per_node=2, time="01:00:00", partition="gpu")
+    assert res.stdout == render_sbatch(spec, cmd)
+    assert not run_dir.exists()
+
+    res = _mnemos("submit", str(cfg), "--nodes", "2", "--gpus-per-node", "2", "--scheduler", "k8s", "--dry-run",
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert k8s.validate_pytorchjob(yaml.safe_load(res.stdout)) == []
+
+
+def test_cli_rejects_a_config_that_does_not_fit_the_world_before_submitting(tmp_path):
+    cfg = _write_tiny_config(tmp_path, tmp_path / "run")
+    # 3 nodes x 1 rank: global batch 8 is not a multiple of micro 2 x dp 3.
+    res = _mnemos("submit", str(cfg), "--nodes", "3", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 2 and "global_batch_size" in res.stderr
+    res = _mnemos("submit", str(cfg), "--nodes", "2", "--time", "soon", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 2 and "--time='soon'" in res.stderr
+
+
+def test_restart_cap_stops_requeueing(tmp_path):
+    """At SLURM_RESTART_COUNT == max_restarts a failed step is not requeued and its exit code is kept;
+    a clean exit of a training step whose run reports 'finished' is never requeued."""
+    run_dir = tmp_path / "run"
+    cmd = JobCommand(run_dir=run_dir, workdir=tmp_path, code_dir=REPO, python=sys.executable,
+                     config=run_dir / "config.yaml")
+    path = tmp_path / "job.sbatch"
+    path.write_text(render_sbatch(JobSpec(max_restarts=2), cmd))
+    shims = _shims(tmp_path)
+    base = dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}", SLURM_JOB_ID="9", SLURM_JOB_NODELIST="node1")
+
+    res = subprocess.run(["bash", str(path)], env=dict(base, SHIM_RC="3", SLURM_RESTART_COUNT="2"),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3 and "restart cap 2 reached" in res.stderr
+    assert not (tmp_path / "scontrol.calls").exists()
+
+    (run_dir / "results").mkdir(parents=True)
+    summary = run_dir / "results" / "train_summary.json"
+    summary.write_text('{"status": "finished"}')
+    later = time.time() + 60  # written "during" the step, i.e. after the script's start time
+    os.utime(summary, (later, later))
+    res = subprocess.run(["bash", str(path)], env=dict(base, SHIM_RC="0"), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "training finished" in res.stdout
+    assert not (tmp_path / "scontrol.calls").exists()
+
+
+def test_k8s_submit_applies_the_validated_manifest_with_kubectl(tmp_path, monkeypatch):
+    """`kubectl apply -f -` receives exactly the manifest --dry-run prints (kubectl is a recording shim)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "kubectl"
+    shim.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(tmp_path / 'kubectl.calls')!r}, 'a').write(json.dumps([sys.argv[1:], sys.stdin.read()]) + '\\n')\n"
+                    "print('pytorchjob.kubeflow.org/x created')\n")
+    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("MNEMOS_HOME", str(tmp_path / "home"))
+    cmd = CMD.model_copy(update={"run_dir": tmp_path / "run", "config": tmp_path / "run" / "config.yaml"})
+    spec = JobSpec(nodes=2, gpus_per_node=4)
+    job = k8s.submit(spec, cmd)
+    argv, stdin = json.loads((tmp_path / "kubectl.calls").read_text())
+    assert argv == ["apply", "-f", "-"]
+    assert stdin == k8s.manifest_yaml(k8s.render_pytorchjob(spec, cmd))
+    assert job.job_id == "mnemos-run" and (tmp_path / "run" / "k8s" / "mnemos-run.yaml").read_text() == stdin
+    from cluster import get_job
+    assert type(get_job("mnemos-run")).__name__ == "KubernetesJob"  # found again through the record
+
+
+def test_hostile_values_survive_the_manifest_verbatim():
+    """Manifest values are YAML data and the command is an argv list (no shell): a hostile run
+    directory or environment value comes back from the YAML exactly as given."""
+    run_dir = Path("/shared") / f"runs {HOSTILE}"
+    cmd = CMD.model_copy(update={"run_dir": run_dir, "config": run_dir / "config.yaml"})
+    m = yaml.safe_load(k8s.manifest_yaml(k8s.render_pytorchjob(JobSpec(nodes=2, env={"NOTE": HOSTILE}), cmd)))
+    assert k8s.validate_pytorchjob(m) == []
+    c = m["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    assert c["command"][4] == str(run_dir / "config.yaml")
+    assert {"name": "NOTE", "value": HOSTILE} in c["env"]

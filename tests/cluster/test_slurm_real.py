@@ -1,0 +1,206 @@
+"""Real submissions to the local two-node Slurm cluster (see conftest.slurm_cluster): an array job,
+a dependency chain, cancel, hostile paths through real sbatch, and a 2-node x 1-rank training job that
+is preempted, requeues itself and finishes with the same losses as an uninterrupted job."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.job import ACTIVE
+from cluster.slurm import SlurmJob, submit
+from cluster.spec import JobCommand, JobSpec
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+def _py_job(run_dir: Path, code: str, **spec) -> SlurmJob:
+    spec.setdefault("max_restarts", 0)
+    cmd = JobCommand(run_dir=run_dir, workdir=REPO, python=PY, argv=[PY, "-c", code])
+    job = submit(JobSpec(**spec), cmd)
+    job.poll_s = 1.0
+    return job
+
+
+def _mnemos(*args, env=None):
+    return subprocess.run([PY, "-m", "launcher.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env=env or dict(os.environ), timeout=120)
+
+
+def _wait_state(job, states, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = job.state()
+        if st in states:
+            return st
+        time.sleep(0.5)
+    raise AssertionError(f"job {job.job_id} is {job.state()}, wanted {states}: {job.info()}")
+
+
+def test_array_job_runs_every_task(slurm_cluster, tmp_path):
+    code = "import os; open(os.path.join(os.environ['MNEMOS_RUN_DIR'], 'out-' + os.environ['SLURM_ARRAY_TASK_ID']), 'w').write('ok')"
+    job = _py_job(tmp_path, code, array="0-2")
+    assert job.wait(timeout_s=120) == "COMPLETED", job.logs()
+    assert sorted(p.name for p in tmp_path.glob("out-*")) == ["out-0", "out-1", "out-2"]
+    tasks = job.task_states()
+    assert sorted(tasks) == [f"{job.job_id}_{i}" for i in range(3)] and set(tasks.values()) == {"COMPLETED"}
+    assert len(list((tmp_path / "logs").glob(f"slurm-{job.job_id}_*.out"))) == 3
+
+
+def test_dependency_chain_afterok(slurm_cluster, tmp_path):
+    write = "import os, time; time.sleep({s}); open(os.path.join(os.environ['MNEMOS_RUN_DIR'], '{name}'), 'w').write(str(time.time()))"
+    check = "import os; assert os.path.exists(os.path.join(os.environ['MNEMOS_RUN_DIR'], '{need}')), 'missing'"
+    a = _py_job(tmp_path, write.format(s=3, name="a"))
+    b = _py_job(tmp_path, check.format(need="a") + "; " + write.format(s=0, name="b"), dependency=f"afterok:{a.job_id}")
+    c = _py_job(tmp_path, check.format(need="b") + "; " + write.format(s=0, name="c"), dependency=f"afterok:{b.job_id}")
+    assert b.state() == "PENDING" and "Dependency" in b.info().get("Reason", "")
+    assert c.wait(timeout_s=150) == "COMPLETED", c.logs()
+    assert a.state() == b.state() == "COMPLETED"
+    times = [float((tmp_path / n).read_text()) for n in "abc"]
+    assert times == sorted(times)
+    # afterok on a job that fails never becomes eligible; it is cancelled instead of run.
+    bad = _py_job(tmp_path / "bad", "import sys; sys.exit(4)")
+    after_bad = _py_job(tmp_path / "bad", "print('must not run')", dependency=f"afterok:{bad.job_id}")
+    assert bad.wait(timeout_s=90) == "FAILED"
+    deadline = time.monotonic() + 30
+    while after_bad.info().get("Reason") != "DependencyNeverSatisfied" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert after_bad.info().get("Reason") == "DependencyNeverSatisfied"
+    after_bad.cancel()
+    assert _wait_state(after_bad, {"CANCELLED"}) == "CANCELLED"
+
+
+def test_cancel_a_running_job_through_the_cli(slurm_cluster, tmp_path):
+    job = _py_job(tmp_path, "import time; print('started', flush=True); time.sleep(600)")
+    _wait_state(job, {"RUNNING"})
+    status = _mnemos("jobs", "status", job.job_id, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state"] == "RUNNING"
+    res = _mnemos("jobs", "cancel", job.job_id)
+    assert res.returncode == 0, res.stderr
+    assert _wait_state(job, {"CANCELLED"}) == "CANCELLED"
+    logs = _mnemos("jobs", "logs", job.job_id)
+    assert logs.returncode == 0 and "started" in logs.stdout
+
+
+def test_hostile_run_dir_through_real_sbatch(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run $(touch PWNED) 'q' \"dq\" #x"
+    job = _py_job(run_dir, "print('hello from', __import__('os').environ['MNEMOS_RUN_DIR'])",
+                  name="n$(touch PWNED)")
+    assert job.wait(timeout_s=90) == "COMPLETED"
+    out = list((run_dir / "logs").glob("slurm-*.out"))
+    assert len(out) == 1 and f"hello from {run_dir}" in out[0].read_text()
+    assert not list(tmp_path.rglob("PWNED")) and not (REPO / "PWNED").exists()
+
+
+def test_time_limit_warning_signal_requeues_the_job(slurm_cluster, tmp_path):
+    """Slurm itself sends B:USR1 `signal_lead_s` before the time limit; the batch script forwards it to
+    the ranks (a stand-in that records the signal and exits 0) and requeues the job."""
+    (tmp_path / "config.yaml").write_text(f"run_dir: {tmp_path}\n")
+    argv = [PY, "-m", "launcher.launch", "--slurm", str(tmp_path / "config.yaml"), "--nproc-per-node", "1",
+            "--worker-module", "tests.cluster.fake_worker"]
+    cmd = JobCommand(run_dir=tmp_path, workdir=REPO, python=PY, argv=argv)
+    # Slurm checks limits periodically and may signal up to a minute early: 2 min limit, 60 s lead.
+    job = submit(JobSpec(time="2", signal_lead_s=60, max_restarts=1, env={"FAKE_MODE": "signal"}), cmd)
+    t0 = time.monotonic()
+    deadline = t0 + 150
+    while job.restarts() < 1:
+        assert time.monotonic() < deadline, f"no requeue before the time limit: {job.logs()}"
+        assert job.state() in ACTIVE, job.logs()  # SIGNALING while Slurm delivers the warning
+        time.sleep(1)
+    log = job.logs()
+    assert "SIGUSR1 received" in log and "requeueing job" in log and "TIMEOUT" not in job.state()
+    assert (tmp_path / "logs" / "stopped-rank0").read_text() == "SIGUSR1"
+    job.cancel()  # the requeued job would otherwise wait ~2 minutes and run again
+
+
+# ----------------------------------------------------------------------------- training + preemption
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    path = run_dir / "logs" / "steps.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("split") == "train":
+                out[rec["step"]] = rec["loss"]
+    return out
+
+
+@pytest.mark.slow
+def test_two_node_training_is_preempted_requeued_and_matches_uninterrupted(slurm_cluster, tmp_path, shared_data):
+    from tests.launcher.conftest import build_shards, write_config
+    data = build_shards(shared_data, tmp_path / "data", train_bytes=100_000)
+    steps = 400
+    runs = {}
+    for name in ("preempted", "straight"):
+        cfg = write_config(tmp_path / f"{name}.yaml", tmp_path / name, data,
+                           train={"max_steps": steps, "log_every_steps": 50},
+                           checkpoint={"every_steps": 0, "save_at_end": True})
+        # 0.1 s per step: the run lasts ~40 s however idle the machine, so the signal lands mid-run
+        res = _mnemos("submit", str(cfg), "--nodes", "2", "--max-restarts", "2", "--time", "20",
+                      "--python", PY, "--env", "OMP_NUM_THREADS=1", "--env", "MNEMOS_FAULT_STEP_DELAY_S=0.1")
+        assert res.returncode == 0, res.stderr
+        job_id = res.stdout.split("submitted Slurm job ")[1].split(":")[0]
+        runs[name] = SlurmJob(job_id)
+        runs[name].poll_s = 2.0
+    job, run_dir = runs["preempted"], tmp_path / "preempted"
+
+    # Preempt once training is under way: the warning Slurm sends before the time limit (B:USR1).
+    deadline = time.monotonic() + 240
+    while max(_train_losses(run_dir), default=0) < 20:
+        assert time.monotonic() < deadline, f"training never started: {job.logs()}"
+        assert job.state() in ("PENDING", "RUNNING"), job.logs()
+        time.sleep(0.5)
+    res = _mnemos("jobs", "cancel", job.job_id, "--signal", "USR1")
+    assert res.returncode == 0, res.stderr
+
+    # The job checkpoints, requeues itself (Slurm holds it ~2 minutes), restarts and finishes.
+    deadline = time.monotonic() + 90
+    while job.restarts() < 1:
+        assert time.monotonic() < deadline, f"no requeue: {job.logs()}"
+        time.sleep(1)
+    stopped_at = max(_train_losses(run_dir))
+    assert stopped_at < steps, "the signal arrived after training had finished"
+    assert (run_dir / "checkpoints" / f"step_{stopped_at:08d}").exists()
+    assert json.loads((run_dir / "results" / "train_summary.json").read_text())["status"] == "preempted"
+
+    assert runs["straight"].wait(timeout_s=300) == "COMPLETED", runs["straight"].logs()
+    assert job.wait(timeout_s=420) == "COMPLETED", job.logs()
+    assert job.restarts() == 1
+    log = job.logs()
+    assert "restart 1 of at most 2" in log and "resumed from" in log + (run_dir / "logs" / "rank0.log").read_text()
+
+    a, b = _train_losses(run_dir), _train_losses(tmp_path / "straight")
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    assert a[steps] == b[steps], (a[steps], b[steps])          # the same final loss
+    assert [a[s] for s in range(1, steps + 1)] == [b[s] for s in range(1, steps + 1)]
+    assert json.loads((run_dir / "results" / "train_summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_training_array_runs_one_run_per_task(slurm_cluster, tmp_path, shared_data):
+    """`mnemos submit --array 0-1`: task i trains RUN/task<i> with seed + i, both to completion."""
+    from tests.launcher.conftest import build_shards, write_config
+    data = build_shards(shared_data, tmp_path / "data", train_bytes=100_000)
+    cfg = write_config(tmp_path / "sweep.yaml", tmp_path / "sweep", data, train={"max_steps": 5, "log_every_steps": 5})
+    res = _mnemos("submit", str(cfg), "--nodes", "1", "--array", "0-1", "--max-restarts", "0", "--python", PY,
+                  "--env", "OMP_NUM_THREADS=1")
+    assert res.returncode == 0, res.stderr
+    job = SlurmJob(res.stdout.split("submitted Slurm job ")[1].split(":")[0])
+    job.poll_s = 2.0
+    assert job.wait(timeout_s=300) == "COMPLETED", job.logs()
+    seeds = []
+    for task in (0, 1):
+        run = tmp_path / "sweep" / f"task{task}"
+        assert json.loads((run / "results" / "train_summary.json").read_text())["status"] == "finished"
+        seeds.append(int(next(l for l in (run / "config.yaml").read_text().splitlines() if l.startswith("seed:")).split()[1]))
+    assert seeds == [7, 8]

@@ -1,0 +1,168 @@
+"""Acceptance: the whole `mnemos data` pipeline on real text with planted duplicates and planted
+benchmark passages: they are removed, everything else is kept, stage reports add up."""
+import argparse
+import json
+
+import numpy as np
+
+from data import cli
+from data.gpt_dataset import PackedGPTDataset
+from data.indexed import IndexedDataset
+from data.io import DocumentReader
+from data.tokenizer import Tokenizer
+
+
+def mnemos_data(*argv) -> int:
+    parser = argparse.ArgumentParser(prog="mnemos")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", *map(str, argv)])
+    return args.func(args)
+
+
+def _texts(path):
+    return {d.id: d.text for d in DocumentReader([str(path)]).run()}
+
+
+def test_full_pipeline(shared_data, tmp_path, capsys):
+    corpus = shared_data / "corpus"
+    paras = [l for l in (corpus / "wikitext2_valid.txt").read_text().splitlines() if len(l.split()) > 60][:250]
+    book = (corpus / "tinyshakespeare.txt").read_text()
+    books = [book[k * 100_000:(k + 1) * 100_000] for k in range(4)]        # long documents (100 KB)
+    passages = [" ".join(p.split()[:40]) for p in
+                (corpus / "wikitext2_test.txt").read_text().splitlines() if len(p.split()) > 60][:3]
+    docs = {f"wiki{i}": t for i, t in enumerate(paras)}
+    docs.update({f"book{i}": t for i, t in enumerate(books)})
+    planted_dups = {}
+    for i in range(5):
+        planted_dups[f"exactdup{i}"] = paras[i].upper()
+        w = paras[10 + i].split()
+        w[len(w) // 2] = "zzyzx"
+        planted_dups[f"neardup{i}"] = " ".join(w)
+    contaminated = {"book1": passages[0], "book2": passages[1], "wiki100": passages[2]}
+    for k, p in contaminated.items():
+        t = docs[k]
+        mid = t.index(" ", len(t) // 2)
+        docs[k] = t[:mid] + " " + p + " " + t[mid:]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with open(raw / "part0.jsonl", "w") as f:
+        for k, t in list(docs.items())[:130]:
+            f.write(json.dumps({"id": k, "text": t}) + "\n")
+        f.write("{this line is not json\n")
+    with open(raw / "part1.jsonl", "w") as f:
+        for k, t in list(docs.items())[130:] + list(planted_dups.items()):
+            f.write(json.dumps({"id": k, "text": t}) + "\n")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"text": p}) + "\n" for p in passages))
+
+    # dedup
+    assert mnemos_data("dedup", "-i", raw, "-o", tmp_path / "dedup", "--tasks", 2) == 0
+    out = capsys.readouterr().out
+    assert "S-curve" in out and "| 0.9 |" in out and (tmp_path / "dedup" / "s_curve.png").exists()
+    st = json.load(open(tmp_path / "dedup" / "stats.json"))
+    reader, filt = st["steps"][0], st["steps"][1]
+    assert reader["skipped:malformed_json"] == 1
+    assert filt["documents_in"] == len(docs) + 10 == filt["kept"] + filt["dropped"]
+    assert filt["dropped:exact_duplicate"] == 5 and filt["dropped:near_duplicate"] == 5
+    kept = _texts(tmp_path / "dedup")
+    assert set(kept) == set(docs)
+
+    # decontaminate (a second run resumes from the completion markers and changes nothing)
+    args = ["decontaminate", "-i", tmp_path / "dedup", "-o", tmp_path / "clean", "--tasks-from-registry", "none",
+            "--eval-file", bench, "--write-index", tmp_path / "train_ngrams.npz", "--tasks", 2]
+    assert mnemos_data(*args) == 0
+    first = (tmp_path / "clean" / "00000.jsonl.zst").read_bytes()
+    assert mnemos_data(*args) == 0
+    assert (tmp_path / "clean" / "00000.jsonl.zst").read_bytes() == first
+    st = json.load(open(tmp_path / "clean" / "stats.json"))
+    f = st["steps"][1]
+    # the two books are cut around the passage; the short paragraph has no 200-char piece left: dropped
+    assert f["documents_in"] == len(docs) and f["clean"] == len(docs) - 3 and f["cut"] == 2
+    assert f["dropped:no_piece_left"] == 1 and "wiki100" not in _texts(tmp_path / "clean")
+    assert f["clean"] + f["cut"] + f.get("dropped", 0) == f["documents_in"]
+    clean = _texts(tmp_path / "clean")
+    for k, t in docs.items():
+        if k not in contaminated:
+            assert clean[k] == t
+    joined = " ".join(clean.values())
+    for p in passages:
+        assert " ".join(p.split()[10:23]) not in joined
+    # book pieces: everything outside the passage and its 200-character windows survived
+    assert sum(len(v) for k, v in clean.items() if k.startswith("book1#")) == len(docs["book1"]) - len(passages[0]) - 400
+    from data.ngrams import NgramIndex
+    assert NgramIndex.load(str(tmp_path / "train_ngrams.npz")).ns == [8, 9, 10, 11, 12, 13]
+
+    # tokenizer + parallel tokenization (2 tasks on 2 processes)
+    assert mnemos_data("train-tokenizer", "-i", tmp_path / "clean", "--model-prefix", tmp_path / "tok" / "spm",
+                       "--vocab-size", 600, "--input-sentence-size", 20000) == 0
+    model = str(tmp_path / "tok" / "spm.model")
+    assert mnemos_data("tokenize", "-i", tmp_path / "clean", "-o", tmp_path / "tokens", "--tokenizer", model,
+                       "--tasks", 2, "--workers", 2) == 0
+    st = json.load(open(tmp_path / "tokens" / "stats.json"))
+    assert st["documents"] == len(clean)
+    tok = Tokenizer(model)
+    shard = IndexedDataset(str(tmp_path / "tokens" / "shard_00000"))
+    first_docs = list(DocumentReader([str(tmp_path / "clean" / "00000.jsonl.zst")]).run())
+    assert len(shard) == len(first_docs)
+    assert shard[3].tolist() == tok.encode(first_docs[3].text)
+    assert shard.dtype == np.uint16
+    (tmp_path / "shakes.txt").write_text(book[500_000:600_000])
+    assert mnemos_data("tokenize", "-i", tmp_path / "shakes.txt", "-o", tmp_path / "tokens2", "--tokenizer", model) == 0
+
+    # blend with weights, splits and cached indices
+    capsys.readouterr()
+    assert mnemos_data("blend", "--dataset", f"web=0.7:{tmp_path / 'tokens'}", "--dataset",
+                       f"plays=0.3:{tmp_path / 'tokens2'}", "-o", tmp_path / "blend", "--seq-len", 64,
+                       "--tokenizer", model, "--num-samples", 3000, "--split", "90,5,5") == 0
+    out = capsys.readouterr().out
+    assert "| train | web |" in out and "| train | plays |" in out
+    blend = json.load(open(tmp_path / "blend" / "blend.json"))
+    tr = blend["splits"]["train"]
+    assert tr["samples"] == 3000
+    assert abs(tr["datasets"]["plays"]["samples"] - 900) <= 1 and tr["datasets"]["plays"]["epochs"] > 1
+    cfg = blend["config"]
+    ds = PackedGPTDataset(cfg["data.train"], 64, tok.eos_id, weights=cfg["data.weights"], num_samples=3000,
+                          seed=blend["seed"], cache_dir=str(tmp_path / "blend" / "index_cache"))
+    assert len(ds) == 3000 and ds[2999].shape == (65,)
+    assert len(PackedGPTDataset(cfg["data.valid"], 64, tok.eos_id)) > 0
+
+    # stats
+    assert mnemos_data("stats", tmp_path / "tokens", tmp_path / "clean", "--json-out", tmp_path / "s.json") == 0
+    s = json.load(open(tmp_path / "s.json"))
+    assert s["total"]["tokens"] == sum(IndexedDataset(str(tmp_path / "tokens" / f"shard_0000{r}")).num_tokens
+                                       for r in range(2))
+
+
+def test_clean_corpus_short_benchmark_items_and_filter_stage(shared_data, tmp_path):
+    """What quickstart does: planted arithmetic items (8 words) and duplicates are removed."""
+    from data.clean import clean_corpus
+    from data.contamination import eval_texts_from_files
+    arith = sorted((shared_data / "gpt3_arithmetic").iterdir())[0]
+    items = [t for _, t in eval_texts_from_files([str(arith)])][:20]
+    paras = [l for l in (shared_data / "corpus" / "wikitext2_valid.txt").read_text().splitlines()
+             if len(l.split()) > 80][:60]
+    docs = list(paras) + [paras[0], paras[1]]
+    docs[5] = paras[5] + "\n" + items[3].strip() + "\n" + paras[6]
+    with open(tmp_path / "c.jsonl", "w") as f:
+        for t in docs:
+            f.write(json.dumps({"text": t}) + "\n")
+    s = clean_corpus([str(tmp_path / "c.jsonl")], str(tmp_path / "out"), eval_texts=items)
+    assert s["documents_in"] == 62 and s["exact_duplicates_removed"] == 2
+    assert s["contaminated_documents_cut"] == 1 and s["documents_out"] == 60 + 1   # doc 5 -> two pieces
+    out = " ".join(d.text for d in DocumentReader([s["clean_dir"]]).run())
+    assert items[3].strip() not in out and paras[40] in out
+
+    # heuristic filter stage: counts add up, rejects are kept with their reason
+    samples = [d.strip() for line in (shared_data / "corpus" / "gpt3_175b_samples.jsonl").read_text().splitlines()[:5]
+               for d in json.loads(line).split("<|endoftext|>") if len(d.split()) > 100][:10]
+    assert len(samples) == 10
+    with open(tmp_path / "f.jsonl", "w") as f:
+        for t in samples + ["too short", "#### ### ## # " * 20, "spam spam spam\n" * 30]:
+            f.write(json.dumps({"text": t}) + "\n")
+    assert mnemos_data("filter", "-i", tmp_path / "f.jsonl", "-o", tmp_path / "filtered", "--min-words", 20) == 0
+    st = json.load(open(tmp_path / "filtered" / "stats.json"))
+    assert st["kept"] == 10
+    by_step = {x["step"]: x for x in st["steps"]}
+    assert sum(by_step[k].get("dropped", 0) for k in ("length", "symbols", "repetition")) == 3
+    rejects = list(DocumentReader([str(tmp_path / "filtered" / "rejects")]).run())
+    assert len(rejects) == 3 and all("filter_reason" in d.metadata for d in rejects)

@@ -1,0 +1,46 @@
+import numpy as np
+
+from data.filters import (ClassifierFilter, LengthFilter, QualityClassifier, RepetitionFilter, SymbolRatioFilter,
+                          TextNormalizer)
+from data.io import ListReader
+from data.pipeline import Document
+
+
+def test_normalizer_changes_text_filters_decide():
+    n = TextNormalizer()
+    assert n.clean("Cafe\u0301\r\nline two  \n\n\n\nend\x00") == "Caf\u00e9\nline two\n\nend"
+    good = " ".join(["the cat sat on the mat and looked at the birds outside"] * 1)
+    assert LengthFilter(min_words=5).filter(Document(good, "a")) is True
+    assert LengthFilter(min_words=50).filter(Document(good, "a")) == (False, "too_few_words")
+    assert SymbolRatioFilter().filter(Document("# # # # a b c", "s")) == (False, "symbol_word_ratio")
+    assert SymbolRatioFilter().filter(Document("12 34 56 78 90 ab", "s")) == (False, "alpha_words")
+    assert SymbolRatioFilter().filter(Document(good, "s")) is True
+    rep = "\n".join(["buy now cheap pills"] * 10)
+    assert RepetitionFilter().filter(Document(rep, "r"))[0] is False
+    assert RepetitionFilter().filter(Document(good, "r")) is True
+
+
+def test_gpt3_classifier_filter(shared_data):
+    lines = [l for l in (shared_data / "corpus" / "wikitext2_valid.txt").read_text().splitlines() if len(l.split()) > 30]
+    rng = np.random.default_rng(0)
+    vocab = np.array(" ".join(lines).split())
+    junk = [" ".join(rng.choice(vocab, 60)) + " click here buy now free" for _ in range(300)]
+    ref, test_good = lines[:300], lines[300:500]
+    clf = QualityClassifier(n_features=2 ** 16).fit(ref, junk[:200])
+    good_scores, bad_scores = clf.score(test_good), clf.score(junk[200:])
+    assert good_scores.mean() > 0.7 > 0.3 > bad_scores.mean()
+    docs = [Document(t, f"g{i}") for i, t in enumerate(test_good)] + [Document(t, f"b{i}") for i, t in enumerate(junk[200:])]
+    f = ClassifierFilter(clf, alpha=9.0, seed=1)
+    kept = [d.id for d in f.run(ListReader(docs).run())]
+    kept_good = sum(k.startswith("g") for k in kept) / len(test_good)
+    kept_bad = sum(k.startswith("b") for k in kept) / 100
+    assert kept_good > 5 * kept_bad and f.stats["documents_in"] == len(docs) == f.stats["kept"] + f.stats["dropped"]
+    # numpy's pareto is Lomax: P(keep | score s) = P(draw > 1 - s) = (2 - s)^-alpha
+    p = (2 - np.r_[good_scores, bad_scores]) ** -9.0
+    assert abs(len(kept) - p.sum()) < 4 * np.sqrt((p * (1 - p)).sum()) + 1
+    # the pareto draw is deterministic per document id: a second run keeps exactly the same documents
+    again = [d.id for d in ClassifierFilter(clf, alpha=9.0, seed=1).run(ListReader(docs).run())]
+    assert again == kept
+    # P(keep) = P(pareto(9) > 1 - s) = (2 - s)^-9 (numpy's pareto is Lomax): check the rule itself
+    draws = np.random.default_rng(0).pareto(9.0, 200_000)
+    assert abs((draws > 1 - 0.5).mean() - 1.5 ** -9) < 0.005

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from data.gpt_dataset import PackedGPTDataset, ShuffledSampler, split_ranges
+from data.indexed import IndexedDatasetBuilder
+
+EOS = 2
+
+
+def _shard(path, docs):
+    with IndexedDatasetBuilder(str(path), np.uint16) as b:
+        b.add_documents(docs)
+    return str(path)
+
+
+def test_packing_is_the_eot_separated_stream(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(10, 100, size=rng.integers(0, 30)) for _ in range(50)] + [np.zeros(0, np.int64)] * 3
+    prefix = _shard(tmp_path / "a", docs)
+    ds = PackedGPTDataset([prefix], seq_len=16, eos_id=EOS, shuffle_docs=False)
+    stream = np.concatenate([np.append(d, EOS) for d in docs])
+    assert len(ds) == (stream.size - 1) // 16
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s.dtype == np.int64 and s.shape == (17,)
+        np.testing.assert_array_equal(s, stream[i * 16:i * 16 + 17])
+    # shuffled document order: still every document exactly once per epoch
+    sh = PackedGPTDataset([prefix], seq_len=16, eos_id=EOS, seed=3)
+    again = PackedGPTDataset([prefix], seq_len=16, eos_id=EOS, seed=3)
+    np.testing.assert_array_equal(sh.get_batch(range(len(sh))), again.get_batch(range(len(sh))))
+    assert sorted(sh.streams[0].order.tolist()) == list(range(53))
+
+
+def test_blend_weights_epochs_and_cache(tmp_path):
+    a = _shard(tmp_path / "a", [np.full(40, 11)] * 20)   # 800 tokens
+    b = _shard(tmp_path / "b", [np.full(10, 22)] * 10)   # 100 tokens
+    ds = PackedGPTDataset([a, b], seq_len=8, eos_id=EOS, weights=[0.5, 0.5], num_samples=200,
+                          cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == 200 and list(ds.counts) == [100, 100]
+    assert ds.epochs[1] > 1                                   # the small set is repeated
+    src = ds.dataset_index
+    assert abs(int((src[:20] == 0).sum()) - 10) <= 1          # interleaved, not concatenated
+    toks = ds.get_batch(range(200))
+    assert set(np.unique(toks[src == 1])) <= {22, EOS}
+    cached = PackedGPTDataset([a, b], seq_len=8, eos_id=EOS, weights=[0.5, 0.5], num_samples=200,
+                              cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(cached.dataset_index, ds.dataset_index)
+    np.testing.assert_array_equal(cached.get_batch(range(200)), toks)
+    with pytest.raises(ValueError, match="weights"):
+        PackedGPTDataset([a, b], seq_len=8, eos_id=EOS, weights=[1.0])
+
+
+def test_splits_are_disjoint(tmp_path):
+    docs = [np.full(5, 10 + i) for i in range(100)]
+    p = _shard(tmp_path / "a", docs)
+    r = split_ranges((0.8, 0.1, 0.1))
+    seen = {}
+    for name, rng in r.items():
+        ds = PackedGPTDataset([p], seq_len=4, eos_id=EOS, split=rng)
+        seen[name] = set(np.unique(ds.get_batch(range(len(ds))))) - {EOS}
+    assert not (seen["train"] & seen["valid"]) and not (seen["valid"] & seen["test"])
+    assert len(seen["train"]) == 80
+
+
+def test_sampler_deterministic_and_exact_resume():
+    s = ShuffledSampler(10, seed=5)
+    full = np.concatenate([s.next_indices(4) for _ in range(8)])  # crosses 3 epochs
+    assert sorted(full[:10].tolist()) == list(range(10)) and sorted(full[10:20].tolist()) == list(range(10))
+    assert not np.array_equal(full[:10], full[10:20])
+    a = ShuffledSampler(10, seed=5)
+    a.next_indices(4); a.next_indices(4); a.next_indices(4)
+    state = a.state_dict()
+    assert state["consumed_samples"] == 12
+    b = ShuffledSampler(10, seed=5)
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(np.concatenate([b.next_indices(4) for _ in range(5)]), full[12:])
+    with pytest.raises(ValueError):
+        ShuffledSampler(11, seed=5).load_state_dict(state)

@@ -1,0 +1,96 @@
+"""BERT heads through the Hopfield lens: k at 90% mass, operating classes I-IV, CLI outputs."""
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from evaluation.downstream import bert_heads as bh
+
+
+def test_k_for_mass_and_classes():
+    N = 64
+    uniform = torch.full((N, N), 1.0 / N)
+    assert (bh.k_for_mass(uniform) == int(np.ceil(0.9 * N))).all()  # 58 > N/2: class I
+    one_hot = torch.eye(N)
+    assert (bh.k_for_mass(one_hot) == 1).all()  # class IV
+    assert list(bh.operating_class([58, 32, 33, 8, 9, 2, 3], N)) == [0, 1, 0, 2, 1, 3, 2]
+    # a head spreading its mass evenly over 6 keys: k = 6 (ceil 0.9*6=5.4 -> 6) -> N/32=2 < 6 <= N/8=8: class III
+    six = torch.zeros(N, N)
+    six[:, :6] = 1 / 6
+    assert (bh.k_for_mass(six) == 6).all()
+
+
+def test_analyze_builds_per_layer_distribution():
+    N = 64
+    heads = [torch.full((N, N), 1.0 / N), torch.eye(N)]
+    attn = torch.stack([torch.stack(heads), torch.stack(heads[::-1])])  # (2 layers, 2 heads, N, N)
+    res = bh.analyze_attention(attn)
+    assert res["class_counts"].tolist() == [[1, 0, 0, 1], [1, 0, 0, 1]]
+    assert res["class_head"].tolist() == [[0, 3], [3, 0]]
+    assert np.allclose(res["token_class_fraction"].sum(1), 1)
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser()
+    from evaluation.downstream import cli
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["downstream", "bert-heads"] + argv)
+    assert args.func(args) == 0
+
+
+def test_cli_with_saved_probabilities(tmp_path):
+    attn = torch.softmax(torch.randn(3, 4, 32, 32) * 3, dim=-1)
+    np.save(tmp_path / "attn.npy", attn.numpy())
+    _run(["--attention", str(tmp_path / "attn.npy"), "--out", str(tmp_path / "run")])
+    res = json.loads((tmp_path / "run" / "results" / "bert_heads.json").read_text())
+    assert len(res["per_layer"]) == 3 and sum(res["per_layer"][0]["class_counts"].values()) == 4
+    assert (tmp_path / "run" / "results" / "bert_heads.png").stat().st_size > 1000
+
+
+def test_cli_runs_through_the_bert_export(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("Hopfield networks store patterns and retrieve them with one update. " * 20)
+    _run(["--init", "random", "--model-preset", "bert-tiny", "--text", str(text), "--seq-len", "64",
+          "--max-windows", "2", "--out", str(tmp_path / "run")])
+    res = json.loads((tmp_path / "run" / "results" / "bert_heads.json").read_text())
+    assert res["seq_len"] == 64 and res["windows"] == 2 and len(res["per_layer"]) == 2
+
+
+def test_cli_from_a_bert_checkpoint(tmp_path):
+    """--checkpoint: weights and tokenizer come from a mnemos run (launcher.inference.load_for_eval)."""
+    from data.bert_samples import BERT_SYMBOLS
+    from data.tokenizer import train_tokenizer
+    from launcher.config import RunConfig
+    from model.bert import attention_probabilities, build_bert
+    from parallel.reshard import FullState, write_universal
+
+    words = "the cat sat on a mat while hopfield nets store and retrieve many patterns".split()
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words, 12)) for _ in range(300)))
+    tok = train_tokenizer([str(corpus)], str(tmp_path / "sp"), 320, user_defined_symbols=BERT_SYMBOLS,
+                          hard_vocab_limit=False)
+    cfg = RunConfig(run_dir=str(tmp_path / "run"),
+                    model=dict(arch="bert", n_layer=2, d_model=32, n_head=4, n_ctx=64, vocab_size=512,
+                               layer_norm_eps=1e-12),
+                    data=dict(tokenizer=tok, seq_len=64))
+    pre = build_bert(cfg.model, seed=3)
+    sd = {k: v for k, v in pre.state_dict().items() if k != "mlm.decoder.weight"}
+    write_universal(FullState(fp32=sd, client={"config": cfg.model_dump(mode="json"), "trainer": {"step": 0}}),
+                    tmp_path / "run" / "checkpoints" / "step_00000000")
+    _run(["--checkpoint", str(tmp_path / "run"), "--text", str(corpus), "--seq-len", "32", "--max-windows", "2",
+          "--out", str(tmp_path / "out")])
+    res = json.loads((tmp_path / "out" / "results" / "bert_heads.json").read_text())
+    assert res["seq_len"] == 32 and res["windows"] == 2 and res["source"].startswith("checkpoint")
+    # the per-head k equals the analysis of model.bert's export on the same windows
+    from data.bert_samples import BertVocab
+    from data.tokenizer import Tokenizer
+    t = Tokenizer(tok)
+    v = BertVocab.from_tokenizer(t)
+    windows = bh.text_windows(t.encode(corpus.read_text()), 32, 2, v.cls_id, v.sep_id)
+    pre.eval()
+    ref = bh.analyze_attention(attention_probabilities(pre, windows))
+    got = [[h["k"] for h in layer["heads"]] for layer in res["per_layer"]]
+    assert np.allclose(got, ref["k_head"])

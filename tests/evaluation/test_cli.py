@@ -1,0 +1,85 @@
+"""`mnemos eval` and `mnemos eval-data` from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from launcher.cli import main
+
+
+@pytest.fixture
+def fake_checkpoint(monkeypatch, tiny_gpt, byte_tok):
+    import launcher.inference
+    seen = {}
+
+    def load_for_eval(path, device="cpu"):
+        seen["path"] = path
+        return tiny_gpt, byte_tok, None
+    monkeypatch.setattr(launcher.inference, "load_for_eval", load_for_eval)
+    return seen
+
+
+def test_eval_command_writes_json_markdown_plots(fake_checkpoint, tmp_path, capsys):
+    from data.ngrams import NgramIndex
+    from evaluation.registry import iter_eval_texts
+    leaked = [t for _, t in iter_eval_texts(["arithmetic_2da"])][:3]
+    NgramIndex.build(["unrelated text"] + leaked, [8, 9, 10, 11, 12, 13]).save(str(tmp_path / "idx"))
+    out = tmp_path / "eval"
+    rc = main(["eval", "--checkpoint", str(tmp_path / "run"), "--tasks", "arithmetic_2da,arithmetic_2ds",
+               "--shots", "0,1,4", "--limit", "10", "--out", str(out), "--contamination", str(tmp_path / "idx"),
+               "--batch-size", "4", "--device", "cpu"])
+    assert rc == 0 and fake_checkpoint["path"] == str(tmp_path / "run")
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["results"]["arithmetic_2da"]) == {"0", "1", "4"}
+    assert res["contamination"]["arithmetic_2da"]["by_shots"]["0"]["dirty_count"] == 3
+    assert res["contamination"]["arithmetic_2ds"]["by_shots"]["0"]["dirty_count"] == 0
+    assert (out / "plots" / "arithmetic_2da.png").exists() and (out / "plots" / "overview.png").exists()
+    assert (out / "cache.sqlite").exists()
+    printed = capsys.readouterr().out
+    assert "results.md" in printed and "2D+" in printed
+    # a re-run is answered from the cache
+    rc = main(["eval", "--checkpoint", str(tmp_path / "run"), "--tasks", "arithmetic_2da", "--shots", "0,1",
+               "--limit", "10", "--out", str(out), "--device", "cpu"])
+    again = json.loads((out / "results.json").read_text())
+    assert rc == 0 and again["config"]["cache"]["misses"] == 0
+
+
+def test_eval_errors_and_listing(fake_checkpoint, tmp_path, capsys):
+    assert main(["eval", "--checkpoint", "x", "--tasks", "no_such_task", "--out", str(tmp_path)]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert main(["eval", "--list-tasks"]) == 0
+    assert "gpt3_arithmetic_1dc (1DC)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", "x", "--tasks", "arithmetic_2da", "--shots", "a,b"])
+
+
+def test_eval_data_helpers(tmp_path, shared_data):
+    assert main(["eval-data", "words", str(shared_data / "corpus" / "wikitext2_valid.txt"), "--out",
+                 str(tmp_path / "words.txt"), "--n", "500"]) == 0
+    words = (tmp_path / "words.txt").read_text().split()
+    assert len(words) == 500
+    assert main(["eval-data", "synthetic", "--out", str(tmp_path / "syn"), "--n", "20",
+                 "--word-list", str(tmp_path / "words.txt")]) == 0
+    lines = (tmp_path / "syn" / "two_digit_addition.jsonl").read_text().splitlines()
+    assert len(lines) == 20 and json.loads(lines[0])["context"].startswith("\n\nQ: What is ")
+    assert (tmp_path / "syn" / "scramble_rw.jsonl").exists()
+
+
+def test_hf_model_with_sentencepiece_tokenizer(tiny_gpt, tmp_path, shared_data):
+    """Exported weights + a real sentencepiece tokenizer, through accelerate's loader."""
+    from launcher.config import ModelConfig
+    from model.gpt import build_gpt
+    from data.tokenizer import train_tokenizer
+    from evaluation.hf import export_hf
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join((shared_data / "corpus" / "wikitext2_valid.txt").read_text().splitlines()[:400]))
+    tok_path = train_tokenizer([str(text)], str(tmp_path / "tok"), vocab_size=400, input_sentence_size=2000)
+    model = build_gpt(ModelConfig(n_layer=1, d_model=32, n_head=2, n_ctx=128, vocab_size=512), seed=1)
+    export_hf(model, tmp_path / "hf", tokenizer_path=tok_path)
+    rc = main(["eval", "--hf-model", str(tmp_path / "hf"), "--tasks", "arithmetic_1dc", "--shots", "0,2",
+               "--limit", "6", "--out", str(tmp_path / "out"), "--no-cache", "--device", "cpu"])
+    assert rc == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["results"]["arithmetic_1dc"]["2"]["n"] == 6

@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from launcher.config import ConfigError, load_config
+
+
+def _load(*overrides):
+    return load_config(None, list(overrides))
+
+
+def test_overrides_parse_types():
+    cfg = _load("optim.lr=3e-4", "parallel.zero_stage=2", "logging.tensorboard=false", "data.train=[a,b]")
+    assert cfg.optim.lr == 3e-4 and cfg.parallel.zero_stage == 2 and cfg.logging.tensorboard is False
+    assert cfg.data.train == ["a", "b"]
+
+
+def test_preset_expands_and_explicit_fields_win():
+    cfg = _load("model.preset=gpt3-small", "model.n_layer=2")
+    assert cfg.model.d_model == 768 and cfg.model.n_layer == 2
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.d_modle=64", ["model.d_modle", "unknown key"]),
+    ("model.n_head=5", ["model.n_head=5", "model.d_model=64", "d_model % n_head"]),
+    ("optim.lr=-1", ["optim.lr", "-1", "greater than 0"]),
+    ("model.preset=gpt3-huge", ["model.preset", "gpt3-huge", "choices"]),
+    ("parallel.zero_stage=4", ["parallel.zero_stage", "4"]),
+])
+def test_invalid_values_name_field_value_and_rule(override, words):
+    with pytest.raises(ConfigError) as err:
+        _load(override)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_cross_section_rules(tmp_path):
+    cfg = _load("train.global_batch_size=10", "train.micro_batch_size=4", f"data.train=[{tmp_path}/x]")
+    with pytest.raises(ConfigError, match=r"train.global_batch_size=10 must be a multiple of train.micro_batch_size=4"):
+        cfg.check_cross_sections(1)
+    cfg = _load("train.global_batch_size=8", f"data.train=[{tmp_path}/missing]")
+    with pytest.raises(ConfigError, match=r"data.train entry .*missing.bin does not exist"):
+        cfg.check_cross_sections(1)
+    cfg = _load("parallel.tp=3", f"data.train=[{tmp_path}/x]")
+    with pytest.raises(ConfigError, match=r"parallel.tp=3 must divide"):
+        cfg.check_cross_sections(6)
+
+
+def test_cli_rejects_bad_config_before_spawning_anything(tmp_path):
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "model": {"n_head": 3}}))
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(cfg_file), "--nproc", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "model.n_head=3" in proc.stderr and "d_model % n_head" in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing written, no rank started

@@ -1,0 +1,117 @@
+"""Slot Attention module (Locatello et al. 2020): permutation equivariance in the slots, inference-time
+flexibility (slots / iterations), decoder mask normalisation, set-prediction head."""
+
+import pytest
+import torch
+
+from model.slot_attention import (SlotAttention, SlotAttentionAutoEncoder, SlotAttentionSetPredictor,
+                                  SoftPositionEmbed, SpatialBroadcastDecoder, build_grid)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def sa():
+    torch.manual_seed(0)
+    return SlotAttention(num_slots=5, dim=16, iters=3, mlp_hidden=32, input_dim=12).double()
+
+
+def test_permutation_equivariance_in_slots(sa):
+    torch.manual_seed(1)
+    x = torch.randn(3, 20, 12, dtype=torch.double)
+    slots0 = torch.randn(3, 5, 16, dtype=torch.double)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    out, attn = sa(x, slots=slots0)
+    out_p, attn_p = sa(x, slots=slots0[:, perm])
+    torch.testing.assert_close(out_p, out[:, perm])
+    torch.testing.assert_close(attn_p, attn[:, perm])
+
+
+def test_invariant_to_input_order(sa):
+    torch.manual_seed(2)
+    x = torch.randn(2, 20, 12, dtype=torch.double)
+    slots0 = torch.randn(2, 5, 16, dtype=torch.double)
+    perm = torch.randperm(20)
+    out, attn = sa(x, slots=slots0)
+    out_p, attn_p = sa(x[:, perm], slots=slots0)
+    torch.testing.assert_close(out_p, out)  # a set of inputs: the slots do not see their order
+    torch.testing.assert_close(attn_p, attn[:, :, perm])
+
+
+def test_attention_is_softmax_over_slots(sa):
+    x = torch.randn(2, 20, 12, dtype=torch.double)
+    _, attn = sa(x)
+    assert attn.shape == (2, 5, 20)
+    torch.testing.assert_close(attn.sum(1), torch.ones(2, 20, dtype=torch.double), atol=1e-6, rtol=0)
+
+
+def test_slots_and_iterations_change_at_inference(sa):
+    x = torch.randn(2, 20, 12, dtype=torch.double)
+    for k, t in [(5, 3), (8, 3), (2, 7)]:
+        out, attn = sa(x, num_slots=k, iters=t)
+        assert out.shape == (2, k, 16) and attn.shape == (2, k, 20)
+    g1 = torch.Generator().manual_seed(0)
+    g2 = torch.Generator().manual_seed(0)
+    a3, _ = sa(x, iters=3, generator=g1)
+    a6, _ = sa(x, iters=6, generator=g2)
+    assert not torch.allclose(a3, a6)  # more iterations do run
+
+
+def test_learned_gaussian_init_gets_gradients(sa):
+    x = torch.randn(2, 20, 12, dtype=torch.double)
+    out, _ = sa(x)
+    out.sum().backward()
+    assert sa.slots_mu.grad.abs().sum() > 0 and sa.slots_log_sigma.grad.abs().sum() > 0
+    g = torch.Generator().manual_seed(3)
+    s1 = sa.init_slots(4, 6, torch.Generator().manual_seed(3))
+    s2 = sa.init_slots(4, 6, g)
+    torch.testing.assert_close(s1, s2)  # seeded init is reproducible
+    assert s1.shape == (4, 6, 16) and not torch.allclose(s1[:, 0], s1[:, 1])
+
+
+def test_position_grid_and_embedding():
+    g = build_grid(3, 5)
+    assert g.shape == (1, 3, 5, 4)
+    torch.testing.assert_close(g[0, 0, 0], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    torch.testing.assert_close(g[0, 2, 4], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    emb = SoftPositionEmbed(8)
+    x = torch.zeros(2, 3, 5, 8)
+    y = emb(x)
+    assert y.shape == x.shape and not torch.allclose(y[:, 0, 0], y[:, 2, 4])
+
+
+@pytest.mark.parametrize("broadcast", [None, (9, 9)])
+def test_decoder_shapes_and_slot_equivariance(broadcast):
+    torch.manual_seed(0)
+    dec = SpatialBroadcastDecoder(slot_dim=8, hidden=8, layers=3, kernel=3, image_size=(35, 35),
+                                  broadcast_size=broadcast).double()
+    slots = torch.randn(2, 4, 8, dtype=torch.double)
+    rgb, alpha = dec(slots)
+    assert rgb.shape == (2, 4, 3, 35, 35) and alpha.shape == (2, 4, 1, 35, 35)
+    perm = torch.tensor([2, 0, 3, 1])
+    rgb_p, alpha_p = dec(slots[:, perm])
+    torch.testing.assert_close(rgb_p, rgb[:, perm])
+    torch.testing.assert_close(alpha_p, alpha[:, perm])
+
+
+def test_autoencoder_masks_are_softmax_over_slots():
+    torch.manual_seed(0)
+    m = SlotAttentionAutoEncoder(image_size=(35, 35), num_slots=4, slot_dim=16, mlp_hidden=32, enc_hidden=8,
+                                 enc_layers=2, enc_kernel=3, dec_hidden=8, dec_layers=3, dec_kernel=3,
+                                 broadcast_size=(9, 9))
+    x = torch.rand(2, 3, 35, 35) * 2 - 1
+    out = m(x, num_slots=6, iters=2)
+    assert out["recon"].shape == (2, 3, 35, 35) and out["masks"].shape == (2, 6, 35, 35)
+    torch.testing.assert_close(out["masks"].sum(1), torch.ones(2, 35, 35))
+    torch.testing.assert_close(out["recon"], (out["masks"][:, :, None] * out["rgb"]).sum(1))
+    torch.nn.functional.mse_loss(out["recon"], x).backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_set_predictor_outputs_one_vector_per_slot():
+    m = SlotAttentionSetPredictor(out_dim=11, num_slots=5, slot_dim=16, mlp_hidden=32, enc_hidden=8,
+                                  enc_layers=2, enc_kernel=3, enc_stride=2)
+    out = m(torch.rand(3, 3, 64, 64), num_slots=7)
+    assert out["pred"].shape == (3, 7, 11)
+    assert out["attn"].shape == (3, 7, 32 * 32)  # strided encoder: 32 x 32 input tokens
+    assert (out["pred"] >= 0).all() and (out["pred"] <= 1).all()

@@ -1,0 +1,137 @@
+"""Export to / import from the Hugging Face ecosystem and plain PyTorch (CPU, fp32)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.launcher.conftest import build_shards, run_train, step_losses, write_config
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def shards(shared_data, tmp_path_factory):
+    return build_shards(shared_data, tmp_path_factory.mktemp("export_data"))
+
+
+@pytest.fixture(scope="module")
+def tp2_run(shards, tmp_path_factory):
+    """A GPT trained 2 steps with TP=2 (ZeRO-1): exporting must merge the TP shards."""
+    tmp = tmp_path_factory.mktemp("tp2run")
+    cfg = write_config(tmp / "c.yaml", tmp / "run", shards, model={"n_ctx": 32}, data={"seq_len": 32},
+                       parallel={"tp": 2, "zero_stage": 1}, train={"max_steps": 2},
+                       checkpoint={"save_at_end": True})
+    proc = run_train(cfg, nproc=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp / "run"
+
+
+def _bert_checkpoint(tmp_path, shards):
+    """A BERT universal checkpoint straight from the model (mnemos' own format; no training needed)."""
+    from launcher.config import RunConfig
+    from model.bert import build_bert
+    from parallel.reshard import FullState, write_universal
+    cfg = RunConfig(run_dir=str(tmp_path / "bert"),
+                    model=dict(arch="bert", n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=512,
+                               layer_norm_eps=1e-12),
+                    data=dict(tokenizer=shards["tokenizer"], train=[shards["train"]], seq_len=32))
+    model = build_bert(cfg.model, seed=3)
+    with torch.no_grad():  # make biases and LayerNorms non-trivial so a swapped map would show
+        for n, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    sd = {k: v for k, v in model.state_dict().items() if k != "mlm.decoder.weight"}
+    ckpt = write_universal(FullState(fp32=sd, client={"config": cfg.model_dump(mode="json"),
+                                                      "trainer": {"step": 0}}),
+                           tmp_path / "bert" / "checkpoints" / "step_00000000")
+    return model.eval(), ckpt
+
+
+@pytest.mark.slow
+def test_gpt_export_loads_in_transformers_with_same_logits(tp2_run, tmp_path):
+    from launcher.cli import main
+    from launcher.inference import load_for_eval
+    out = tmp_path / "hf"
+    assert main(["ckpt", "export-hf", str(tp2_run), "--out", str(out)]) == 0
+    assert {"model.safetensors", "config.json", "tokenizer.model", "tokenizer_config.json"} <= {
+        p.name for p in out.iterdir()}
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    ours, tok, _ = load_for_eval(tp2_run)
+    idx = torch.randint(0, hf.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=idx).logits, ours(idx), atol=1e-4, rtol=0)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "The tower is 324 metres (1,063 ft) tall, about the same height as an 81-storey building."
+    assert hf_tok(text)["input_ids"] == tok.encode(text)
+
+
+@pytest.mark.slow
+def test_gpt_import_round_trips_and_trains(tp2_run, shards, tmp_path):
+    from launcher.cli import main
+    from launcher.inference import consolidated_state_dict
+    out = tmp_path / "hf"
+    assert main(["ckpt", "export-hf", str(tp2_run), "--out", str(out)]) == 0
+    cfg = write_config(tmp_path / "imp.yaml", tmp_path / "imp", shards, model={"n_ctx": 32},
+                       data={"seq_len": 32}, train={"max_steps": 1}, checkpoint={"save_at_end": False})
+    assert main(["ckpt", "import-hf", str(out), "--config", str(cfg)]) == 0
+    before, _ = consolidated_state_dict(tp2_run)
+    after, _ = consolidated_state_dict(tmp_path / "imp")
+    assert set(after) <= set(before)
+    for k in after:
+        assert torch.equal(after[k], before[k]), k
+    proc = run_train(cfg)  # starts from the imported weights (a fresh optimizer, the same data stream)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout + proc.stderr and sorted(step_losses(tmp_path / "imp")) == [1]
+
+
+def test_import_refuses_a_different_architecture(tmp_path, shards):
+    from launcher.config import ConfigError, load_config
+    from parallel.export_hf import import_hf
+    hf_dir = tmp_path / "hf"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=64, n_head=4, n_positions=32,
+                                                         vocab_size=512)).save_pretrained(hf_dir)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "run", shards, model={"n_ctx": 32}, data={"seq_len": 32})
+    with pytest.raises(ConfigError, match="model.n_layer=2 differs"):
+        import_hf(hf_dir, load_config(str(cfg)))
+
+
+def test_bert_export_loads_as_bert_for_pretraining_with_same_logits(tmp_path, shards):
+    from parallel.export_hf import export_hf, read_hf_dir
+    model, ckpt = _bert_checkpoint(tmp_path, shards)
+    out = export_hf(ckpt, tmp_path / "hf_bert")
+    hf = transformers.BertForPreTraining.from_pretrained(out).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 512, (2, 32), generator=g)
+    types = torch.cat([torch.zeros(2, 16, dtype=torch.long), torch.ones(2, 16, dtype=torch.long)], 1)
+    mask = torch.ones(2, 32, dtype=torch.long)
+    mask[1, 25:] = 0
+    with torch.no_grad():
+        mlm, nsp = model(ids, types, mask)
+        ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    torch.testing.assert_close(ref.prediction_logits, mlm, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ref.seq_relationship_logits, nsp, atol=1e-4, rtol=0)
+    # and back: the HF directory imports to exactly our weights
+    sd, fields = read_hf_dir(out)
+    assert fields["arch"] == "bert" and fields["n_layer"] == 2
+    ours = {k: v for k, v in model.state_dict().items() if k != "mlm.decoder.weight"}
+    assert set(sd) == set(ours)
+    for k in ours:
+        assert torch.equal(sd[k], ours[k]), k
+
+
+@pytest.mark.slow
+def test_consolidated_torch_export_loads_without_deepspeed(tp2_run, tmp_path):
+    from launcher.cli import main
+    from launcher.config import ModelConfig
+    from model.gpt import GPT
+    out = tmp_path / "model.pt"
+    assert main(["ckpt", "export-torch", str(tp2_run), "--out", str(out)]) == 0
+    sd = torch.load(out, weights_only=True)
+    cfg = json.loads(out.with_suffix(".config.json").read_text())
+    model = GPT(ModelConfig(**cfg["model"]))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert unexpected == [] and set(missing) <= {"lm_head.weight"}
+    assert all(v.dtype == torch.float32 for v in sd.values())
+    assert sd["blocks.0.attn.qkv.weight"].shape == (3 * 64, 64)  # full, not a TP shard

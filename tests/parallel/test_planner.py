@@ -1,0 +1,79 @@
+"""`mnemos plan`: the 175B figures the issue asks for, the DeepSpeed cross-check, refusals."""
+
+import json
+
+import pytest
+
+from launcher.cli import main
+from parallel.planner import GB, PlanError, PlanInput, make_plan
+
+BASE = dict(model="gpt3-175b", nodes=128, gpus_per_node=8, tp=8, micro_batch=1, seq_len=2048, precision="bf16",
+            activation_checkpointing=True, gpu_mem_gb=80, gpu_tflops=400)
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return {z: make_plan(PlanInput(**BASE, zero=z)) for z in (1, 2, 3)}
+
+
+def test_gpt3_175b_tp8_zero2_and_zero3_fit_zero1_does_not(plans):
+    p1, p2, p3 = plans[1], plans[2], plans[3]
+    assert p1.dp == 128 and abs(p1.params_per_gpu / 1e9 - 21.85) < 0.01
+    assert abs(p1.params_total / 1e9 - 174.6) < 0.1
+    assert not p1.fits and p2.fits and p3.fits
+    # bf16 weights + unsharded bf16 gradients are already ~87 GB per GPU
+    assert 87 < (p1.bytes["weights"] + p1.bytes["grads"]) / GB < 88
+    assert "unsharded bf16 gradients alone are 87.4 GB > 80 GB" in p1.why
+    assert p3.total_bytes < p2.total_bytes < 80 * GB < p1.total_bytes
+
+
+def test_model_states_match_deepspeed_estimators(plans):
+    p2, p3 = plans[2], plans[3]
+    states = lambda p: p.bytes["weights"] + p.bytes["grads"] + p.bytes["optimizer"]
+    assert abs(states(p2) - p2.deepspeed_model_states) / p2.deepspeed_model_states < 1e-6  # 2P + 18P/dp exactly
+    assert abs(states(p3) - p3.deepspeed_model_states) / p3.deepspeed_model_states < 0.05
+
+
+def test_step_time_and_mfu(plans):
+    p = plans[2]
+    assert p.global_batch == 1536 and p.grad_accum == 12  # the paper's 3.2M tokens, a multiple of dp
+    n = p.params_total
+    assert p.model_flops_per_token == 6 * n + 12 * 96 * 12288 * 2048
+    # with recompute the GPUs do 4/3 of the model FLOPs: MFU = 400/989 * 3/4
+    assert abs(p.mfu - 400 / 989 * 0.75) < 1e-9
+    assert abs(p.step_time_s - p.tokens_per_step * p.model_flops_per_token * 4 / 3 / (1024 * 400e12)) < 1e-9
+
+
+def test_tp1_without_zero_on_one_node_is_far_out_of_reach():
+    p = make_plan(PlanInput(**{**BASE, "nodes": 1, "tp": 1}, zero=0))
+    assert not p.fits and p.total_bytes > 40 * 80 * GB
+    assert "out of reach on 8 GPUs at any ZeRO stage or TP degree" in p.why
+
+
+def test_activation_checkpointing_matters():
+    off = make_plan(PlanInput(**{**BASE, "activation_checkpointing": False}, zero=2))
+    assert off.bytes["activations"] > 40 * GB and not off.fits
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(tp=3), "parallel.tp=3 must divide"),
+    (dict(tp=16, gpus_per_node=8), "stays inside a node"),
+    (dict(model="gpt3-huge"), "not a preset"),
+    (dict(seq_len=4096), "n_ctx"),
+])
+def test_bad_layouts_refused(kw, words):
+    with pytest.raises(PlanError, match=words):
+        make_plan(PlanInput(**{**BASE, **kw}, zero=2))
+
+
+def test_cli(capsys):
+    args = ["plan", "--model", "gpt3-175b", "--nodes", "128", "--gpus-per-node", "8", "--tp", "8", "--zero", "2",
+            "--micro-batch", "1", "--seq-len", "2048", "--precision", "bf16", "--activation-checkpointing",
+            "--gpu-mem-gb", "80", "--gpu-tflops", "400"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "FITS" in out and "DeepSpeed cross-check" in out and "MFU" in out
+    assert main(args + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fits"] is True
+    assert main(["plan", "--model", "gpt3-175b", "--nodes", "2", "--tp", "3"]) == 2
+    assert "parallel.tp=3" in capsys.readouterr().err
