@@ -14,7 +14,8 @@ def register(subparsers) -> None:
     p.add_argument("config", help="YAML config file or a preset name from configs/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field (repeatable)")
-    p.add_argument("--nodes", type=int, default=1, help="machines (default 1)")
+    p.add_argument("--nodes", default="1",
+                   help="machines (default 1); MIN:MAX for an elastic job (k8s) that keeps training as nodes come and go")
     p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per machine (default 0: CPU job)")
     p.add_argument("--nproc-per-node", type=int, default=None, help="ranks per machine (default: GPUs, or 1)")
     p.add_argument("--cpus-per-node", type=int, default=None, help="CPU cores per machine")
@@ -68,8 +69,9 @@ def _spec(args):
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         env[k] = v
+    min_nodes, nodes = _node_range(args.nodes)
     try:
-        return JobSpec(name=args.name, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        return JobSpec(name=args.name, nodes=nodes, min_nodes=min_nodes, gpus_per_node=args.gpus_per_node,
                        nproc_per_node=args.nproc_per_node, cpus_per_node=args.cpus_per_node, mem=args.mem,
                        time=args.time, partition=args.partition, account=args.account, qos=args.qos,
                        constraint=args.constraint, exclusive=args.exclusive, array=args.array,
@@ -77,6 +79,17 @@ def _spec(args):
                        signal_lead_s=args.signal_lead_s, env=env, image=args.image, namespace=args.namespace)
     except ValueError as err:  # pydantic's ValidationError is a ValueError
         raise ConfigError(f"invalid job options: {err}") from None
+
+
+def _node_range(text: str) -> tuple[int | None, int]:
+    """--nodes N -> (None, N); --nodes MIN:MAX -> (MIN, MAX), torchrun's syntax for an elastic range."""
+    from launcher.config import ConfigError
+    from launcher.launch import parse_nnodes
+    try:
+        lo, hi = parse_nnodes(text)
+    except ValueError:
+        raise ConfigError(f"--nodes={text!r} (rule: N, or MIN:MAX with 1 <= MIN <= MAX for an elastic job)") from None
+    return (lo if ":" in text else None), hi
 
 
 def submit_cmd(args) -> int:

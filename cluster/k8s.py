@@ -3,7 +3,10 @@ validation, and submission/status/logs/cancel through `kubectl`.
 
 One pod per node (a Master and nodes-1 Workers); each runs `python -m launcher.launch --k8s CONFIG`,
 which reads the operator's MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK (pods, not ranks) and starts
-torchrun with c10d rendezvous at MASTER_ADDR:MASTER_PORT (the master pod). Preemption: the kubelet sends SIGTERM, the ranks save
+torchrun with c10d rendezvous at MASTER_ADDR:MASTER_PORT (the master pod). An elastic job
+(`--nodes MIN:MAX`) has Workers only and a `spec.elasticPolicy`; the same launcher then reads the
+operator's PET_NNODES/PET_RDZV_ENDPOINT and starts torchrun with `--nnodes MIN:MAX`, c10d rendezvous on
+worker 0. Preemption: the kubelet sends SIGTERM, the ranks save
 a checkpoint, and the launcher exits 143 (128 + SIGTERM) when the run stopped early. With
 `restartPolicy: ExitCode` the operator treats 128-255 as retryable and restarts the pod, which resumes
 from the newest checkpoint; 1-127 (a config error, a crash) fail the job. `runPolicy.backoffLimit`
@@ -79,16 +82,37 @@ def render_pytorchjob(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) ->
         return {"replicas": count, "restartPolicy": "ExitCode",
                 "template": {"metadata": {"labels": {"mnemos/job": name}}, "spec": copy.deepcopy(pod_spec)}}
 
-    replicas = {"Master": replica(1)}
-    if spec.nodes > 1:
-        replicas["Worker"] = replica(spec.nodes - 1)
     run_policy: dict = {"backoffLimit": spec.max_restarts, "cleanPodPolicy": "None"}
     if spec.time_seconds():
         run_policy["activeDeadlineSeconds"] = spec.time_seconds()
+    job_spec: dict = {"runPolicy": run_policy}
+    if spec.elastic:
+        # Workers only: the operator points PET_RDZV_ENDPOINT at worker 0, asks for all `nodes` pods,
+        # and torchrun starts as soon as min_nodes of them joined.
+        job_spec.update(elastic_policy(spec))
+        job_spec["pytorchReplicaSpecs"] = {"Worker": replica(spec.nodes)}
+    else:
+        replicas = {"Master": replica(1)}
+        if spec.nodes > 1:
+            replicas["Worker"] = replica(spec.nodes - 1)
+        job_spec["pytorchReplicaSpecs"] = replicas
     return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
             "metadata": {"name": name, "namespace": spec.namespace,
                          "labels": {"app.kubernetes.io/managed-by": "mnemos", "mnemos/job": name}},
-            "spec": {"runPolicy": run_policy, "pytorchReplicaSpecs": replicas}}
+            "spec": job_spec}
+
+
+def elastic_policy(spec: JobSpec) -> dict:
+    """`spec.elasticPolicy` and `spec.nprocPerNode` of an elastic job (training-operator v1 API).
+
+    The operator turns them into torchrun's PET_NNODES=MIN:MAX, PET_RDZV_BACKEND, PET_RDZV_ENDPOINT and
+    PET_MAX_RESTARTS, which `launcher.launch --k8s` reads. maxRestarts lets torchrun re-form the group
+    in place when a pod leaves or joins; the ranks resume from the newest checkpoint at the new size.
+    The ranks per pod go in spec.nprocPerNode (elasticPolicy.nProcPerNode is deprecated since v1.7).
+    """
+    return {"elasticPolicy": {"rdzvBackend": "c10d", "minReplicas": spec.min_nodes, "maxReplicas": spec.nodes,
+                              "maxRestarts": spec.max_restarts},
+            "nprocPerNode": str(spec.ranks_per_node)}
 
 
 def _k8s_memory(mem: str) -> str:
@@ -134,7 +158,14 @@ def validate_pytorchjob(m: dict) -> list[str]:
              "runPolicy.activeDeadlineSeconds must be a positive int")
     need(rp.get("cleanPodPolicy", "None") in ("None", "Running", "All"), "runPolicy.cleanPodPolicy invalid")
     reps = spec.get("pytorchReplicaSpecs", {})
-    need(isinstance(reps, dict) and "Master" in reps, "pytorchReplicaSpecs.Master is required")
+    if "elasticPolicy" in spec:
+        errors += _elastic_errors(spec, reps)
+    else:  # the operator sets MASTER_ADDR/RANK for the launcher only when there is a Master
+        need(isinstance(reps, dict) and "Master" in reps, "pytorchReplicaSpecs.Master is required")
+    if "nprocPerNode" in spec:
+        v = spec["nprocPerNode"]
+        need(isinstance(v, str) and (v in ("auto", "cpu", "gpu") or (v.isdigit() and int(v) >= 1)),
+             "spec.nprocPerNode must be a string: auto, cpu, gpu or a whole number >= 1")
     for role, r in (reps or {}).items():
         where = f"pytorchReplicaSpecs.{role}"
         need(role in ("Master", "Worker"), f"{where}: role must be Master or Worker")
@@ -161,6 +192,52 @@ def validate_pytorchjob(m: dict) -> list[str]:
                 need(vm.get("name") in mounts, f"{where}: volumeMount {vm.get('name')!r} has no volume")
         grace = pod.get("terminationGracePeriodSeconds")
         need(grace is None or (isinstance(grace, int) and grace >= 0), f"{where}: terminationGracePeriodSeconds invalid")
+    return errors
+
+
+_ELASTIC_FIELDS = {"minReplicas", "maxReplicas", "rdzvBackend", "rdzvPort", "rdzvHost", "rdzvId", "rdzvConf",
+                   "standalone", "nProcPerNode", "maxRestarts", "metrics"}
+
+
+def _is_int(v, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _elastic_errors(spec: dict, reps: dict) -> list[str]:
+    """Checks of `spec.elasticPolicy` (training-operator v1 ElasticPolicy and how the operator uses it)."""
+    ep = spec["elasticPolicy"]
+    if not isinstance(ep, dict):
+        return ["elasticPolicy must be a mapping"]
+    errors = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            errors.append(msg)
+
+    unknown = sorted(set(ep) - _ELASTIC_FIELDS)
+    need(not unknown, f"elasticPolicy: unknown field(s) {unknown}")
+    need(ep.get("rdzvBackend", "c10d") in ("c10d", "etcd", "etcd-v2"),
+         "elasticPolicy.rdzvBackend must be c10d, etcd or etcd-v2")
+    lo, hi = ep.get("minReplicas"), ep.get("maxReplicas")
+    for key, v in (("minReplicas", lo), ("maxReplicas", hi)):
+        need(v is None or _is_int(v, 1), f"elasticPolicy.{key} must be an int >= 1")
+    # The operator formats PET_NNODES as "MIN:MAX" from both (one alone is dereferenced as missing).
+    need((lo is None) == (hi is None), "elasticPolicy.minReplicas and maxReplicas must be given together")
+    bounded = _is_int(lo, 1) and _is_int(hi, 1)
+    if bounded:
+        need(lo <= hi, "elasticPolicy.minReplicas must be <= maxReplicas")
+    need(ep.get("maxRestarts") is None or _is_int(ep["maxRestarts"], 0), "elasticPolicy.maxRestarts must be an int >= 0")
+    need(ep.get("rdzvPort") is None or (_is_int(ep["rdzvPort"], 1) and ep["rdzvPort"] <= 65535),
+         "elasticPolicy.rdzvPort must be a port number (1-65535)")
+    need(ep.get("nProcPerNode") is None or _is_int(ep["nProcPerNode"], 1), "elasticPolicy.nProcPerNode must be an int >= 1")
+    need(not ("nProcPerNode" in ep and "nprocPerNode" in spec),
+         "elasticPolicy.nProcPerNode (deprecated) must not be used with spec.nprocPerNode")
+    worker = reps.get("Worker") if isinstance(reps, dict) else None
+    # The rendezvous endpoint is worker 0, and the autoscaler scales the Worker replicas within the range.
+    need(isinstance(worker, dict), "elasticPolicy needs pytorchReplicaSpecs.Worker (the rendezvous is on worker 0)")
+    if bounded and isinstance(worker, dict) and _is_int(worker.get("replicas"), 1):
+        need(lo <= worker["replicas"] <= hi,
+             "pytorchReplicaSpecs.Worker.replicas must lie within [minReplicas, maxReplicas]")
     return errors
 
 

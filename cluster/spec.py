@@ -30,7 +30,10 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, description="Job name; default 'mnemos-' + the run directory's name.")
-    nodes: int = Field(1, ge=1, description="Machines (Slurm nodes / Kubernetes pods), one launcher each.")
+    nodes: int = Field(1, ge=1, description="Machines (Slurm nodes / Kubernetes pods), one launcher each; "
+                                             "with min_nodes, the most an elastic job uses.")
+    min_nodes: int | None = Field(None, ge=1, description="Elastic (Kubernetes): keep training with as few as this "
+                                                          "many machines; None = exactly `nodes`.")
     gpus_per_node: int = Field(0, ge=0, description="GPUs per machine; 0 = CPU-only job.")
     nproc_per_node: int | None = Field(None, ge=1, description="Ranks per machine; default gpus_per_node (1 on CPU).")
     cpus_per_node: int | None = Field(None, ge=1, description="CPU cores per machine (Slurm --cpus-per-task).")
@@ -65,7 +68,18 @@ class JobSpec(BaseModel):
         for field, value, pattern, rule in checks:
             if value is not None and not pattern.match(value):
                 raise ValueError(f"--{field}={value!r} (rule: {rule})")
+        if self.min_nodes is not None and self.min_nodes > self.nodes:
+            raise ValueError(f"--nodes {self.min_nodes}:{self.nodes} (rule: MIN <= MAX)")
         return self
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_nodes is not None
+
+    @property
+    def node_counts(self) -> range:
+        """Every node count the job may run with: min_nodes..nodes when elastic, else just nodes."""
+        return range(self.min_nodes or self.nodes, self.nodes + 1)
 
     @property
     def ranks_per_node(self) -> int:
@@ -73,6 +87,7 @@ class JobSpec(BaseModel):
 
     @property
     def world_size(self) -> int:
+        """Ranks at full size (`nodes`); an elastic job may also run with fewer, see `node_counts`."""
         return self.nodes * self.ranks_per_node
 
     def time_seconds(self) -> int | None:

@@ -23,13 +23,14 @@ def prepare(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tup
             python: str | None = None, workdir: str | os.PathLike | None = None):
     """Resolve and validate the config for spec.nodes x ranks (before anything is queued).
 
+    An elastic job (spec.min_nodes) is validated at every node count it may run with.
     Returns (RunConfig, JobCommand); the run directory is made absolute, the job starts in `workdir`
     (default: here), so relative data paths keep their meaning on the nodes.
     """
     from launcher.config import ConfigError, load_config
     cfg = load_config(config, list(overrides))
     cfg.run_dir = str(Path(cfg.run_dir).absolute())
-    cfg.check_cross_sections(spec.world_size)  # fail here, not after hours in the queue
+    check_world_sizes(cfg, spec)  # fail here, not after hours in the queue
     run_dir = Path(cfg.run_dir)
     try:
         cmd = JobCommand(run_dir=run_dir, workdir=Path(workdir or Path.cwd()), code_dir=REPO_ROOT,
@@ -37,6 +38,24 @@ def prepare(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tup
     except (ValueError, SpecError) as err:
         raise ConfigError(str(err)) from None
     return cfg, cmd
+
+
+def check_world_sizes(cfg, spec: JobSpec) -> None:
+    """The config's cross-section rules at each node count the job may run with (one for a fixed job).
+
+    An elastic job restarts with whatever nodes are left, so a world size in the middle of the range
+    that breaks a rule (say, the global batch not dividing) would fail hours in; refuse it now.
+    """
+    from launcher.config import ConfigError
+    for nodes in spec.node_counts:
+        try:
+            cfg.check_cross_sections(nodes * spec.ranks_per_node)
+        except ConfigError as err:
+            if not spec.elastic:
+                raise
+            raise ConfigError(f"with {nodes} node(s) x {spec.ranks_per_node} rank(s) (world size "
+                              f"{nodes * spec.ranks_per_node}, within --nodes {spec.min_nodes}:{spec.nodes}): "
+                              f"{err}") from None
 
 
 def render(spec: JobSpec, cmd: JobCommand, scheduler: str = "slurm", pvc: str | None = None) -> str:

@@ -6,6 +6,9 @@ inside a Slurm allocation.
     python -m launcher.launch --slurm CONFIG --nproc-per-node G
                            one task per node inside `srun`: reads SLURM_*, expands the node list,
                            rendezvous on the first node, then spawn_local
+    python -m launcher.launch --k8s CONFIG --nproc-per-node G
+                           one per PyTorchJob pod: the operator's MASTER_ADDR/RANK, or with an
+                           elasticPolicy its PET_NNODES=MIN:MAX (torchrun --nnodes MIN:MAX, c10d)
 
 Every rank gets MASTER_ADDR/MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE (set by torchrun), plus the
 settings below (`rank_environment`). Rank output goes to the console prefixed with `[rankR]:` and to
@@ -43,39 +46,51 @@ NOTICE_POLL_S = 1.0  # after SIGUSR1, how often to look for ranks that could not
 
 # --------------------------------------------------------------------------------------------- command
 def torchrun_command(config_path: str | os.PathLike, nproc: int, overrides: list[str] | None = None,
-                     nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None, *,
+                     nnodes: int | str = 1, node_rank: int = 0, rdzv_endpoint: str | None = None, *,
                      rdzv_id: str | None = None, local_addr: str | None = None,
                      rdzv_conf: str | None = None, log_dir: str | os.PathLike | None = None,
-                     module: str = WORKER_MODULE, python: str | None = None) -> list[str]:
+                     max_restarts: int = 0, module: str = WORKER_MODULE, python: str | None = None) -> list[str]:
     """The torchrun argv that starts `nproc` ranks of `module CONFIG` on this node.
 
     `config_path` must be the resolved RUN/config.yaml; with `overrides` the config is resolved here
     and written to RUN/config.yaml first (the worker's only argument is a resolved YAML path).
     Single node without an endpoint uses `--standalone` (a free local port, so concurrent runs on one
     machine never collide); otherwise c10d rendezvous at `rdzv_endpoint` (HOST:PORT on the first node).
+    `nnodes="MIN:MAX"` is elastic: torchrun starts once MIN nodes joined, admits up to MAX, and
+    assigns node ranks itself (so no --node_rank); `max_restarts` lets it re-form the group in place
+    when a node leaves or joins (each restart resumes from the newest checkpoint).
     """
     if nproc < 1:
         raise ValueError(f"nproc={nproc} (rule: at least 1 rank per node)")
-    if nnodes < 1 or not 0 <= node_rank < nnodes:
+    elastic = isinstance(nnodes, str)
+    lo, hi = parse_nnodes(nnodes)
+    if not elastic and not 0 <= node_rank < hi:
         raise ValueError(f"node_rank={node_rank}, nnodes={nnodes} (rule: 0 <= node_rank < nnodes)")
+    if max_restarts < 0:
+        raise ValueError(f"max_restarts={max_restarts} (rule: >= 0)")
     if overrides:
         config_path = resolve_config(config_path, overrides)
     cmd = [python or sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-    if nnodes == 1 and rdzv_endpoint is None:
+    if not elastic and hi == 1 and rdzv_endpoint is None:
         cmd += ["--standalone"]
     else:
         if rdzv_endpoint is None:
             raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint=HOST:PORT (the first node)")
         _split_endpoint(rdzv_endpoint)
-        cmd += ["--nnodes", str(nnodes), "--node_rank", str(node_rank),
-                "--rdzv_backend", "c10d", "--rdzv_endpoint", rdzv_endpoint]
+        if elastic:
+            cmd += ["--nnodes", f"{lo}:{hi}"]
+        else:
+            cmd += ["--nnodes", str(hi), "--node_rank", str(node_rank)]
+        cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", rdzv_endpoint]
         if rdzv_id is not None:
             cmd += ["--rdzv_id", str(rdzv_id)]
         if local_addr is not None:
             cmd += ["--local_addr", local_addr]
         if rdzv_conf is not None:
             cmd += ["--rdzv_conf", rdzv_conf]
-    cmd += ["--max_restarts", "0"]  # restarts belong to the scheduler, which resumes from a checkpoint
+    # 0 by default: restarts belong to the scheduler, which resumes from a checkpoint (elastic jobs
+    # re-form in place instead).
+    cmd += ["--max_restarts", str(max_restarts)]
     if log_dir is not None:
         cmd += ["--log_dir", str(log_dir), "--redirects", "3", "--tee", "3"]
     cmd += ["-m", module, str(config_path)]
@@ -92,6 +107,18 @@ def resolve_config(config_path: str | os.PathLike, overrides: list[str]) -> Path
     tmp.write_text(cfg.to_yaml())
     os.replace(tmp, path)
     return path
+
+
+def parse_nnodes(nnodes: int | str) -> tuple[int, int]:
+    """torchrun's node count: 4 -> (4, 4); "2:4" -> (2, 4) (an elastic range); anything else is refused."""
+    text = str(nnodes).strip()
+    lo, sep, hi = text.partition(":")
+    if not lo.isdigit() or (sep and not hi.isdigit()):
+        raise ValueError(f"nnodes={text!r} (rule: N or MIN:MAX, whole numbers)")
+    lo_n, hi_n = int(lo), int(hi) if sep else int(lo)
+    if lo_n < 1 or hi_n < lo_n:
+        raise ValueError(f"nnodes={text!r} (rule: 1 <= MIN <= MAX)")
+    return lo_n, hi_n
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -132,41 +159,69 @@ def _cuda_available() -> bool:
 
 # --------------------------------------------------------------------------------------------- spawn
 def spawn_local(config_path: str | os.PathLike, nproc: int, overrides: list[str] | None = None, *,
-                run_dir: str | os.PathLike | None = None, nnodes: int = 1, node_rank: int = 0,
+                run_dir: str | os.PathLike | None = None, nnodes: int | str = 1, node_rank: int = 0,
                 rdzv_endpoint: str | None = None, rdzv_id: str | None = None,
-                local_addr: str | None = None, rdzv_conf: str | None = None,
+                local_addr: str | None = None, rdzv_conf: str | None = None, max_restarts: int = 0,
                 env: dict[str, str] | None = None, module: str = WORKER_MODULE,
                 received: list[str] | None = None) -> int:
     """Run torchrun here and wait; returns its exit code (0 only if every rank exited 0).
 
-    Rank output: console (prefixed `[rankR]:`) and RUN/logs/rankR.log; agent output: RUN/logs/agent-nodeN.log.
+    Rank output: console (prefixed `[rankR]:`) and RUN/logs/rankR.log; agent output: RUN/logs/agent-nodeN.log
+    (elastic: agent-HOSTNAME.log, as the node rank is only known to torchrun).
     The names of the signals forwarded to the ranks are appended to `received`; a SIGUSR1 already in
     it (caught by the caller before the ranks existed) is delivered to the ranks once they can catch it.
     """
     if overrides:
         config_path = resolve_config(config_path, overrides)
     if run_dir is None:
-        import yaml
-        run_dir = (yaml.safe_load(Path(config_path).read_text()) or {}).get("run_dir", "runs/default")
+        run_dir = _run_dir_of(config_path)
     logs = Path(run_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cmd = torchrun_command(config_path, nproc, None, nnodes, node_rank, rdzv_endpoint, rdzv_id=rdzv_id,
-                           local_addr=local_addr, rdzv_conf=rdzv_conf, log_dir=logs / "torchrun", module=module)
+                           local_addr=local_addr, rdzv_conf=rdzv_conf, log_dir=logs / "torchrun",
+                           max_restarts=max_restarts, module=module)
     full_env = rank_environment(run_dir, env, nproc)
-    log.info("launching %d rank(s) on node %d/%d: %s", nproc, node_rank, nnodes, " ".join(cmd))
-
-    def _child_setup() -> None:
-        # torchrun must survive a SIGUSR1 aimed at the whole tree; workers install their own handler.
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
+    log.info("launching %d rank(s) on node %d of %s: %s", nproc, node_rank, nnodes, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_child_setup, bufsize=1, text=True, errors="replace")
-    demux = _LogDemux(logs, node_rank)
+                            preexec_fn=_ignore_sigusr1, bufsize=1, text=True, errors="replace")
+    demux = _LogDemux(logs, _agent_log_name(nnodes, node_rank))
     pump = threading.Thread(target=demux.pump, args=(proc.stdout,), daemon=True)
     pump.start()
+    try:
+        # torchrun's workers are its direct children; SIGTERM stops torchrun too.
+        rc = _supervise(proc, lambda: _children(proc.pid), received, stop_agent=True)
+    finally:
+        pump.join(timeout=10)
+        demux.close()
+    if rc != 0:
+        log.error("torchrun exited with code %d; rank logs are in %s", rc, logs)
+    return rc
 
+
+def _agent_log_name(nnodes: int | str, node_rank: int) -> str:
+    if isinstance(nnodes, str):  # elastic: every pod has node_rank 0 here, and they share RUN/logs
+        import socket
+        return f"agent-{socket.gethostname()}.log"
+    return f"agent-node{node_rank}.log"
+
+
+def _run_dir_of(config_path: str | os.PathLike) -> str:
+    import yaml
+    return (yaml.safe_load(Path(config_path).read_text()) or {}).get("run_dir", "runs/default")
+
+
+def _ignore_sigusr1() -> None:
+    # The launcher processes must survive a SIGUSR1 aimed at the whole tree; workers install their own handler.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _supervise(proc: subprocess.Popen, workers, received: list[str] | None, stop_agent: bool) -> int:
+    """Wait for `proc`, forwarding SIGUSR1/SIGTERM/SIGINT to the ranks `workers()` lists; returns its code.
+
+    SIGUSR1 (save and stop) reaches each rank once it can catch it; SIGTERM/SIGINT go to every rank
+    at once, and to `proc` itself when `stop_agent`.
+    """
     notice = _StopNotice()
-
     if received and "SIGUSR1" in received:  # the notice came while the launcher was still starting
         notice.requested = True
 
@@ -174,14 +229,15 @@ def spawn_local(config_path: str | os.PathLike, nproc: int, overrides: list[str]
         name = signal.Signals(signum).name
         if received is not None:
             received.append(name)
-        workers = _children(proc.pid)
-        log.warning("received %s: forwarding to worker(s) %s", name, workers)
+        ranks = workers()
+        log.warning("received %s: forwarding to worker(s) %s", name, ranks)
         if signum == signal.SIGUSR1:
             notice.requested = True  # delivered by the wait loop below (within NOTICE_POLL_S), not re-entrantly
             return
-        for pid in workers:  # SIGTERM/SIGINT: to every rank, and torchrun stops too
+        for pid in ranks:
             _kill(pid, signum)
-        _kill(proc.pid, signum)
+        if stop_agent:
+            _kill(proc.pid, signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -190,19 +246,13 @@ def spawn_local(config_path: str | os.PathLike, nproc: int, overrides: list[str]
     try:
         while True:
             try:
-                rc = proc.wait(timeout=NOTICE_POLL_S)
-                break
+                return proc.wait(timeout=NOTICE_POLL_S)
             except subprocess.TimeoutExpired:
                 if notice.requested:  # ranks that were still starting up get it once they can catch it
-                    notice.deliver(_children(proc.pid))
+                    notice.deliver(workers())
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        pump.join(timeout=10)
-        demux.close()
-    if rc != 0:
-        log.error("torchrun exited with code %d; rank logs are in %s", rc, logs)
-    return rc
 
 
 class _StopNotice:
@@ -245,10 +295,10 @@ def _kill(pid: int, sig: int) -> None:
 class _LogDemux:
     """Copy torchrun's console stream to our stdout and split it into RUN/logs/rankR.log files."""
 
-    def __init__(self, logs: Path, node_rank: int) -> None:
+    def __init__(self, logs: Path, agent_log: str) -> None:
         self.logs = logs
         self.files: dict[str, object] = {}
-        self.agent = open(logs / f"agent-node{node_rank}.log", "a", buffering=1)
+        self.agent = open(logs / agent_log, "a", buffering=1)
 
     def pump(self, stream) -> None:
         for line in stream:
@@ -383,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slurm", action="store_true", help="take nnodes/node rank/rendezvous from SLURM_*")
     p.add_argument("--k8s", action="store_true",
                    help="take them from a Kubeflow PyTorchJob pod (MASTER_ADDR/PORT, WORLD_SIZE=pods, RANK=pod)")
-    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--nnodes", default="1", help="N, or MIN:MAX for an elastic range (c10d rendezvous)")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="torchrun restarts of the node's worker group (elastic: re-forms after a node left/joined)")
     p.add_argument("--node-rank", type=int, default=0)
     p.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the first node")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -393,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    kw = {"nnodes": args.nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint}
+    nnodes = args.nnodes if ":" in args.nnodes else parse_nnodes(args.nnodes)[0]
+    kw = {"nnodes": nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint,
+          "max_restarts": args.max_restarts}
     if args.nproc is None:
         gpus = os.environ.get("SLURM_GPUS_ON_NODE", "") if args.slurm else ""
         args.nproc = int(gpus) if gpus.isdigit() and int(gpus) > 0 else 1
@@ -406,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             kw["rdzv_endpoint"] = kw["rdzv_id"] = kw["local_addr"] = None
     if args.k8s:
         kw = k8s_rendezvous()
-        log.info("pytorchjob pod %d of %d, rendezvous %s", kw["node_rank"], kw["nnodes"], kw["rdzv_endpoint"])
+        log.info("pytorchjob pod %s of %s nodes, rendezvous %s", kw.get("node_rank", "(elastic)"), kw["nnodes"],
+                 kw["rdzv_endpoint"])
     config, overrides = args.config, args.overrides
     if args.array_task is not None:
         config, overrides = array_task_config(config, args.array_task, overrides), []
@@ -432,8 +487,14 @@ def array_task_config(config_path: str | os.PathLike, task_id: int, overrides: l
 
 
 def k8s_rendezvous(environ: dict[str, str] | None = None) -> dict:
-    """nnodes/node_rank/endpoint in a PyTorchJob pod: the operator's WORLD_SIZE and RANK count pods."""
+    """nnodes/node_rank/endpoint in a PyTorchJob pod: the operator's WORLD_SIZE and RANK count pods.
+
+    With an elasticPolicy the operator sets torchrun's own PET_NNODES ("MIN:MAX", or N) and
+    PET_RDZV_ENDPOINT (worker 0) instead, and no pod rank: torchrun's c10d rendezvous numbers the nodes.
+    """
     e = os.environ if environ is None else environ
+    if "PET_NNODES" in e:
+        return _k8s_elastic_rendezvous(e)
     try:
         nnodes, node_rank = int(e["WORLD_SIZE"]), int(e["RANK"])
         endpoint = f"{e['MASTER_ADDR']}:{e['MASTER_PORT']}"
@@ -444,6 +505,23 @@ def k8s_rendezvous(environ: dict[str, str] | None = None) -> dict:
     # The master pod hosts the rendezvous store; say so rather than rely on hostname matching.
     return {"nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": endpoint,
             "rdzv_id": e.get("MNEMOS_JOB_NAME", "mnemos"), "rdzv_conf": f"is_host={int(node_rank == 0)}"}
+
+
+def _k8s_elastic_rendezvous(e) -> dict:
+    try:
+        lo, hi = parse_nnodes(e["PET_NNODES"])
+        endpoint = e["PET_RDZV_ENDPOINT"]
+        max_restarts = int(e.get("PET_MAX_RESTARTS", "0"))
+    except KeyError as missing:
+        raise RuntimeError(f"--k8s: {missing.args[0]} is not set (the operator sets it with an elasticPolicy)") from None
+    except ValueError as err:
+        raise RuntimeError(f"--k8s: elastic settings from the operator: {err}") from None
+    backend = e.get("PET_RDZV_BACKEND", "c10d")
+    if backend != "c10d":
+        raise RuntimeError(f"--k8s: PET_RDZV_BACKEND={backend!r} (rule: mnemos uses c10d rendezvous)")
+    # A string node count keeps torchrun elastic even for MIN == MAX: node ranks come from the rendezvous.
+    return {"nnodes": f"{lo}:{hi}", "rdzv_endpoint": endpoint, "rdzv_id": e.get("MNEMOS_JOB_NAME", "mnemos"),
+            "max_restarts": max_restarts}
 
 
 def k8s_exit_code(config_path: str, started: float, received: list[str], wait_s: float = 60.0) -> int:

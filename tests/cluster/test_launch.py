@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.launch import (expand_nodelist, k8s_rendezvous, rank_environment, slurm_rendezvous,
+from launcher.launch import (expand_nodelist, k8s_rendezvous, parse_nnodes, rank_environment, slurm_rendezvous,
                              spawn_local, torchrun_command)
 
 FAKE = "tests.cluster.fake_worker"
@@ -76,6 +76,60 @@ def test_k8s_rendezvous_counts_pods():
     r = k8s_rendezvous({"WORLD_SIZE": "3", "RANK": "0", "MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456"})
     assert r["nnodes"] == 3 and r["rdzv_endpoint"] == "job-master-0:23456" and r["rdzv_conf"] == "is_host=1"
     assert k8s_rendezvous({"WORLD_SIZE": "3", "RANK": "2", "MASTER_ADDR": "m", "MASTER_PORT": "1"})["rdzv_conf"] == "is_host=0"
+
+
+@pytest.mark.parametrize("text, expected", [(4, (4, 4)), ("4", (4, 4)), ("2:4", (2, 4)), (" 3:3 ", (3, 3))])
+def test_parse_nnodes(text, expected):
+    assert parse_nnodes(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "4:2", "0:2", "2:", ":4", "a:b", "-1", "2-4", "1:2:3"])
+def test_parse_nnodes_rejects_malformed(bad):
+    with pytest.raises(ValueError, match="nnodes="):
+        parse_nnodes(bad)
+
+
+ELASTIC_POD = {"PET_NNODES": "2:4", "PET_RDZV_ENDPOINT": "job-worker-0:23456", "PET_RDZV_BACKEND": "c10d",
+               "PET_MAX_RESTARTS": "3", "MNEMOS_JOB_NAME": "job"}
+
+
+def test_k8s_rendezvous_elastic_range_from_the_operator():
+    """With an elasticPolicy the operator sets PET_* (no MASTER_ADDR/RANK): the node count stays a range."""
+    r = k8s_rendezvous(ELASTIC_POD)
+    assert r == {"nnodes": "2:4", "rdzv_endpoint": "job-worker-0:23456", "rdzv_id": "job", "max_restarts": 3}
+    cmd = torchrun_command("/r/config.yaml", 8, python="py", **r)
+    assert cmd == ["py", "-m", "torch.distributed.run", "--nproc_per_node", "8", "--nnodes", "2:4",
+                   "--rdzv_backend", "c10d", "--rdzv_endpoint", "job-worker-0:23456", "--rdzv_id", "job",
+                   "--max_restarts", "3", "-m", "launcher.worker", "/r/config.yaml"]
+    # min == max (or the operator's plain replica count) is still an elastic rendezvous: no pod rank to pass.
+    assert k8s_rendezvous({**ELASTIC_POD, "PET_NNODES": "4"})["nnodes"] == "4:4"
+    assert "--node_rank" not in torchrun_command("/r/c.yaml", 1, nnodes="4:4", rdzv_endpoint="h:1")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"PET_NNODES": "4:2"}, "1 <= MIN <= MAX"), ({"PET_NNODES": "two"}, "N or MIN:MAX"),
+    ({"PET_RDZV_ENDPOINT": None}, "PET_RDZV_ENDPOINT is not set"),
+    ({"PET_RDZV_BACKEND": "etcd"}, "c10d"), ({"PET_MAX_RESTARTS": "x"}, "elastic settings"),
+])
+def test_k8s_rendezvous_elastic_rejects_bad_operator_settings(change, message):
+    env = {k: v for k, v in {**ELASTIC_POD, **change}.items() if v is not None}
+    with pytest.raises(RuntimeError, match=message):
+        k8s_rendezvous(env)
+
+
+def test_elastic_torchrun_really_starts_with_our_arguments(tmp_path, monkeypatch):
+    """torchrun itself accepts the elastic form (a MIN:MAX range, c10d, no node rank, in-place restarts)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    env = {**ELASTIC_POD, "PET_NNODES": "1:1", "PET_RDZV_ENDPOINT": f"127.0.0.1:{port}"}
+    rc = spawn_local(_config(tmp_path, "el"), 2, module=FAKE, **k8s_rendezvous(env))
+    assert rc == 0
+    lines = [next(l for l in (tmp_path / "el" / "logs" / f"rank{r}.log").read_text().splitlines()
+                  if l.startswith("ENV ")) for r in (0, 1)]
+    assert [json.loads(l[4:])["WORLD_SIZE"] for l in lines] == ["2", "2"]
 
 
 def test_rank_environment_cpu_defaults_and_user_values_win(tmp_path):

@@ -93,6 +93,56 @@ def test_pytorchjob_validation_catches_structural_errors(mutate, message):
     assert any(message in e for e in k8s.validate_pytorchjob(m)), k8s.validate_pytorchjob(m)
 
 
+ELASTIC = FULL.model_copy(update={"dependency": None, "image": "ghcr.io/acme/mnemos:0.1", "namespace": "llm",
+                                  "nodes": 4, "min_nodes": 2})
+
+
+def test_elastic_pytorchjob_golden_and_valid():
+    manifest = k8s.render_pytorchjob(ELASTIC, CMD, pvc="runs-rwx")
+    assert k8s.validate_pytorchjob(manifest) == []
+    check_golden("pytorchjob_elastic_2to4x8.yaml", k8s.manifest_yaml(manifest))
+    spec = manifest["spec"]
+    assert spec["elasticPolicy"] == {"rdzvBackend": "c10d", "minReplicas": 2, "maxReplicas": 4, "maxRestarts": 5}
+    assert spec["nprocPerNode"] == "8"
+    # Workers only (the operator's rendezvous endpoint is worker 0), all `nodes` of them asked for.
+    assert list(spec["pytorchReplicaSpecs"]) == ["Worker"] and spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
+    assert spec["runPolicy"]["backoffLimit"] == 5
+
+
+def _elastic():
+    return json.loads(json.dumps(k8s.render_pytorchjob(ELASTIC, CMD)))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda s: s["elasticPolicy"].update(rdzvBackend="zookeeper"), "rdzvBackend must be c10d, etcd or etcd-v2"),
+    (lambda s: s["elasticPolicy"].update(minReplicas=5), "minReplicas must be <= maxReplicas"),
+    (lambda s: s["elasticPolicy"].update(minReplicas=0), "minReplicas must be an int >= 1"),
+    (lambda s: s["elasticPolicy"].pop("maxReplicas"), "must be given together"),
+    (lambda s: s["elasticPolicy"].update(maxRestarts=-1), "maxRestarts must be an int >= 0"),
+    (lambda s: s["elasticPolicy"].update(nProcPerNode=8), "must not be used with spec.nprocPerNode"),
+    (lambda s: s["elasticPolicy"].update(nprocPerNode=8), "unknown field(s) ['nprocPerNode']"),
+    (lambda s: s.update(nprocPerNode=8), "spec.nprocPerNode must be a string"),
+    (lambda s: s["pytorchReplicaSpecs"]["Worker"].update(replicas=6), "within [minReplicas, maxReplicas]"),
+    (lambda s: s["pytorchReplicaSpecs"].update(Master=s["pytorchReplicaSpecs"].pop("Worker")),
+     "elasticPolicy needs pytorchReplicaSpecs.Worker"),
+    (lambda s: s.pop("elasticPolicy"), "pytorchReplicaSpecs.Master is required"),
+])
+def test_elastic_pytorchjob_validation_catches_errors(mutate, message):
+    m = _elastic()
+    mutate(m["spec"])
+    errors = k8s.validate_pytorchjob(m)
+    assert any(message in e for e in errors), errors
+
+
+def test_node_range_options():
+    assert JobSpec(nodes=4, min_nodes=2).node_counts == range(2, 5)
+    assert JobSpec(nodes=4).node_counts == range(4, 5) and not JobSpec(nodes=4).elastic
+    with pytest.raises(ValueError, match="MIN <= MAX"):
+        JobSpec(nodes=2, min_nodes=3)
+    with pytest.raises(SpecError, match="Kubernetes feature"):
+        render_sbatch(JobSpec(nodes=4, min_nodes=2), CMD)
+
+
 def test_pytorchjob_refuses_slurm_only_features():
     with pytest.raises(Exception, match="Slurm"):
         k8s.render_pytorchjob(JobSpec(array="0-3"), CMD)
@@ -211,6 +261,33 @@ def test_cli_rejects_a_config_that_does_not_fit_the_world_before_submitting(tmp_
     assert res.returncode == 2 and "global_batch_size" in res.stderr
     res = _mnemos("submit", str(cfg), "--nodes", "2", "--time", "soon", "--dry-run", cwd=tmp_path)
     assert res.returncode == 2 and "--time='soon'" in res.stderr
+
+
+def test_cli_elastic_dry_run_and_every_world_size_is_validated(tmp_path):
+    cfg = _write_tiny_config(tmp_path, tmp_path / "run")
+    # 2..4 nodes x 2 ranks: dp 4, 6, 8; global batch 48 with micro 2 divides all of them.
+    ok = ("--set", "train.global_batch_size=48")
+    res = _mnemos("submit", str(cfg), *ok, "--nodes", "2:4", "--gpus-per-node", "2", "--scheduler", "k8s",
+                  "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    m = yaml.safe_load(res.stdout)
+    assert k8s.validate_pytorchjob(m) == [] and m["spec"]["elasticPolicy"]["minReplicas"] == 2
+    assert not (tmp_path / "run").exists()
+    # global batch 16: fine at 2 nodes (dp 4) and 4 nodes (dp 8), not at 3 (dp 6): refused, naming all three.
+    res = _mnemos("submit", str(cfg), "--set", "train.global_batch_size=16", "--nodes", "2:4", "--gpus-per-node",
+                  "2", "--scheduler", "k8s", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 2, res.stdout
+    assert "with 3 node(s) x 2 rank(s) (world size 6, within --nodes 2:4)" in res.stderr
+    assert "train.global_batch_size=16" in res.stderr and "rule:" in res.stderr
+    # tensor parallelism must divide every world size too: tp=4 with 3 nodes x 2 ranks does not.
+    res = _mnemos("submit", str(cfg), *ok, "--set", "parallel.tp=4", "--set", "model.n_head=4",
+                  "--nodes", "2:3", "--gpus-per-node", "2", "--scheduler", "k8s", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 2 and "world size 6" in res.stderr and "parallel.tp=4" in res.stderr, res.stderr
+    for bad in ("4:2", "0:2", "2:x", "2-4"):
+        res = _mnemos("submit", str(cfg), "--nodes", bad, "--scheduler", "k8s", "--dry-run", cwd=tmp_path)
+        assert res.returncode == 2 and f"--nodes={bad!r}" in res.stderr, res.stderr
+    res = _mnemos("submit", str(cfg), *ok, "--nodes", "2:4", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 2 and "Kubernetes feature" in res.stderr
 
 
 def test_restart_cap_stops_requeueing(tmp_path):
