@@ -1,11 +1,14 @@
-"""`mnemos train CONFIG [--set k=v ...] [--nproc N]`: validate, write RUN/config.yaml, run the ranks."""
+"""`mnemos train CONFIG [--set k=v ...] [--nproc N] [--launcher torchrun|deepspeed --hostfile FILE] [--dry-run]`:
+validate, write RUN/config.yaml, run the ranks."""
 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
-from launcher.config import RunConfig, load_config
+from launcher.config import ConfigError, RunConfig, load_config
 
 
 def register(subparsers) -> None:
@@ -13,14 +16,29 @@ def register(subparsers) -> None:
     p.add_argument("config", help="YAML config file or a preset name from configs/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optim.lr=3e-4 (repeatable)")
-    p.add_argument("--nproc", type=int, default=1, help="local ranks to spawn (torchrun); default 1")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="ranks to spawn on each host (default 1; with --launcher deepspeed: the hostfile's slots)")
+    p.add_argument("--launcher", choices=["torchrun", "deepspeed"], default="torchrun",
+                   help="torchrun (local ranks) or DeepSpeed's launcher (the hosts of --hostfile)")
+    p.add_argument("--hostfile", default=None,
+                   help="DeepSpeed hostfile: one 'HOSTNAME slots=N' line per host (# comments allowed)")
+    p.add_argument("--master-addr", default=None,
+                   help="DeepSpeed: address of the first host (default: its name, 127.0.0.1 for this machine)")
+    p.add_argument("--master-port", type=int, default=None,
+                   help="DeepSpeed: rendezvous port (default: a free port on this machine, else 29500)")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the launch command; start nothing")
     p.set_defaults(func=run)
 
 
-def prepare_run(config: str | None, overrides: list[str], nproc: int) -> tuple[RunConfig, Path]:
-    """Resolve and validate the config for `nproc` ranks, then write RUN/config.yaml (atomically)."""
+def prepare_run(config: str | None, overrides: list[str], nproc: int, write: bool = True) -> tuple[RunConfig, Path]:
+    """Resolve and validate the config for `nproc` ranks in all, then write RUN/config.yaml (atomically)."""
     cfg = load_config(config, overrides)
     cfg.check_cross_sections(nproc)
+    return cfg, write_run(cfg) if write else Path(cfg.run_dir) / "config.yaml"
+
+
+def write_run(cfg: RunConfig) -> Path:
+    """The run directory's layout and RUN/config.yaml (atomically); returns the config's path."""
     run_dir = Path(cfg.run_dir)
     for sub in ("checkpoints", "tensorboard", "results", "logs"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -28,20 +46,64 @@ def prepare_run(config: str | None, overrides: list[str], nproc: int) -> tuple[R
     tmp = path.with_name(".config.yaml.tmp")
     tmp.write_text(cfg.to_yaml())
     os.replace(tmp, path)
-    return cfg, path
+    return path
 
 
-def train(config: str | None, overrides: list[str], nproc: int = 1) -> int:
-    from launcher.config import ConfigError
+def train(config: str | None, overrides: list[str], nproc: int | None = None, *, launcher: str = "torchrun",
+          hostfile: str | None = None, master_addr: str | None = None, master_port: int | None = None,
+          dry_run: bool = False) -> int:
+    if launcher == "deepspeed":
+        return train_deepspeed(config, overrides, nproc, hostfile, master_addr, master_port, dry_run)
+    for option, value in (("--hostfile", hostfile), ("--master-addr", master_addr), ("--master-port", master_port)):
+        if value is not None:
+            raise ConfigError(f"{option} needs --launcher deepspeed (rule: torchrun runs local ranks only)")
+    nproc = 1 if nproc is None else nproc
     if nproc < 1:
         raise ConfigError(f"--nproc={nproc} (rule: at least 1)")
-    cfg, path = prepare_run(config, overrides, nproc)
-    if nproc == 1 and "RANK" not in os.environ:
+    cfg, path = prepare_run(config, overrides, nproc, write=not dry_run)
+    in_process = nproc == 1 and "RANK" not in os.environ
+    if dry_run:
+        from launcher.launch import torchrun_command
+        cmd = [sys.executable, "-m", "launcher.worker", str(path)] if in_process else torchrun_command(path, nproc)
+        print(shlex.join(cmd))
+        return 0
+    if in_process:
         from launcher.worker import main as worker_main
         return worker_main([str(path)])
     from launcher.launch import spawn_local
     return spawn_local(str(path), nproc=nproc, run_dir=cfg.run_dir)
 
 
+def train_deepspeed(config: str | None, overrides: list[str], nproc: int | None, hostfile: str | None,
+                    master_addr: str | None, master_port: int | None, dry_run: bool) -> int:
+    """Check the hostfile and the config for hosts x ranks before anything starts, then run DeepSpeed's launcher."""
+    from launcher.launch import HostfileError, deepspeed_command, deepspeed_layout, require_pdsh, spawn_deepspeed
+    if hostfile is None:
+        raise ConfigError("--launcher deepspeed needs --hostfile FILE (lines 'HOSTNAME slots=N')")
+    cfg = load_config(config, overrides)
+    try:
+        layout = deepspeed_layout(hostfile, nproc, master_addr, gpus_here=_gpus_here(cfg))
+        cfg.check_cross_sections(layout.world_size)
+        path = Path(cfg.run_dir) / "config.yaml"
+        cmd = deepspeed_command(path, layout, master_port)
+        if dry_run:
+            print(shlex.join(cmd))
+            return 0
+        require_pdsh(layout)
+    except HostfileError as err:
+        raise ConfigError(str(err)) from None
+    write_run(cfg)
+    return spawn_deepspeed(cmd, layout, cfg.run_dir)
+
+
+def _gpus_here(cfg: RunConfig) -> int:
+    """GPUs the ranks on this machine would use (0: a CPU run, where hostfile slots are just processes)."""
+    if cfg.device == "cpu":
+        return 0
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def run(args) -> int:
-    return train(args.config, args.overrides, args.nproc)
+    return train(args.config, args.overrides, args.nproc, launcher=args.launcher, hostfile=args.hostfile,
+                 master_addr=args.master_addr, master_port=args.master_port, dry_run=args.dry_run)

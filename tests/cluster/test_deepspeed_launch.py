@@ -1,0 +1,190 @@
+"""`mnemos train --launcher deepspeed --hostfile FILE`: hostfile rules, the DeepSpeed launcher command,
+refusals before anything starts, and one real 2-rank CPU run through DeepSpeed's own launcher."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from launcher.config import ConfigError
+from launcher.launch import HostfileError, deepspeed_command, deepspeed_layout, parse_hostfile
+from launcher.train_cli import train
+from tests.launcher.conftest import build_shards, run_train, step_losses, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _hostfile(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hostfile"
+    path.write_text(text)
+    return path
+
+
+def test_parse_hostfile_skips_comments_and_blank_lines():
+    text = "# the cluster\n\nnode-1 slots=8\n  node-2.ib   slots=8   # spare NIC\r\n10.0.0.3 slots=4\n"
+    hosts = parse_hostfile(text)
+    assert [(h.name, h.slots, h.line) for h in hosts] == [("node-1", 8, 3), ("node-2.ib", 8, 4), ("10.0.0.3", 4, 5)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("node1 slots=8\nnode2 8\n", "line 2: 'node2 8' (rule: 'HOSTNAME slots=N'"),
+    ("node1 slots=8 max_slots=16\n", "line 1: 'node1 slots=8 max_slots=16' (rule:"),
+    ("node1 slots=0\n", "line 1: slots=0 (rule: a whole number >= 1)"),
+    ("node1 slots=four\n", "line 1: slots=four (rule: a whole number >= 1)"),
+    ("node1 slots=4\n# x\nnode1 slots=4\n", "line 3: host 'node1' is already on line 1 (rule: one line per host)"),
+    ("no,de slots=4\n", "line 1: host 'no,de' (rule: a host name or IPv4 address)"),
+    ("# nothing here\n\n", "no hosts (rule: at least one 'HOSTNAME slots=N' line)"),
+])
+def test_parse_hostfile_errors_name_the_line_and_the_rule(text, message):
+    with pytest.raises(HostfileError) as err:
+        parse_hostfile(text, source="hf")
+    assert message in str(err.value)
+
+
+def test_layout_ranks_per_host_and_master_address(tmp_path):
+    layout = deepspeed_layout(_hostfile(tmp_path, "a slots=4\nb slots=4\n"))
+    assert (layout.nproc, layout.world_size, layout.master_addr, layout.local) == (4, 8, "a", False)
+    layout = deepspeed_layout(_hostfile(tmp_path, "a slots=8\nb slots=4\n"), nproc=2, master_addr="10.0.0.1")
+    assert (layout.nproc, layout.world_size, layout.master_addr) == (2, 4, "10.0.0.1")
+    layout = deepspeed_layout(_hostfile(tmp_path, "localhost slots=2\n"))
+    assert (layout.nproc, layout.master_addr, layout.local) == (2, "127.0.0.1", True)
+
+
+@pytest.mark.parametrize("text, kwargs, message", [
+    ("a slots=8\nb slots=4\n", {}, "hosts have different slots (line 1: a slots=8, line 2: b slots=4); give --nproc"),
+    ("a slots=8\nb slots=4\n", {"nproc": 8}, "line 2: host 'b' has slots=4 but 8 ranks per host were asked"),
+    ("localhost slots=4\n", {"gpus_here": 2}, "line 1: 4 ranks on 'localhost' but this machine has 2 GPU(s) "
+                                              "(rule: one rank per GPU)"),
+    ("a slots=2\nlocalhost slots=2\n", {}, "line 2: 'localhost' in a hostfile with several hosts"),
+    ("a slots=2\n", {"nproc": 0}, "--nproc=0 (rule: at least 1 rank per host)"),
+])
+def test_layout_refusals(tmp_path, text, kwargs, message):
+    with pytest.raises(HostfileError) as err:
+        deepspeed_layout(_hostfile(tmp_path, text), **kwargs)
+    assert message in str(err.value)
+
+
+def test_layout_needs_an_existing_hostfile(tmp_path):
+    with pytest.raises(HostfileError, match="does not exist"):
+        deepspeed_layout(tmp_path / "missing")
+
+
+def test_deepspeed_command_local_host(tmp_path):
+    """One host that is this machine: a local launch, so no ssh check (DeepSpeed would ssh to it first)."""
+    hf = _hostfile(tmp_path, "localhost slots=2\n")
+    cmd = deepspeed_command("/r/config.yaml", deepspeed_layout(hf), 29501, python="py")
+    assert cmd == ["py", "-m", "deepspeed.launcher.runner", "--hostfile", str(hf), "--master_addr", "127.0.0.1",
+                   "--master_port", "29501", "--num_nodes", "1", "--num_gpus", "2", "--no_ssh_check",
+                   "--module", "--no_local_rank", "launcher.worker", "/r/config.yaml"]
+
+
+def test_deepspeed_command_several_hosts_and_one_remote_host(tmp_path):
+    hf = _hostfile(tmp_path, "gpu1 slots=8\ngpu2 slots=8\n")
+    cmd = deepspeed_command("/r/config.yaml", deepspeed_layout(hf), python="py")
+    assert cmd == ["py", "-m", "deepspeed.launcher.runner", "--hostfile", str(hf), "--master_addr", "gpu1",
+                   "--master_port", "29500", "--num_nodes", "2", "--num_gpus", "8",
+                   "--module", "--no_local_rank", "launcher.worker", "/r/config.yaml"]
+    # A single remote host: DeepSpeed would run it *here* unless forced through its multi-node path.
+    cmd = deepspeed_command("/r/c.yaml", deepspeed_layout(_hostfile(tmp_path, "gpu7 slots=8\n")), python="py")
+    assert "--force_multi" in cmd and "--no_ssh_check" not in cmd
+
+
+def _tiny_config(tmp_path: Path) -> Path:
+    """A config that passes check_cross_sections (empty shard files exist): global batch 8, micro 2."""
+    for name in ("train.bin", "train.idx"):
+        (tmp_path / name).write_bytes(b"")
+    cfg = {"run_dir": str(tmp_path / "run"), "data": {"train": [str(tmp_path / "train")]},
+           "train": {"global_batch_size": 8, "micro_batch_size": 2}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_dry_run_prints_the_command_and_writes_nothing(tmp_path):
+    cfg, hf = _tiny_config(tmp_path), _hostfile(tmp_path, "gpu1 slots=2\ngpu2 slots=2\n")
+    res = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(cfg), "--launcher", "deepspeed",
+                          "--hostfile", str(hf), "--master-port", "6000", "--dry-run"], cwd=tmp_path,
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hf),
+                                  "--master_addr", "gpu1", "--master_port", "6000", "--num_nodes", "2",
+                                  "--num_gpus", "2", "--module", "--no_local_rank", "launcher.worker",
+                                  str(tmp_path / "run" / "config.yaml")]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("hostfile, kwargs, message", [
+    (None, {}, "--launcher deepspeed needs --hostfile FILE"),
+    ("a slots=2\nb slots 2\n", {}, "line 2"),
+    # 3 hosts x 1 rank: global batch 8 is not a multiple of micro 2 x dp 3.
+    ("a slots=1\nb slots=1\nc slots=1\n", {}, "train.global_batch_size=8 must be a multiple"),
+    ("localhost slots=2\n", {"master_port": 70000}, "--master-port=70000 (rule: 1-65535)"),
+])
+def test_bad_input_is_refused_before_anything_starts(tmp_path, hostfile, kwargs, message):
+    cfg = _tiny_config(tmp_path)
+    hf = None if hostfile is None else str(_hostfile(tmp_path, hostfile))
+    with pytest.raises(ConfigError) as err:
+        train(str(cfg), [], launcher="deepspeed", hostfile=hf, **kwargs)
+    assert message in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_deepspeed_options_need_the_deepspeed_launcher(tmp_path):
+    with pytest.raises(ConfigError, match="--hostfile needs --launcher deepspeed"):
+        train(str(_tiny_config(tmp_path)), [], hostfile="hf")
+
+
+@pytest.mark.skipif(shutil.which("pdsh") is not None, reason="pdsh is installed: the launch would really start")
+def test_several_hosts_without_pdsh_are_refused_before_anything_starts(tmp_path):
+    cfg, hf = _tiny_config(tmp_path), _hostfile(tmp_path, "gpu1 slots=2\ngpu2 slots=2\n")
+    with pytest.raises(ConfigError, match="pdsh is not installed"):
+        train(str(cfg), [], launcher="deepspeed", hostfile=str(hf))
+    assert not (tmp_path / "run").exists()
+
+
+def test_sigusr1_reaches_the_ranks_deepspeed_started(tmp_path):
+    """The launcher forwards a preemption notice to the ranks (DeepSpeed's launcher would die of it)."""
+    hf = _hostfile(tmp_path, "localhost slots=2\n")
+    logs = tmp_path / "run" / "logs"
+    code = ("import sys, launcher.launch as L; "
+            f"lay = L.deepspeed_layout({str(hf)!r}); "
+            f"cmd = L.deepspeed_command('unused.yaml', lay, module='tests.cluster.fake_worker'); "
+            f"sys.exit(L.spawn_deepspeed(cmd, lay, {str(tmp_path / 'run')!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE="late"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:  # ranks print "starting" before they can catch SIGUSR1
+        out.append(line)
+        if sum("starting" in l for l in out) == 2:
+            break
+    proc.send_signal(signal.SIGUSR1)
+    rest, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, "".join(out) + rest
+    assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == ["SIGUSR1", "SIGUSR1"]
+
+
+@pytest.mark.slow
+def test_two_ranks_through_deepspeeds_launcher_train_like_torchrun(shared_data, tmp_path):
+    """A hostfile naming only this machine: DeepSpeed's launcher starts 2 CPU ranks locally (no ssh), and
+    they train exactly as the 2 ranks torchrun starts from the same config."""
+    shards = build_shards(shared_data, tmp_path / "data", train_bytes=100_000)
+    hf = _hostfile(tmp_path, "# this machine only\nlocalhost slots=2\n")
+    runs = {}
+    for launcher in ("deepspeed", "torchrun"):
+        cfg = write_config(tmp_path / f"{launcher}.yaml", tmp_path / launcher, shards,
+                           train={"max_steps": 4, "log_every_steps": 1})
+        extra = ("--launcher", "deepspeed", "--hostfile", str(hf)) if launcher == "deepspeed" else ()
+        proc = run_train(cfg, *extra, nproc=2, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summary = yaml.safe_load((tmp_path / launcher / "results" / "train_summary.json").read_text())
+        assert summary["status"] == "finished" and summary["world_size"] == 2
+        runs[launcher] = step_losses(tmp_path / launcher)
+    assert sorted(runs["deepspeed"]) == [1, 2, 3, 4]
+    np.testing.assert_allclose([runs["deepspeed"][s] for s in range(1, 5)],
+                               [runs["torchrun"][s] for s in range(1, 5)], rtol=1e-6)
