@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import traceback
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -13,6 +15,9 @@ import torch.multiprocessing as mp
 
 def _worker(rank: int, world_size: int, init_file: str, out_dir: str, fn, args) -> None:
     torch.set_num_threads(1)
+    # DeepSpeed calls the c10d collectives torch has renamed; one warning per call per rank buries the
+    # test output that matters
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # what torchrun would set (DeepSpeed checks them)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
@@ -26,6 +31,12 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str, fn, args) 
         raise
     finally:
         dist.destroy_process_group()
+    # The result is on disk. Leave without interpreter teardown: native threads that DeepSpeed and gloo
+    # leave behind can abort the process at exit, which would fail a run whose work was complete (the
+    # same reason launcher/worker.py exits this way).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(fn, world_size: int, *args) -> list:
