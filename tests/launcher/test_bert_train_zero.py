@@ -72,3 +72,32 @@ def test_two_phase_sequence_length_through_mnemos_train_resumes_across_the_bound
     a, b = step_losses(tmp_path / "full"), step_losses(tmp_path / "resumed")
     assert sorted(b) == [4, 5, 6, 7, 8]
     assert [a[s] for s in range(4, 9)] == [b[s] for s in range(4, 9)]
+
+
+@pytest.mark.slow
+def test_bert_tp2_checkpoint_continues_at_tp1_with_the_same_losses(bert_shards, tmp_path):
+    """A BERT run saved under TP=2 (2 ranks, ZeRO-1) resumes resharded into TP=1 x DP=2 (ZeRO-2): the
+    next five losses are the uninterrupted TP=2 run's, and the data stream continues where it stopped."""
+    import json
+    import shutil
+
+    def config(name, tp, stage):
+        return write_config(tmp_path / f"{name}.yaml", tmp_path / name, bert_shards,
+                            model={"arch": "bert", "layer_norm_eps": 1e-12},
+                            data={"seq_len": 32}, train={"max_steps": 8, "log_every_steps": 1},
+                            optim={"beta2": 0.999, "weight_decay": 0.01},
+                            parallel={"tp": tp, "zero_stage": stage},
+                            checkpoint={"every_steps": 3, "keep_last": 5})
+    full = run_train(config("tp2", 2, 1), nproc=2)
+    assert full.returncode == 0, full.stdout[-4000:] + full.stderr[-4000:]
+    (tmp_path / "tp1" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "tp2" / "checkpoints" / "step_00000003",
+                    tmp_path / "tp1" / "checkpoints" / "step_00000003")
+    again = run_train(config("tp1", 1, 2), nproc=2)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "saved tp=2 dp=1 zero=1 -> now tp=1 dp=2 zero=2" in again.stdout + again.stderr
+    a, b = step_losses(tmp_path / "tp2"), step_losses(tmp_path / "tp1")
+    assert sorted(b) == [4, 5, 6, 7, 8]  # nothing repeated, nothing skipped
+    np.testing.assert_allclose([b[s] for s in range(4, 9)], [a[s] for s in range(4, 9)], rtol=1e-4)
+    summary = json.loads((tmp_path / "tp1" / "results" / "train_summary.json").read_text())
+    assert summary["consumed_samples"] == 8 * 8
