@@ -150,6 +150,9 @@ def _need(path: Path) -> Path:
 
 CLIENT_KEYS = ("trainer", "sampler", "config", "history")
 ENGINE_KEYS = ("global_steps", "global_samples", "skipped_steps")
+# the dynamic fp16 loss scaler's running state: without it a resharded fp16 run restarts at 2^16 and
+# overflows (skipping steps) until the scale has come down again
+SCALER_FIELDS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
 
 
 def _tp_specs(cfg, tp: int) -> dict:
@@ -252,7 +255,16 @@ def _read_zero(ckpt: Path, t: int, dp: int, stage: int):
         steps = [b["state"][g]["step"] for b in base for g in b["state"] if "step" in b["state"][g]]
     step = max((int(float(s)) for s in steps), default=0)
     optim = {k: {n: t.detach().float() for n, t in by_name.items()} for k, by_name in optim.items()}
+    ms = {**ms, "loss_scaler": _scaler_state(parts[0])}
     return ms, {k: v.detach().float() for k, v in fp32.items()}, optim, step
+
+
+def _scaler_state(optimizer_state: dict) -> dict | None:
+    """The dynamic loss scaler's numbers from a ZeRO optimizer file (None for a static scaler)."""
+    scaler = optimizer_state.get("loss_scaler")
+    if scaler is None or not getattr(scaler, "dynamic", False):
+        return None
+    return {f: float(getattr(scaler, f)) for f in SCALER_FIELDS if getattr(scaler, f, None) is not None}
 
 
 def read_full_state(ckpt: str | Path, cfg=None, with_optimizer: bool = True) -> FullState:
@@ -274,6 +286,8 @@ def read_full_state(ckpt: str | Path, cfg=None, with_optimizer: bool = True) -> 
         if t == 0:
             client = {k: ms[k] for k in CLIENT_KEYS if k in ms}
             engine_counters = {k: ms[k] for k in ENGINE_KEYS if k in ms}
+            if ms.get("loss_scaler"):
+                engine_counters["loss_scaler"] = ms["loss_scaler"]
             if cfg is None:
                 from launcher.config import build_config
                 cfg = build_config(ms["config"])
@@ -469,6 +483,18 @@ def apply_full_state(engine, state: FullState, stage: int, presliced: bool = Fal
     for k in ENGINE_KEYS:
         if k in state.engine:
             setattr(engine, k, state.engine[k])
+    _apply_scaler(engine, state.engine.get("loss_scaler"))
+
+
+def _apply_scaler(engine, saved: dict | None) -> None:
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    if not saved:
+        return
+    if scaler is None or not getattr(scaler, "dynamic", False):
+        log.warning("checkpoint has a dynamic loss scale (%s) but this run has none: not used", saved["cur_scale"])
+        return
+    for f, v in saved.items():
+        setattr(scaler, f, type(getattr(scaler, f))(v) if getattr(scaler, f, None) is not None else v)
 
 
 def load_resharded(engine, ckpt_dir: str | Path, topology, cfg) -> dict:

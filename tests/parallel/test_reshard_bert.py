@@ -1,5 +1,6 @@
 """BERT through the reshard path: a ZeRO-3 checkpoint (2 ranks) loaded into a ZeRO-1 engine holds the same
-fp32 weights, Adam moments and step count, and the next step gives the same loss (gloo, tiny BERT)."""
+fp32 weights, Adam moments, step count and dynamic loss-scaler state, and the next step gives the same loss
+(gloo, tiny BERT)."""
 
 import pytest
 import torch
@@ -36,6 +37,20 @@ def _full(engine):
             for n, p in engine.module.named_parameters()}
 
 
+SCALER = {"cur_scale": 1024.0, "cur_iter": 37, "last_overflow_iter": 20, "cur_hysteresis": 1}
+
+
+def _dynamic_scaler(**state):
+    """The scaler an fp16 run has (fp16 needs a GPU; here it is put into the fp32 engine's ZeRO optimizer,
+    which saves and steps it the same way)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+    scaler = DynamicLossScaler(init_scale=2.0 ** 16, scale_window=1000, min_scale=1, delayed_shift=2,
+                               consecutive_hysteresis=False)
+    for k, v in state.items():
+        setattr(scaler, k, v)
+    return scaler
+
+
 def _zero3_to_zero1(rank, world_size, root):
     from pathlib import Path
     from parallel.build import build_model
@@ -49,6 +64,7 @@ def _zero3_to_zero1(rank, world_size, root):
     a = make_engine(build_model(cfg_a, topo), cfg_a, topo, torch.device("cpu"))
     for _ in range(2):
         _step(a, rank)
+    a.optimizer.loss_scaler = _dynamic_scaler(**SCALER)  # as if two overflows had brought it down
     client = {"trainer": {"step": 2, "consumed_samples": 8, "consumed_tokens": 256},
               "sampler": {"consumed_samples": 8, "num_samples": 100, "seed": 0},
               "config": cfg_a.model_dump(mode="json")}
@@ -57,13 +73,15 @@ def _zero3_to_zero1(rank, world_size, root):
                                                    "config": {"model": cfg_a.model.model_dump(mode="json")}})
     want = _full(a)
     b = make_engine(build_model(cfg_b, topo), cfg_b, topo, torch.device("cpu"))
+    b.optimizer.loss_scaler = _dynamic_scaler()
     got_client = load_resharded(b, ckpt, topo, cfg_b)
+    scaler = {k: getattr(b.optimizer.loss_scaler, k) for k in SCALER}
     got = _full(b)
     step_b = [b.optimizer.optimizer.state[f]["step"].item() for f in b.optimizer.single_partition_of_fp32_groups]
     loss_a, loss_b = _step(a, rank), _step(b, rank)
     diffs = {n: max((x - y).abs().max().item() for x, y in zip(want[n], got[n])) for n in want}
     return {"client": got_client["trainer"], "diff": max(diffs.values()), "steps": step_b,
-            "loss": (loss_a, loss_b), "names": sorted(want) == sorted(got)}
+            "loss": (loss_a, loss_b), "names": sorted(want) == sorted(got), "scaler": scaler}
 
 
 @pytest.mark.slow
@@ -73,4 +91,5 @@ def test_bert_zero3_checkpoint_loads_into_zero1(tmp_path):
         assert r["names"] and r["diff"] == 0.0, r
         assert r["client"] == {"step": 2, "consumed_samples": 8, "consumed_tokens": 256}
         assert r["steps"] == [2.0, 2.0]
+        assert r["scaler"] == SCALER
         torch.testing.assert_close(r["loss"][1], r["loss"][0], rtol=1e-5, atol=0)
