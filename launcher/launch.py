@@ -661,9 +661,12 @@ def _ranks_per_host(hosts: list[Host], nproc: int | None, path: Path) -> int:
 
 
 def deepspeed_command(config_path: str | os.PathLike, layout: DeepSpeedLayout, master_port: int | None = None,
-                      *, module: str = WORKER_MODULE, python: str | None = None) -> list[str]:
+                      *, module: str = WORKER_MODULE, python: str | None = None,
+                      rank_log_dir: str | os.PathLike | None = None) -> list[str]:
     """The DeepSpeed launcher argv (what the `deepspeed` console script runs, with this interpreter)
-    that starts `layout.nproc` ranks of `module CONFIG` on every host of the hostfile."""
+    that starts `layout.nproc` ranks of `module CONFIG` on every host of the hostfile. With
+    `rank_log_dir`, each host's launcher writes its ranks' output to DIR/<start time>_rank<R>.log (a
+    shared run directory collects every host's ranks) instead of the console."""
     port = master_port if master_port is not None else (_free_port() if layout.local else DEEPSPEED_PORT)
     if not 0 < port < 65536:
         raise HostfileError(f"--master-port={port} (rule: 1-65535)")
@@ -676,6 +679,8 @@ def deepspeed_command(config_path: str | os.PathLike, layout: DeepSpeedLayout, m
         cmd += ["--no_ssh_check"]
     elif len(layout.hosts) == 1:
         cmd += ["--force_multi"]  # one host that is not this one: DeepSpeed would otherwise run it here
+    if rank_log_dir is not None:
+        cmd += [f"--enable_each_rank_log={rank_log_dir}"]
     # The worker takes one argument, the resolved config: no --local_rank=N (LOCAL_RANK is in its env).
     cmd += ["--module", "--no_local_rank", module, str(config_path)]
     return cmd

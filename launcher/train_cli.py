@@ -85,7 +85,7 @@ def train_deepspeed(config: str | None, overrides: list[str], nproc: int | None,
         layout = deepspeed_layout(hostfile, nproc, master_addr, gpus_here=_gpus_here(cfg))
         cfg.check_cross_sections(layout.world_size)
         path = Path(cfg.run_dir) / "config.yaml"
-        cmd = deepspeed_command(path, layout, master_port)
+        cmd = deepspeed_command(path, layout, master_port, rank_log_dir=Path(cfg.run_dir) / "logs" / "ranks")
         if dry_run:
             print(shlex.join(cmd))
             return 0

@@ -82,6 +82,8 @@ def test_deepspeed_command_local_host(tmp_path):
     assert cmd == ["py", "-m", "deepspeed.launcher.runner", "--hostfile", str(hf), "--master_addr", "127.0.0.1",
                    "--master_port", "29501", "--num_nodes", "1", "--num_gpus", "2", "--no_ssh_check",
                    "--module", "--no_local_rank", "launcher.worker", "/r/config.yaml"]
+    logged = deepspeed_command("/r/config.yaml", deepspeed_layout(hf), 29501, python="py", rank_log_dir="/r/logs/ranks")
+    assert logged == cmd[:-4] + ["--enable_each_rank_log=/r/logs/ranks"] + cmd[-4:]
 
 
 def test_deepspeed_command_several_hosts_and_one_remote_host(tmp_path):
@@ -114,7 +116,8 @@ def test_cli_dry_run_prints_the_command_and_writes_nothing(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hf),
                                   "--master_addr", "gpu1", "--master_port", "6000", "--num_nodes", "2",
-                                  "--num_gpus", "2", "--module", "--no_local_rank", "launcher.worker",
+                                  "--num_gpus", "2", f"--enable_each_rank_log={tmp_path / 'run' / 'logs' / 'ranks'}",
+                                  "--module", "--no_local_rank", "launcher.worker",
                                   str(tmp_path / "run" / "config.yaml")]
     assert not (tmp_path / "run").exists()
 
@@ -185,6 +188,10 @@ def test_two_ranks_through_deepspeeds_launcher_train_like_torchrun(shared_data, 
         summary = yaml.safe_load((tmp_path / launcher / "results" / "train_summary.json").read_text())
         assert summary["status"] == "finished" and summary["world_size"] == 2
         runs[launcher] = step_losses(tmp_path / launcher)
+    # DeepSpeed's ranks log to one file each in the run directory (console output stays the launcher's)
+    rank_logs = sorted((tmp_path / "deepspeed" / "logs" / "ranks").glob("*_rank*.log"))
+    assert [p.name.rsplit("_", 1)[1] for p in rank_logs] == ["rank0.log", "rank1.log"]
+    assert all(p.stat().st_size > 0 for p in rank_logs)
     assert sorted(runs["deepspeed"]) == [1, 2, 3, 4]
     np.testing.assert_allclose([runs["deepspeed"][s] for s in range(1, 5)],
                                [runs["torchrun"][s] for s in range(1, 5)], rtol=1e-6)
