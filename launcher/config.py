@@ -130,6 +130,12 @@ class LoggingConfig(_Section):
     progress: Literal["line", "none"] = Field("line", description="Periodic progress line with rate and ETA.")
 
 
+class PerfConfig(_Section):
+    """Fast paths (issue #11). Each one is checked against the plain path by a test."""
+
+    loss_chunk_tokens: int = Field(0, ge=0, description="GPT: compute the LM head and cross-entropy this many tokens at a time, so the (tokens x vocab) fp32 logits are never held whole (forward and backward); 0 = plain head + loss.")
+
+
 class BertPretrainConfig(_Section):
     """BERT pretraining data settings (a `bert:` section of the run config, when the tree has one)."""
 
@@ -162,6 +168,19 @@ class RunConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     bert: BertPretrainConfig = Field(default_factory=BertPretrainConfig)
+    perf: PerfConfig = Field(default_factory=PerfConfig)
+
+    @model_validator(mode="after")
+    def _perf_rules(self) -> "RunConfig":
+        chunk = self.perf.loss_chunk_tokens
+        if chunk and self.model.arch != "gpt":
+            raise ValueError(f"perf.loss_chunk_tokens={chunk} needs model.arch='gpt', not model.arch="
+                             f"{self.model.arch!r} (rule: the chunked loss replaces the GPT LM head)")
+        if chunk and self.parallel.zero_stage == 3:
+            raise ValueError(f"perf.loss_chunk_tokens={chunk} does not work with parallel.zero_stage=3 (rule: "
+                             f"the chunked loss reads the LM-head weight after the head's forward, when ZeRO-3 "
+                             f"has released it; use zero_stage <= 2 or loss_chunk_tokens=0)")
+        return self
 
     def check_cross_sections(self, world_size: int) -> None:
         """Rules that span sections; needs the number of ranks the run will use."""

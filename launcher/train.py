@@ -140,6 +140,9 @@ class Trainer:
         self.sampler = ShuffledSampler(len(self.train_data), seed=cfg.data.seed)
 
         model = build_model(cfg, self.topology, self.device)
+        if cfg.perf.loss_chunk_tokens:  # the head hands the loss its input; logits come chunk by chunk
+            from parallel.loss import use_chunked_loss
+            use_chunked_loss(model, cfg.perf.loss_chunk_tokens)
         if cfg.parallel.activation_checkpointing:
             from parallel.activation_checkpointing import apply_activation_checkpointing
             apply_activation_checkpointing(model)
