@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from evaluation.generation import GenerationConfig, beam_search, greedy_search
+from evaluation.generation import GenerationConfig, RecomputeDecoder, beam_search, greedy_search
 
 log = logging.getLogger(__name__)
 
@@ -349,9 +349,10 @@ class MnemosLM(LM):
                 by_ctx.setdefault(inp[:c], []).append(i)
         return {ctx: ids for ctx, ids in by_ctx.items() if len({inputs[i] for i in ids}) > 1}
 
-    def _attend(self, attn, h, past, offset: int):
-        """CausalSelfAttention of mnemos' GPT on new positions offset.. with cached (k, v) of the
-        first `offset` positions (same projections and mask rules as model/gpt.py)."""
+    def _attend(self, attn, h, past, offset: int, pad: torch.Tensor | None = None):
+        """CausalSelfAttention of mnemos' GPT on new columns offset.. with cached (k, v) of the first
+        `offset` columns (same projections and mask rules as model/gpt.py). `pad` (B,): row b's first
+        pad[b] columns are left padding, which its tokens never attend to."""
         B, T, _ = h.shape
         n_head = attn.qkv.out_features // (3 * attn.d_head)
         q, k, v = attn.qkv(h).split(n_head * attn.d_head, dim=2)
@@ -361,23 +362,30 @@ class MnemosLM(LM):
         if past is not None:
             k = torch.cat([past[0].expand(B, -1, -1, -1), k], dim=2)  # (B, h, offset + T, d_head)
             v = torch.cat([past[1].expand(B, -1, -1, -1), v], dim=2)
-        if past is None and not (attn.local and attn.window < T):
+        if past is None and pad is None and not (attn.local and attn.window < T):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the model's own dense path
         else:
             i = torch.arange(T, device=h.device)[:, None] + offset
             j = torch.arange(k.shape[2], device=h.device)[None, :]
             allowed = j <= i
             if attn.local:
-                allowed = allowed & (i - j < attn.window)  # locally banded layer (Sparse Transformer)
+                # locally banded layer (Sparse Transformer); padding sits left of a row's tokens, so
+                # column distance is position distance
+                allowed = allowed & (i - j < attn.window)
+            if pad is not None:
+                # a padding query sees itself: no softmax row is empty (some SDPA kernels and torch
+                # versions give NaN there, which the next layer's v would carry into real rows)
+                allowed = ((j >= pad[:, None, None]) | (i == j)) & allowed  # (B, T, Tk)
+                allowed = allowed[:, None]  # (B, 1, T, Tk): one mask for all heads
             mask = torch.zeros(allowed.shape, dtype=q.dtype, device=h.device).masked_fill(~allowed, float("-inf"))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # additive mask: the fast kernel
         y = y.transpose(1, 2).reshape(B, T, n_head * attn.d_head)
         return attn.proj(y), (k, v)
 
-    def _run_blocks(self, x, pasts, offset: int):
+    def _run_blocks(self, x, pasts, offset: int, pad: torch.Tensor | None = None):
         new = []
         for block, past in zip(self.model.blocks, pasts):
-            a, kv = self._attend(block.attn, block.ln_1(x), past, offset)
+            a, kv = self._attend(block.attn, block.ln_1(x), past, offset, pad)
             x = x + a
             x = x + block.mlp(block.ln_2(x))
             new.append(kv)
@@ -450,9 +458,18 @@ class MnemosLM(LM):
             return self._logprobs_at(hidden[:, -1], head)  # (B, V)
 
     def _decoder(self):
-        """`next_logprobs` for one decoding run: with a mnemos GPT, an incremental decoder (keys and
+        """`next_logprobs` for one beam search: with a mnemos GPT, an incremental decoder (keys and
         values of earlier positions cached, one new position per step); otherwise full recompute."""
         return _IncrementalDecoder(self) if self._kv_capable else self._next_logprobs
+
+    def _greedy_decoder(self, contexts: list[list[int]], cfgs: list[GenerationConfig]):
+        """The `Decoder` for one greedy batch: cached and left-padded for a mnemos GPT whose rows all fit
+        n_ctx; otherwise the full-recompute reference. Tensor-parallel models (TP > 1: a vocabulary-
+        parallel head, so not `_kv_capable`) take the recompute path, as do windows that would slide
+        (only when max_gen_toks >= n_ctx): the cache holds no positions past n_ctx."""
+        if self._kv_capable and all(len(c) + g.max_gen_toks <= self.max_length for c, g in zip(contexts, cfgs)):
+            return _CachedGreedyDecoder(self)
+        return RecomputeDecoder(self._next_logprobs, self.max_length)
 
     def generate_until(self, requests: Sequence[tuple[str, dict]]) -> list[str]:
         rank, world = self.world
@@ -462,32 +479,71 @@ class MnemosLM(LM):
             ids = list(self.tokenizer.encode(context)) or [self.eos_id]
             keep = max(1, self.max_length - g.max_gen_toks)
             ctxs.append(ids[-keep:])
-        # Greedy requests with equal context length and settings run as one batch (no padding at all).
-        groups: dict[tuple, list[int]] = {}
-        for i, (ids, g) in enumerate(zip(ctxs, cfgs)):
-            key = (g.method, len(ids), g.max_gen_toks, tuple(g.until)) if g.method == "greedy" else ("beam", i)
-            groups.setdefault(key, []).append(i)
-        keys = sorted(groups, key=lambda k: -len(ctxs[groups[k][0]]))
-        mine = keys[rank::world]
+        # Greedy requests of any lengths and settings share batches: sorted longest first, so a batch
+        # holds similar lengths and little padding. Each beam search runs alone.
+        greedy = sorted((i for i, g in enumerate(cfgs) if g.method == "greedy"), key=lambda i: (-len(ctxs[i]), i))
+        jobs = [greedy[s: s + self.batch_size] for s in range(0, len(greedy), self.batch_size)]
+        jobs += [[i] for i, g in enumerate(cfgs) if g.method == "beam"]
+        mine = jobs[rank::world]
         local: dict[int, str] = {}
-        bar = _progress(sum(len(groups[k]) for k in mine), "generate_until", self.progress and rank == 0)
-        for key in mine:
-            ids = groups[key]
-            for s in range(0, len(ids), self.batch_size):
-                chunk = ids[s: s + self.batch_size]
-                g = cfgs[chunk[0]]
-                if g.method == "greedy":
-                    outs = greedy_search(self._decoder(), [ctxs[i] for i in chunk], g,
-                                         self.tokenizer.decode, self.eos_id, self.max_length)
-                else:
-                    outs = [beam_search(self._decoder(), ctxs[chunk[0]], g, self.tokenizer.decode,
-                                        self.eos_id, self.max_length)]
-                for i, text in zip(chunk, outs):
-                    local[i] = text
-                bar.update(len(chunk))
+        bar = _progress(sum(len(j) for j in mine), "generate_until", self.progress and rank == 0)
+        for chunk in mine:
+            c, g = [ctxs[i] for i in chunk], [cfgs[i] for i in chunk]
+            if g[0].method == "greedy":
+                outs = greedy_search(self._greedy_decoder(c, g), c, g, self.tokenizer.decode, self.eos_id)
+            else:
+                outs = [beam_search(self._decoder(), c[0], g[0], self.tokenizer.decode, self.eos_id,
+                                    self.max_length)]
+            for i, text in zip(chunk, outs):
+                local[i] = text
+            bar.update(len(chunk))
         bar.close()
         merged = self._gather(local)
         return [merged[i] for i in range(len(requests))]
+
+
+class _CachedGreedyDecoder:
+    """The `Decoder` of greedy search for a mnemos GPT: contexts of different lengths left-padded into
+    one batch, keys and values cached, then one new column per live row per step.
+
+    Padding goes on the left so every row's next token lands in the same column; learned positions
+    count from each row's first real token (position = column - pad) and the attention mask hides the
+    padding, so a row decodes as it would alone. Rows that ended are dropped from the cache.
+    """
+
+    def __init__(self, lm: "MnemosLM"):
+        self.lm = lm
+        self.past: list[tuple[torch.Tensor, torch.Tensor]] = []  # per block: (B, h, cols, d_head) k and v
+        self.pad = torch.zeros(0, dtype=torch.long)  # (B,) padding columns per row
+        self.cols = 0  # columns in the cache, padding included
+
+    def start(self, contexts: list[list[int]]) -> torch.Tensor:
+        lm, m = self.lm, self.lm.model
+        T = max(len(c) for c in contexts)
+        idx = torch.full((len(contexts), T), lm.eos_id, dtype=torch.long)
+        for r, c in enumerate(contexts):
+            idx[r, T - len(c):] = torch.tensor(c, dtype=torch.long)  # right-aligned
+        self.pad = torch.tensor([T - len(c) for c in contexts], device=lm.device)
+        pos = (torch.arange(T, device=lm.device)[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
+        pad = self.pad if bool(self.pad.any()) else None  # equal lengths: the model's own masks
+        with torch.inference_mode():
+            x = m.wte(idx.to(lm.device)) + m.wpe(pos)  # (B, T, d_model)
+            x, self.past = lm._run_blocks(x, [None] * len(m.blocks), 0, pad)
+            self.cols = T
+            return lm._logprobs_at(m.ln_f(x[:, -1]), m.lm_head)  # (B, V)
+
+    def step(self, keep: list[int], tokens: list[int]) -> torch.Tensor:
+        lm, m = self.lm, self.lm.model
+        with torch.inference_mode():
+            if keep != list(range(len(self.pad))):  # rows ended: drop them from the cache
+                sel = torch.tensor(keep, device=lm.device)
+                self.past = [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in self.past]
+                self.pad = self.pad.index_select(0, sel)
+            tok = torch.tensor(tokens, device=lm.device)[:, None]  # (B, 1)
+            x = m.wte(tok) + m.wpe(self.cols - self.pad)[:, None]  # (B, 1, d_model)
+            x, self.past = lm._run_blocks(x, self.past, self.cols, self.pad)
+            self.cols += 1
+            return lm._logprobs_at(m.ln_f(x[:, -1]), m.lm_head)  # (B, V)
 
 
 class _IncrementalDecoder:

@@ -4,14 +4,16 @@ GPT-3 Section 2.4: free-form answers use beam search with beam width 4 and lengt
 The length penalty is GNMT's (Wu et al. 2016, Eq. 14): lp(Y) = ((5 + |Y|) / 6) ** alpha, and a finished
 hypothesis is ranked by log P(Y | X) / lp(Y).
 
-Both decoders take `next_logprobs(idx (B, T) long) -> (B, V) log-probabilities of the next token`, so
-they work with any model; the adapter supplies it.
+Beam search takes `next_logprobs(idx (B, T) long) -> (B, V) log-probabilities of the next token`, so it
+works with any model. Greedy search takes a `Decoder` (`start` a batch of contexts of any lengths, then
+`step` one token per live row); `RecomputeDecoder` builds one from `next_logprobs` for any model, and the
+adapter supplies a cached, padded one for mnemos GPTs. Both give the same tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -59,32 +61,79 @@ def cut_at_stop(text: str, until: Sequence[str]) -> tuple[str, bool]:
     return text[:cut], cut < len(text)
 
 
-def greedy_search(next_logprobs: NextLogprobs, contexts: list[list[int]], cfg: GenerationConfig,
-                  decode: Callable[[list[int]], str], eos_id: int, max_length: int) -> list[str]:
-    """Greedy decoding of equal-length contexts as one batch; each row stops on its own."""
-    B = len(contexts)
-    assert len({len(c) for c in contexts}) == 1, "greedy batches hold contexts of equal length"
-    idx = torch.tensor(contexts, dtype=torch.long)
-    generated: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    texts = [""] * B
-    for _ in range(cfg.max_gen_toks):
-        window = idx[:, -max_length:]
-        nxt = next_logprobs(window).argmax(-1).cpu()  # (B,)
-        idx = torch.cat([idx, nxt[:, None]], dim=1)
-        for b in range(B):
-            if done[b]:
-                continue
-            tok = int(nxt[b])
+class Decoder(Protocol):
+    """Next-token log-probabilities for a batch of rows that each grow by one token per step."""
+
+    def start(self, contexts: list[list[int]]) -> torch.Tensor:
+        """(B, V) for the token after each context (contexts may differ in length)."""
+
+    def step(self, keep: list[int], tokens: list[int]) -> torch.Tensor:
+        """Keep rows `keep` of the previous call (in that order), append `tokens[k]` to row keep[k];
+        (len(keep), V) for the token after each."""
+
+
+class RecomputeDecoder:
+    """The reference `Decoder`: every step runs each row's whole window (its last max_length tokens)
+    through `next_logprobs`. Rows of equal length share a forward (no padding), so any model works."""
+
+    def __init__(self, next_logprobs: NextLogprobs, max_length: int):
+        self.next_logprobs, self.max_length = next_logprobs, max_length
+        self.rows: list[list[int]] = []
+
+    def start(self, contexts: list[list[int]]) -> torch.Tensor:
+        self.rows = [list(c) for c in contexts]
+        return self._next()
+
+    def step(self, keep: list[int], tokens: list[int]) -> torch.Tensor:
+        self.rows = [self.rows[k] + [t] for k, t in zip(keep, tokens)]
+        return self._next()
+
+    def _next(self) -> torch.Tensor:
+        by_len: dict[int, list[int]] = {}
+        for r, row in enumerate(self.rows):
+            by_len.setdefault(len(row), []).append(r)
+        out: list[torch.Tensor | None] = [None] * len(self.rows)
+        for rows in by_len.values():
+            lp = self.next_logprobs(torch.tensor([self.rows[r][-self.max_length:] for r in rows]))  # (b, V)
+            for k, r in enumerate(rows):
+                out[r] = lp[k]
+        return torch.stack(out)  # (B, V)
+
+
+def greedy_tokens(decoder: Decoder, contexts: list[list[int]], cfgs: Sequence[GenerationConfig],
+                  decode: Callable[[list[int]], str], eos_id: int) -> list[list[int]]:
+    """Greedy decoding of a batch; row r has its own stop sequences and max_gen_toks (cfgs[r]).
+
+    A row ends on end-of-text (not kept), on a stop sequence in its decoded text (the token that
+    completed it is kept; the caller cuts the text) or after max_gen_toks tokens. Ended rows leave the
+    batch: the decoder computes only live rows.
+    """
+    out: list[list[int]] = [[] for _ in contexts]
+    live = [r for r, g in enumerate(cfgs) if g.max_gen_toks > 0]  # batch row k holds request live[k]
+    if not live:
+        return out
+    lp = decoder.start([contexts[r] for r in live])
+    while True:
+        nxt = lp.argmax(-1).tolist()  # one host copy per step
+        keep, toks = [], []
+        for k, (r, tok) in enumerate(zip(live, nxt)):
             if tok == eos_id:
-                done[b] = True
                 continue
-            generated[b].append(tok)
-            texts[b], stopped = cut_at_stop(decode(generated[b]), cfg.until)
-            done[b] = stopped
-        if all(done):
-            break
-    return [cut_at_stop(decode(g), cfg.until)[0] for g in generated]
+            out[r].append(tok)
+            if len(out[r]) < cfgs[r].max_gen_toks and not cut_at_stop(decode(out[r]), cfgs[r].until)[1]:
+                keep.append(k)
+                toks.append(tok)
+        if not keep:
+            return out
+        live = [live[k] for k in keep]
+        lp = decoder.step(keep, toks)
+
+
+def greedy_search(decoder: Decoder, contexts: list[list[int]], cfgs: Sequence[GenerationConfig],
+                  decode: Callable[[list[int]], str], eos_id: int) -> list[str]:
+    """Greedy decoding of a batch of contexts (any lengths); each row's text cut at its first stop."""
+    toks = greedy_tokens(decoder, contexts, cfgs, decode, eos_id)
+    return [cut_at_stop(decode(t), g.until)[0] for t, g in zip(toks, cfgs)]
 
 
 def length_penalty(n_tokens: int, alpha: float) -> float:
