@@ -134,6 +134,9 @@ class PerfConfig(_Section):
     """Fast paths (issue #11). Each one is checked against the plain path by a test."""
 
     loss_chunk_tokens: int = Field(0, ge=0, description="GPT: compute the LM head and cross-entropy this many tokens at a time, so the (tokens x vocab) fp32 logits are never held whole (forward and backward); 0 = plain head + loss.")
+    compile: bool = Field(False, description="torch.compile the model inside the DeepSpeed engine (engine.compile, inductor); the first steps pay the compile time.")
+    async_metrics: bool | None = Field(None, description="Keep step metrics (loss, grad norm) on the device and read them once per train.log_every_steps instead of every step (no host-device sync for logging; the spike detector's history then lags by up to that many steps); None = on for CUDA, off on CPU.")
+    loss_check: Literal["micro_batch", "off"] = Field("micro_batch", description="'micro_batch': all ranks agree on NaN/inf/spiking losses before each backward (one host-device sync per micro-batch); 'off': no check and no sync, a bad loss then reaches the optimizer.")
 
 
 class BertPretrainConfig(_Section):
@@ -180,6 +183,9 @@ class RunConfig(_Section):
             raise ValueError(f"perf.loss_chunk_tokens={chunk} does not work with parallel.zero_stage=3 (rule: "
                              f"the chunked loss reads the LM-head weight after the head's forward, when ZeRO-3 "
                              f"has released it; use zero_stage <= 2 or loss_chunk_tokens=0)")
+        if self.perf.loss_check == "off" and self.faults.spike_zscore > 0:
+            raise ValueError(f"perf.loss_check='off' leaves faults.spike_zscore={self.faults.spike_zscore} "
+                             f"nothing to check (rule: set faults.spike_zscore=0 or perf.loss_check=micro_batch)")
         return self
 
     def check_cross_sections(self, world_size: int) -> None:

@@ -2,6 +2,12 @@
 
 Resumes by itself from the newest valid checkpoint under RUN/checkpoints. SIGTERM or SIGUSR1 (a
 scheduler's preemption notice) makes every rank finish its step, save a checkpoint and return.
+
+Host-device syncs (issue #11): with `perf.async_metrics` (default on CUDA) a step's loss and grad norm
+stay on the device and are read once per `train.log_every_steps` (and before evaluation, checkpoints,
+bad steps and the end); control flags (stop request, bad-loss agreement) travel over a CPU (gloo) group,
+so they never wait for the GPU. The one sync left per micro-batch is the bad-loss check, which must see
+the loss before backward; `perf.loss_check=off` removes it.
 """
 
 from __future__ import annotations
@@ -148,6 +154,18 @@ class Trainer:
             apply_activation_checkpointing(model)
         self.n_params = self._count_full_params(model)
         self.engine = make_engine(model, cfg, self.topology, self.device)
+        if cfg.perf.compile:
+            # DeepSpeed's engine.compile() compiles the wrapped module in place (nn.Module.compile), so
+            # parameter names, ZeRO hooks and checkpoints stay those of the eager model.
+            self.engine.compile(backend="inductor")
+            if self.is_main:
+                log.info("perf.compile: model compiled with torch.compile (inductor) inside the DeepSpeed "
+                         "engine (is_compiled=%s); the first steps include compile time", self.engine.is_compiled)
+        # Control flags ride a CPU group: with NCCL, a flag on the GPU would cost a host-device sync.
+        self.control_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        self.async_metrics = (cfg.perf.async_metrics if cfg.perf.async_metrics is not None
+                              else self.device.type == "cuda")
+        self.pending: list[dict] = []  # finished steps whose metrics are still on the device
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.rank, self.world,
                                       keep_last=cfg.checkpoint.keep_last,
                                       keep_every_steps=cfg.checkpoint.keep_every_steps,
@@ -289,23 +307,25 @@ class Trainer:
             losses.append(loss.detach().float())
             extras.append([float(v) for k, v in sorted(metrics.items()) if k not in COUNT_METRICS])
         names = [k for k in sorted(metrics) if k not in COUNT_METRICS]
-        means = torch.cat([torch.stack(losses).mean().reshape(1),
-                           torch.tensor(extras, dtype=torch.float32).mean(0).reshape(-1)])
-        means = self._dp_mean(means).tolist()
+        means = torch.stack(losses).mean().reshape(1)
+        if names:  # objectives that report more (BERT) hand in Python floats
+            means = torch.cat([means, torch.tensor(extras, dtype=torch.float32, device=self.device).mean(0)])
+        means = self._dp_mean(means)  # (1 + len(names),) on the device; read in flush_metrics
         if grad_norm is None:  # ZeRO stages record the norm they clipped with
             grad_norm = engine.get_global_grad_norm()
         self.state.step += 1
         self.state.consumed_samples += global_batch
         self.state.consumed_tokens += global_batch * self.cfg.data.seq_len
-        self.guard.record(means[0])
-        return {"loss": means[0], "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "batch_size": global_batch, **dict(zip(names, means[1:]))}
+        return {"means": means, "names": names, "lr": lr, "grad_norm": grad_norm, "batch_size": global_batch,
+                "step": self.state.step, "consumed_tokens": self.state.consumed_tokens}
 
     def _agreed_bad_loss(self, loss: torch.Tensor) -> str | None:
         """Every rank learns whether any rank's micro-batch loss is bad (before any backward)."""
-        reason = self.guard.reason(float(loss.detach()))
+        if self.cfg.perf.loss_check == "off":
+            return None
+        reason = self.guard.reason(float(loss.detach()))  # the step's one deliberate host-device sync
         code = torch.tensor([0.0 if reason is None else (1.0 if reason == "loss_spike" else 2.0)])
-        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX, group=self.control_group)
         return {0.0: None, 1.0: "loss_spike", 2.0: "non_finite_loss"}[code.item()]
 
     def handle_bad_step(self, result: dict) -> None:
@@ -338,22 +358,23 @@ class Trainer:
         self.logger.scalars(self.state.step, dict(self.faults_seen), prefix="faults")
 
     @torch.no_grad()
-    def _grad_norm_before_clipping(self) -> float:
-        """Global L2 norm of the reduced gradients (DeepSpeed does not record it without ZeRO).
+    def _grad_norm_before_clipping(self) -> torch.Tensor:
+        """Global L2 norm of the reduced gradients (DeepSpeed does not record it without ZeRO), as a
+        float64 tensor on the device: summed there, read with the other metrics.
 
         TP-sharded parameters contribute their shard on every TP rank; replicated ones count once."""
-        sharded = torch.zeros(1, dtype=torch.float64)
-        replicated = torch.zeros(1, dtype=torch.float64)
+        sharded = torch.zeros(1, dtype=torch.float64, device=self.device)
+        replicated = torch.zeros(1, dtype=torch.float64, device=self.device)
         for p in self.engine.module.parameters():
             if p.grad is not None:
-                sq = p.grad.detach().double().pow(2).sum().cpu()
+                sq = p.grad.detach().double().pow(2).sum()
                 if getattr(p, "tensor_model_parallel", False):
                     sharded += sq
                 else:
                     replicated += sq
         if self.topology.tp > 1:
             dist.all_reduce(sharded, group=self.topology.tp_group)
-        return math.sqrt((sharded + replicated).item())
+        return (sharded + replicated).sqrt()[0]
 
     @torch.no_grad()
     def evaluate(self) -> dict | None:
@@ -373,7 +394,8 @@ class Trainer:
             loss, metrics = self.objective.loss(self.engine, batch)
             names = [k for k in sorted(metrics) if k not in COUNT_METRICS]
             w = float(metrics["tokens"])
-            row = torch.tensor([w, loss.item() * w] + [float(metrics[k]) * w for k in names], dtype=torch.float64)
+            row = torch.tensor([w, loss.item() * w] + [float(metrics[k]) * w for k in names], dtype=torch.float64,
+                               device=self.device)  # NCCL reduces device tensors only
             totals = row if totals is None else totals + row
         if self.topology.dp > 1:
             dist.all_reduce(totals, group=self.topology.dp_group)
@@ -391,22 +413,49 @@ class Trainer:
 
     def stop_requested(self) -> bool:
         flag = torch.tensor([1.0 if self.stop.requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.control_group)
         return bool(flag.item())
 
-    def log_step(self, metrics: dict, seconds: float) -> None:
+    def record_step(self, result: dict, started: float) -> None:
+        """Queue a finished step's metrics; read them now, or at the log interval when asynchronous."""
+        self.pending.append(dict(result, started=started, seconds=time.time() - started))
+        step = result["step"]
+        at_log = step % self.cfg.train.log_every_steps == 0 or step == self.cfg.train.max_steps
+        if not self.async_metrics or at_log:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Read the queued steps' device metrics in one transfer, then log them in order."""
+        if not self.pending:
+            return
+        # float64 holds every float32 mean and norm exactly: the logged values are those of a per-step read
+        rows = [torch.cat([r["means"].double().reshape(-1),
+                           torch.as_tensor(-1.0 if r["grad_norm"] is None else r["grad_norm"],
+                                           dtype=torch.float64, device=self.device).reshape(1)])
+                for r in self.pending]
+        values = torch.stack(rows).cpu().tolist()  # the interval's one host-device sync
+        # On the GPU a step's own wall time is only its launch time; the interval's time is real.
+        interval = time.time() - self.pending[0]["started"]
+        for r, row in zip(self.pending, values):
+            seconds = interval / len(self.pending) if self.async_metrics else r["seconds"]
+            norm = None if r["grad_norm"] is None else row[-1]
+            self.guard.record(row[0])
+            self.log_step({"loss": row[0], "lr": r["lr"], "grad_norm": norm, "batch_size": r["batch_size"],
+                           **dict(zip(r["names"], row[1:-1]))}, seconds, r["step"], r["consumed_tokens"])
+        self.pending = []
+
+    def log_step(self, metrics: dict, seconds: float, step: int, consumed_tokens: int) -> None:
         tokens = metrics["batch_size"] * self.cfg.data.seq_len
         tps = tokens / max(seconds, 1e-9)
-        metrics = dict(metrics, tokens_per_s=tps, consumed_tokens=self.state.consumed_tokens,
+        metrics = dict(metrics, tokens_per_s=tps, consumed_tokens=consumed_tokens,
                        memory_gb=peak_memory_bytes(self.device) / 2**30)
         if self.device.type == "cuda":
             flops = model_flops_per_token(self.cfg, self.n_params) * tps
             metrics["mfu"] = flops / (PEAK_TFLOPS_BF16 * 1e12 * self.world)
-        self.history["train_loss"].append([self.state.step, metrics["loss"]])
-        self.logger.scalars(self.state.step, metrics)
-        if self.state.step % self.cfg.train.log_every_steps == 0 or self.state.step == self.cfg.train.max_steps:
-            self.logger.progress_line(self.state.step, {"loss": metrics["loss"], "lr": metrics["lr"],
-                                                        "tok/s": tps})
+        self.history["train_loss"].append([step, metrics["loss"]])
+        self.logger.scalars(step, metrics)
+        if step % self.cfg.train.log_every_steps == 0 or step == self.cfg.train.max_steps:
+            self.logger.progress_line(step, {"loss": metrics["loss"], "lr": metrics["lr"], "tok/s": tps})
 
     # ---- the loop ---------------------------------------------------------------------------------
     def run(self) -> str:
@@ -425,20 +474,25 @@ class Trainer:
             metrics = self.train_step(global_batch_size(cfg, self.state.consumed_tokens, self.topology.dp))
             watchdog.beat()
             if "bad" in metrics:
+                self.flush_metrics()
                 self.handle_bad_step(metrics)
                 continue
-            self.log_step(metrics, time.time() - t0)
+            self.record_step(metrics, t0)
             step = self.state.step
             if every_eval and step % every_eval == 0:
+                self.flush_metrics()
                 self.evaluate()
             if self.stop_requested():
                 status = "preempted"
+                self.flush_metrics()
                 self.logger.event(step, "stop_signal", signal=self.stop.signal_name or "peer")
                 self.save()
                 break
             if every_save and step % every_save == 0 and step < cfg.train.max_steps:
+                self.flush_metrics()
                 self.save()
         watchdog.stop()
+        self.flush_metrics()
         if status == "finished":
             if every_eval and self.state.step % every_eval != 0:
                 self.evaluate()
