@@ -138,3 +138,25 @@ def test_train_step_has_no_host_device_sync_of_ours_on_gpu(tiny_data, tmp_path):
         print(f"sync: {filename}:{line}: {message}")
     ours = [s for s in syncs if s[0].endswith(("launcher/train.py", "parallel/loss.py"))]
     assert not ours, ours
+
+
+def test_train_throughput_benchmark_smoke(tmp_path):
+    """bench/train_throughput.py --smoke runs both peers on the same batches and writes its JSON."""
+    import json
+    import subprocess
+    import sys
+    from tests.launcher.conftest import REPO
+
+    out = tmp_path / "tt.json"
+    proc = subprocess.run([sys.executable, "bench/train_throughput.py", "--smoke", "--steps", "3", "--warmup", "1",
+                           "--variants", "mnemos-eager", "mnemos-fast", "hf-eager", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    size = json.loads(out.read_text())["sizes"]["smoke"]
+    assert size["flops_per_token"] == 6 * size["parameters"] + 12 * 2 * 64 * 128
+    for name in ("mnemos-eager", "mnemos-fast", "hf-eager"):
+        v = size["variants"][name]
+        assert v["tokens_per_s"] > 0 and len(v["losses"]) == 4
+        assert v["mfu"] is None and v["peak_memory_bytes"] is None  # CPU: not measurable, said so
+        assert v["max_abs_loss_diff_vs_mnemos_eager"] < 1e-5  # same weights, same batches, same curve
+    assert set(size["ratios_tokens_per_s"]) == {"mnemos-eager / hf-eager"}

@@ -1,0 +1,269 @@
+"""Training throughput: the mnemos GPT vs the Hugging Face GPT2LMHeadModel peer, same shapes, same weights,
+same token batches, measured in one process run (issue #11).
+
+Each variant trains `--steps` optimizer steps from the same initial weights on the same batches:
+
+  mnemos-eager     model/gpt.py as is, plain LM head + cross-entropy
+  mnemos-compile   torch.compile(model)
+  mnemos-fast      torch.compile(model) + chunked LM head/cross-entropy (parallel/loss.py)
+  hf-eager         transformers GPT2LMHeadModel (SDPA attention), weights copied from mnemos
+  hf-compile       torch.compile(hf)
+
+On a GPU: bf16 autocast over fp32 master weights, fused AdamW (GPT-3's betas 0.9/0.95, weight decay
+0.1), grad-norm clipping at 1.0, no activation checkpointing, no DeepSpeed (one device). Reported per
+variant: tokens/s over the timed steps (after `--warmup` steps, which include compilation), MFU
+(6 N + 12 L d s FLOPs per token against 989 TFLOP/s dense bf16), peak allocated memory, the loss of
+every step and its largest difference from mnemos-eager (the fast paths must give the same curve).
+Ratios mnemos / HF per pairing. Results of other sizes already in the output file are kept, so sizes
+can be measured one command at a time.
+
+Both peers compute the loss the same way: cross-entropy of fp32 logits against the next tokens (HF's
+`labels=` would shift inside the model; the targets are given explicitly instead). Activation: mnemos
+uses torch's fused tanh GELU, HF GPT-2 its "gelu_new" (the same tanh formula as separate ops).
+
+Usage:
+  python bench/train_throughput.py --smoke                       # CPU, tiny shape, a minute or two
+  python bench/train_throughput.py --sizes gpt3-small gpt3-medium  # GPU
+  python bench/train_throughput.py --sizes gpt3-2.7b --variants mnemos-fast hf-compile --steps 30
+Writes bench/results/train_throughput_cpu_smoke.json (smoke) or train_throughput_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+PEAK_TFLOPS_BF16 = 989.0  # H100/H200 dense bf16 (DESIGN.md)
+VARIANTS = ("mnemos-eager", "mnemos-compile", "mnemos-fast", "hf-eager", "hf-compile")
+PAIRS = (("mnemos-eager", "hf-eager"), ("mnemos-compile", "hf-compile"), ("mnemos-fast", "hf-compile"))
+# micro-batch (sequences of 2048) per size on one 141 GB H200 without activation checkpointing
+MICRO_BATCH = {"gpt3-small": 16, "gpt3-medium": 8, "gpt3-large": 8, "gpt3-xl": 8, "gpt3-2.7b": 4}
+SMOKE_SHAPE = dict(arch="gpt", n_layer=2, d_model=64, n_head=4, n_ctx=128, vocab_size=2048)
+
+
+def model_config(size: str, attn_pattern: str):
+    from launcher.config import ModelConfig
+    from model.presets import preset_shape
+    shape = dict(SMOKE_SHAPE, preset="smoke") if size == "smoke" else preset_shape(size)
+    return ModelConfig(**{**shape, "attn_pattern": attn_pattern, "dropout": 0.0})
+
+
+def build(variant: str, cfg, device, chunk_tokens: int):
+    """(model, loss_fn(model, inp, tgt) -> scalar) for one variant, weights from seed 0 every time."""
+    from model.gpt import build_gpt
+    from parallel.loss import lm_cross_entropy, use_chunked_loss
+    from parallel.topology import Topology
+
+    model = build_gpt(cfg, seed=0, device=device)
+    if variant.startswith("hf"):
+        model = hf_copy(model, device)
+
+        def loss_fn(m, inp, tgt):
+            logits = m(input_ids=inp).logits  # (B, T, V)
+            return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
+    else:
+        if variant == "mnemos-fast":
+            use_chunked_loss(model, chunk_tokens)
+        topo = Topology(1, 0, tp=1)
+
+        def loss_fn(m, inp, tgt):
+            return lm_cross_entropy(m(inp), tgt, topo)
+    if variant.endswith(("compile", "fast")):
+        model = torch.compile(model)
+    return model, loss_fn
+
+
+def hf_copy(model, device):
+    """GPT2LMHeadModel with the mnemos model's weights (dense attention: banded layers have no peer)."""
+    from transformers import GPT2LMHeadModel
+
+    from evaluation.hf import hf_config, hf_state_dict
+    dense = model.cfg.model_copy(update={"attn_pattern": "dense"})
+    config = hf_config(dense)
+    config._attn_implementation = "sdpa"  # the flash / memory-efficient kernels, like mnemos
+    with torch.device(device):
+        hf = GPT2LMHeadModel(config)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
+    if unexpected or [k for k in missing if not k.endswith((".attn.bias", "masked_bias"))]:
+        raise RuntimeError(f"HF copy mismatch: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.train()
+
+
+def run_variant(variant, cfg, batches, device, args) -> dict:
+    torch.manual_seed(0)
+    model, loss_fn = build(variant, cfg, device, args.loss_chunk_tokens)
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                            fused=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    losses = []
+
+    def step(inp, tgt):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = loss_fn(model, inp, tgt)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())  # read once at the end: no host-device sync inside the loop
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    t0 = time.perf_counter()
+    for inp, tgt in batches[: args.warmup]:
+        step(inp, tgt)
+    sync()
+    t1 = time.perf_counter()
+    for inp, tgt in batches[args.warmup:]:
+        step(inp, tgt)
+    sync()
+    t2 = time.perf_counter()
+    timed = len(batches) - args.warmup
+    tokens = timed * batches[0][0].numel()
+    out = {"warmup_s": round(t1 - t0, 3), "timed_steps": timed, "step_s": round((t2 - t1) / timed, 5),
+           "tokens_per_s": round(tokens / (t2 - t1), 1),
+           "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+           "losses": torch.stack(losses).float().cpu().tolist()}
+    del model, opt, loss_fn
+    gc.collect()
+    torch._dynamo.reset()
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+def make_batches(n, micro, seq, vocab, device, pool=4):
+    """The token batches every variant trains on: (input, target) pairs on the device, copied from
+    pinned host memory before any timing. `pool` random batches repeat, so the models can memorise
+    them and the loss curve falls (uniform random tokens alone would leave it flat at ln V)."""
+    g = torch.Generator().manual_seed(1234)
+    distinct = []
+    for _ in range(min(n, pool)):
+        tokens = torch.randint(0, vocab, (micro, seq + 1), generator=g)
+        if device.type == "cuda":
+            tokens = tokens.pin_memory().to(device, non_blocking=True)
+        distinct.append((tokens[:, :-1], tokens[:, 1:]))
+    return [distinct[i % len(distinct)] for i in range(n)]
+
+
+def bench_size(size, args, device) -> dict:
+    from model.gpt import GPT
+    cfg = model_config(size, args.attn_pattern)
+    seq = args.seq_len or cfg.n_ctx
+    micro = args.micro_batch or (4 if size == "smoke" else MICRO_BATCH.get(size, 4))
+    with torch.device("meta"):
+        n_params = GPT(cfg).num_parameters()
+    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.d_model * seq
+    batches = make_batches(args.warmup + args.steps, micro, seq, cfg.vocab_size, device)
+    record = {"shape": {k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size",
+                                                     "attn_pattern", "local_window")},
+              "parameters": n_params, "micro_batch": micro, "seq_len": seq, "tokens_per_step": micro * seq,
+              "flops_per_token": flops_per_token, "variants": {}}
+    for variant in args.variants:
+        print(f"[{size}] {variant} ...", flush=True)
+        try:
+            res = run_variant(variant, cfg, batches, device, args)
+        except torch.OutOfMemoryError as err:  # a variant that does not fit is a result, not a crash
+            res = {"error": f"out of memory: {str(err).splitlines()[0]}"}
+            gc.collect()
+            torch.cuda.empty_cache()
+        if "tokens_per_s" in res:
+            res["mfu"] = (round(res["tokens_per_s"] * flops_per_token / (PEAK_TFLOPS_BF16 * 1e12), 4)
+                          if device.type == "cuda" else None)
+            mem = res["peak_memory_bytes"]
+            print(f"[{size}] {variant}: {res['tokens_per_s']:.0f} tok/s, MFU {res['mfu']}, peak "
+                  f"{'n/a' if mem is None else f'{mem / 2**30:.1f} GiB'}, warm-up {res['warmup_s']:.1f} s, "
+                  f"loss {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f}", flush=True)
+        record["variants"][variant] = res
+    ref = record["variants"].get("mnemos-eager", {}).get("losses")
+    for res in record["variants"].values():
+        if ref and "losses" in res:
+            res["max_abs_loss_diff_vs_mnemos_eager"] = max(abs(a - b) for a, b in zip(res["losses"], ref))
+    record["ratios_tokens_per_s"] = {
+        f"{a} / {b}": round(record["variants"][a]["tokens_per_s"] / record["variants"][b]["tokens_per_s"], 3)
+        for a, b in PAIRS if "tokens_per_s" in record["variants"].get(a, {})
+        and "tokens_per_s" in record["variants"].get(b, {})}
+    return record
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU: checks that the script works")
+    ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    ap.add_argument("--sizes", nargs="+", default=["gpt3-small", "gpt3-medium", "gpt3-xl", "gpt3-2.7b"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (GPU 45, smoke 10)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed first steps, compilation included (GPU 5, smoke 2)")
+    ap.add_argument("--micro-batch", type=int, default=None, help="sequences per step (default per size)")
+    ap.add_argument("--seq-len", type=int, default=None, help="default: the model's n_ctx")
+    ap.add_argument("--attn-pattern", default="dense", choices=["dense", "alternating"],
+                    help="mnemos attention; the HF peer is always dense (GPT-2 has no banded layers)")
+    ap.add_argument("--loss-chunk-tokens", type=int, default=None, help="mnemos-fast chunk (GPU 8192, smoke 96)")
+    ap.add_argument("--lr", type=float, default=None, help="GPU 1e-4, smoke 3e-3")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.smoke:
+        args.sizes = ["smoke"]
+        if args.device is None:
+            device = torch.device("cpu")
+    elif device.type != "cuda":
+        ap.error("the GPT-3 sizes are for a GPU; on a CPU use --smoke")
+    args.steps = args.steps or (10 if args.smoke else 45)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 5)
+    args.loss_chunk_tokens = args.loss_chunk_tokens or (96 if args.smoke else 8192)
+    args.lr = args.lr or (3e-3 if args.smoke else 1e-4)
+    if "mnemos-eager" not in args.variants:
+        print("note: without mnemos-eager there is no reference loss curve to compare with", flush=True)
+
+    import transformers
+    name = "train_throughput_cpu_smoke.json" if args.smoke else f"train_throughput_{device.type}.json"
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / name
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result.update({
+        "benchmark": "training tokens/s, mnemos GPT vs transformers GPT2LMHeadModel, same weights and batches",
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # other jobs on a shared machine
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "precision": "bf16 autocast, fp32 master weights" if device.type == "cuda" else "fp32",
+        "optimizer": "AdamW fused=True, betas (0.9, 0.95), weight decay 0.1, clip 1.0",
+        "mfu_formula": f"tokens/s x (6 N + 12 L d s) / {PEAK_TFLOPS_BF16} TFLOP/s (GPU only)",
+        "steps": {"warmup": args.warmup, "timed": args.steps}, "lr": args.lr,
+        "loss_chunk_tokens": args.loss_chunk_tokens,
+        "notes": ["peak_memory_bytes and mfu are null on a CPU (no allocator statistics; the peak FLOP/s is a GPU's)",
+                  "HF GPT-2 uses gelu_new (tanh GELU as separate ops); mnemos uses F.gelu(approximate='tanh')",
+                  "timings on a shared machine vary between runs; the ratio in one run is the figure to read"]
+        + (["CPU smoke: a tiny shape on shared cores; timings swing several-fold between runs and say nothing "
+            "about GPU speed; the run shows the script works and the curves agree"] if args.smoke else []),
+    })
+    sizes = result.setdefault("sizes", {})
+    for size in args.sizes:
+        sizes[size] = bench_size(size, args, device)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")  # after every size: a later OOM keeps the rest
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
