@@ -5,7 +5,7 @@ Each variant trains `--steps` optimizer steps from the same initial weights on t
 
   mnemos-eager     model/gpt.py as is, plain LM head + cross-entropy
   mnemos-compile   torch.compile(model)
-  mnemos-fast      torch.compile(model) + chunked LM head/cross-entropy (parallel/loss.py)
+  mnemos-fast      torch.compile(model) + chunked LM head/cross-entropy (parallel/loss.py) + FlexAttention band (CUDA)
   hf-eager         transformers GPT2LMHeadModel (SDPA attention), weights copied from mnemos
   hf-compile       torch.compile(hf)
 
@@ -76,6 +76,9 @@ def build(variant: str, cfg, device, chunk_tokens: int):
     else:
         if variant == "mnemos-fast":
             use_chunked_loss(model, chunk_tokens)
+            if device.type == "cuda":  # banded layers through FlexAttention (no CPU backward in torch)
+                from model.gpt import use_band_kernel
+                use_band_kernel(model, "flex")
         topo = Topology(1, 0, tp=1)
 
         def loss_fn(m, inp, tgt):

@@ -136,6 +136,7 @@ class PerfConfig(_Section):
     loss_chunk_tokens: int = Field(0, ge=0, description="GPT: compute the LM head and cross-entropy this many tokens at a time, so the (tokens x vocab) fp32 logits are never held whole (forward and backward); 0 = plain head + loss.")
     compile: bool = Field(False, description="torch.compile the model inside the DeepSpeed engine (engine.compile, inductor); the first steps pay the compile time.")
     async_metrics: bool | None = Field(None, description="Keep step metrics (loss, grad norm) on the device and read them once per train.log_every_steps instead of every step (no host-device sync for logging; the spike detector's history then lags by up to that many steps); None = on for CUDA, off on CPU.")
+    band_kernel: Literal["dense", "flex"] = Field("dense", description="GPT's locally banded layers: 'dense' = SDPA with a (T, T) band mask; 'flex' = FlexAttention block masks that skip the tiles outside the band (CUDA for training: torch has no FlexAttention backward on CPU; needs model.dropout=0).")
     loss_check: Literal["micro_batch", "off"] = Field("micro_batch", description="'micro_batch': all ranks agree on NaN/inf/spiking losses before each backward (one host-device sync per micro-batch); 'off': no check and no sync, a bad loss then reaches the optimizer.")
 
 
@@ -183,6 +184,16 @@ class RunConfig(_Section):
             raise ValueError(f"perf.loss_chunk_tokens={chunk} does not work with parallel.zero_stage=3 (rule: "
                              f"the chunked loss reads the LM-head weight after the head's forward, when ZeRO-3 "
                              f"has released it; use zero_stage <= 2 or loss_chunk_tokens=0)")
+        if self.perf.band_kernel == "flex":
+            if self.model.arch != "gpt":
+                raise ValueError(f"perf.band_kernel='flex' needs model.arch='gpt', not {self.model.arch!r} "
+                                 f"(rule: only GPT has locally banded layers)")
+            if self.model.dropout > 0:
+                raise ValueError(f"perf.band_kernel='flex' with model.dropout={self.model.dropout} (rule: "
+                                 f"FlexAttention has no attention dropout; set model.dropout=0 or band_kernel='dense')")
+            if self.device == "cpu":
+                raise ValueError("perf.band_kernel='flex' with device='cpu' (rule: torch has no FlexAttention "
+                                 "backward on CPU; train on CPU with band_kernel='dense')")
         if self.perf.loss_check == "off" and self.faults.spike_zscore > 0:
             raise ValueError(f"perf.loss_check='off' leaves faults.spike_zscore={self.faults.spike_zscore} "
                              f"nothing to check (rule: set faults.spike_zscore=0 or perf.loss_check=micro_batch)")

@@ -146,6 +146,12 @@ class Trainer:
         self.sampler = ShuffledSampler(len(self.train_data), seed=cfg.data.seed)
 
         model = build_model(cfg, self.topology, self.device)
+        if cfg.perf.band_kernel == "flex":
+            if self.device.type != "cuda":
+                raise ConfigError(f"perf.band_kernel='flex' on {self.device.type} (rule: torch has no "
+                                  f"FlexAttention backward off CUDA; use band_kernel='dense')")
+            from model.gpt import use_band_kernel
+            use_band_kernel(model, "flex")
         if cfg.perf.loss_chunk_tokens:  # the head hands the loss its input; logits come chunk by chunk
             from parallel.loss import use_chunked_loss
             use_chunked_loss(model, cfg.perf.loss_chunk_tokens)

@@ -43,6 +43,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
+        self.band_kernel = "dense"  # "flex": FlexAttention block masks (model.banded_attention), set by use_band_kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, d_model)
@@ -53,7 +54,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, n_head, self.d_head).transpose(1, 2)  # (B, h, T, d_head)
         v = v.view(B, T, n_head, self.d_head).transpose(1, 2)  # (B, h, T, d_head)
         p = self.dropout if self.training else 0.0
-        if self.local and self.window < T:
+        if self.local and self.window < T and self.band_kernel == "flex":
+            from model.banded_attention import banded_attention
+            y = banded_attention(q, k, v, self.window, dropout_p=p)  # skips the tiles outside the band
+        elif self.local and self.window < T:
             mask = local_band_mask(T, self.window, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
@@ -140,6 +144,14 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         """Unique parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def use_band_kernel(model: nn.Module, kernel: str) -> int:
+    """Route the locally banded layers of `model` through `kernel` ("dense" | "flex"); returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention) and m.local]
+    for m in layers:
+        m.band_kernel = kernel
+    return len(layers)
 
 
 def build_gpt(cfg: ModelConfig, seed: int, device: str | torch.device = "cpu") -> GPT:
