@@ -8,7 +8,13 @@ for the peer; both see the same tokens (byte-level tokenizer, the same ids on bo
   multiple_choice    4 choices per shared context (HellaSwag-like; contexts from WikiText-2)
   generate_greedy    generate_until on the arithmetic prompts: greedy, stop at newline, 8 tokens at most
 
+For generate_greedy, `same_text` compares the two sides' texts; the byte tokenizer decodes ids >= 256 to
+nothing, and a random model with GPT-2's vocabulary mostly emits those, so `same_ids_as_unbatched` also
+checks mnemos's token ids against its own reference path (one prompt at a time, whole window recomputed
+every step) and `nonempty_text` says how much text there was to compare.
+
 Usage: python bench/eval_throughput.py [--device cpu|cuda] [--preset small|gpt3-small] [--n 200]
+(bench/results/eval_throughput_cpu.json: --n 96, the other flags at their defaults)
 Writes bench/results/eval_throughput_<device>.json.
 """
 
@@ -62,6 +68,23 @@ def timed(fn, repeats: int):
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def same_ids_as_unbatched(lm, reqs) -> float:
+    """Share of requests whose greedy token ids, decoded in batches of lm.batch_size as generate_until does,
+    equal those of the reference path (one prompt at a time, the whole window recomputed every step)."""
+    from evaluation.generation import GenerationConfig, RecomputeDecoder, greedy_tokens
+    cfgs = [GenerationConfig.from_kwargs(kw) for _, kw in reqs]
+    ctxs = [lm.tokenizer.encode(c)[-(lm.max_length - g.max_gen_toks):] for (c, _), g in zip(reqs, cfgs)]
+    order = sorted(range(len(reqs)), key=lambda i: -len(ctxs[i]))  # generate_until's batches
+    batched: dict[int, list[int]] = {}
+    for s in range(0, len(order), lm.batch_size):
+        rows = order[s: s + lm.batch_size]
+        c, g = [ctxs[i] for i in rows], [cfgs[i] for i in rows]
+        batched.update(zip(rows, greedy_tokens(lm._greedy_decoder(c, g), c, g, lm.tokenizer.decode, lm.eos_id)))
+    alone = [greedy_tokens(RecomputeDecoder(lm._next_logprobs, lm.max_length), [c], [g], lm.tokenizer.decode,
+                           lm.eos_id)[0] for c, g in zip(ctxs, cfgs)]
+    return sum(batched[i] == alone[i] for i in range(len(reqs))) / len(reqs)
 
 
 def main(argv=None) -> int:
@@ -125,12 +148,15 @@ def main(argv=None) -> int:
     t_ours, a = timed(lambda: ours.generate_until(ours_reqs), args.repeats)
     t_peer, b = timed(lambda: peer.generate_until(inst), args.repeats)
     same = sum(x == y for x, y in zip(a, b)) / len(a)
+    same_ids = same_ids_as_unbatched(ours, ours_reqs)
     results["generate_greedy"] = {"requests": len(gen_reqs), "mnemos_s": round(t_ours, 4), "lm_eval_hf_s": round(t_peer, 4),
                                   "mnemos_requests_per_s": round(len(gen_reqs) / t_ours, 2),
                                   "lm_eval_hf_requests_per_s": round(len(gen_reqs) / t_peer, 2),
-                                  "speedup": round(t_peer / t_ours, 3), "same_text": same}
+                                  "speedup": round(t_peer / t_ours, 3), "same_text": same,
+                                  "same_ids_as_unbatched": same_ids,
+                                  "nonempty_text": sum(bool(x) for x in a) / len(a)}
     print(f"generate_greedy: mnemos {len(gen_reqs) / t_ours:.1f} req/s, lm_eval HF {len(gen_reqs) / t_peer:.1f} req/s, "
-          f"x{t_peer / t_ours:.2f}, same text {same:.2f}", flush=True)
+          f"x{t_peer / t_ours:.2f}, same text {same:.2f}, same ids as unbatched {same_ids:.2f}", flush=True)
 
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     record = {
@@ -138,7 +164,8 @@ def main(argv=None) -> int:
         "device": args.device, "device_name": dev_name, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "lm_eval": lm_eval.__version__,
         "model": {**PRESETS[args.preset], "preset": args.preset, "parameters": model.num_parameters()},
-        "dtype": args.dtype, "batch_size": args.batch_size, "repeats_best_of": args.repeats, "workloads": results,
+        "dtype": args.dtype, "batch_size": args.batch_size, "repeats_best_of": args.repeats, "n": args.n,
+        "workloads": results,
         "note": "same model (GPT-2 export), same tokens, same batch size, measured in one process; "
                 "timings on a shared machine vary between runs, the ratio is the figure to read",
     }
