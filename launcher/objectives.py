@@ -43,7 +43,10 @@ class GPTObjective:
 
     def collate(self, samples: list[np.ndarray], device) -> dict[str, torch.Tensor]:
         tokens = torch.from_numpy(np.stack(samples).astype(np.int64))  # (B, T + 1)
-        return {"input": tokens[:, :-1].to(device), "target": tokens[:, 1:].to(device)}
+        if torch.device(device).type == "cuda":
+            tokens = tokens.pin_memory()  # page-locked, so the copy below does not block the host
+        tokens = tokens.to(device, non_blocking=True)  # one transfer; input and target are views of it
+        return {"input": tokens[:, :-1], "target": tokens[:, 1:]}
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
         logits = model(batch["input"])  # (B, T, V / tp)
