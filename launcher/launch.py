@@ -667,7 +667,7 @@ def deepspeed_command(config_path: str | os.PathLike, layout: DeepSpeedLayout, m
     that starts `layout.nproc` ranks of `module CONFIG` on every host of the hostfile. With
     `rank_log_dir`, each host's launcher writes its ranks' output to DIR/<start time>_rank<R>.log (a
     shared run directory collects every host's ranks) instead of the console."""
-    port = master_port if master_port is not None else (_free_port() if layout.local else DEEPSPEED_PORT)
+    port = master_port if master_port is not None else (free_port() if layout.local else DEEPSPEED_PORT)
     if not 0 < port < 65536:
         raise HostfileError(f"--master-port={port} (rule: 1-65535)")
     cmd = [python or sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(layout.hostfile),
@@ -686,7 +686,7 @@ def deepspeed_command(config_path: str | os.PathLike, layout: DeepSpeedLayout, m
     return cmd
 
 
-def _free_port() -> int:
+def free_port() -> int:
     # A free port here, like torchrun --standalone: concurrent local runs never collide.
     import socket
     with socket.socket() as s:

@@ -71,10 +71,8 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         if "MASTER_PORT" not in os.environ:
-            import socket
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+            from launcher.launch import free_port
+            os.environ["MASTER_PORT"] = str(free_port())
         import deepspeed
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                    verbose=False)
