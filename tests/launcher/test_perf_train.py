@@ -122,6 +122,7 @@ def test_train_step_has_no_host_device_sync_of_ours_on_gpu(tiny_data, tmp_path):
     """With async metrics and the loss check off, nothing in the trainer or the loss waits for the GPU
     between log intervals. DeepSpeed's own syncs are printed for the record, not asserted."""
     import json
+    import os
     import subprocess
     import sys
     from tests.launcher.conftest import REPO
@@ -130,8 +131,9 @@ def test_train_step_has_no_host_device_sync_of_ours_on_gpu(tiny_data, tmp_path):
                        train={"max_steps": 1000, "log_every_steps": 1000},
                        perf={"async_metrics": True, "loss_check": "off", "loss_chunk_tokens": 64})
     cfg.write_text(cfg.read_text() + "device: cuda\n")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}  # conftest pins CPU for gloo tests
     proc = subprocess.run([sys.executable, "-c", SYNC_PROBE, str(cfg)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     syncs = json.loads(proc.stdout.split("SYNCS ", 1)[1].splitlines()[0])
     for filename, line, message in syncs:
