@@ -165,7 +165,8 @@ def make_batches(n, micro, seq, vocab, device, pool=4):
     return [distinct[i % len(distinct)] for i in range(n)]
 
 
-def bench_size(size, args, device) -> dict:
+def bench_size(size, args, device, save=lambda record: None) -> dict:
+    """Every variant of one size; `save(record)` after each, so a run cut short keeps what it measured."""
     from model.gpt import GPT
     cfg = model_config(size, args.attn_pattern)
     seq = args.seq_len or cfg.n_ctx
@@ -174,7 +175,7 @@ def bench_size(size, args, device) -> dict:
         n_params = GPT(cfg).num_parameters()
     flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.d_model * seq
     batches = make_batches(args.warmup + args.steps, micro, seq, cfg.vocab_size, device)
-    record = {"shape": {k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size",
+    record = {"size": size, "shape": {k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size",
                                                      "attn_pattern", "local_window")},
               "parameters": n_params, "micro_batch": micro, "seq_len": seq, "tokens_per_step": micro * seq,
               "flops_per_token": flops_per_token, "variants": {}}
@@ -194,15 +195,21 @@ def bench_size(size, args, device) -> dict:
                   f"{'n/a' if mem is None else f'{mem / 2**30:.1f} GiB'}, warm-up {res['warmup_s']:.1f} s, "
                   f"loss {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f}", flush=True)
         record["variants"][variant] = res
-    ref = record["variants"].get("mnemos-eager", {}).get("losses")
-    for res in record["variants"].values():
+        summarise(record)
+        save(record)
+    return record
+
+
+def summarise(record: dict) -> None:
+    """Loss-curve differences against mnemos-eager and the mnemos / HF tokens/s ratios, in place."""
+    variants = record["variants"]
+    ref = variants.get("mnemos-eager", {}).get("losses")
+    for res in variants.values():
         if ref and "losses" in res:
             res["max_abs_loss_diff_vs_mnemos_eager"] = max(abs(a - b) for a, b in zip(res["losses"], ref))
     record["ratios_tokens_per_s"] = {
-        f"{a} / {b}": round(record["variants"][a]["tokens_per_s"] / record["variants"][b]["tokens_per_s"], 3)
-        for a, b in PAIRS if "tokens_per_s" in record["variants"].get(a, {})
-        and "tokens_per_s" in record["variants"].get(b, {})}
-    return record
+        f"{a} / {b}": round(variants[a]["tokens_per_s"] / variants[b]["tokens_per_s"], 3)
+        for a, b in PAIRS if "tokens_per_s" in variants.get(a, {}) and "tokens_per_s" in variants.get(b, {})}
 
 
 def main(argv=None) -> int:
@@ -260,10 +267,16 @@ def main(argv=None) -> int:
             "about GPU speed; the run shows the script works and the curves agree"] if args.smoke else []),
     })
     sizes = result.setdefault("sizes", {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(record):  # after every variant: a run stopped by a time limit or an OOM keeps the rest
+        sizes[record["size"]] = record
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
+
     for size in args.sizes:
-        sizes[size] = bench_size(size, args, device)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")  # after every size: a later OOM keeps the rest
+        bench_size(size, args, device, save)
     print(f"wrote {out}")
     return 0
 
