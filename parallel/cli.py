@@ -29,18 +29,37 @@ def register(subparsers) -> None:
                    help="sustained TFLOP/s of one GPU on this model (stated assumption; default 400)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense TFLOP/s for MFU (H100/H200 bf16)")
     p.add_argument("--reserve-gb", type=float, default=2.0, help="kept free for the CUDA context and allocator")
+    p.add_argument("--measured-layer", default=None, metavar="JSON",
+                   help="one layer timed on a GPU by bench/layer_175b.py at these shapes: adds a step time and MFU "
+                        "from it plus TP and DP communication (volumes and times)")
+    p.add_argument("--tp-busbw-gbs", type=float, default=360.0,
+                   help="all-reduce bus bandwidth inside a node, GB/s (assumption; NVLink 4: ~360)")
+    p.add_argument("--dp-busbw-gbs", type=float, default=40.0,
+                   help="per-GPU bus bandwidth across nodes, GB/s (assumption; one 400 Gb/s NIC per GPU: ~40)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from parallel.planner import PlanError, PlanInput, format_report, make_plan, report_json
+    from parallel.projection import ProjectionError, load_measured_layer
+    try:
+        measured = load_measured_layer(args.measured_layer) if args.measured_layer else None
+    except ProjectionError as err:
+        print(f"mnemos plan: {err}", file=sys.stderr)
+        return 2
+    for name in ("tp_busbw_gbs", "dp_busbw_gbs"):
+        if getattr(args, name) <= 0:
+            print(f"mnemos plan: --{name.replace('_', '-')}={getattr(args, name)} (rule: a bandwidth > 0)",
+                  file=sys.stderr)
+            return 2
     inp = PlanInput(model=args.model, nodes=args.nodes, gpus_per_node=args.gpus_per_node, tp=args.tp,
                     zero=args.zero, micro_batch=args.micro_batch, seq_len=args.seq_len,
                     precision=args.precision, activation_checkpointing=args.activation_checkpointing,
                     sequence_parallel=args.sequence_parallel, gpu_mem_gb=args.gpu_mem_gb,
                     gpu_tflops=args.gpu_tflops, peak_tflops=args.peak_tflops, global_batch=args.global_batch,
-                    reserve_gb=args.reserve_gb)
+                    reserve_gb=args.reserve_gb, measured_layer=measured, tp_busbw_gbs=args.tp_busbw_gbs,
+                    dp_busbw_gbs=args.dp_busbw_gbs)
     try:
         report = make_plan(inp)
     except PlanError as err:

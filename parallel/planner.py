@@ -52,6 +52,9 @@ class PlanInput:
     peak_tflops: float = PEAK_BF16_TFLOPS
     global_batch: int | None = None
     reserve_gb: float = 2.0
+    measured_layer: dict | None = None  # bench/layer_175b.py's JSON: step time from a measured layer
+    tp_busbw_gbs: float = 360.0  # NCCL all-reduce bus bandwidth inside a node (NVLink), assumed
+    dp_busbw_gbs: float = 40.0   # per GPU across nodes (one 400 Gb/s NIC per GPU), assumed
 
 
 @dataclass
@@ -77,6 +80,7 @@ class PlanReport:
     tokens_per_s: float = 0.0
     mfu: float = 0.0
     days_for_paper_tokens: float | None = None  # GPT-3 presets: days to train on the paper's 300B tokens
+    measured: dict | None = None  # parallel.projection.project(...) when --measured-layer was given
 
 
 class PlanError(ValueError):
@@ -195,8 +199,27 @@ def make_plan(inp: PlanInput) -> PlanReport:
                      model_flops_per_token=model_flops, step_time_s=step, tokens_per_s=tokens_per_step / step,
                      mfu=mfu, days_for_paper_tokens=(PAPER_TOKENS / (tokens_per_step / step) / 86400
                                                      if inp.model in GPT3_TABLE else None))
+    if inp.measured_layer is not None:
+        rep.measured = _measured_projection(inp, shape, rep)
     rep.why = _why(rep, buffers_note, act_note)
     return rep
+
+
+def _measured_projection(inp: PlanInput, shape: dict, rep: PlanReport) -> dict:
+    from parallel.projection import ProjectionError, check_matches, project
+    if inp.precision == "fp32":
+        raise PlanError("--measured-layer with --precision fp32: the layer benchmark measures bf16 "
+                        "(rule: use --precision bf16 or fp16)")
+    try:
+        check_matches(inp.measured_layer, shape, inp.tp, inp.micro_batch, inp.seq_len)
+        return project(inp.measured_layer, n_layer=shape["n_layer"], d_model=shape["d_model"], tp=inp.tp,
+                       dp=rep.dp, zero=inp.zero, micro_batch=inp.micro_batch, seq_len=inp.seq_len,
+                       recompute=inp.activation_checkpointing, params_per_gpu=rep.params_per_gpu,
+                       grad_accum=rep.grad_accum, tokens_per_step=rep.tokens_per_step,
+                       model_flops_per_token=rep.model_flops_per_token, world=rep.world,
+                       peak_tflops=inp.peak_tflops, tp_busbw_gbs=inp.tp_busbw_gbs, dp_busbw_gbs=inp.dp_busbw_gbs)
+    except ProjectionError as err:
+        raise PlanError(str(err)) from None
 
 
 def _deepspeed_estimate(zero: int, P: int, largest: int, dp: int) -> tuple[float | None, str]:
@@ -291,6 +314,13 @@ def format_report(r: PlanReport) -> str:
                           if r.days_for_paper_tokens is not None else ")")),
         ("MFU", f"{100 * r.mfu:8.1f} %  (peak {inp.peak_tflops:.0f} TFLOP/s; communication not modelled)"),
     ]
+    if r.measured is not None:
+        from parallel.projection import format_projection
+        rows += format_projection(r.measured, r.grad_accum, inp.zero)
+        m = r.measured
+        if r.days_for_paper_tokens is not None:
+            rows.append(("300B tokens (measured)", f"{300e9 / m['tokens_per_s_dp_hidden'] / 86400:8.1f} .. "
+                                                   f"{300e9 / m['tokens_per_s_dp_exposed'] / 86400:.1f} days"))
     width = max(len(k) for k, _ in rows)
     body = "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
     why = "\n".join("  " + line for line in r.why.splitlines())
