@@ -21,6 +21,7 @@ Writes bench/results/eval_throughput_<device>.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -117,6 +118,9 @@ def main(argv=None) -> int:
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = model.to(args.device)
     hf = hf.to(device=args.device, dtype=dt)
+    # in bf16 both sides round; an fp32 copy of the same weights says whose scores stay closer to exact
+    ref = (MnemosLM(copy.deepcopy(model), ByteTokenizer(), batch_size=args.batch_size, device=args.device,
+                    dtype="fp32", progress=False) if args.dtype != "fp32" else None)
     ours = MnemosLM(model, ByteTokenizer(), batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                     progress=False)
     peer = HFLM(pretrained=hf, tokenizer=byte_hf_tokenizer(), batch_size=args.batch_size, device=args.device)
@@ -138,6 +142,13 @@ def main(argv=None) -> int:
                          "lm_eval_hf_requests_per_s": round(len(reqs) / t_peer, 2),
                          "speedup": round(t_peer / t_ours, 3), "max_abs_loglikelihood_diff": diff,
                          "greedy_agreement": agree}
+        if ref is not None:
+            exact = ref.loglikelihood(reqs)
+            results[name]["max_abs_diff_vs_fp32"] = {
+                "mnemos": max(abs(x[0] - e[0]) for x, e in zip(a, exact)),
+                "lm_eval_hf": max(abs(y[0] - e[0]) for y, e in zip(b, exact))}
+            print(f"{name}: max |dLL| vs fp32: mnemos {results[name]['max_abs_diff_vs_fp32']['mnemos']:.2e}, "
+                  f"lm_eval HF {results[name]['max_abs_diff_vs_fp32']['lm_eval_hf']:.2e}", flush=True)
         print(f"{name}: mnemos {len(reqs) / t_ours:.1f} req/s, lm_eval HF {len(reqs) / t_peer:.1f} req/s, "
               f"x{t_peer / t_ours:.2f}, max |dLL| {diff:.2e}", flush=True)
 
