@@ -177,7 +177,7 @@ def bench_size(size, args, device, save=lambda record: None) -> dict:
     batches = make_batches(args.warmup + args.steps, micro, seq, cfg.vocab_size, device)
     record = {"size": size, "shape": {k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size",
                                                      "attn_pattern", "local_window")},
-              "parameters": n_params, "micro_batch": micro, "seq_len": seq, "tokens_per_step": micro * seq,
+              "parameters": n_params, "steps": {"warmup": args.warmup, "timed": args.steps}, "micro_batch": micro, "seq_len": seq, "tokens_per_step": micro * seq,
               "flops_per_token": flops_per_token, "variants": {}}
     for variant in args.variants:
         print(f"[{size}] {variant} ...", flush=True)
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         "precision": "bf16 autocast, fp32 master weights" if device.type == "cuda" else "fp32",
         "optimizer": "AdamW fused=True, betas (0.9, 0.95), weight decay 0.1, clip 1.0",
         "mfu_formula": f"tokens/s x (6 N + 12 L d s) / {PEAK_TFLOPS_BF16} TFLOP/s (GPU only)",
-        "steps": {"warmup": args.warmup, "timed": args.steps}, "lr": args.lr,
+        "lr": args.lr,
         "loss_chunk_tokens": args.loss_chunk_tokens,
         "notes": ["peak_memory_bytes and mfu are null on a CPU (no allocator statistics; the peak FLOP/s is a GPU's)",
                   "HF GPT-2 uses gelu_new (tanh GELU as separate ops); mnemos uses F.gelu(approximate='tanh')",

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU measurements of issues #6 and #11 as one prepared command for a lent GPU machine (the GPU image
+# has torch, transformers and triton but not deepspeed, datasets, pydantic or lm_eval: those travel as
+# wheels in .whl/, made with ../shared/gpu/wheels.sh lm_eval==0.4.13; the reference data travels in
+# .gpudata/shared/data, a copy of ../shared/data). Every stage has its own time limit, writes its JSON
+# under $OUT as it goes, and a failing stage does not stop the next.
+#
+#   bash bench/gpu_session.sh 1   gpt3-xl training throughput (mnemos eager / fast vs HF + torch.compile,
+#                                 50-step loss curves), evaluation throughput vs lm-eval HF, the 175B
+#                                 layer at TP-8 shapes, then the GPU-marked tests
+#   bash bench/gpu_session.sh 2   evaluation again with an fp32 reference, the other sizes (gpt3-2.7b,
+#                                 gpt3-small, gpt3-medium): mnemos-fast vs HF + torch.compile, added to
+#                                 bench/results/train_throughput_cuda.json, then the GPU-marked tests
+set -uo pipefail
+part=${1:-1}
+OUT=${OUT:-/tmp/mnemos-gpu-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/session_part$part.log") 2>&1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=$PWD:/tmp/site
+[ -e ../shared ] || ln -s "$PWD/.gpudata/shared" ../shared  # tests read ../shared/data beside the checkout
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit,driver_version --format=csv
+python3 -c "import torch, transformers, deepspeed, datasets, pydantic, lm_eval, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'lm_eval', lm_eval.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+
+stage() {  # stage NAME LIMIT_S COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name: start $(date +%T), limit ${limit}s"
+    timeout --signal=INT --kill-after=15 "$limit" "$@"
+    echo "=== $name: exit $? at $(date +%T)"
+}
+
+if [ "$part" = 1 ]; then
+    stage train-xl 300 python3 bench/train_throughput.py --sizes gpt3-xl \
+        --variants mnemos-eager mnemos-fast hf-compile --out "$OUT/train_throughput_cuda.json"
+    stage eval 150 python3 bench/eval_throughput.py --device cuda --preset gpt3-small --dtype bf16 --n 200 \
+        --batch-size 32 --out "$OUT/eval_throughput_cuda.json"
+    stage layer-175b 150 python3 bench/layer_175b.py --out "$OUT/layer_175b_cuda.json"
+    stage gpu-tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider -x
+else
+    stage eval 80 python3 bench/eval_throughput.py --device cuda --preset gpt3-small --dtype bf16 --n 200 \
+        --batch-size 32 --out "$OUT/eval_throughput_cuda.json"
+    cp bench/results/train_throughput_cuda.json "$OUT/" 2>/dev/null
+    stage train-sizes 280 python3 bench/train_throughput.py --sizes gpt3-2.7b gpt3-small gpt3-medium \
+        --variants mnemos-fast hf-compile --warmup 2 --steps 10 --out "$OUT/train_throughput_cuda.json"
+    stage gpu-tests 100 python3 -m pytest -q -m gpu -p no:cacheprovider
+fi
+echo "=== done $(date +%T)"
