@@ -233,14 +233,20 @@ class ShuffledSampler:
         return self._perm
 
     def next_indices(self, n: int) -> np.ndarray:
+        out = self.peek_indices(n)
+        self.consumed += n
+        return out
+
+    def peek_indices(self, n: int) -> np.ndarray:
+        """The indices `next_indices(n)` would hand out, without moving the position (prefetching)."""
         out = np.empty(n, dtype=np.int64)
-        filled = 0
+        filled, consumed = 0, self.consumed
         while filled < n:
-            epoch, pos = divmod(self.consumed, self.num_samples)
+            epoch, pos = divmod(consumed, self.num_samples)
             take = min(n - filled, self.num_samples - pos)
             out[filled:filled + take] = self._permutation(epoch)[pos:pos + take]
             filled += take
-            self.consumed += take
+            consumed += take
         return out
 
     def state_dict(self) -> dict:

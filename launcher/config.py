@@ -137,6 +137,7 @@ class PerfConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model inside the DeepSpeed engine (engine.compile, inductor); the first steps pay the compile time.")
     async_metrics: bool | None = Field(None, description="Keep step metrics (loss, grad norm) on the device and read them once per train.log_every_steps instead of every step (no host-device sync for logging; the spike detector's history then lags by up to that many steps); None = on for CUDA, off on CPU.")
     band_kernel: Literal["dense", "flex"] = Field("dense", description="GPT's locally banded layers: 'dense' = SDPA with a (T, T) band mask; 'flex' = FlexAttention block masks that skip the tiles outside the band (CUDA for training: torch has no FlexAttention backward on CPU; needs model.dropout=0).")
+    prefetch: bool = Field(False, description="GPT: a background thread reads, collates and (on CUDA, on a side stream through page-locked memory) copies the next step's micro-batches while the current step computes; the batches are the same as without it.")
     loss_check: Literal["micro_batch", "off"] = Field("micro_batch", description="'micro_batch': all ranks agree on NaN/inf/spiking losses before each backward (one host-device sync per micro-batch); 'off': no check and no sync, a bad loss then reaches the optimizer.")
 
 
@@ -194,6 +195,9 @@ class RunConfig(_Section):
             if self.device == "cpu":
                 raise ValueError("perf.band_kernel='flex' with device='cpu' (rule: torch has no FlexAttention "
                                  "backward on CPU; train on CPU with band_kernel='dense')")
+        if self.perf.prefetch and self.model.arch != "gpt":
+            raise ValueError(f"perf.prefetch=True needs model.arch='gpt', not {self.model.arch!r} (rule: BERT's "
+                             f"samples change with the step's sequence-length phase, known only when it starts)")
         if self.perf.loss_check == "off" and self.faults.spike_zscore > 0:
             raise ValueError(f"perf.loss_check='off' leaves faults.spike_zscore={self.faults.spike_zscore} "
                              f"nothing to check (rule: set faults.spike_zscore=0 or perf.loss_check=micro_batch)")

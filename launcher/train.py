@@ -182,6 +182,10 @@ class Trainer:
         self.faults_seen: dict[str, int] = {}
         self.bad_since_checkpoint = 0
         self.history: dict[str, list] = {"train_loss": [], "valid": []}
+        self.prefetcher = None
+        if cfg.perf.prefetch:
+            from launcher.prefetch import StepPrefetcher
+            self.prefetcher = StepPrefetcher(self._collate_step, self.device)
 
     # ---- set-up helpers ---------------------------------------------------------------------------
     def seed_everything(self) -> None:
@@ -270,11 +274,27 @@ class Trainer:
     # ---- the step ---------------------------------------------------------------------------------
     def micro_batches(self, global_batch: int):
         """This rank's micro-batches of the step, from the global sample order."""
-        micro, dp = self.cfg.train.micro_batch_size, self.topology.dp
+        start = self.sampler.consumed
         indices = self.sampler.next_indices(global_batch)
-        grid = indices.reshape(global_batch // (micro * dp), dp, micro)  # (accum, dp, micro)
-        for row in grid[:, self.topology.dp_rank]:
-            yield self.objective.collate([self.train_data[int(i)] for i in row], self.device)
+        if self.prefetcher is None:
+            yield from (self.objective.collate([self.train_data[int(i)] for i in row], self.device)
+                        for row in self._my_rows(indices))
+            return
+        batches = self.prefetcher.take((start, global_batch), indices)
+        # the next step's samples, known now: its batch size follows from the tokens after this step
+        tokens_after = self.state.consumed_tokens + global_batch * self.cfg.data.seq_len
+        following = global_batch_size(self.cfg, tokens_after, self.topology.dp)
+        self.prefetcher.submit((self.sampler.consumed, following), self.sampler.peek_indices(following))
+        yield from batches
+
+    def _my_rows(self, indices):
+        micro, dp = self.cfg.train.micro_batch_size, self.topology.dp
+        grid = indices.reshape(len(indices) // (micro * dp), dp, micro)  # (accum, dp, micro)
+        return grid[:, self.topology.dp_rank]
+
+    def _collate_step(self, indices) -> list[dict]:
+        return [self.objective.collate([self.train_data[int(i)] for i in row], self.device)
+                for row in self._my_rows(indices)]
 
     def _dp_mean(self, values: torch.Tensor) -> torch.Tensor:
         if self.topology.dp > 1:
@@ -294,7 +314,12 @@ class Trainer:
         if hasattr(self.objective, "begin_step"):  # e.g. BERT's sequence-length phases
             self.objective.begin_step(self.state.step)
         losses, extras, grad_norm = [], [], None
+        n_micro = global_batch // (self.cfg.train.micro_batch_size * self.topology.dp)
         for m, batch in enumerate(self.micro_batches(global_batch)):
+            # The step ends at its last micro-batch. DeepSpeed would count micro-steps since the start of the
+            # process modulo the current accumulation: while GPT-3's batch ramp changes that number, its
+            # boundaries would drift into the middle of a step (and differ after a resume).
+            engine.set_gradient_accumulation_boundary(m == n_micro - 1)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.cfg.precision.dtype == "bf16"):
                 loss, metrics = self.objective.loss(engine, batch)
@@ -516,7 +541,15 @@ class Trainer:
                    "world_size": self.world, "tp": self.topology.tp, "zero_stage": self.cfg.parallel.zero_stage,
                    "final_train_loss": self.history["train_loss"][-1][1] if self.history["train_loss"] else None,
                    "validation": self.history["valid"]}
+        if self.prefetcher is not None:  # steps that trained on prefetched batches / collated in the step
+            summary["prefetch"] = {"hits": self.prefetcher.hits, "misses": self.prefetcher.misses}
         write_json_atomic(self.run_dir / "results" / "train_summary.json", summary)
 
     def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            if self.is_main:
+                log.info("perf.prefetch: %d steps used prefetched batches, %d collated them in step "
+                         "(the first step, and steps after a resume, rollback or skipped data)",
+                         self.prefetcher.hits, self.prefetcher.misses)
         self.logger.close()
