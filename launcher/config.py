@@ -111,6 +111,15 @@ class ParallelConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage over the data-parallel group.")
     sequence_parallel: bool = Field(False, description="Shard LayerNorm/dropout regions along the sequence under TP.")
     activation_checkpointing: bool = Field(False, description="Recompute block activations in backward.")
+    checkpoint_policy: Literal["full", "selective"] = Field("full", description="With activation_checkpointing: 'full' keeps each block's input only and re-runs the block in backward; 'selective' keeps the matmul and attention outputs and recomputes only the ops between them (LayerNorm, GELU, dropout, adds): less memory saved, no matmul repeated.")
+
+    @model_validator(mode="after")
+    def _policy_needs_checkpointing(self) -> "ParallelConfig":
+        if self.checkpoint_policy != "full" and not self.activation_checkpointing:
+            raise ValueError(f"parallel.checkpoint_policy={self.checkpoint_policy!r} with "
+                             f"parallel.activation_checkpointing=False (rule: a policy needs checkpointing on; "
+                             f"set parallel.activation_checkpointing=true)")
+        return self
 
 
 class PrecisionConfig(_Section):

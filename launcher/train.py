@@ -155,7 +155,7 @@ class Trainer:
             use_chunked_loss(model, cfg.perf.loss_chunk_tokens)
         if cfg.parallel.activation_checkpointing:
             from parallel.activation_checkpointing import apply_activation_checkpointing
-            apply_activation_checkpointing(model)
+            apply_activation_checkpointing(model, cfg.parallel.checkpoint_policy)
         self.n_params = self._count_full_params(model)
         self.engine = make_engine(model, cfg, self.topology, self.device)
         if cfg.perf.compile:

@@ -162,3 +162,10 @@ def test_train_throughput_benchmark_smoke(tmp_path):
         assert v["mfu"] is None and v["peak_memory_bytes"] is None  # CPU: not measurable, said so
         assert v["max_abs_loss_diff_vs_mnemos_eager"] < 1e-5  # same weights, same batches, same curve
     assert set(size["ratios_tokens_per_s"]) == {"mnemos-eager / hf-eager"}
+
+
+def test_selective_activation_checkpointing_trains_the_plain_curve(tiny_data, tmp_path, plain_run):
+    run = _run(tmp_path, tiny_data, "sac", model={"attn_pattern": "alternating", "local_window": 16},
+               parallel={"activation_checkpointing": True, "checkpoint_policy": "selective"})
+    for key in ("loss", "grad_norm"):
+        assert step_losses(run, key) == step_losses(plain_run, key)
