@@ -6,6 +6,7 @@ Each variant trains `--steps` optimizer steps from the same initial weights on t
   mnemos-eager     model/gpt.py as is, plain LM head + cross-entropy
   mnemos-compile   torch.compile(model)
   mnemos-fast      torch.compile(model) + chunked LM head/cross-entropy (parallel/loss.py) + FlexAttention band (CUDA)
+  mnemos-fast-cudnn  mnemos-fast with the dense attention forced onto cuDNN's fused kernel (perf.sdpa_backend)
   hf-eager         transformers GPT2LMHeadModel (SDPA attention), weights copied from mnemos
   hf-compile       torch.compile(hf)
 
@@ -46,8 +47,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 PEAK_TFLOPS_BF16 = 989.0  # H100/H200 dense bf16 (DESIGN.md)
-VARIANTS = ("mnemos-eager", "mnemos-compile", "mnemos-fast", "hf-eager", "hf-compile")
-PAIRS = (("mnemos-eager", "hf-eager"), ("mnemos-compile", "hf-compile"), ("mnemos-fast", "hf-compile"))
+VARIANTS = ("mnemos-eager", "mnemos-compile", "mnemos-fast", "mnemos-fast-cudnn", "hf-eager", "hf-compile")
+PAIRS = (("mnemos-eager", "hf-eager"), ("mnemos-compile", "hf-compile"), ("mnemos-fast", "hf-compile"),
+         ("mnemos-fast-cudnn", "hf-compile"))
 # micro-batch (sequences of 2048) per size on one 141 GB H200 without activation checkpointing
 MICRO_BATCH = {"gpt3-small": 16, "gpt3-medium": 8, "gpt3-large": 8, "gpt3-xl": 8, "gpt3-2.7b": 4}
 SMOKE_SHAPE = dict(arch="gpt", n_layer=2, d_model=64, n_head=4, n_ctx=128, vocab_size=2048)
@@ -74,16 +76,19 @@ def build(variant: str, cfg, device, chunk_tokens: int):
             logits = m(input_ids=inp).logits  # (B, T, V)
             return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
     else:
-        if variant == "mnemos-fast":
+        if variant.startswith("mnemos-fast"):
             use_chunked_loss(model, chunk_tokens)
             if device.type == "cuda":  # banded layers through FlexAttention (no CPU backward in torch)
                 from model.gpt import use_band_kernel
                 use_band_kernel(model, "flex")
+            if variant.endswith("cudnn"):
+                from model.gpt import use_sdpa_backend
+                use_sdpa_backend(model, "cudnn")
         topo = Topology(1, 0, tp=1)
 
         def loss_fn(m, inp, tgt):
             return lm_cross_entropy(m(inp), tgt, topo)
-    if variant.endswith(("compile", "fast")):
+    if variant.endswith("compile") or variant.startswith("mnemos-fast"):
         model = torch.compile(model)
     return model, loss_fn
 

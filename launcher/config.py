@@ -146,6 +146,7 @@ class PerfConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model inside the DeepSpeed engine (engine.compile, inductor); the first steps pay the compile time.")
     async_metrics: bool | None = Field(None, description="Keep step metrics (loss, grad norm) on the device and read them once per train.log_every_steps instead of every step (no host-device sync for logging; the spike detector's history then lags by up to that many steps); None = on for CUDA, off on CPU.")
     band_kernel: Literal["dense", "flex"] = Field("dense", description="GPT's locally banded layers: 'dense' = SDPA with a (T, T) band mask; 'flex' = FlexAttention block masks that skip the tiles outside the band (CUDA for training: torch has no FlexAttention backward on CPU; needs model.dropout=0).")
+    sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field("auto", description="GPT's dense causal attention: 'auto' lets torch pick the SDPA kernel; 'cudnn' (Hopper GPUs: cuDNN's fused attention), 'flash', 'efficient' or 'math' force one and fail if it cannot run. 'cudnn' and 'efficient' need CUDA.")
     prefetch: bool = Field(False, description="GPT: a background thread reads, collates and (on CUDA, on a side stream through page-locked memory) copies the next step's micro-batches while the current step computes; the batches are the same as without it.")
     loss_check: Literal["micro_batch", "off"] = Field("micro_batch", description="'micro_batch': all ranks agree on NaN/inf/spiking losses before each backward (one host-device sync per micro-batch); 'off': no check and no sync, a bad loss then reaches the optimizer.")
 
@@ -204,6 +205,13 @@ class RunConfig(_Section):
             if self.device == "cpu":
                 raise ValueError("perf.band_kernel='flex' with device='cpu' (rule: torch has no FlexAttention "
                                  "backward on CPU; train on CPU with band_kernel='dense')")
+        if self.perf.sdpa_backend != "auto":
+            if self.model.arch != "gpt":
+                raise ValueError(f"perf.sdpa_backend={self.perf.sdpa_backend!r} needs model.arch='gpt', not "
+                                 f"{self.model.arch!r} (rule: the switch routes GPT's causal attention)")
+            if self.perf.sdpa_backend in ("cudnn", "efficient") and self.device == "cpu":
+                raise ValueError(f"perf.sdpa_backend={self.perf.sdpa_backend!r} with device='cpu' (rule: that "
+                                 f"kernel is CUDA's; on CPU use 'auto', 'flash' or 'math')")
         if self.perf.prefetch and self.model.arch != "gpt":
             raise ValueError(f"perf.prefetch=True needs model.arch='gpt', not {self.model.arch!r} (rule: BERT's "
                              f"samples change with the step's sequence-length phase, known only when it starts)")

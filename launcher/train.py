@@ -150,6 +150,12 @@ class Trainer:
                                   f"FlexAttention backward off CUDA; use band_kernel='dense')")
             from model.gpt import use_band_kernel
             use_band_kernel(model, "flex")
+        if cfg.perf.sdpa_backend != "auto":
+            if cfg.perf.sdpa_backend in ("cudnn", "efficient") and self.device.type != "cuda":
+                raise ConfigError(f"perf.sdpa_backend={cfg.perf.sdpa_backend!r} on {self.device.type} (rule: that "
+                                  f"kernel is CUDA's; use 'auto', 'flash' or 'math')")
+            from model.gpt import use_sdpa_backend
+            use_sdpa_backend(model, cfg.perf.sdpa_backend)
         if cfg.perf.loss_chunk_tokens:  # the head hands the loss its input; logits come chunk by chunk
             from parallel.loss import use_chunked_loss
             use_chunked_loss(model, cfg.perf.loss_chunk_tokens)

@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from launcher.config import ModelConfig
 
@@ -44,6 +45,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.band_kernel = "dense"  # "flex": FlexAttention block masks (model.banded_attention), set by use_band_kernel
+        self.sdpa_backends: list | None = None  # SDPA kernels allowed for this layer, set by use_sdpa_backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, d_model)
@@ -60,6 +62,9 @@ class CausalSelfAttention(nn.Module):
         elif self.local and self.window < T:
             mask = local_band_mask(T, self.window, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        elif self.sdpa_backends is not None:
+            with sdpa_kernel(self.sdpa_backends):  # e.g. cuDNN's attention instead of torch's choice
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, n_head * self.d_head)  # (B, T, d_model / tp)
@@ -151,6 +156,22 @@ def use_band_kernel(model: nn.Module, kernel: str) -> int:
     layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention) and m.local]
     for m in layers:
         m.band_kernel = kernel
+    return len(layers)
+
+
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+def use_sdpa_backend(model: nn.Module, backend: str) -> int:
+    """Run the dense causal attention of `model` through one SDPA kernel ("auto" = torch's choice,
+    "flash", "cudnn", "efficient", "math"); returns how many layers. torch raises at the first forward
+    when the kernel cannot run the inputs (e.g. cuDNN on a CPU): no silent fallback."""
+    if backend != "auto" and backend not in SDPA_BACKENDS:
+        raise ValueError(f"sdpa backend {backend!r} (choices: auto, {', '.join(SDPA_BACKENDS)})")
+    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+    for m in layers:
+        m.sdpa_backends = None if backend == "auto" else [SDPA_BACKENDS[backend]]
     return len(layers)
 
 
