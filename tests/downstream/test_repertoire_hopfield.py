@@ -4,6 +4,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from evaluation.downstream import repertoire as rp
@@ -31,6 +32,48 @@ def test_simulator_implants_motifs_at_the_witness_rate():
     assert sum(pos.sequences[i].count("SLGY") for i in range(1000)) < 100
 
 
+def test_simulator_implants_at_random_positions_inside_the_variable_middle():
+    cfg = rp.SimConfig(n_repertoires=2, sequences_per_repertoire=2000, witness_rate=0.05, motif="WWWW", seed=5)
+    pos = next(r for r in rp.simulate_repertoires(cfg) if r.label)
+    starts = [s.index("WWWW") for s in pos.sequences if "WWWW" in s]
+    assert len(starts) >= 100 and min(starts) >= 3  # never over the germline 'CAS' start
+    assert all(s.index("WWWW") + 4 <= len(s) - 1 for s in pos.sequences if "WWWW" in s)  # nor the final 'F'
+    assert len(set(starts)) >= 8  # not a fixed position
+
+
+def test_enriched_kmers_find_the_motif_from_the_training_fold_alone():
+    reps = rp.simulate_repertoires(rp.SimConfig(n_repertoires=40, sequences_per_repertoire=300, witness_rate=0.01,
+                                                seed=6))
+    encoded, labels = rp.EncodedRepertoires(reps), np.array([r.label for r in reps])
+    train = np.arange(30)
+    top = rp.enriched_kmers(encoded, labels, train, k=4, n=3)
+    assert top[0][0] == "SLGY" and top[0][1] > top[1][1] > top[2][1]
+    flipped = labels.copy()
+    flipped[30:] = 1 - flipped[30:]  # test labels are never read
+    assert rp.enriched_kmers(encoded, flipped, train, k=4, n=3) == top
+
+
+def test_seeded_kernel_detects_its_kmer_and_the_pooling_attends_to_it():
+    rep = rp.Repertoire(["CASSLGYAF", "CASSLGAAF"] + ["CASQRTEAF", "CASPPGRTF", "CASWWHEKF"] * 60, np.ones(182, int), 1)
+    x, lengths = rp.sequence_features(*rp.encode_repertoire(rep)), rp.encode_repertoire(rep)[1]
+    for seed in range(5):  # whatever the random query: the pooling starts out on the sequence that fires
+        torch.manual_seed(seed)
+        net = rp.RepertoireNet(rp.RepConfig(kernels=4, heads=2, seed_kernels=1))
+        with torch.no_grad():
+            before = net.pool.get_association_matrix(net.embed(x, lengths)[None])[0, :, 0]  # (heads, N)
+        net.seed_kernels(["SLGY"], 2.0, attention=3.0)
+        with torch.no_grad():
+            e = net.embed(x, lengths)
+            after = net.pool.get_association_matrix(e[None])[0, :, 0]  # (heads, N)
+        assert e[0, 0] > 0.5 and (e[1:, 0] < 0).all()  # the whole 4-mer, not 3 of its letters
+        assert (after[:, 0] > 0.5).all() and (before[:, 0] < 0.1).all()  # 1 in 182 gets most of the attention
+
+
+def test_config_checks_the_number_of_seeded_kernels():
+    with pytest.raises(ValueError, match="seed_kernels=8"):
+        rp.RepConfig(kernels=4, seed_kernels=8)
+
+
 def test_tsv_round_trip(tmp_path):
     reps = rp.simulate_repertoires(rp.SimConfig(n_repertoires=4, sequences_per_repertoire=50, seed=2))
     meta = rp.write_repertoires(reps, tmp_path)
@@ -52,7 +95,7 @@ def test_encoding_and_model_mask_padding():
     assert torch.allclose(x[:, :20].sum(1), (idx >= 0).float())  # one-hot where there is a residue
     assert x[1, :, 3:].abs().sum() == 0  # padding is zeros
     torch.manual_seed(0)
-    net = rp.RepertoireNet(rp.RepConfig(kernels=4, kernel_size=3))
+    net = rp.RepertoireNet(rp.RepConfig(kernels=4, kernel_size=3, seed_kernels=0))
     e = net.embed(x, lengths)
     # a sequence's embedding does not depend on the padding around it
     idx1, l1 = rp.encode_repertoire(rp.Repertoire(["CAF"], np.ones(1, int), 1))
@@ -75,12 +118,13 @@ def test_cv_learns_an_easy_witness_rate_and_cli_writes_results(tmp_path):
     cli.register(parser.add_subparsers())
     out = tmp_path / "run"
     args = parser.parse_args(["downstream", "repertoire", "--n-repertoires", "32", "--sequences", "100",
-                              "--witness-rates", "0.2", "--folds", "2", "--epochs", "20", "--subsample", "50", "--kernels", "8",
+                              "--witness-rates", "0.2", "--folds", "2", "--epochs", "20", "--subsample", "50", "--kernels", "8", "--seed-kernels", "4",
                               "--batch-repertoires", "1",
                               "--out", str(out), "--export", str(tmp_path / "tsv")])
     assert args.func(args) == 0
     res = json.loads((out / "results" / "repertoire.json").read_text())["results"][0]
     assert res["auc_mean"] > 0.8 and res["kmer_auc_mean"] >= 0.0
+    assert all(f["seeded_kmers"][0] == "SLGY" for f in res["per_fold"])  # found on each training fold
     assert (out / "results" / "repertoire.md").exists() and any((out / "tensorboard").iterdir())
     assert (tmp_path / "tsv" / "witness_0.2" / "metadata.tsv").exists()
 
@@ -92,16 +136,18 @@ def test_data_parallel_training_matches_one_process():
     reps = rp.simulate_repertoires(rp.SimConfig(n_repertoires=8, sequences_per_repertoire=60, witness_rate=0.1, seed=4))
     encoded, labels = rp.EncodedRepertoires(reps), np.array([r.label for r in reps])
     splits = [(np.arange(7), np.arange(7, 8))]
-    cfg = rp.RepConfig(kernels=4, kernel_size=3, head_dim=4, epochs=2, batch_repertoires=4, subsample=40)
+    cfg = rp.RepConfig(kernels=4, kernel_size=3, head_dim=4, epochs=2, batch_repertoires=4, subsample=40, seed_kernels=2,
+                       seed_min_t=-1e9)  # 8 repertoires: seed whatever ranks first
     [(one, [log1])] = rp.train_folds(encoded, labels, splits, cfg, seed=3, nproc=1)
     [(two, [log_r0, log_r1])] = rp.train_folds(encoded, labels, splits, cfg, seed=3, nproc=2)
     rp.seed_everything(3)
-    init = dict(rp.RepertoireNet(cfg).named_parameters())
+    init = dict(rp.RepertoireNet(cfg).named_parameters())  # (before seeding: seeding moves conv weights too)
     for name in ("conv.weight", "pool.pooling_weights", "head.weight"):  # the steps moved the weights
         assert not torch.allclose(one.get_parameter(name), init[name], atol=1e-4), name
     for name, p in one.state_dict().items():
         assert torch.allclose(p, two.state_dict()[name], atol=1e-5), name
     assert np.allclose(log1.losses, log_r0.losses, atol=1e-6) and log_r0.losses == log_r1.losses
+    assert len(log1.seeds) == 2 and log1.seeds == log_r0.seeds == log_r1.seeds  # every rank seeds alike
     # every repertoire of every epoch went through exactly one rank, and both ranks worked
     assert sorted(log_r0.seen + log_r1.seen) == sorted(log1.seen) == sorted(list(range(7)) * 2)
     assert len(log_r0.seen) == 8 and len(log_r1.seen) == 6
