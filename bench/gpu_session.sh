@@ -11,8 +11,9 @@
 #   bash bench/gpu_session.sh 2   evaluation again with an fp32 reference, the other sizes (gpt3-2.7b,
 #                                 gpt3-small, gpt3-medium): mnemos-fast vs HF + torch.compile, added to
 #                                 bench/results/train_throughput_cuda.json, then the GPU-marked tests
-#   bash bench/gpu_session.sh 3   (next session) gpt3-xl with cuDNN attention (perf.sdpa_backend=cudnn), and
-#                                 with GPT-3's alternating dense/banded layers (FlexAttention band)
+#   bash bench/gpu_session.sh 3   (next session) gpt3-xl with cuDNN attention (perf.sdpa_backend=cudnn), with
+#                                 selective activation checkpointing, and with GPT-3's alternating
+#                                 dense/banded layers (FlexAttention band)
 set -uo pipefail
 part=${1:-1}
 OUT=${OUT:-/tmp/mnemos-gpu-out}
@@ -43,7 +44,7 @@ if [ "$part" = 1 ]; then
     stage gpu-tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider -x
 elif [ "$part" = 3 ]; then  # not run yet: the next GPU session's first call
     stage train-xl-kernels 420 python3 bench/train_throughput.py --sizes gpt3-xl \
-        --variants mnemos-fast mnemos-fast-cudnn hf-compile --out "$OUT/train_throughput_cuda_kernels.json"
+        --variants mnemos-fast mnemos-fast-cudnn mnemos-fast-sac hf-compile --out "$OUT/train_throughput_cuda_kernels.json"
     stage train-xl-alternating 240 python3 bench/train_throughput.py --sizes gpt3-xl --attn-pattern alternating \
         --variants mnemos-fast hf-compile --out "$OUT/train_throughput_cuda_alternating.json"
 else

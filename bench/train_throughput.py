@@ -7,6 +7,7 @@ Each variant trains `--steps` optimizer steps from the same initial weights on t
   mnemos-compile   torch.compile(model)
   mnemos-fast      torch.compile(model) + chunked LM head/cross-entropy (parallel/loss.py) + FlexAttention band (CUDA)
   mnemos-fast-cudnn  mnemos-fast with the dense attention forced onto cuDNN's fused kernel (perf.sdpa_backend)
+  mnemos-fast-sac  mnemos-fast with selective activation checkpointing (parallel.checkpoint_policy=selective)
   hf-eager         transformers GPT2LMHeadModel (SDPA attention), weights copied from mnemos
   hf-compile       torch.compile(hf)
 
@@ -47,9 +48,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 PEAK_TFLOPS_BF16 = 989.0  # H100/H200 dense bf16 (DESIGN.md)
-VARIANTS = ("mnemos-eager", "mnemos-compile", "mnemos-fast", "mnemos-fast-cudnn", "hf-eager", "hf-compile")
+VARIANTS = ("mnemos-eager", "mnemos-compile", "mnemos-fast", "mnemos-fast-cudnn", "mnemos-fast-sac", "hf-eager",
+            "hf-compile")
 PAIRS = (("mnemos-eager", "hf-eager"), ("mnemos-compile", "hf-compile"), ("mnemos-fast", "hf-compile"),
-         ("mnemos-fast-cudnn", "hf-compile"))
+         ("mnemos-fast-cudnn", "hf-compile"), ("mnemos-fast-sac", "hf-compile"))
 # micro-batch (sequences of 2048) per size on one 141 GB H200 without activation checkpointing
 MICRO_BATCH = {"gpt3-small": 16, "gpt3-medium": 8, "gpt3-large": 8, "gpt3-xl": 8, "gpt3-2.7b": 4}
 SMOKE_SHAPE = dict(arch="gpt", n_layer=2, d_model=64, n_head=4, n_ctx=128, vocab_size=2048)
@@ -84,6 +86,9 @@ def build(variant: str, cfg, device, chunk_tokens: int):
             if variant.endswith("cudnn"):
                 from model.gpt import use_sdpa_backend
                 use_sdpa_backend(model, "cudnn")
+            if variant.endswith("sac"):
+                from parallel.activation_checkpointing import apply_activation_checkpointing
+                apply_activation_checkpointing(model, "selective")
         topo = Topology(1, 0, tp=1)
 
         def loss_fn(m, inp, tgt):
@@ -188,10 +193,14 @@ def bench_size(size, args, device, save=lambda record: None) -> dict:
         print(f"[{size}] {variant} ...", flush=True)
         try:
             res = run_variant(variant, cfg, batches, device, args)
-        except torch.OutOfMemoryError as err:  # a variant that does not fit is a result, not a crash
-            res = {"error": f"out of memory: {str(err).splitlines()[0]}"}
+        except Exception as err:  # a variant that does not fit or does not compile is a result, not a crash
+            kind = "out of memory" if isinstance(err, torch.OutOfMemoryError) else type(err).__name__
+            res = {"error": f"{kind}: {(str(err).splitlines() or [''])[0][:300]}"}
+            print(f"[{size}] {variant}: failed: {res['error']}", flush=True)
             gc.collect()
-            torch.cuda.empty_cache()
+            torch._dynamo.reset()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         if "tokens_per_s" in res:
             res["mfu"] = (round(res["tokens_per_s"] * flops_per_token / (PEAK_TFLOPS_BF16 * 1e12), 4)
                           if device.type == "cuda" else None)
