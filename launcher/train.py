@@ -283,8 +283,7 @@ class Trainer:
         start = self.sampler.consumed
         indices = self.sampler.next_indices(global_batch)
         if self.prefetcher is None:
-            yield from (self.objective.collate([self.train_data[int(i)] for i in row], self.device)
-                        for row in self._my_rows(indices))
+            yield from (self._collate(row) for row in self._my_rows(indices))  # one at a time, as they train
             return
         batches = self.prefetcher.take((start, global_batch), indices)
         # the next step's samples, known now: its batch size follows from the tokens after this step
@@ -298,9 +297,11 @@ class Trainer:
         grid = indices.reshape(len(indices) // (micro * dp), dp, micro)  # (accum, dp, micro)
         return grid[:, self.topology.dp_rank]
 
+    def _collate(self, row) -> dict:
+        return self.objective.collate([self.train_data[int(i)] for i in row], self.device)
+
     def _collate_step(self, indices) -> list[dict]:
-        return [self.objective.collate([self.train_data[int(i)] for i in row], self.device)
-                for row in self._my_rows(indices)]
+        return [self._collate(row) for row in self._my_rows(indices)]
 
     def _dp_mean(self, values: torch.Tensor) -> torch.Tensor:
         if self.topology.dp > 1:

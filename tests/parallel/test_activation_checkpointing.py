@@ -84,10 +84,10 @@ def test_selective_policy_composes_with_the_tp_rng_tracker():
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
     from parallel.activation_checkpointing import _combined, _keep_matmuls
-    from parallel.rng import RNGTracker, TrackedDropout
+    from parallel.rng import TrackedDropout
+    from tests.parallel.test_rng import _tracker
 
-    t = RNGTracker("cpu")
-    t.seed_tp(1234, 0)
+    t = _tracker()
     drop = TrackedDropout(0.5, t, "tp").train()
     w = torch.randn(16, 16)
 
