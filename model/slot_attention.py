@@ -129,6 +129,11 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
+    def feature_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H', W') of the feature map for an image of (height, width); only the first layer strides."""
+        k, s, p = self.first.kernel_size[0], self.first.stride[0], self.first.padding[0]
+        return (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # image: (B, 3, H, W)
         x = self.cnn(F.relu(self.first(image)))  # (B, C, H', W')
@@ -196,7 +201,9 @@ class SlotAttentionAutoEncoder(nn.Module):
         rgb, alpha = self.decoder(slots)  # (B, K, 3, H, W), (B, K, 1, H, W)
         masks = alpha.softmax(dim=1)  # softmax over slots (Section 2.2)
         recon = (masks * rgb).sum(dim=1)  # (B, 3, H, W)
-        return {"recon": recon, "rgb": rgb, "masks": masks.squeeze(2), "slots": slots, "attn": attn}
+        attn_maps = attn.reshape(*attn.shape[:2], *self.encoder.feature_size(*image.shape[2:]))  # (B, K, H', W')
+        return {"recon": recon, "rgb": rgb, "masks": masks.squeeze(2), "slots": slots, "attn": attn,
+                "attn_maps": attn_maps}
 
 
 class SlotAttentionSetPredictor(nn.Module):

@@ -89,6 +89,9 @@ def register(subparsers) -> None:
     p.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (TensorBoard)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="per seed: stop training after this many minutes, checkpoint, and evaluate the model "
+                        "reached; run the same command again to resume towards --steps")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-baseline", action="store_true", help="skip the k-means baseline")
@@ -150,6 +153,15 @@ class DistContext:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
         return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when it is true on any rank (rank 0's clock decides a time limit for all)."""
+        if not self.initialised:
+            return flag
+        import torch.distributed as dist
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def barrier(self) -> None:
         if self.initialised:
@@ -225,6 +237,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     eval_scenes = scenes_mod.render(args.dataset, args.eval_size, EVAL_SEED) if ctx.rank == 0 else None
     t0, last_t, last_step = time.time(), time.time(), start
     loss_val = float("nan")
+    done = start
     for step in range(start, args.steps):
         lr = lr_at(step, args)
         for group in opt.param_groups:
@@ -256,20 +269,25 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
                          ", ".join(f"{k} {v:.4f}" for k, v in quick.items()))
                 if args.task == "discovery":
                     add_mask_images(writer, model, eval_scenes, ctx.device, done)
-        if ctx.rank == 0 and (done % args.ckpt_every == 0 or done == args.steps):
+        out_of_time = args.time_limit is not None and ctx.agree(time.time() - t0 > 60 * args.time_limit)
+        if ctx.rank == 0 and (done % args.ckpt_every == 0 or done == args.steps or out_of_time):
             save_checkpoint(ckpt_dir, model, opt, done)
-    result = {"seed": seed, "steps": args.steps, "final_train_loss": loss_val,
+        if out_of_time:
+            log.info("seed %d: --time-limit %g min reached at step %d of %d; the checkpoint is saved, the same "
+                     "command resumes from it", seed, args.time_limit, done, args.steps)
+            break
+    result = {"seed": seed, "steps": done, "final_train_loss": loss_val,
               "train_seconds": round(time.time() - t0, 1)}
     if ctx.rank == 0:
         result.update(evaluate(model, args, spec, eval_scenes, ctx.device, seed))
         result["flexibility"] = flexibility(model, args, spec, eval_scenes, ctx.device, seed)
         if args.task == "discovery":
-            add_mask_images(writer, model, eval_scenes, ctx.device, args.steps)
+            add_mask_images(writer, model, eval_scenes, ctx.device, done)
             result["picture"] = str(save_picture(model, eval_scenes, ctx.device,
                                                  run / "results" / f"reconstructions_{args.dataset}_seed{seed}.png"))
         for key, v in result.items():
             if isinstance(v, float):
-                writer.add_scalar(f"final/{key}", v, args.steps)
+                writer.add_scalar(f"final/{key}", v, done)
         writer.close()
         log.info("seed %d: %s", seed, {k: v for k, v in result.items() if k != "flexibility"})
     ctx.barrier()
@@ -299,7 +317,7 @@ def predict(model, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None,
     outs: dict[str, list] = {}
     for i in range(0, len(scenes), batch):
         o = model(to_tensor(scenes.images[i:i + batch], device), num_slots=num_slots, iters=iters, generator=gen)
-        for key in ("recon", "masks", "rgb", "pred"):
+        for key in ("recon", "masks", "rgb", "pred", "attn_maps"):
             if key in o:
                 outs.setdefault(key, []).append(o[key].cpu().numpy())
     model.train(was)
@@ -312,11 +330,20 @@ def evaluate(model, args, spec, scenes: scenes_mod.Scenes, device, seed: int, nu
     if args.task == "discovery":
         labels = out["masks"].argmax(1)  # (n, H, W): each pixel to its most responsible slot
         recon = out["recon"].transpose(0, 2, 3, 1)
+        attn_labels = upsample_nearest(out["attn_maps"].argmax(1), labels.shape[1:])  # slot attention's own grouping
         return {"fg_ari": float(np.nanmean(fg_ari(scenes.masks, labels))),
+                "fg_ari_attention": float(np.nanmean(fg_ari(scenes.masks, attn_labels))),
                 "mse": float(np.mean((recon - (scenes.images * 2 - 1)) ** 2))}
     target = scenes_mod.set_targets(scenes, spec)
     cats = list(spec.categorical.values())
     return {f"ap_{_thr_name(t)}": average_precision(out["pred"], target, cats, t) for t in AP_THRESHOLDS}
+
+
+def upsample_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n, h, w) labels -> (n, H, W), each output pixel taking the label of the feature cell it falls in."""
+    rows = np.arange(size[0]) * labels.shape[1] // size[0]
+    cols = np.arange(size[1]) * labels.shape[2] // size[1]
+    return labels[:, rows[:, None], cols[None, :]]
 
 
 def flexibility(model, args, spec, scenes, device, seed: int) -> list[dict]:
@@ -455,12 +482,26 @@ def _finite(obj):
     return obj
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # an earlier result stays whole until the new one is complete
+
+
+def _steps_text(target: int, per_seed: list[dict]) -> str:
+    reached = [r["steps"] for r in per_seed]
+    if all(n == target for n in reached):
+        return f"{target} steps"
+    return f"{'/'.join(map(str, reached))} of {target} steps (stopped by --time-limit)"
+
+
 def write_results(run: Path, args, summary: dict) -> list[Path]:
     stem = run / "results" / f"slots_{args.dataset}_{args.task.replace('-', '_')}"
     js = stem.with_suffix(".json")
-    js.write_text(json.dumps(_finite(summary), indent=2, default=str))
+    _write_atomic(js, json.dumps(_finite(summary), indent=2, default=str))
     lines = [f"# Slot Attention: {args.task} on {args.dataset}", "",
-             f"{args.steps} steps, batch {args.batch_size}, preset {args.preset}, seeds {summary['seeds']}, "
+             f"{_steps_text(args.steps, summary['per_seed'])}, batch {args.batch_size}, preset {args.preset}, "
+             f"seeds {summary['seeds']}, "
              f"{summary['num_slots']} slots, {args.iters} iterations; evaluated on {args.eval_size} held-out "
              f"scenes (seed {EVAL_SEED}).", ""]
     metric_keys = list(summary["median"])
@@ -482,7 +523,7 @@ def write_results(run: Path, args, summary: dict) -> list[Path]:
     if pics:
         lines += ["", "Pictures: " + ", ".join(pics)]
     md = stem.with_suffix(".md")
-    md.write_text("\n".join(lines) + "\n")
+    _write_atomic(md, "\n".join(lines) + "\n")
     return [js, md]
 
 

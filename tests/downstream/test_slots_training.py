@@ -77,6 +77,15 @@ def test_ci_run_learns(ci_run):
     assert after["mse"] < before["mse"] * 0.8  # reconstruction learnt; segmentation needs more steps (below)
 
 
+def test_upsample_nearest_maps_each_pixel_to_its_feature_cell():
+    labels = np.arange(4).reshape(1, 2, 2)  # a 2x2 attention grid, as a stride-2 encoder gives for 3x3 or 4x4
+    np.testing.assert_array_equal(slots.upsample_nearest(labels, (4, 4))[0],
+                                  [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    np.testing.assert_array_equal(slots.upsample_nearest(labels, (3, 3))[0], [[0, 0, 1], [0, 0, 1], [2, 2, 3]])
+    same = np.random.default_rng(0).integers(0, 5, (2, 7, 7))
+    np.testing.assert_array_equal(slots.upsample_nearest(same, (7, 7)), same)
+
+
 def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
@@ -101,6 +110,27 @@ def test_resume_continues_the_same_run(tmp_path):
     model = slots.build(b, spec)
     opt = torch.optim.Adam(model.parameters())
     assert slots.load_latest(tmp_path / "b" / "checkpoints" / "seed3", model, opt, "cpu") == 4
+
+
+def test_time_limit_stops_checkpoints_and_resumes(tmp_path):
+    common = ["--dataset", "tetrominoes-mini", "--preset", "tiny", "--batch-size", "4", "--eval-size", "8",
+              "--ckpt-every", "100", "--eval-every", "100", "--threads", "1", "--no-baseline", "--seeds", "2",
+              "--steps", "3"]
+    full = parse(*common, "--out", str(tmp_path / "full"))
+    full.func(full)
+    cut = parse(*common, "--time-limit", "0", "--out", str(tmp_path / "cut"))
+    cut.func(cut)  # the limit is reached after the first step
+    res = json.loads((tmp_path / "cut" / "results" / "slots_tetrominoes-mini_discovery.json").read_text())
+    assert res["per_seed"][0]["steps"] == 1 and "fg_ari" in res["per_seed"][0]
+    assert "1 of 3 steps (stopped by --time-limit)" in (
+        tmp_path / "cut" / "results" / "slots_tetrominoes-mini_discovery.md").read_text()
+    assert [p.name for p in (tmp_path / "cut" / "checkpoints" / "seed2").glob("*.pt")] == ["step00000001.pt"]
+    again = parse(*common, "--out", str(tmp_path / "cut"))
+    again.func(again)  # resumes at step 1 and finishes
+    wa = _weights(tmp_path / "full" / "checkpoints" / "seed2" / "step00000003.pt")
+    wb = _weights(tmp_path / "cut" / "checkpoints" / "seed2" / "step00000003.pt")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
 
 
 def test_set_prediction_loss_is_permutation_invariant():

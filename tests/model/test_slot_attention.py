@@ -108,6 +108,16 @@ def test_autoencoder_masks_are_softmax_over_slots():
     assert all(p.grad is not None for p in m.parameters())
 
 
+@pytest.mark.parametrize("size,stride,expect", [(35, 1, 35), (35, 2, 18), (64, 2, 32), (14, 1, 14)])
+def test_attention_maps_match_the_encoder_grid(size, stride, expect):
+    m = SlotAttentionAutoEncoder(image_size=(size, size), num_slots=3, slot_dim=8, mlp_hidden=8, enc_hidden=4,
+                                 enc_layers=2, enc_kernel=3, enc_stride=stride, dec_hidden=4, dec_layers=2,
+                                 dec_kernel=3, broadcast_size=(8, 8))
+    out = m(torch.rand(2, 3, size, size))
+    assert out["attn_maps"].shape == (2, 3, expect, expect)
+    torch.testing.assert_close(out["attn_maps"].flatten(2), out["attn"])  # row-major, as the encoder flattens
+
+
 def test_set_predictor_outputs_one_vector_per_slot():
     m = SlotAttentionSetPredictor(out_dim=11, num_slots=5, slot_dim=16, mlp_hidden=32, enc_hidden=8,
                                   enc_layers=2, enc_kernel=3, enc_stride=2)
