@@ -1,0 +1,140 @@
+"""Where does Slot Attention's object discovery get stuck? Two measurements for one scene family.
+
+1. decoder ceiling: the spatial broadcast decoder trained on its own, from ground-truth slots (a linear map
+   of each object's position, one-hot shape and one-hot colour, plus one learned background slot), with
+   the autoencoder's loss (MSE of the mask-weighted mixture). Its MSE and FG-ARI curve say how fast the
+   decoder could render the scenes if the slots carried every attribute.
+2. slot probe (with --run RUN): the trained autoencoder in RUN is applied to held-out scenes; each object
+   is matched to the slot whose attention covers most of its pixels, and linear probes (ridge for the
+   position, logistic regression for shape and colour), fitted on half the objects and scored on the other
+   half, say which attributes the slots carry.
+
+    python bench/slots_diagnostics.py --dataset tetrominoes-mini --steps 3000
+    python bench/slots_diagnostics.py --dataset tetrominoes-mini --run RUN --preset tiny --steps 0
+
+Writes bench/results/slots_diagnostics_<dataset>.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from evaluation.downstream import scenes, slots  # noqa: E402
+from evaluation.downstream.slot_metrics import fg_ari  # noqa: E402
+from model.slot_attention import SpatialBroadcastDecoder  # noqa: E402
+
+
+def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int, lr: float, every: int,
+                    seed: int = 0) -> list[dict]:
+    widths = slots.PRESETS[preset][spec.name]
+    slot_dim = widths["slot_dim"]
+    torch.manual_seed(seed)
+    decoder = SpatialBroadcastDecoder(slot_dim, widths["dec_hidden"], widths.get("dec_layers", 4),
+                                      widths["dec_kernel"], spec.image_size, widths.get("broadcast_size"))
+    attrs = nn.Linear(slots.target_dim(spec) - 1, slot_dim)  # (y, x) + one-hots, without the "is real" flag
+    background = nn.Parameter(0.1 * torch.randn(1, 1, slot_dim))
+    opt = torch.optim.Adam([*decoder.parameters(), *attrs.parameters(), background], lr=lr)
+
+    def forward(batch_scenes):
+        target = torch.from_numpy(scenes.set_targets(batch_scenes, spec))  # (B, M, D)
+        z = attrs(target[..., :-1]) * target[..., -1:]  # absent objects give a zero slot
+        z = torch.cat([background.expand(len(target), 1, slot_dim), z], 1)  # (B, 1 + M, slot_dim)
+        rgb, alpha = decoder(z)
+        masks = alpha.softmax(1)
+        return (masks * rgb).sum(1), masks.squeeze(2)
+
+    held_out = scenes.render(spec.name, 256, slots.EVAL_SEED)
+    curve, t0 = [], time.time()
+    for step in range(1, steps + 1):
+        x_scenes = scenes.render(spec.name, batch, slots.batch_seed(seed, 0, step))
+        recon, _ = forward(x_scenes)
+        loss = ((recon - slots.to_tensor(x_scenes.images, "cpu")) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % every == 0 or step == steps:
+            with torch.no_grad():
+                recon, masks = forward(held_out)
+            mse = ((recon - slots.to_tensor(held_out.images, "cpu")) ** 2).mean().item()
+            ari = float(np.nanmean(fg_ari(held_out.masks, masks.argmax(1).numpy())))
+            curve.append({"step": step, "mse": round(mse, 5), "fg_ari": round(ari, 4),
+                          "seconds": round(time.time() - t0, 1)})
+            print(f"decoder ceiling step {step}: mse {mse:.4f} fg_ari {ari:.3f}", flush=True)
+    return curve
+
+
+def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, seed: int = 0) -> dict:
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    args = argparse.Namespace(preset=preset, task="discovery", num_slots=None, iters=3)
+    model = slots.build(args, spec)
+    ckpt = sorted((run / "checkpoints").glob("seed*/step*.pt"))[-1]
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    model.eval()
+    probe_scenes = scenes.render(spec.name, n, slots.EVAL_SEED + 1)
+    with torch.no_grad():
+        out = model(slots.to_tensor(probe_scenes.images, "cpu"), generator=torch.Generator().manual_seed(seed))
+    attn, slot_vecs = out["attn"].numpy(), out["slots"].numpy()  # (n, K, N'), (n, K, D)
+    if attn.shape[-1] != probe_scenes.masks[0].size:
+        raise SystemExit("slot probe needs attention at image resolution (an encoder with stride 1)")
+    flat = probe_scenes.masks.reshape(n, -1)
+    rows = []  # (scene, object) pairs that are present
+    for i, j in zip(*np.nonzero(probe_scenes.present)):
+        rows.append((i, j, int(attn[i][:, flat[i] == j + 1].sum(1).argmax())))
+    x = np.stack([slot_vecs[i, k] for i, _, k in rows])
+    half = len(rows) // 2
+    pos = np.stack([probe_scenes.attrs["pos"][i, j] for i, j, _ in rows])
+    ridge = Ridge(alpha=1e-3).fit(x[:half], pos[:half])
+    result = {"checkpoint": str(ckpt), "objects": len(rows),
+              "position_rmse_pixels": float(np.sqrt(((ridge.predict(x[half:]) - pos[half:]) ** 2).mean())
+                                            * spec.image_size[0])}
+    for attr in spec.categorical:
+        y = np.array([probe_scenes.attrs[attr][i, j] for i, j, _ in rows])
+        clf = LogisticRegression(max_iter=3000).fit(x[:half], y[:half])
+        result[f"{attr}_accuracy"] = float(clf.score(x[half:], y[half:]))
+        result[f"{attr}_majority_class"] = float(np.bincount(y[half:]).max() / len(y[half:]))
+    print("slot probe:", result, flush=True)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="tetrominoes-mini", choices=sorted(scenes.SPECS))
+    p.add_argument("--preset", default="tiny", choices=sorted(slots.PRESETS))
+    p.add_argument("--steps", type=int, default=3000, help="decoder-ceiling steps (0 skips it)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--every", type=int, default=500)
+    p.add_argument("--run", type=Path, help="a `mnemos downstream slots` run directory to probe")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    spec = scenes.SPECS[a.dataset]
+    result = {"dataset": a.dataset, "preset": a.preset, "batch_size": a.batch_size, "lr": a.lr,
+              "threads": a.threads, "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__}
+    if a.steps:
+        result["decoder_ceiling"] = decoder_ceiling(spec, a.preset, a.steps, a.batch_size, a.lr, a.every)
+    if a.run:
+        result["slot_probe"] = slot_probe(spec, a.run, a.preset)
+    out = a.out or ROOT / "bench" / "results" / f"slots_diagnostics_{a.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
