@@ -14,6 +14,11 @@
 #   bash bench/gpu_session.sh 3   (next session) gpt3-xl with cuDNN attention (perf.sdpa_backend=cudnn), with
 #                                 selective activation checkpointing, and with GPT-3's alternating
 #                                 dense/banded layers (FlexAttention band)
+#   bash bench/gpu_session.sh 4   issue #9: Slot Attention object discovery with the paper preset, seeds 0,1,2
+#                                 trained side by side on the one GPU, Tetrominoes then sprites, each run for
+#                                 SLOT_MIN minutes (--time-limit) and evaluated. Runs resume from .slotruns/
+#                                 when it travels with the tree (copy the returned slotruns/ there and carry
+#                                 it), so training adds up across sessions; only the newest checkpoint is kept
 set -uo pipefail
 part=${1:-1}
 OUT=${OUT:-/tmp/mnemos-gpu-out}
@@ -47,6 +52,21 @@ elif [ "$part" = 3 ]; then  # not run yet: the next GPU session's first call
         --variants mnemos-fast mnemos-fast-cudnn mnemos-fast-sac hf-compile --out "$OUT/train_throughput_cuda_kernels.json"
     stage train-xl-alternating 240 python3 bench/train_throughput.py --sizes gpt3-xl --attn-pattern alternating \
         --variants mnemos-fast hf-compile --out "$OUT/train_throughput_cuda_alternating.json"
+elif [ "$part" = 4 ]; then
+    mkdir -p "$OUT/slotruns"
+    [ -d .slotruns ] && cp -r .slotruns/. "$OUT/slotruns/"
+    for ds in tetrominoes sprites; do
+        echo "=== slots-$ds: start $(date +%T), ${SLOT_MIN:-4} min per seed, 3 seeds at once"
+        for s in 0 1 2; do
+            python3 -m evaluation.downstream.slots --dataset "$ds" --preset paper --steps 500000 --batch-size 64 \
+                --warmup-steps 10000 --seeds "$s" --time-limit "${SLOT_MIN:-4}" --eval-every 5000 \
+                --ckpt-every 5000 --log-every 1000 --no-baseline --out "$OUT/slotruns/${ds}_seed$s" &
+        done
+        wait
+        find "$OUT/slotruns" -name 'step*.pt' | sort | awk -F/ '{d=$0; sub(/[^/]*$/, "", d); if (d in last) print last[d]; last[d]=$0}' \
+            | xargs -r rm -f  # keep the newest checkpoint of each run: what comes back must fit a carry
+        echo "=== slots-$ds: done $(date +%T)"
+    done
 else
     stage eval 80 python3 bench/eval_throughput.py --device cuda --preset gpt3-small --dtype bf16 --n 200 \
         --batch-size 32 --out "$OUT/eval_throughput_cuda.json"
