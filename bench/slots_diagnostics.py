@@ -78,11 +78,21 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
 def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, seed: int = 0) -> dict:
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    args = argparse.Namespace(preset=preset, task="discovery", num_slots=None, iters=3)
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    args = argparse.Namespace(preset=config.get("preset", preset), task="discovery",
+                              num_slots=config.get("num_slots"), iters=config.get("iters", 3))
     model = slots.build(args, spec)
     ckpt = sorted((run / "checkpoints").glob("seed*/step*.pt"))[-1]
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     model.eval()
+    held_out = scenes.render(spec.name, 256, slots.EVAL_SEED)
+    scores = slots.evaluate(model, args, spec, held_out, torch.device("cpu"), seed)
+    from evaluation.downstream.slot_metrics import kmeans_fg_ari
+    scores["kmeans_rgb_fg_ari"] = float(np.nanmean(kmeans_fg_ari(held_out.images, held_out.masks,
+                                                                  model.slot_attention.num_slots, "rgb")))
+    run_keys = ("dataset", "preset", "steps", "batch_size", "lr", "warmup_steps", "decay_steps", "iters")
     probe_scenes = scenes.render(spec.name, n, slots.EVAL_SEED + 1)
     with torch.no_grad():
         out = model(slots.to_tensor(probe_scenes.images, "cpu"), generator=torch.Generator().manual_seed(seed))
@@ -97,7 +107,8 @@ def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, se
     half = len(rows) // 2
     pos = np.stack([probe_scenes.attrs["pos"][i, j] for i, j, _ in rows])
     ridge = Ridge(alpha=1e-3).fit(x[:half], pos[:half])
-    result = {"checkpoint": str(ckpt), "objects": len(rows),
+    result = {"checkpoint": str(ckpt), "run": {k: config.get(k) for k in run_keys},
+              "held_out_256": scores, "objects": len(rows),
               "position_rmse_pixels": float(np.sqrt(((ridge.predict(x[half:]) - pos[half:]) ** 2).mean())
                                             * spec.image_size[0])}
     for attr in spec.categorical:
