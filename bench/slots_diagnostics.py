@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from evaluation.downstream import scenes, slots  # noqa: E402
-from evaluation.downstream.slot_metrics import fg_ari  # noqa: E402
+from evaluation.downstream.slot_metrics import fg_ari, kmeans_fg_ari  # noqa: E402
 from model.slot_attention import SpatialBroadcastDecoder  # noqa: E402
 
 
@@ -89,7 +89,6 @@ def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, se
     model.eval()
     held_out = scenes.render(spec.name, 256, slots.EVAL_SEED)
     scores = slots.evaluate(model, args, spec, held_out, torch.device("cpu"), seed)
-    from evaluation.downstream.slot_metrics import kmeans_fg_ari
     scores["kmeans_rgb_fg_ari"] = float(np.nanmean(kmeans_fg_ari(held_out.images, held_out.masks,
                                                                   model.slot_attention.num_slots, "rgb")))
     run_keys = ("dataset", "preset", "steps", "batch_size", "lr", "warmup_steps", "decay_steps", "iters")
