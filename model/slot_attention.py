@@ -4,7 +4,9 @@ bottom in forward order.
 Blocks, as in the paper:
   SoftPositionEmbed         App. E.1: a linear map of the 4-channel grid (y, x, 1-y, 1-x) added to features
   SlotAttention             Section 2.1, Algorithm 1: slots from a learned Gaussian, T rounds of attention
-                            normalised over slots, weighted mean over inputs, GRU + residual MLP
+                            normalised over slots, weighted mean over inputs, GRU + residual MLP;
+                            optionally the gradient flows through the last round only (`implicit_grad`,
+                            Chang et al. 2022, "Object Representations as Fixed Points")
   Encoder                   App. E.1: CNN, soft position embedding, flatten, LayerNorm, MLP
   SpatialBroadcastDecoder   App. E.1 (Watters et al. 2019): each slot broadcast on a grid, CNN to RGB + alpha
   SlotAttentionAutoEncoder  Section 2.2 "Object discovery": masks = softmax over slots, MSE reconstruction
@@ -54,10 +56,14 @@ class SlotAttention(nn.Module):
     """Algorithm 1 of the paper. `dim` is the slot size D; inputs have `input_dim` features."""
 
     def __init__(self, num_slots: int, dim: int, iters: int = 3, mlp_hidden: int = 128,
-                 input_dim: int | None = None, eps: float = 1e-8):
+                 input_dim: int | None = None, eps: float = 1e-8, implicit_grad: bool = False):
         super().__init__()
         self.num_slots = num_slots
         self.iters = iters
+        # Treat the slots as a fixed point of the update and backpropagate through the last round only (the
+        # first-order approximation of implicit differentiation): cheaper, more stable training, and the
+        # slots keep improving when run for more rounds at test time.
+        self.implicit_grad = implicit_grad
         self.dim = dim
         self.eps = eps
         self.scale = dim ** -0.5  # 1/sqrt(D) in Eq. 1
@@ -84,7 +90,7 @@ class SlotAttention(nn.Module):
     def forward(self, inputs: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
                 slots: torch.Tensor | None = None, generator: torch.Generator | None = None):
         # inputs: (B, N, D_in); slots (optional initial slots): (B, K, D)
-        B, N, _ = inputs.shape
+        B = inputs.shape[0]
         K = num_slots or (slots.shape[1] if slots is not None else self.num_slots)
         T = iters or self.iters
         if slots is None:
@@ -93,17 +99,27 @@ class SlotAttention(nn.Module):
         k = self.to_k(inputs)  # (B, N, D)
         v = self.to_v(inputs)  # (B, N, D)
         attn = None
-        for _ in range(T):
-            slots_prev = slots
-            q = self.to_q(self.norm_slots(slots))  # (B, K, D)
-            logits = torch.einsum("bnd,bkd->bnk", k, q) * self.scale  # (B, N, K), Eq. 1
-            attn = logits.softmax(dim=-1) + self.eps  # softmax over slots: slots compete for inputs (Eq. 1)
-            weights = attn / attn.sum(dim=1, keepdim=True)  # weighted mean over inputs (Eq. 2)
-            updates = torch.einsum("bnk,bnd->bkd", weights, v)  # (B, K, D), Eq. 2
-            slots = self.gru(updates.reshape(B * K, -1), slots_prev.reshape(B * K, -1))  # (B*K, D)
-            slots = slots.reshape(B, K, -1)  # (B, K, D)
-            slots = slots + self.mlp(self.norm_mlp(slots))  # residual MLP (Algorithm 1, line 9)
+        track = torch.is_grad_enabled()
+        for t in range(T):
+            if self.implicit_grad and t == T - 1:
+                slots = slots.detach()  # rounds before the last one carry no gradient
+            with torch.set_grad_enabled(track and (t == T - 1 or not self.implicit_grad)):
+                slots, attn = self._round(slots, k, v)
         return slots, attn.transpose(1, 2)  # (B, K, D), (B, K, N) attention of the last iteration
+
+    def _round(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """One iteration of Algorithm 1 (lines 4-9); returns the new slots and the (B, N, K) attention."""
+        B, K, _ = slots.shape
+        slots_prev = slots
+        q = self.to_q(self.norm_slots(slots))  # (B, K, D)
+        logits = torch.einsum("bnd,bkd->bnk", k, q) * self.scale  # (B, N, K), Eq. 1
+        attn = logits.softmax(dim=-1) + self.eps  # softmax over slots: slots compete for inputs (Eq. 1)
+        weights = attn / attn.sum(dim=1, keepdim=True)  # weighted mean over inputs (Eq. 2)
+        updates = torch.einsum("bnk,bnd->bkd", weights, v)  # (B, K, D), Eq. 2
+        slots = self.gru(updates.reshape(B * K, -1), slots_prev.reshape(B * K, -1))  # (B*K, D)
+        slots = slots.reshape(B, K, -1)  # (B, K, D)
+        slots = slots + self.mlp(self.norm_mlp(slots))  # residual MLP (Algorithm 1, line 9)
+        return slots, attn
 
 
 def conv_stack(channels: list[int], kernel: int, final_act: bool) -> nn.Sequential:
@@ -186,10 +202,11 @@ class SlotAttentionAutoEncoder(nn.Module):
     def __init__(self, image_size: tuple[int, int] = (35, 35), num_slots: int = 4, iters: int = 3,
                  slot_dim: int = 64, enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5,
                  enc_stride: int = 1, dec_hidden: int = 32, dec_layers: int = 4, dec_kernel: int = 5,
-                 broadcast_size: tuple[int, int] | None = None, mlp_hidden: int = 128):
+                 broadcast_size: tuple[int, int] | None = None, mlp_hidden: int = 128,
+                 implicit_grad: bool = False):
         super().__init__()
         self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
-        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden)
+        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad)
         self.decoder = SpatialBroadcastDecoder(slot_dim, dec_hidden, dec_layers, dec_kernel, image_size,
                                                broadcast_size)
 
@@ -212,10 +229,10 @@ class SlotAttentionSetPredictor(nn.Module):
 
     def __init__(self, out_dim: int, num_slots: int = 4, iters: int = 3, slot_dim: int = 64,
                  enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5, enc_stride: int = 1,
-                 mlp_hidden: int = 128):
+                 mlp_hidden: int = 128, implicit_grad: bool = False):
         super().__init__()
         self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
-        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden)
+        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad)
         self.head = nn.Sequential(nn.Linear(slot_dim, slot_dim), nn.ReLU(), nn.Linear(slot_dim, out_dim))
 
     def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,

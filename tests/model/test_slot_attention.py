@@ -69,6 +69,25 @@ def test_learned_gaussian_init_gets_gradients(sa):
     assert s1.shape == (4, 6, 16) and not torch.allclose(s1[:, 0], s1[:, 1])
 
 
+def test_implicit_grad_backpropagates_through_the_last_iteration_only(sa):
+    torch.manual_seed(4)
+    x = torch.randn(2, 20, 12, dtype=torch.double, requires_grad=True)
+    slots0 = torch.randn(2, 5, 16, dtype=torch.double)
+    full, _ = sa(x, slots=slots0)
+    (g_full,) = torch.autograd.grad(full.square().sum(), x)
+    sa.implicit_grad = True
+    out, _ = sa(x, slots=slots0)
+    torch.testing.assert_close(out, full)  # the forward pass is unchanged
+    (g_implicit,) = torch.autograd.grad(out.square().sum(), x)
+    with torch.no_grad():
+        fixed, _ = sa(x, slots=slots0, iters=2)  # the first T - 1 rounds, as constants
+    (g_last,) = torch.autograd.grad(sa(x, slots=fixed, iters=1)[0].square().sum(), x)
+    torch.testing.assert_close(g_implicit, g_last)
+    assert not torch.allclose(g_implicit, g_full)
+    sa(x)[0].sum().backward()
+    assert sa.slots_mu.grad is None and sa.slots_log_sigma.grad is None  # the initialisation is not learnt
+
+
 def test_position_grid_and_embedding():
     g = build_grid(3, 5)
     assert g.shape == (1, 3, 5, 4)
