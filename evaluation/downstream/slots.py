@@ -85,6 +85,13 @@ def register(subparsers) -> None:
     p.add_argument("--decay-steps", type=int, default=100_000, help="lr halves every this many steps")
     p.add_argument("--num-slots", type=int, default=None, help="default: max objects + 1")
     p.add_argument("--iters", type=int, default=3, help="slot attention iterations T in training")
+    p.add_argument("--eval-iters", type=int, default=None,
+                   help="iterations for the reported evaluation (default: --iters); the flexibility grid "
+                        "reports 1x, 2x and 3x --iters regardless")
+    p.add_argument("--implicit-grad", action="store_true",
+                   help="backpropagate through the last slot-attention iteration only (Chang et al. 2022, "
+                        "implicit differentiation); the slot initialisation is then not learnt")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0: off)")
     p.add_argument("--eval-size", type=int, default=256, help="held-out scenes for the final evaluation")
     p.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (TensorBoard)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
@@ -178,10 +185,13 @@ class DistContext:
 def build(args, spec: scenes_mod.SceneSpec) -> torch.nn.Module:
     widths = dict(PRESETS[args.preset][spec.name])
     k = args.num_slots or spec.num_slots
+    implicit = args.implicit_grad
     if args.task == "discovery":
-        return SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=k, iters=args.iters, **widths)
+        return SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=k, iters=args.iters,
+                                        implicit_grad=implicit, **widths)
     enc = {key: v for key, v in widths.items() if key not in DECODER_KEYS}
-    return SlotAttentionSetPredictor(out_dim=target_dim(spec), num_slots=k, iters=args.iters, **enc)
+    return SlotAttentionSetPredictor(out_dim=target_dim(spec), num_slots=k, iters=args.iters,
+                                     implicit_grad=implicit, **enc)
 
 
 def target_dim(spec: scenes_mod.SceneSpec) -> int:
@@ -248,6 +258,8 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
         loss = compute_loss(ddp, args, spec, batch, ctx.device, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
         loss_val = loss.item()
         done = step + 1
@@ -268,7 +280,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
                 log.info("seed %d step %d quick eval (64 scenes): %s", seed, done,
                          ", ".join(f"{k} {v:.4f}" for k, v in quick.items()))
                 if args.task == "discovery":
-                    add_mask_images(writer, model, eval_scenes, ctx.device, done)
+                    add_mask_images(writer, model, eval_scenes, ctx.device, done, args.eval_iters)
         out_of_time = args.time_limit is not None and ctx.agree(time.time() - t0 > 60 * args.time_limit)
         if ctx.rank == 0 and (done % args.ckpt_every == 0 or done == args.steps or out_of_time):
             save_checkpoint(ckpt_dir, model, opt, done)
@@ -282,9 +294,10 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
         result.update(evaluate(model, args, spec, eval_scenes, ctx.device, seed))
         result["flexibility"] = flexibility(model, args, spec, eval_scenes, ctx.device, seed)
         if args.task == "discovery":
-            add_mask_images(writer, model, eval_scenes, ctx.device, done)
+            add_mask_images(writer, model, eval_scenes, ctx.device, done, args.eval_iters)
             result["picture"] = str(save_picture(model, eval_scenes, ctx.device,
-                                                 run / "results" / f"reconstructions_{args.dataset}_seed{seed}.png"))
+                                                 run / "results" / f"reconstructions_{args.dataset}_seed{seed}.png",
+                                                 iters=args.eval_iters))
         for key, v in result.items():
             if isinstance(v, float):
                 writer.add_scalar(f"final/{key}", v, done)
@@ -326,7 +339,7 @@ def predict(model, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None,
 
 def evaluate(model, args, spec, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None,
              iters=None) -> dict[str, float]:
-    out = predict(model, scenes, device, seed, num_slots, iters)
+    out = predict(model, scenes, device, seed, num_slots, iters or args.eval_iters)
     if args.task == "discovery":
         labels = out["masks"].argmax(1)  # (n, H, W): each pixel to its most responsible slot
         recon = out["recon"].transpose(0, 2, 3, 1)
@@ -388,9 +401,9 @@ def load_latest(ckpt_dir: Path, model, opt, device) -> int:
 
 
 # ---------------------------------------------------------------------------------- pictures, logs
-def _mask_grid(model, scenes, device, n: int = 6) -> np.ndarray:
+def _mask_grid(model, scenes, device, n: int = 6, iters=None) -> np.ndarray:
     """(rows*H, (2+K)*W, 3) grid: input | reconstruction | each slot's RGB times its mask."""
-    out = predict(model, _subset(scenes, n), device, seed=0)
+    out = predict(model, _subset(scenes, n), device, seed=0, iters=iters)
     img = scenes.images[:n]
     recon = (out["recon"].transpose(0, 2, 3, 1) + 1) / 2
     per_slot = (out["masks"][:, :, None] * (out["rgb"] + 1) / 2 + (1 - out["masks"][:, :, None]))  # white bg
@@ -399,16 +412,17 @@ def _mask_grid(model, scenes, device, n: int = 6) -> np.ndarray:
     return np.clip(np.concatenate(rows, axis=0), 0, 1)
 
 
-def add_mask_images(writer, model, scenes, device, step: int) -> None:
-    writer.add_image("masks/input_recon_slots", _mask_grid(model, scenes, device), step, dataformats="HWC")
+def add_mask_images(writer, model, scenes, device, step: int, iters=None) -> None:
+    writer.add_image("masks/input_recon_slots", _mask_grid(model, scenes, device, iters=iters), step,
+                     dataformats="HWC")
 
 
-def save_picture(model, scenes, device, path: Path, n: int = 6) -> Path:
+def save_picture(model, scenes, device, path: Path, n: int = 6, iters=None) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = predict(model, _subset(scenes, n), device, seed=0)
+    out = predict(model, _subset(scenes, n), device, seed=0, iters=iters)
     K = out["masks"].shape[1]
     fig, axes = plt.subplots(n, 3 + K, figsize=(1.6 * (3 + K), 1.6 * n), squeeze=False)
     recon = np.clip((out["recon"].transpose(0, 2, 3, 1) + 1) / 2, 0, 1)
@@ -461,7 +475,9 @@ def summarise(args, results: list[dict], seeds: list[int]) -> dict:
     keys = [k for k, v in results[0].items() if isinstance(v, float) and k not in ("final_train_loss",)]
     summary = {"dataset": args.dataset, "task": args.task, "steps": args.steps, "seeds": seeds,
                "preset": args.preset, "batch_size": args.batch_size, "num_slots": args.num_slots or spec.num_slots,
-               "iters": args.iters, "eval_size": args.eval_size, "eval_seed": EVAL_SEED,
+               "iters": args.iters, "eval_iters": args.eval_iters or args.iters,
+               "implicit_grad": args.implicit_grad, "grad_clip": args.grad_clip, "eval_size": args.eval_size,
+               "eval_seed": EVAL_SEED,
                "median": {k: statistics.median(r[k] for r in results) for k in keys}, "per_seed": results}
     if args.task == "discovery" and not args.no_baseline:
         ev = scenes_mod.render(args.dataset, args.eval_size, EVAL_SEED)
@@ -502,7 +518,10 @@ def write_results(run: Path, args, summary: dict) -> list[Path]:
     lines = [f"# Slot Attention: {args.task} on {args.dataset}", "",
              f"{_steps_text(args.steps, summary['per_seed'])}, batch {args.batch_size}, preset {args.preset}, "
              f"seeds {summary['seeds']}, "
-             f"{summary['num_slots']} slots, {args.iters} iterations; evaluated on {args.eval_size} held-out "
+             f"{summary['num_slots']} slots, {args.iters} iterations"
+             f"{' (gradient through the last only)' if args.implicit_grad else ''}"
+             f"{f', grad-norm clip {args.grad_clip:g}' if args.grad_clip else ''}; evaluated with "
+             f"{summary['eval_iters']} iterations on {args.eval_size} held-out "
              f"scenes (seed {EVAL_SEED}).", ""]
     metric_keys = list(summary["median"])
     lines += ["| seed | " + " | ".join(metric_keys) + " |", "|---" * (len(metric_keys) + 1) + "|"]
