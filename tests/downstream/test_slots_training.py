@@ -34,25 +34,31 @@ def test_cli_registers_slots(tmp_path):
         parse("--dataset", "clevr", "--out", str(tmp_path))
 
 
-CI_ARGS = ["--dataset", "tetrominoes-mini", "--task", "discovery", "--preset", "tiny", "--steps", "200",
-           "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "25", "--eval-size", "64", "--eval-every", "100",
-           "--ckpt-every", "100", "--log-every", "50", "--threads", "1", "--seeds", "0"]
+# The CI recipe (about 3 minutes on one core): the tiny preset on 14x14 Tetrominoes, gradient through the
+# last slot-attention iteration only (Chang et al. 2022) with a clipped gradient norm, evaluated with twice
+# the training iterations. Measured on three seeds in the README.
+CI_STEPS = 10_000
+CI_ARGS = ["--dataset", "tetrominoes-mini", "--task", "discovery", "--preset", "tiny", "--steps", str(CI_STEPS),
+           "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "500", "--decay-steps", "15000",
+           "--grad-clip", "1.0", "--implicit-grad", "--eval-iters", "6", "--eval-size", "256",
+           "--eval-every", "5000", "--ckpt-every", "5000", "--log-every", "1000", "--threads", "1", "--seeds", "0"]
 
 
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
-    """The CI-sized training run (tiny model, 14x14 Tetrominoes, 200 steps)."""
+    """The CI-sized training run (tiny model, 14x14 Tetrominoes, 10,000 steps)."""
     out = tmp_path_factory.mktemp("slots_ci")
     args = parse(*CI_ARGS, "--out", str(out))
     assert args.func(args) == 0
     return out, json.loads((out / "results" / "slots_tetrominoes-mini_discovery.json").read_text())
 
 
+@pytest.mark.slow
 def test_ci_run_writes_run_directory(ci_run):
     out, res = ci_run
     assert (out / "config.yaml").exists() and (out / "logs" / "slots.log").exists()
-    assert sorted(p.name for p in (out / "checkpoints" / "seed0").glob("*.pt")) == ["step00000100.pt",
-                                                                                   "step00000200.pt"]
+    assert sorted(p.name for p in (out / "checkpoints" / "seed0").glob("*.pt")) == ["step00005000.pt",
+                                                                                   "step00010000.pt"]
     assert list((out / "tensorboard" / "seed0").glob("events.out.tfevents.*"))
     assert (out / "results" / "slots_tetrominoes-mini_discovery.md").read_text().startswith("# Slot Attention")
     assert Path(res["per_seed"][0]["picture"]).stat().st_size > 1000
@@ -65,16 +71,24 @@ def test_ci_run_writes_run_directory(ci_run):
     assert "masks/input_recon_slots" in ea.Tags()["images"]
 
 
+@pytest.mark.slow
 def test_ci_run_learns(ci_run):
     out, res = ci_run
     spec = scenes.SPECS["tetrominoes-mini"]
     args = parse(*CI_ARGS, "--out", str(out))
     torch.manual_seed(0)
     untrained = slots.build(args, spec)
-    ev = scenes.render(spec.name, 64, slots.EVAL_SEED)
+    ev = scenes.render(spec.name, 256, slots.EVAL_SEED)
     before = slots.evaluate(untrained, args, spec, ev, torch.device("cpu"), 0)
-    after = res["median"]
-    assert after["mse"] < before["mse"] * 0.8  # reconstruction learnt; segmentation needs more steps (below)
+    after, kmeans = res["median"], res["kmeans_baseline"]
+    assert res["eval_iters"] == 6 and res["implicit_grad"]
+    assert after["mse"] < before["mse"] * 0.2  # the reconstruction is learnt
+    # Slot attention's own grouping clearly beats k-means on pixels, colour alone or colour and position.
+    assert after["fg_ari_attention"] > kmeans["rgb"] + 0.03
+    assert after["fg_ari_attention"] > before["fg_ari_attention"] + 0.2
+    # The decoder's masks (the paper's figure) beat position-aware k-means clearly; against colour-only
+    # k-means they need longer training (README).
+    assert after["fg_ari"] > kmeans["rgbxy"] + 0.1
 
 
 def test_upsample_nearest_maps_each_pixel_to_its_feature_cell():
