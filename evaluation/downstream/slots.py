@@ -185,13 +185,12 @@ class DistContext:
 def build(args, spec: scenes_mod.SceneSpec) -> torch.nn.Module:
     widths = dict(PRESETS[args.preset][spec.name])
     k = args.num_slots or spec.num_slots
-    implicit = args.implicit_grad
     if args.task == "discovery":
         return SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=k, iters=args.iters,
-                                        implicit_grad=implicit, **widths)
+                                        implicit_grad=args.implicit_grad, **widths)
     enc = {key: v for key, v in widths.items() if key not in DECODER_KEYS}
     return SlotAttentionSetPredictor(out_dim=target_dim(spec), num_slots=k, iters=args.iters,
-                                     implicit_grad=implicit, **enc)
+                                     implicit_grad=args.implicit_grad, **enc)
 
 
 def target_dim(spec: scenes_mod.SceneSpec) -> int:
