@@ -83,8 +83,7 @@ def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, se
     config = yaml.safe_load((run / "config.yaml").read_text())
     args = argparse.Namespace(preset=config.get("preset", preset), task="discovery",
                               num_slots=config.get("num_slots"), iters=config.get("iters", 3),
-                              eval_iters=config.get("eval_iters"), implicit_grad=config.get("implicit_grad", False),
-                              slot_init=config.get("slot_init", "gaussian"))
+                              eval_iters=config.get("eval_iters"), implicit_grad=config.get("implicit_grad", False))
     model = slots.build(args, spec)
     ckpt = sorted((run / "checkpoints").glob("seed*/step*.pt"))[-1]
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
@@ -94,7 +93,7 @@ def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, se
     scores["kmeans_rgb_fg_ari"] = float(np.nanmean(kmeans_fg_ari(held_out.images, held_out.masks,
                                                                   model.slot_attention.num_slots, "rgb")))
     run_keys = ("dataset", "preset", "steps", "batch_size", "lr", "warmup_steps", "decay_steps", "iters",
-                "eval_iters", "implicit_grad", "slot_init", "grad_clip")
+                "eval_iters", "implicit_grad", "grad_clip")
     probe_scenes = scenes.render(spec.name, n, slots.EVAL_SEED + 1)
     with torch.no_grad():
         out = model(slots.to_tensor(probe_scenes.images, "cpu"), generator=torch.Generator().manual_seed(seed))

@@ -56,11 +56,8 @@ class SlotAttention(nn.Module):
     """Algorithm 1 of the paper. `dim` is the slot size D; inputs have `input_dim` features."""
 
     def __init__(self, num_slots: int, dim: int, iters: int = 3, mlp_hidden: int = 128,
-                 input_dim: int | None = None, eps: float = 1e-8, implicit_grad: bool = False,
-                 slot_init: str = "gaussian"):
+                 input_dim: int | None = None, eps: float = 1e-8, implicit_grad: bool = False):
         super().__init__()
-        if slot_init not in ("gaussian", "learned"):
-            raise ValueError(f"slot_init={slot_init!r}: must be 'gaussian' or 'learned'")
         self.num_slots = num_slots
         self.iters = iters
         # Treat the slots as a fixed point of the update and backpropagate through the last round only (the
@@ -72,17 +69,10 @@ class SlotAttention(nn.Module):
         self.scale = dim ** -0.5  # 1/sqrt(D) in Eq. 1
         input_dim = input_dim or dim
         # Slots are sampled from N(mu, diag(sigma^2)) with learned mu, sigma shared by all slots (Section 2.1).
-        # "learned" instead gives every slot its own learned starting point (Jia et al. 2023, BO-QSA): slots
-        # can specialise (unused ones take background rather than copy an object), but their number is fixed.
-        self.slot_init = slot_init
-        if slot_init == "gaussian":
-            self.slots_mu = nn.Parameter(torch.zeros(1, 1, dim))
-            self.slots_log_sigma = nn.Parameter(torch.zeros(1, 1, dim))
-            nn.init.xavier_uniform_(self.slots_mu)
-            nn.init.xavier_uniform_(self.slots_log_sigma)
-        else:
-            self.slots_query = nn.Parameter(torch.empty(1, num_slots, dim))
-            nn.init.xavier_uniform_(self.slots_query)
+        self.slots_mu = nn.Parameter(torch.zeros(1, 1, dim))
+        self.slots_log_sigma = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.xavier_uniform_(self.slots_mu)
+        nn.init.xavier_uniform_(self.slots_log_sigma)
         self.norm_inputs = nn.LayerNorm(input_dim)
         self.norm_slots = nn.LayerNorm(dim)
         self.norm_mlp = nn.LayerNorm(dim)
@@ -93,11 +83,6 @@ class SlotAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, dim))
 
     def init_slots(self, batch: int, num_slots: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.slot_init == "learned":
-            if num_slots != self.num_slots:
-                raise ValueError(f"num_slots={num_slots}: learned slot queries fix the number of slots at "
-                                 f"{self.num_slots}; use slot_init='gaussian' to change it at test time")
-            return self.slots_query.expand(batch, -1, -1)  # (B, K, D)
         noise = torch.randn(batch, num_slots, self.dim, generator=generator,
                             device=self.slots_mu.device if generator is None else generator.device)
         return self.slots_mu + self.slots_log_sigma.exp() * noise.to(self.slots_mu.device)  # (B, K, D)
@@ -110,7 +95,6 @@ class SlotAttention(nn.Module):
         T = iters or self.iters
         if slots is None:
             slots = self.init_slots(B, K, generator)  # (B, K, D)
-        start = slots
         inputs = self.norm_inputs(inputs)  # Algorithm 1, line 2
         k = self.to_k(inputs)  # (B, N, D)
         v = self.to_v(inputs)  # (B, N, D)
@@ -119,8 +103,6 @@ class SlotAttention(nn.Module):
         for t in range(T):
             if self.implicit_grad and t == T - 1:
                 slots = slots.detach()  # rounds before the last one carry no gradient
-                if self.slot_init == "learned":  # the queries get the last round's gradient straight through
-                    slots = slots + (start - start.detach())  # (zero in value; BO-QSA's bi-level update)
             with torch.set_grad_enabled(track and (t == T - 1 or not self.implicit_grad)):
                 slots, attn = self._round(slots, k, v)
         return slots, attn.transpose(1, 2)  # (B, K, D), (B, K, N) attention of the last iteration
@@ -221,11 +203,10 @@ class SlotAttentionAutoEncoder(nn.Module):
                  slot_dim: int = 64, enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5,
                  enc_stride: int = 1, dec_hidden: int = 32, dec_layers: int = 4, dec_kernel: int = 5,
                  broadcast_size: tuple[int, int] | None = None, mlp_hidden: int = 128,
-                 implicit_grad: bool = False, slot_init: str = "gaussian"):
+                 implicit_grad: bool = False):
         super().__init__()
         self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
-        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad,
-                                            slot_init=slot_init)
+        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad)
         self.decoder = SpatialBroadcastDecoder(slot_dim, dec_hidden, dec_layers, dec_kernel, image_size,
                                                broadcast_size)
 
@@ -248,11 +229,10 @@ class SlotAttentionSetPredictor(nn.Module):
 
     def __init__(self, out_dim: int, num_slots: int = 4, iters: int = 3, slot_dim: int = 64,
                  enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5, enc_stride: int = 1,
-                 mlp_hidden: int = 128, implicit_grad: bool = False, slot_init: str = "gaussian"):
+                 mlp_hidden: int = 128, implicit_grad: bool = False):
         super().__init__()
         self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
-        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad,
-                                            slot_init=slot_init)
+        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad)
         self.head = nn.Sequential(nn.Linear(slot_dim, slot_dim), nn.ReLU(), nn.Linear(slot_dim, out_dim))
 
     def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,

@@ -90,13 +90,7 @@ def register(subparsers) -> None:
                         "reports 1x, 2x and 3x --iters regardless")
     p.add_argument("--implicit-grad", action="store_true",
                    help="backpropagate through the last slot-attention iteration only (Chang et al. 2022, "
-                        "implicit differentiation); the Gaussian slot initialisation is then not learnt, learned "
-                        "queries (--slot-init learned) get the last iteration's gradient straight through")
-    p.add_argument("--slot-init", choices=["gaussian", "learned"], default="gaussian",
-                   help="gaussian: slots sampled from a learned Gaussian (the paper; the number of slots can "
-                        "change at test time); learned: one learned starting point per slot (BO-QSA, Jia et al. "
-                        "2023): slots can specialise, e.g. unused ones on pieces of the background rather than on copies "
-                        "of an object, but the number of slots is then fixed")
+                        "implicit differentiation); the slot initialisation is then not learnt")
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0: off)")
     p.add_argument("--eval-size", type=int, default=256, help="held-out scenes for the final evaluation")
     p.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (TensorBoard)")
@@ -193,10 +187,10 @@ def build(args, spec: scenes_mod.SceneSpec) -> torch.nn.Module:
     k = args.num_slots or spec.num_slots
     if args.task == "discovery":
         return SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=k, iters=args.iters,
-                                        implicit_grad=args.implicit_grad, slot_init=args.slot_init, **widths)
+                                        implicit_grad=args.implicit_grad, **widths)
     enc = {key: v for key, v in widths.items() if key not in DECODER_KEYS}
     return SlotAttentionSetPredictor(out_dim=target_dim(spec), num_slots=k, iters=args.iters,
-                                     implicit_grad=args.implicit_grad, slot_init=args.slot_init, **enc)
+                                     implicit_grad=args.implicit_grad, **enc)
 
 
 def target_dim(spec: scenes_mod.SceneSpec) -> int:
@@ -368,7 +362,7 @@ def flexibility(model, args, spec, scenes, device, seed: int) -> list[dict]:
     """Inference-time flexibility (Section 4.1): more slots and more iterations than in training."""
     k = args.num_slots or spec.num_slots
     rows = []
-    for ns in ((k,) if args.slot_init == "learned" else (k, k + 2)):  # learned queries fix the slot count
+    for ns in (k, k + 2):
         for it in (args.iters, 2 * args.iters, 3 * args.iters):
             rows.append({"num_slots": ns, "iters": it,
                          **evaluate(model, args, spec, scenes, device, seed, num_slots=ns, iters=it)})
@@ -481,8 +475,8 @@ def summarise(args, results: list[dict], seeds: list[int]) -> dict:
     summary = {"dataset": args.dataset, "task": args.task, "steps": args.steps, "seeds": seeds,
                "preset": args.preset, "batch_size": args.batch_size, "num_slots": args.num_slots or spec.num_slots,
                "iters": args.iters, "eval_iters": args.eval_iters or args.iters,
-               "implicit_grad": args.implicit_grad, "slot_init": args.slot_init, "grad_clip": args.grad_clip,
-               "eval_size": args.eval_size, "eval_seed": EVAL_SEED,
+               "implicit_grad": args.implicit_grad, "grad_clip": args.grad_clip, "eval_size": args.eval_size,
+               "eval_seed": EVAL_SEED,
                "median": {k: statistics.median(r[k] for r in results) for k in keys}, "per_seed": results}
     if args.task == "discovery" and not args.no_baseline:
         ev = scenes_mod.render(args.dataset, args.eval_size, EVAL_SEED)
@@ -525,7 +519,6 @@ def write_results(run: Path, args, summary: dict) -> list[Path]:
              f"seeds {summary['seeds']}, "
              f"{summary['num_slots']} slots, {args.iters} iterations"
              f"{' (gradient through the last only)' if args.implicit_grad else ''}"
-             f"{', learned slot queries' if args.slot_init == 'learned' else ''}"
              f"{f', grad-norm clip {args.grad_clip:g}' if args.grad_clip else ''}; evaluated with "
              f"{summary['eval_iters']} iterations on {args.eval_size} held-out "
              f"scenes (seed {EVAL_SEED}).", ""]

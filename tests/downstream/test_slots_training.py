@@ -147,20 +147,6 @@ def test_time_limit_stops_checkpoints_and_resumes(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
 
 
-def test_learned_slot_queries_run_and_keep_their_slot_count(tmp_path):
-    args = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--steps", "2", "--batch-size", "4",
-                 "--eval-size", "8", "--threads", "1", "--no-baseline", "--implicit-grad", "--slot-init", "learned",
-                 "--out", str(tmp_path))
-    assert args.func(args) == 0
-    res = json.loads((tmp_path / "results" / "slots_tetrominoes-mini_discovery.json").read_text())
-    assert res["slot_init"] == "learned"
-    # the flexibility grid varies only the iterations: learned queries fix the number of slots
-    assert {(r["num_slots"], r["iters"]) for r in res["per_seed"][0]["flexibility"]} == {(4, 3), (4, 6), (4, 9)}
-    state = _weights(tmp_path / "checkpoints" / "seed0" / "step00000002.pt")
-    assert state["slot_attention.slots_query"].shape == (1, 4, 32) and "slot_attention.slots_mu" not in state
-    assert "learned slot queries" in (tmp_path / "results" / "slots_tetrominoes-mini_discovery.md").read_text()
-
-
 def test_set_prediction_loss_is_permutation_invariant():
     torch.manual_seed(0)
     target = torch.rand(3, 2, 6)

@@ -88,29 +88,6 @@ def test_implicit_grad_backpropagates_through_the_last_iteration_only(sa):
     assert sa.slots_mu.grad is None and sa.slots_log_sigma.grad is None  # the initialisation is not learnt
 
 
-def test_learned_queries_start_every_slot_from_its_own_point_and_learn_under_implicit_grad():
-    torch.manual_seed(5)
-    sa = SlotAttention(num_slots=4, dim=16, iters=3, mlp_hidden=32, input_dim=12, implicit_grad=True,
-                       slot_init="learned").double()
-    x = torch.randn(2, 20, 12, dtype=torch.double)
-    start = sa.init_slots(2, 4)
-    torch.testing.assert_close(start[0], start[1])  # the same queries for every image, no noise
-    assert not torch.allclose(start[:, 0], start[:, 1])  # but a different one per slot
-    out, _ = sa(x)
-    torch.testing.assert_close(out, sa(x, slots=start.detach())[0])  # the straight-through term is zero
-    out.square().sum().backward()
-    # the queries get the last round's gradient as if it started from them
-    q = sa.slots_query.detach().clone().requires_grad_(True)
-    with torch.no_grad():
-        fixed, _ = sa(x, iters=2)
-    (g_expected,) = torch.autograd.grad(sa(x, slots=fixed + q - q.detach(), iters=1)[0].square().sum(), q)
-    torch.testing.assert_close(sa.slots_query.grad, g_expected)
-    with pytest.raises(ValueError, match="num_slots=6.*fix the number of slots at 4"):
-        sa(x, num_slots=6)
-    with pytest.raises(ValueError, match="slot_init='uniform'"):
-        SlotAttention(num_slots=4, dim=16, slot_init="uniform")
-
-
 def test_position_grid_and_embedding():
     g = build_grid(3, 5)
     assert g.shape == (1, 3, 5, 4)
