@@ -6,7 +6,8 @@ Blocks, as in the paper:
   SlotAttention             Section 2.1, Algorithm 1: slots from a learned Gaussian, T rounds of attention
                             normalised over slots, weighted mean over inputs, GRU + residual MLP;
                             optionally the gradient flows through the last round only (`implicit_grad`,
-                            Chang et al. 2022, "Object Representations as Fixed Points")
+                            Chang et al. 2022, "Object Representations as Fixed Points"); the Gaussian's
+                            mean and spread then get no gradient and keep their initial values
   Encoder                   App. E.1: CNN, soft position embedding, flatten, LayerNorm, MLP
   SpatialBroadcastDecoder   App. E.1 (Watters et al. 2019): each slot broadcast on a grid, CNN to RGB + alpha
   SlotAttentionAutoEncoder  Section 2.2 "Object discovery": masks = softmax over slots, MSE reconstruction
@@ -62,7 +63,10 @@ class SlotAttention(nn.Module):
         self.iters = iters
         # Treat the slots as a fixed point of the update and backpropagate through the last round only (the
         # first-order approximation of implicit differentiation): cheaper, more stable training, and the
-        # slots keep improving when run for more rounds at test time.
+        # slots keep improving when run for more rounds at test time. The starting slots only feed the
+        # rounds without gradient, so mu and sigma stay at their initialisation. Passing the last round's
+        # gradient straight through to them (as BO-QSA does for its queries) measured no better on the CI
+        # recipe: decoder FG-ARI 0.734 / 0.844 / 0.866 for seeds 0 / 1 / 2, against 0.836 / 0.807 / 0.806.
         self.implicit_grad = implicit_grad
         self.dim = dim
         self.eps = eps
