@@ -15,8 +15,10 @@
 #                                 selective activation checkpointing, and with GPT-3's alternating
 #                                 dense/banded layers (FlexAttention band)
 #   bash bench/gpu_session.sh 4   issue #9: Slot Attention object discovery with the paper preset, seeds 0,1,2
-#                                 trained side by side on the one GPU, Tetrominoes then sprites, each run for
-#                                 SLOT_MIN minutes (--time-limit) and evaluated. Runs resume from .slotruns/
+#                                 of Tetrominoes and of sprites, all six trained side by side on the one GPU
+#                                 for SLOT_MIN minutes (--time-limit, default 6: the call must end within the
+#                                 device's 10-minute command limit) and evaluated; SLOT_PRECISION= (empty)
+#                                 trains in fp32 instead of bf16 autocast. Runs resume from .slotruns/
 #                                 when it travels with the tree (copy the returned slotruns/ there and carry
 #                                 it), so training adds up across sessions; only the newest checkpoint is kept
 set -uo pipefail
@@ -55,21 +57,22 @@ elif [ "$part" = 3 ]; then  # not run yet: the next GPU session's first call
 elif [ "$part" = 4 ]; then
     mkdir -p "$OUT/slotruns"
     [ -d .slotruns ] && cp -r .slotruns/. "$OUT/slotruns/"
+    echo "=== slots: start $(date +%T), ${SLOT_MIN:-6} min, 3 seeds x 2 sets at once"
     for ds in tetrominoes sprites; do
-        echo "=== slots-$ds: start $(date +%T), ${SLOT_MIN:-4} min per seed, 3 seeds at once"
         for s in 0 1 2; do
             # the paper's widths, batch and lr; the short warm-up, implicit gradient and clipping come from the
-            # CPU runs of the tiny preset (README), where they learn within 10k steps
+            # CPU runs of the tiny preset (README), where they learn within 10k steps; bf16 autocast and the
+            # prefetch thread (on by default with CUDA) for steps per minute
             python3 -m evaluation.downstream.slots --dataset "$ds" --preset paper --steps 500000 --batch-size 64 \
                 --lr 4e-4 --warmup-steps 1000 --decay-steps 100000 --implicit-grad --grad-clip 1.0 --eval-iters 6 \
-                --seeds "$s" --time-limit "${SLOT_MIN:-4}" --eval-every 5000 \
+                --seeds "$s" --time-limit "${SLOT_MIN:-6}" --eval-every 5000 ${SLOT_PRECISION---bf16} \
                 --ckpt-every 5000 --log-every 1000 --no-baseline --out "$OUT/slotruns/${ds}_seed$s" &
         done
-        wait
-        find "$OUT/slotruns" -name 'step*.pt' | sort | awk -F/ '{d=$0; sub(/[^/]*$/, "", d); if (d in last) print last[d]; last[d]=$0}' \
-            | xargs -r rm -f  # keep the newest checkpoint of each run: what comes back must fit a carry
-        echo "=== slots-$ds: done $(date +%T)"
     done
+    wait
+    find "$OUT/slotruns" -name 'step*.pt' | sort | awk -F/ '{d=$0; sub(/[^/]*$/, "", d); if (d in last) print last[d]; last[d]=$0}' \
+        | xargs -r rm -f  # keep the newest checkpoint of each run: what comes back must fit a carry
+    echo "=== slots: done $(date +%T)"
 else
     stage eval 80 python3 bench/eval_throughput.py --device cuda --preset gpt3-small --dtype bf16 --n 200 \
         --batch-size 32 --out "$OUT/eval_throughput_cuda.json"

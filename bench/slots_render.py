@@ -1,4 +1,6 @@
-"""Benchmark: scenes rendered per second (numpy renderer) and Slot Attention training steps per second.
+"""Benchmark: scenes rendered per second (numpy renderer) and Slot Attention training steps per second:
+the step alone on a fixed batch, and the training loop rendering fresh scenes every step, in the training
+thread (the peer) and one step ahead in the prefetch thread (`mnemos downstream slots`' default).
 
     python bench/slots_render.py [--n 256] [--repeat 3] [--threads 1] [--out bench/results/slots_render.json]
 
@@ -9,6 +11,7 @@ torch thread count so figures can be compared between runs on one machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -19,10 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from evaluation.downstream import scenes  # noqa: E402
+from evaluation.downstream import slots  # noqa: E402
 from evaluation.downstream.slots import PRESETS  # noqa: E402
+from launcher.prefetch import StepPrefetcher  # noqa: E402
 from model.slot_attention import SlotAttentionAutoEncoder  # noqa: E402
 
 
@@ -35,12 +39,24 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
+def prefetched_loop(make, step, n: int) -> None:
+    prefetch = StepPrefetcher(lambda i: [make(i)], torch.device("cpu"))
+    prefetch.submit(0, 0)
+    for i in range(n):
+        batch = prefetch.take(i, i)[0]
+        if i + 1 < n:
+            prefetch.submit(i + 1, i + 1)
+        step(batch)
+    prefetch.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256, help="scenes per rendered batch")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=16, help="training batch for the step timing")
+    ap.add_argument("--loop-steps", type=int, default=10, help="steps per timed training loop")
     ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated architecture presets to time")
     ap.add_argument("--out", type=Path, default=Path("bench/results/slots_render.json"))
     args = ap.parse_args()
@@ -55,17 +71,26 @@ def main() -> int:
             model = SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=spec.num_slots,
                                              **PRESETS[preset][name])
             opt = torch.optim.Adam(model.parameters(), 1e-4)
-            batch = scenes.render(name, args.batch_size, 2)
-            x = torch.from_numpy(batch.images).permute(0, 3, 1, 2) * 2 - 1
+            make = functools.partial(slots.training_batch, argparse.Namespace(dataset=name, task="discovery"),
+                                     spec, 0, 0, args.batch_size, torch.device("cpu"))
+            fixed = make(0)
 
-            def step():
-                loss = F.mse_loss(model(x)["recon"], x)
+            def step(batch):
+                loss = slots.compute_loss(model, argparse.Namespace(task="discovery"), batch)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
 
-            step()
-            row[f"train_steps_per_s_{preset}"] = round(1.0 / best_of(step, args.repeat), 3)
+            step(fixed)
+            row[f"train_steps_per_s_{preset}"] = round(1.0 / best_of(lambda: step(fixed), args.repeat), 3)
+            # the training loop as `mnemos downstream slots` runs it: fresh scenes every step, rendered in
+            # this thread (the peer) or one step ahead in the prefetch thread
+            row[f"loop_steps_per_s_{preset}"] = round(args.loop_steps / best_of(
+                lambda: [step(make(i)) for i in range(args.loop_steps)], args.repeat), 3)
+            row[f"loop_prefetch_steps_per_s_{preset}"] = round(args.loop_steps / best_of(
+                lambda: prefetched_loop(make, step, args.loop_steps), args.repeat), 3)
+            row[f"prefetch_speedup_{preset}"] = round(row[f"loop_prefetch_steps_per_s_{preset}"]
+                                                      / row[f"loop_steps_per_s_{preset}"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),

@@ -18,9 +18,8 @@ test checks the loss curves are identical.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
 Batches = list[dict[str, torch.Tensor]]
@@ -28,10 +27,11 @@ Batches = list[dict[str, torch.Tensor]]
 
 class StepPrefetcher:
     """One step ahead: `submit(key, indices)` starts preparing, `take(key, indices)` returns the batches
-    (prefetched when the key matches, else made now). `make(indices)` turns a step's global sample indices
-    into this rank's collated micro-batches."""
+    (prefetched when the key matches, else made now). `make(indices)` turns what names a step's samples
+    (the GPT trainer's global sample indices, the Slot Attention trainer's step number) into this rank's
+    micro-batches."""
 
-    def __init__(self, make: Callable[[np.ndarray], Batches], device: torch.device):
+    def __init__(self, make: Callable[[Any], Batches], device: torch.device):
         self._make = make
         self._device = device
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -40,7 +40,7 @@ class StepPrefetcher:
         self.hits = 0
         self.misses = 0
 
-    def _work(self, indices: np.ndarray) -> tuple[Batches, torch.cuda.Event | None]:
+    def _work(self, indices: Any) -> tuple[Batches, torch.cuda.Event | None]:
         if self._stream is None:
             return self._make(indices), None
         with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
@@ -49,11 +49,11 @@ class StepPrefetcher:
             done.record(self._stream)
         return batches, done
 
-    def submit(self, key: tuple, indices: np.ndarray) -> None:
+    def submit(self, key: Any, indices: Any) -> None:
         self._drop()
         self._pending = (key, self._pool.submit(self._work, indices))
 
-    def take(self, key: tuple, indices: np.ndarray) -> Batches:
+    def take(self, key: Any, indices: Any) -> Batches:
         if self._pending is None or self._pending[0] != key:
             self._drop()
             self.misses += 1

@@ -149,21 +149,51 @@ def render_tetrominoes(n: int, seed: int, block: int = BLOCK, k: int = 3) -> Sce
                   {"shape": shape, "colour": colour, "pos": pos})
 
 
-def _sprite_masks(shape, scale, angle, cy, cx, size):
-    """(..., H, W) bool masks of sprites given per-sprite parameters of shape (...)."""
-    ys = np.arange(size, dtype=np.float32) + 0.5
-    dy = (ys[:, None] - cy[..., None, None])  # (..., H, 1)
-    dx = (ys[None, :] - cx[..., None, None])  # (..., 1, W)
-    s = SPRITE_SCALES[scale][..., None, None]
-    c, si = np.cos(angle)[..., None, None], np.sin(angle)[..., None, None]
-    u = (c * dx + si * dy) / s  # rotated, scaled coordinates; the sprite lives in [-1, 1]^2
-    v = (-si * dx + c * dy) / s
-    sq = np.maximum(np.abs(u), np.abs(v)) <= 0.8  # squares drawn a bit smaller than their box
-    el = u ** 2 + (v / 0.55) ** 2 <= 1.0
+# Every sprite lies within 1.4 half-extents of its centre (the heart reaches furthest, about 1.36), so its
+# mask is evaluated on a square window around the centre instead of the whole canvas.
+_WINDOW = 2 * int(np.ceil(1.4 * SPRITE_SCALES.max())) + 2
+
+
+def _shape_inside(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether rotated, scaled coordinates (u, v) fall inside sprite `shape` (living in [-1, 1]^2)."""
+    if shape == 0:
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8  # squares drawn a bit smaller than their box
+    if shape == 1:
+        return u * u + (v / 0.55) * (v / 0.55) <= 1.0
     hu, hv = u * 1.25, -v * 1.25 + 0.25
-    he = (hu ** 2 + hv ** 2 - 1.0) ** 3 - hu ** 2 * hv ** 3 <= 0.0  # the classic implicit heart
-    sh = shape[..., None, None]
-    return np.where(sh == 0, sq, np.where(sh == 1, el, he))
+    t = hu * hu + hv * hv - 1.0
+    return t * t * t - hu * hu * (hv * hv * hv) <= 0.0  # the classic implicit heart; products, not powf,
+    # so a pixel's answer does not depend on the array it is computed in
+
+
+def _sprite_masks(shape, scale, angle, cy, cx, size, window: int | None = _WINDOW):
+    """(..., H, W) bool masks of sprites given per-sprite parameters of shape (...). Each shape's test runs
+    only on its own sprites and, unless `window` is None, only on a window around each sprite's centre."""
+    lead = np.shape(shape)
+    shape, scale, angle, cy, cx = (np.asarray(a).reshape(-1) for a in (shape, scale, angle, cy, cx))
+    m = shape.shape[0]
+    w = size if window is None or window >= size else window
+    top = np.clip(np.floor(cy).astype(np.int64) - w // 2, 0, size - w)  # (m,) window origin
+    left = np.clip(np.floor(cx).astype(np.int64) - w // 2, 0, size - w)
+    rows = top[:, None] + np.arange(w)  # (m, w) canvas rows of each window
+    cols = left[:, None] + np.arange(w)
+    dy = (rows.astype(np.float32) + np.float32(0.5)) - cy[:, None].astype(np.float32)  # (m, w)
+    dx = (cols.astype(np.float32) + np.float32(0.5)) - cx[:, None].astype(np.float32)
+    s = SPRITE_SCALES[scale][:, None, None]
+    c = np.cos(angle).astype(np.float32)[:, None, None]
+    si = np.sin(angle).astype(np.float32)[:, None, None]
+    u = (c * dx[:, None, :] + si * dy[:, :, None]) / s  # (m, w, w) rotated, scaled coordinates
+    v = (-si * dx[:, None, :] + c * dy[:, :, None]) / s
+    local = np.zeros((m, w, w), bool)
+    for k in range(len(SPRITE_SHAPES)):
+        sel = np.flatnonzero(shape == k)
+        if sel.size:
+            local[sel] = _shape_inside(k, u[sel], v[sel])
+    if w == size:
+        return local.reshape(lead + (size, size))
+    out = np.zeros((m, size, size), bool)
+    out[np.arange(m)[:, None, None], rows[:, :, None], cols[:, None, :]] = local
+    return out.reshape(lead + (size, size))
 
 
 def render_sprites(n: int, seed: int, size: int = 64, max_k: int = 4, min_visible: float = 0.25) -> Scenes:
@@ -186,17 +216,18 @@ def render_sprites(n: int, seed: int, size: int = 64, max_k: int = 4, min_visibl
         full = _sprite_masks(shape[idx], scale[idx], angle[idx], cy[idx], cx[idx], size)  # (m, k, H, W)
         full &= present[idx][..., None, None]
         # painter's algorithm: the last sprite covering a pixel owns it
-        order = np.arange(1, max_k + 1)[None, :, None, None]
-        lab = (full * order).max(axis=1)  # (m, H, W)
-        visible = (lab[:, None] == order).sum(axis=(2, 3))  # (m, k)
+        order = np.arange(1, max_k + 1, dtype=np.uint8)[None, :, None, None]
+        lab = (full * order).max(axis=1)  # (m, H, W) uint8
+        m = len(idx)
+        visible = np.bincount((lab + (max_k + 1) * np.arange(m)[:, None, None]).ravel(),
+                              minlength=m * (max_k + 1)).reshape(m, max_k + 1)[:, 1:]  # (m, k) pixels shown
         area = full.sum(axis=(2, 3))
         ok = np.all(~present[idx] | ((area > 0) & (visible >= min_visible * area)), axis=1)
         masks[idx] = lab
         todo[idx] = ~ok
-    bg = rng.uniform(0.0, 0.6, (n, 1, 1, 1)).astype(np.float32).repeat(3, axis=3)  # grey background
-    palette = np.concatenate([np.zeros((n, 1, 3), np.float32), SPRITE_COLOURS[colour]], axis=1)  # (n, k+1, 3)
-    fg = np.take_along_axis(palette, masks.reshape(n, -1, 1), axis=1).reshape(n, size, size, 3)
-    images = np.where(masks[..., None] > 0, fg, bg)
+    bg = rng.uniform(0.0, 0.6, (n, 1, 1)).astype(np.float32).repeat(3, axis=2)  # grey background
+    palette = np.concatenate([bg, SPRITE_COLOURS[colour]], axis=1).reshape(-1, 3)  # (n * (k+1), 3), 0: background
+    images = palette[masks + (max_k + 1) * np.arange(n)[:, None, None]]  # (n, H, W, 3)
     pos = np.stack([cy / size, cx / size], -1).astype(np.float32)
     return Scenes(images.astype(np.float32), masks, present,
                   {"shape": shape, "scale": scale, "colour": colour, "pos": pos, "angle": angle})

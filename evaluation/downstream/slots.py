@@ -24,6 +24,7 @@ narrower variants that fit a CPU (smaller kernels, strided encoder, low-resoluti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 from evaluation.downstream import scenes as scenes_mod
 from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
+from launcher.prefetch import StepPrefetcher
 from model.slot_attention import SlotAttentionAutoEncoder, SlotAttentionSetPredictor
 
 log = logging.getLogger("mnemos.slots")
@@ -101,6 +103,12 @@ def register(subparsers) -> None:
                         "reached; run the same command again to resume towards --steps")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
+                   help="render the next step's scenes in a background thread while this step computes (the "
+                        "batches are the same either way; default: on with CUDA, off on CPU, where it measured "
+                        "no faster, bench/slots_render.py)")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the forward pass under bfloat16 autocast (the loss and the optimiser stay fp32)")
     p.add_argument("--no-baseline", action="store_true", help="skip the k-means baseline")
     p.set_defaults(func=main)
 
@@ -244,6 +252,9 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     if start:
         log.info("seed %d: resumed from step %d", seed, start)
     eval_scenes = scenes_mod.render(args.dataset, args.eval_size, EVAL_SEED) if ctx.rank == 0 else None
+    make_batch = functools.partial(training_batch, args, spec, seed, ctx.rank, per_rank, ctx.device)
+    use_prefetch = args.prefetch if args.prefetch is not None else ctx.device.type == "cuda"
+    prefetch = StepPrefetcher(lambda step: [make_batch(step)], ctx.device) if use_prefetch else None
     t0, last_t, last_step = time.time(), time.time(), start
     loss_val = float("nan")
     done = start
@@ -251,10 +262,13 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
         lr = lr_at(step, args)
         for group in opt.param_groups:
             group["lr"] = lr
-        bseed = batch_seed(seed, ctx.rank, step)  # scenes and slot noise are functions of (seed, rank, step),
-        batch = scenes_mod.render(args.dataset, per_rank, bseed)  # so a resumed run repeats the same stream
-        gen = torch.Generator(device=ctx.device).manual_seed(bseed)
-        loss = compute_loss(ddp, args, spec, batch, ctx.device, gen)
+        # scenes and slot noise are functions of (seed, rank, step), so a resumed run repeats the same stream
+        batch = prefetch.take(step, step)[0] if prefetch else make_batch(step)
+        if prefetch and step + 1 < args.steps:
+            prefetch.submit(step + 1, step + 1)  # rendered while this step computes
+        gen = torch.Generator(device=ctx.device).manual_seed(batch_seed(seed, ctx.rank, step))
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = compute_loss(ddp, args, batch, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
@@ -287,6 +301,8 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
             log.info("seed %d: --time-limit %g min reached at step %d of %d; the checkpoint is saved, the same "
                      "command resumes from it", seed, args.time_limit, done, args.steps)
             break
+    if prefetch:
+        prefetch.close()
     result = {"seed": seed, "steps": done, "final_train_loss": loss_val,
               "train_seconds": round(time.time() - t0, 1)}
     if ctx.rank == 0:
@@ -306,13 +322,20 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     return result
 
 
-def compute_loss(model, args, spec, batch: scenes_mod.Scenes, device, generator=None) -> torch.Tensor:
-    x = to_tensor(batch.images, device)  # (B, 3, H, W)
-    out = model(x, generator=generator)
+def training_batch(args, spec, seed: int, rank: int, size: int, device, step: int) -> dict[str, torch.Tensor]:
+    """This rank's scenes for `step` as tensors on `device`: images, and set-prediction targets."""
+    scenes = scenes_mod.render(args.dataset, size, batch_seed(seed, rank, step))
+    batch = {"x": to_tensor(scenes.images, device)}  # (B, 3, H, W)
+    if args.task == "set-prediction":
+        batch["target"] = torch.from_numpy(scenes_mod.set_targets(scenes, spec)).to(device)  # (B, M, D)
+    return batch
+
+
+def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None) -> torch.Tensor:
+    out = model(batch["x"], generator=generator)
     if args.task == "discovery":
-        return F.mse_loss(out["recon"], x)  # Section 2.2: pixel MSE
-    target = torch.from_numpy(scenes_mod.set_targets(batch, spec)).to(device)  # (B, M, D)
-    return set_prediction_loss(out["pred"], target)
+        return F.mse_loss(out["recon"].float(), batch["x"])  # Section 2.2: pixel MSE
+    return set_prediction_loss(out["pred"].float(), batch["target"])
 
 
 def _subset(s: scenes_mod.Scenes, n: int) -> scenes_mod.Scenes:

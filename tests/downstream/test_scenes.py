@@ -89,6 +89,27 @@ def test_sprites_masks_attributes_and_occlusion(spr):
     assert occluded > 20  # later sprites do cover earlier ones
 
 
+def test_sprite_masks_on_windows_equal_the_whole_canvas():
+    """The renderer evaluates each sprite only on a window around its centre: no sprite may reach past it,
+    wherever it sits (canvas corners included) and however it is turned."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    shape = np.repeat(np.arange(3), n // 3)
+    scale = np.full(n, 2)  # the largest sprites
+    angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+    margin = scenes.SPRITE_SCALES[scale] * 0.8
+    cy = rng.uniform(margin, 64 - margin).astype(np.float32)
+    cx = rng.uniform(margin, 64 - margin).astype(np.float32)
+    cy[::4], cx[1::4] = margin[::4], (64 - margin)[1::4]  # at the edges the window is clipped to the canvas
+    windowed = scenes._sprite_masks(shape, scale, angle, cy, cx, 64)
+    whole = scenes._sprite_masks(shape, scale, angle, cy, cx, 64, window=None)
+    np.testing.assert_array_equal(windowed, whole)
+    area = whole.sum(axis=(1, 2))
+    assert (area > 0).all() and len(np.unique(area)) > 50  # real, varied sprites were compared
+    # a sprite spans more than the window's half: windowing does cut the work and is not a no-op
+    assert scenes._WINDOW < 64 and whole.any(axis=1).sum(axis=1).max() > scenes._WINDOW // 2
+
+
 @pytest.mark.parametrize("name", ["tetrominoes", "sprites"])
 def test_set_targets(name):
     s = render(name, 8, 0)

@@ -147,6 +147,44 @@ def test_time_limit_stops_checkpoints_and_resumes(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
 
 
+def test_prefetch_trains_on_the_same_batches(tmp_path):
+    """Scenes rendered one step ahead in the background thread are the scenes the step would render."""
+    common = ["--dataset", "sprites", "--task", "set-prediction", "--preset", "tiny", "--batch-size", "4",
+              "--eval-size", "8", "--ckpt-every", "3", "--threads", "1", "--seeds", "1", "--steps", "3"]
+    for flag in ("--prefetch", "--no-prefetch"):
+        args = parse(*common, flag, "--out", str(tmp_path / flag))
+        assert args.func(args) == 0
+    wa = _weights(tmp_path / "--prefetch" / "checkpoints" / "seed1" / "step00000003.pt")
+    wb = _weights(tmp_path / "--no-prefetch" / "checkpoints" / "seed1" / "step00000003.pt")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+
+
+def test_bf16_autocast_follows_the_fp32_loss_curve():
+    spec = scenes.SPECS["tetrominoes-mini"]
+    args = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--implicit-grad", "--out", "unused")
+    curves = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = slots.build(args, spec)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        losses = []
+        for step in range(120):
+            batch = slots.training_batch(args, spec, 0, 0, 16, torch.device("cpu"), step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = slots.compute_loss(model, args, batch, torch.Generator().manual_seed(step))
+            assert loss.dtype == torch.float32
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves[bf16] = np.array(losses)
+    assert not np.array_equal(curves[True], curves[False])  # bf16 did run: the losses differ in low bits
+    late = slice(80, 120)
+    assert curves[True][late].mean() < 0.8 * curves[True][:10].mean()  # it learns
+    np.testing.assert_allclose(curves[True][late].mean(), curves[False][late].mean(), rtol=0.03)
+
+
 def test_set_prediction_loss_is_permutation_invariant():
     torch.manual_seed(0)
     target = torch.rand(3, 2, 6)
