@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=16, help="training batch for the step timing")
     ap.add_argument("--loop-steps", type=int, default=10, help="steps per timed training loop")
+    ap.add_argument("--compile", action="store_true", help="also time the step through torch.compile")
     ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated architecture presets to time")
     ap.add_argument("--out", type=Path, default=Path("bench/results/slots_render.json"))
     args = ap.parse_args()
@@ -91,6 +92,15 @@ def main() -> int:
                 lambda: prefetched_loop(make, step, args.loop_steps), args.repeat), 3)
             row[f"prefetch_speedup_{preset}"] = round(row[f"loop_prefetch_steps_per_s_{preset}"]
                                                       / row[f"loop_steps_per_s_{preset}"], 3)
+            if args.compile:  # `--compile`: the same step through torch.compile, against the eager step above
+                torch._dynamo.reset()  # each preset compiles afresh, not as a recompile of the last one
+                model = torch.compile(model, dynamic=False)  # step() looks `model` up when called
+                t = time.perf_counter()
+                step(fixed)
+                row[f"compile_s_{preset}"] = round(time.perf_counter() - t, 1)
+                row[f"compiled_train_steps_per_s_{preset}"] = round(1.0 / best_of(lambda: step(fixed), args.repeat), 3)
+                row[f"compile_speedup_{preset}"] = round(row[f"compiled_train_steps_per_s_{preset}"]
+                                                         / row[f"train_steps_per_s_{preset}"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),

@@ -24,6 +24,7 @@ narrower variants that fit a CPU (smaller kernels, strided encoder, low-resoluti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -107,6 +108,9 @@ def register(subparsers) -> None:
                    help="render the next step's scenes in a background thread while this step computes (the "
                         "batches are the same either way; default: on with CUDA, off on CPU, where it measured "
                         "no faster, bench/slots_render.py)")
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (inductor); a part that fails to compile runs eagerly, "
+                        "with the error in the log")
     p.add_argument("--bf16", action="store_true",
                    help="run the forward pass under bfloat16 autocast (the loss and the optimiser stay fp32)")
     p.add_argument("--no-baseline", action="store_true", help="skip the k-means baseline")
@@ -126,7 +130,9 @@ def main(args: argparse.Namespace) -> int:
             _add_file_log(run / "logs" / "slots.log")
             _write_config(run / "config.yaml", args, ctx)
         ctx.barrier()
-        results = [train_and_evaluate(args, seed, ctx) for seed in seeds]
+        # with --compile, a graph that fails to compile runs eagerly: it costs speed, not the run
+        with torch._dynamo.config.patch(suppress_errors=True) if args.compile else contextlib.nullcontext():
+            results = [train_and_evaluate(args, seed, ctx) for seed in seeds]
         if ctx.rank == 0:
             summary = summarise(args, results, seeds)
             paths = write_results(run, args, summary)
@@ -242,6 +248,9 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     ckpt_dir = run / "checkpoints" / f"seed{seed}"
     start = load_latest(ckpt_dir, model, opt, ctx.device)
     ddp = ctx.wrap(model)
+    if args.compile:
+        torch._dynamo.reset()  # a fresh cache per seed: each seed's model would otherwise count as a recompile
+        ddp = torch.compile(ddp, dynamic=False)  # one batch shape per run; never symbolic shapes
     writer = None
     if ctx.rank == 0:
         from torch.utils.tensorboard import SummaryWriter
