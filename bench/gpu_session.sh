@@ -56,9 +56,9 @@ if [ "$part" = 1 ]; then
     stage layer-175b 150 python3 bench/layer_175b.py --out "$OUT/layer_175b_cuda.json"
     stage gpu-tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider -x
 elif [ "$part" = 3 ]; then  # not run yet: the next GPU session's first call
-    stage train-xl-kernels 420 python3 bench/train_throughput.py --sizes gpt3-xl \
+    stage train-xl-kernels 320 python3 bench/train_throughput.py --sizes gpt3-xl \
         --variants mnemos-fast mnemos-fast-cudnn mnemos-fast-sac hf-compile --out "$OUT/train_throughput_cuda_kernels.json"
-    stage train-xl-alternating 240 python3 bench/train_throughput.py --sizes gpt3-xl --attn-pattern alternating \
+    stage train-xl-alternating 200 python3 bench/train_throughput.py --sizes gpt3-xl --attn-pattern alternating \
         --variants mnemos-fast hf-compile --out "$OUT/train_throughput_cuda_alternating.json"
 elif [ "$part" = 4 ]; then
     mkdir -p "$OUT/slotruns"
