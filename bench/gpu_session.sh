@@ -19,14 +19,19 @@
 #                                 (--time-limit, default 6: the call must end within the device's 10-minute
 #                                 command limit), then evaluated. The recipe is the one that reached FG-ARI
 #                                 0.927 on Tetrominoes in 77,510 CPU steps (README): the `tiny` preset, batch
-#                                 16, lr 1e-3. A step is 3.6 GFLOP (sprites) or 1.7 (Tetrominoes) forward
-#                                 and backward (FlopCounterMode), so on a GPU kernel launches rather than
-#                                 FLOPs should bound it (an estimate: no GPU has run it), and --compile cuts
-#                                 the launches. The paper preset at batch 64 is 2,950 / 737 GFLOP a step:
-#                                 a few thousand steps a session, far from the paper's 500k. SLOT_PRESET, SLOT_BATCH, SLOT_LR and SLOT_EXTRA (more flags, e.g.
-#                                 --bf16) change it. Runs resume from .slotruns/ when it travels with the
-#                                 tree (copy the returned slotruns/ there and carry it), so training adds up
-#                                 across sessions; only the newest checkpoint is kept
+#                                 16, lr 1e-3; sprites take the `cpu` preset (16x16 broadcast, 32 channels),
+#                                 whose wider decoder reached the same reconstruction error in half the CPU
+#                                 steps (MSE 0.030 at 5k steps; `tiny` 0.043 at 5k, 0.031 at 10k, 0.023 at
+#                                 20k, its masks still blobs at FG-ARI 0.41-0.43). A step is 1.7 (Tetrominoes,
+#                                 tiny) or 13.2 (sprites, cpu) GFLOP forward and backward (FlopCounterMode),
+#                                 so on a GPU kernel launches rather than FLOPs should bound it (an estimate:
+#                                 no GPU has run it), and --compile cuts the launches. The paper preset at
+#                                 batch 64 is 737 / 2,950 GFLOP a step: a few thousand steps a session, far
+#                                 from the paper's 500k. SLOT_PRESET (both sets), SLOT_BATCH, SLOT_LR and
+#                                 SLOT_EXTRA (more flags, e.g. --bf16) change it. Runs resume from
+#                                 .slotruns/ when it travels with the tree (copy the returned slotruns/
+#                                 there and carry it), so training adds up across sessions; only the newest
+#                                 checkpoint is kept
 set -uo pipefail
 part=${1:-1}
 OUT=${OUT:-/tmp/mnemos-gpu-out}
@@ -66,7 +71,8 @@ elif [ "$part" = 4 ]; then
     echo "=== slots: start $(date +%T), ${SLOT_MIN:-6} min, 3 seeds x 2 sets at once"
     for ds in tetrominoes sprites; do
         for s in 0 1 2; do
-            python3 -m evaluation.downstream.slots --dataset "$ds" --preset "${SLOT_PRESET:-tiny}" --steps 500000 \
+            preset=${SLOT_PRESET:-$([ "$ds" = sprites ] && echo cpu || echo tiny)}
+            python3 -m evaluation.downstream.slots --dataset "$ds" --preset "$preset" --steps 500000 \
                 --batch-size "${SLOT_BATCH:-16}" --lr "${SLOT_LR:-1e-3}" --warmup-steps 1000 --decay-steps 40000 \
                 --implicit-grad --grad-clip 1.0 --eval-iters 6 --compile ${SLOT_EXTRA:-} --threads 2 \
                 --seeds "$s" --time-limit "${SLOT_MIN:-6}" --eval-every 10000 --ckpt-every 10000 --log-every 2000 \
