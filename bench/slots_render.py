@@ -26,7 +26,6 @@ import torch  # noqa: E402
 from evaluation.downstream import scenes  # noqa: E402
 from evaluation.downstream import slots  # noqa: E402
 from evaluation.downstream.slots import PRESETS  # noqa: E402
-from launcher.prefetch import StepPrefetcher  # noqa: E402
 from model.slot_attention import SlotAttentionAutoEncoder  # noqa: E402
 
 
@@ -37,17 +36,6 @@ def best_of(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
-
-
-def prefetched_loop(make, step, n: int) -> None:
-    prefetch = StepPrefetcher(lambda i: [make(i)], torch.device("cpu"))
-    prefetch.submit(0, 0)
-    for i in range(n):
-        batch = prefetch.take(i, i)[0]
-        if i + 1 < n:
-            prefetch.submit(i + 1, i + 1)
-        step(batch)
-    prefetch.close()
 
 
 def main() -> int:
@@ -86,10 +74,10 @@ def main() -> int:
             row[f"train_steps_per_s_{preset}"] = round(1.0 / best_of(lambda: step(fixed), args.repeat), 3)
             # the training loop as `mnemos downstream slots` runs it: fresh scenes every step, rendered in
             # this thread (the peer) or one step ahead in the prefetch thread
-            row[f"loop_steps_per_s_{preset}"] = round(args.loop_steps / best_of(
-                lambda: [step(make(i)) for i in range(args.loop_steps)], args.repeat), 3)
-            row[f"loop_prefetch_steps_per_s_{preset}"] = round(args.loop_steps / best_of(
-                lambda: prefetched_loop(make, step, args.loop_steps), args.repeat), 3)
+            for key, ahead in (("loop", False), ("loop_prefetch", True)):
+                row[f"{key}_steps_per_s_{preset}"] = round(args.loop_steps / best_of(
+                    lambda: [step(b) for b in slots.step_batches(make, 0, args.loop_steps, torch.device("cpu"), ahead)],
+                    args.repeat), 3)
             row[f"prefetch_speedup_{preset}"] = round(row[f"loop_prefetch_steps_per_s_{preset}"]
                                                       / row[f"loop_steps_per_s_{preset}"], 3)
             if args.compile:  # `--compile`: the same step through torch.compile, against the eager step above

@@ -263,7 +263,8 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     eval_scenes = scenes_mod.render(args.dataset, args.eval_size, EVAL_SEED) if ctx.rank == 0 else None
     make_batch = functools.partial(training_batch, args, spec, seed, ctx.rank, per_rank, ctx.device)
     use_prefetch = args.prefetch if args.prefetch is not None else ctx.device.type == "cuda"
-    prefetch = StepPrefetcher(lambda step: [make_batch(step)], ctx.device) if use_prefetch else None
+    # scenes and slot noise are functions of (seed, rank, step), so a resumed run repeats the same stream
+    stream = step_batches(make_batch, start, args.steps, ctx.device, use_prefetch)
     t0, last_t, last_step = time.time(), time.time(), start
     loss_val = float("nan")
     done = start
@@ -271,10 +272,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
         lr = lr_at(step, args)
         for group in opt.param_groups:
             group["lr"] = lr
-        # scenes and slot noise are functions of (seed, rank, step), so a resumed run repeats the same stream
-        batch = prefetch.take(step, step)[0] if prefetch else make_batch(step)
-        if prefetch and step + 1 < args.steps:
-            prefetch.submit(step + 1, step + 1)  # rendered while this step computes
+        batch = next(stream)
         gen = torch.Generator(device=ctx.device).manual_seed(batch_seed(seed, ctx.rank, step))
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
             loss = compute_loss(ddp, args, batch, gen)
@@ -310,8 +308,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
             log.info("seed %d: --time-limit %g min reached at step %d of %d; the checkpoint is saved, the same "
                      "command resumes from it", seed, args.time_limit, done, args.steps)
             break
-    if prefetch:
-        prefetch.close()
+    stream.close()  # stops the prefetch thread when the time limit ended the loop early
     result = {"seed": seed, "steps": done, "final_train_loss": loss_val,
               "train_seconds": round(time.time() - t0, 1)}
     if ctx.rank == 0:
@@ -338,6 +335,26 @@ def training_batch(args, spec, seed: int, rank: int, size: int, device, step: in
     if args.task == "set-prediction":
         batch["target"] = torch.from_numpy(scenes_mod.set_targets(scenes, spec)).to(device)  # (B, M, D)
     return batch
+
+
+def step_batches(make, start: int, stop: int, device, prefetch: bool):
+    """`make(step)` for each step in [start, stop); with `prefetch`, step + 1 is made in a background thread
+    while the caller computes on step."""
+    if not prefetch:
+        for step in range(start, stop):
+            yield make(step)
+        return
+    ahead = StepPrefetcher(lambda step: [make(step)], device)
+    try:
+        if start < stop:
+            ahead.submit(start, start)
+        for step in range(start, stop):
+            batch = ahead.take(step, step)[0]
+            if step + 1 < stop:
+                ahead.submit(step + 1, step + 1)
+            yield batch
+    finally:
+        ahead.close()
 
 
 def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None) -> torch.Tensor:
