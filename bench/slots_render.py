@@ -65,7 +65,7 @@ def main() -> int:
             fixed = make(0)
 
             def step(batch):
-                loss = slots.compute_loss(model, argparse.Namespace(task="discovery"), batch)
+                loss = slots.compute_loss(model, argparse.Namespace(task="discovery", mask_entropy=0.0), batch)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

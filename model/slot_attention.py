@@ -7,7 +7,8 @@ Blocks, as in the paper:
                             normalised over slots, weighted mean over inputs, GRU + residual MLP;
                             optionally the gradient flows through the last round only (`implicit_grad`,
                             Chang et al. 2022, "Object Representations as Fixed Points"); the Gaussian's
-                            mean and spread then get no gradient and keep their initial values
+                            mean and spread then get no gradient and keep their initial values;
+                            `update_norm="sum"` replaces the weighted mean of Eq. 2 (see UPDATE_NORMS)
   Encoder                   App. E.1: CNN, soft position embedding, flatten, LayerNorm, MLP
   SpatialBroadcastDecoder   App. E.1 (Watters et al. 2019): each slot broadcast on a grid, CNN to RGB + alpha
   SlotAttentionAutoEncoder  Section 2.2 "Object discovery": masks = softmax over slots, MSE reconstruction
@@ -53,13 +54,24 @@ class SoftPositionEmbed(nn.Module):
         return x + self.proj(grid)
 
 
+# How a slot's update aggregates the inputs it attends to. "mean" is the paper's Eq. 2. "sum" takes the
+# attention-weighted sum times K / N instead, a fixed scale (after Krimmel et al. 2024, "Attention
+# normalization impacts cardinality generalization in slot attention"): the update then also says how much
+# of the scene a slot won, so a slot left without an object stays small rather than becoming a copy of one.
+UPDATE_NORMS = ("mean", "sum")
+
+
 class SlotAttention(nn.Module):
     """Algorithm 1 of the paper. `dim` is the slot size D; inputs have `input_dim` features."""
 
     def __init__(self, num_slots: int, dim: int, iters: int = 3, mlp_hidden: int = 128,
-                 input_dim: int | None = None, eps: float = 1e-8, implicit_grad: bool = False):
+                 input_dim: int | None = None, eps: float = 1e-8, implicit_grad: bool = False,
+                 update_norm: str = "mean"):
         super().__init__()
+        if update_norm not in UPDATE_NORMS:
+            raise ValueError(f"update_norm={update_norm!r}: expected one of {UPDATE_NORMS}")
         self.num_slots = num_slots
+        self.update_norm = update_norm
         self.iters = iters
         # Treat the slots as a fixed point of the update and backpropagate through the last round only (the
         # first-order approximation of implicit differentiation): cheaper, more stable training, and the
@@ -118,7 +130,10 @@ class SlotAttention(nn.Module):
         q = self.to_q(self.norm_slots(slots))  # (B, K, D)
         logits = torch.einsum("bnd,bkd->bnk", k, q) * self.scale  # (B, N, K), Eq. 1
         attn = logits.softmax(dim=-1) + self.eps  # softmax over slots: slots compete for inputs (Eq. 1)
-        weights = attn / attn.sum(dim=1, keepdim=True)  # weighted mean over inputs (Eq. 2)
+        if self.update_norm == "mean":
+            weights = attn / attn.sum(dim=1, keepdim=True)  # weighted mean over inputs (Eq. 2)
+        else:  # weighted sum, scaled so that a fair share (N / K inputs) weighs 1: a slot that wins few
+            weights = attn * (K / attn.shape[1])  # inputs gets a small update instead of a full copy
         updates = torch.einsum("bnk,bnd->bkd", weights, v)  # (B, K, D), Eq. 2
         slots = self.gru(updates.reshape(B * K, -1), slots_prev.reshape(B * K, -1))  # (B*K, D)
         slots = slots.reshape(B, K, -1)  # (B, K, D)
@@ -207,10 +222,11 @@ class SlotAttentionAutoEncoder(nn.Module):
                  slot_dim: int = 64, enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5,
                  enc_stride: int = 1, dec_hidden: int = 32, dec_layers: int = 4, dec_kernel: int = 5,
                  broadcast_size: tuple[int, int] | None = None, mlp_hidden: int = 128,
-                 implicit_grad: bool = False):
+                 implicit_grad: bool = False, update_norm: str = "mean"):
         super().__init__()
         self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
-        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad)
+        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad,
+                                            update_norm=update_norm)
         self.decoder = SpatialBroadcastDecoder(slot_dim, dec_hidden, dec_layers, dec_kernel, image_size,
                                                broadcast_size)
 
@@ -233,10 +249,11 @@ class SlotAttentionSetPredictor(nn.Module):
 
     def __init__(self, out_dim: int, num_slots: int = 4, iters: int = 3, slot_dim: int = 64,
                  enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5, enc_stride: int = 1,
-                 mlp_hidden: int = 128, implicit_grad: bool = False):
+                 mlp_hidden: int = 128, implicit_grad: bool = False, update_norm: str = "mean"):
         super().__init__()
         self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
-        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad)
+        self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad,
+                                            update_norm=update_norm)
         self.head = nn.Sequential(nn.Linear(slot_dim, slot_dim), nn.ReLU(), nn.Linear(slot_dim, out_dim))
 
     def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,

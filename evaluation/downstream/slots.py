@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from evaluation.downstream import scenes as scenes_mod
 from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
 from launcher.prefetch import StepPrefetcher
-from model.slot_attention import SlotAttentionAutoEncoder, SlotAttentionSetPredictor
+from model.slot_attention import UPDATE_NORMS, SlotAttentionAutoEncoder, SlotAttentionSetPredictor
 
 log = logging.getLogger("mnemos.slots")
 
@@ -94,7 +94,17 @@ def register(subparsers) -> None:
     p.add_argument("--implicit-grad", action="store_true",
                    help="backpropagate through the last slot-attention iteration only (Chang et al. 2022, "
                         "implicit differentiation); the slot initialisation is then not learnt")
+    p.add_argument("--update-norm", choices=UPDATE_NORMS, default="mean",
+                   help="how a slot aggregates its inputs: 'mean' (the paper's Eq. 2) or 'sum' (weighted sum times "
+                        "slots / inputs, after Krimmel et al. 2024), which leaves slots without an object small")
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0: off)")
+    p.add_argument("--mask-entropy", type=float, default=0.0, metavar="WEIGHT",
+                   help="discovery: add WEIGHT x the mean per-pixel entropy of the decoder masks to the loss, so "
+                        "that each pixel is drawn by one slot rather than shared by copies of it (0: off, the "
+                        "paper's loss). From the first step it drives all pixels into one slot; start it once "
+                        "the slots have formed groups (--mask-entropy-from)")
+    p.add_argument("--mask-entropy-from", type=int, default=0, metavar="STEP",
+                   help="the step from which --mask-entropy applies")
     p.add_argument("--eval-size", type=int, default=256, help="held-out scenes for the final evaluation")
     p.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (TensorBoard)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
@@ -201,10 +211,10 @@ def build(args, spec: scenes_mod.SceneSpec) -> torch.nn.Module:
     k = args.num_slots or spec.num_slots
     if args.task == "discovery":
         return SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=k, iters=args.iters,
-                                        implicit_grad=args.implicit_grad, **widths)
+                                        implicit_grad=args.implicit_grad, update_norm=args.update_norm, **widths)
     enc = {key: v for key, v in widths.items() if key not in DECODER_KEYS}
     return SlotAttentionSetPredictor(out_dim=target_dim(spec), num_slots=k, iters=args.iters,
-                                     implicit_grad=args.implicit_grad, **enc)
+                                     implicit_grad=args.implicit_grad, update_norm=args.update_norm, **enc)
 
 
 def target_dim(spec: scenes_mod.SceneSpec) -> int:
@@ -275,7 +285,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
         batch = next(stream)
         gen = torch.Generator(device=ctx.device).manual_seed(batch_seed(seed, ctx.rank, step))
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = compute_loss(ddp, args, batch, gen)
+            loss = compute_loss(ddp, args, batch, gen, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
@@ -357,11 +367,19 @@ def step_batches(make, start: int, stop: int, device, prefetch: bool):
         ahead.close()
 
 
-def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None) -> torch.Tensor:
+def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None, step: int | None = None) -> torch.Tensor:
     out = model(batch["x"], generator=generator)
     if args.task == "discovery":
-        return F.mse_loss(out["recon"].float(), batch["x"])  # Section 2.2: pixel MSE
+        loss = F.mse_loss(out["recon"].float(), batch["x"])  # Section 2.2: pixel MSE
+        if args.mask_entropy > 0 and (step is None or step >= args.mask_entropy_from):
+            loss = loss + args.mask_entropy * mask_entropy(out["masks"].float())
+        return loss
     return set_prediction_loss(out["pred"].float(), batch["target"])
+
+
+def mask_entropy(masks: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of the entropy (nats) of the slot distribution; masks: (B, K, H, W), summing to 1 over K."""
+    return -(masks * masks.clamp_min(1e-12).log()).sum(dim=1).mean()
 
 
 def _subset(s: scenes_mod.Scenes, n: int) -> scenes_mod.Scenes:
@@ -552,6 +570,10 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)  # an earlier result stays whole until the new one is complete
 
 
+def _entropy_text(args) -> str:
+    return f", mask entropy {args.mask_entropy:g} from step {args.mask_entropy_from}" if args.mask_entropy else ""
+
+
 def _steps_text(target: int, per_seed: list[dict]) -> str:
     reached = [r["steps"] for r in per_seed]
     if all(n == target for n in reached):
@@ -568,7 +590,10 @@ def write_results(run: Path, args, summary: dict) -> list[Path]:
              f"seeds {summary['seeds']}, "
              f"{summary['num_slots']} slots, {args.iters} iterations"
              f"{' (gradient through the last only)' if args.implicit_grad else ''}"
-             f"{f', grad-norm clip {args.grad_clip:g}' if args.grad_clip else ''}; evaluated with "
+             f"{f', grad-norm clip {args.grad_clip:g}' if args.grad_clip else ''}"
+             f"{f', update norm {args.update_norm}' if args.update_norm != 'mean' else ''}"
+             f"{_entropy_text(args)}"
+             f"; evaluated with "
              f"{summary['eval_iters']} iterations on {args.eval_size} held-out "
              f"scenes (seed {EVAL_SEED}).", ""]
     metric_keys = list(summary["median"])

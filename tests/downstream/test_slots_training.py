@@ -100,6 +100,28 @@ def test_upsample_nearest_maps_each_pixel_to_its_feature_cell():
     np.testing.assert_array_equal(slots.upsample_nearest(same, (7, 7)), same)
 
 
+def test_mask_entropy_term():
+    """--mask-entropy adds WEIGHT x the mean per-pixel entropy of the slot masks to the MSE from step
+    --mask-entropy-from on: zero for masks where one slot draws each pixel, log K where K slots share every
+    pixel equally."""
+    one_hot = torch.nn.functional.one_hot(torch.randint(0, 5, (2, 7, 7)), 5).permute(0, 3, 1, 2).float()
+    assert slots.mask_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-9)
+    assert slots.mask_entropy(torch.full((2, 5, 7, 7), 0.2)).item() == pytest.approx(np.log(5), rel=1e-6)
+    plain = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--out", "unused")
+    weighted = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--mask-entropy", "0.5",
+                     "--mask-entropy-from", "100", "--out", "unused")
+    torch.manual_seed(0)
+    model = slots.build(plain, scenes.SPECS["tetrominoes-mini"])
+    batch = slots.training_batch(plain, scenes.SPECS["tetrominoes-mini"], 0, 0, 4, "cpu", 0)
+    out = model(batch["x"], generator=torch.Generator().manual_seed(1))
+    base = slots.compute_loss(model, plain, batch, torch.Generator().manual_seed(1))
+    total = slots.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=100)
+    assert total.item() == pytest.approx(base.item() + 0.5 * slots.mask_entropy(out["masks"]).item(), rel=1e-5)
+    assert total.item() > base.item()
+    before = slots.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=99)
+    assert before.item() == base.item()  # not yet: --mask-entropy-from 100
+
+
 def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 

@@ -10,10 +10,11 @@ from model.slot_attention import (SlotAttention, SlotAttentionAutoEncoder, SlotA
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def sa():
+@pytest.fixture(params=["mean", "sum"])
+def sa(request):
     torch.manual_seed(0)
-    return SlotAttention(num_slots=5, dim=16, iters=3, mlp_hidden=32, input_dim=12).double()
+    return SlotAttention(num_slots=5, dim=16, iters=3, mlp_hidden=32, input_dim=12,
+                         update_norm=request.param).double()
 
 
 def test_permutation_equivariance_in_slots(sa):
@@ -86,6 +87,24 @@ def test_implicit_grad_backpropagates_through_the_last_iteration_only(sa):
     assert not torch.allclose(g_implicit, g_full)
     sa(x)[0].sum().backward()
     assert sa.slots_mu.grad is None and sa.slots_log_sigma.grad is None  # the initialisation is not learnt
+
+
+@pytest.mark.parametrize("norm", ["mean", "sum"])
+def test_update_aggregates_the_attended_inputs(norm):
+    """The GRU's input is the attention-weighted mean of the values (Eq. 2) or, with update_norm="sum", the
+    weighted sum times K / N, so a slot that wins little of the scene gets a small update."""
+    torch.manual_seed(3)
+    sa = SlotAttention(num_slots=4, dim=8, iters=1, mlp_hidden=16, input_dim=6, update_norm=norm).double()
+    x = torch.randn(2, 30, 6, dtype=torch.double)
+    seen = []
+    sa.gru.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    _, attn = sa(x, slots=torch.randn(2, 4, 8, dtype=torch.double))  # attn: (B, K, N), eps included
+    v = sa.to_v(sa.norm_inputs(x))  # (B, N, D)
+    weighted = torch.einsum("bkn,bnd->bkd", attn, v)
+    expected = weighted / attn.sum(-1, keepdim=True) if norm == "mean" else weighted * 4 / 30  # K / N
+    torch.testing.assert_close(seen[0].reshape(2, 4, 8), expected)
+    with pytest.raises(ValueError, match="update_norm='max'"):
+        SlotAttention(num_slots=4, dim=8, update_norm="max")
 
 
 def test_position_grid_and_embedding():
