@@ -22,10 +22,10 @@
 #                                 16, lr 1e-3; sprites take the `cpu` preset (16x16 broadcast, 32 channels),
 #                                 whose wider decoder reached the same reconstruction error in half the CPU
 #                                 steps (MSE 0.030 at 5k steps; `tiny` 0.043 at 5k, 0.031 at 10k, 0.023 at
-#                                 20k, its masks still blobs at FG-ARI 0.41-0.43). Sprites also take
-#                                 --update-norm sum (SPRITE_EXTRA), which keeps the spare slots empty
-#                                 instead of copies of a sprite: tiny on CPU, 0.511 in 15k steps against
-#                                 0.459 in 26k with the paper's mean (README). A step is 1.7 (Tetrominoes,
+#                                 20k, its masks still blobs at FG-ARI 0.41-0.43). SPRITE_EXTRA adds flags to
+#                                 the sprite runs only, e.g. --update-norm sum, which keeps the spare slots
+#                                 empty (tiny on CPU, seed 0: 0.511 at 15k steps against 0.459 at 26k with
+#                                 the paper's mean), but seed 1 had not started to learn at 11k (README). A step is 1.7 (Tetrominoes,
 #                                 tiny) or 13.2 (sprites, cpu) GFLOP forward and backward (FlopCounterMode),
 #                                 so on a GPU kernel launches rather than FLOPs should bound it (an estimate:
 #                                 no GPU has run it), and --compile cuts the launches. The paper preset at
@@ -75,7 +75,7 @@ elif [ "$part" = 4 ]; then
     for ds in tetrominoes sprites; do
         for s in 0 1 2; do
             preset=${SLOT_PRESET:-$([ "$ds" = sprites ] && echo cpu || echo tiny)}
-            per_set=$([ "$ds" = sprites ] && echo "${SPRITE_EXTRA---update-norm sum}")
+            per_set=$([ "$ds" = sprites ] && echo "${SPRITE_EXTRA:-}")
             python3 -m evaluation.downstream.slots --dataset "$ds" --preset "$preset" --steps 500000 \
                 --batch-size "${SLOT_BATCH:-16}" --lr "${SLOT_LR:-1e-3}" --warmup-steps 1000 --decay-steps 40000 \
                 --implicit-grad --grad-clip 1.0 --eval-iters 6 --compile ${SLOT_EXTRA:-} $per_set --threads 2 \
