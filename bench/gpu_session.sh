@@ -25,9 +25,10 @@
 #                                 20k, its masks still blobs at FG-ARI 0.41-0.43). SPRITE_EXTRA adds flags to
 #                                 the sprite runs only, e.g. --update-norm sum, which keeps the spare slots
 #                                 empty (tiny on CPU, seed 0: 0.511 at 15k steps against 0.459 at 26k with
-#                                 the paper's mean), but seed 1 had not started to learn at 11k (README). A step is 1.7 (Tetrominoes,
-#                                 tiny) or 13.2 (sprites, cpu) GFLOP forward and backward (FlopCounterMode),
-#                                 so on a GPU kernel launches rather than FLOPs should bound it (an estimate:
+#                                 the paper's mean), but seed 1 had not started to learn at 11k (README).
+#                                 A step is 1.7 (Tetrominoes, tiny) or 13.2 (sprites, cpu) GFLOP forward
+#                                 and backward (FlopCounterMode), so on a GPU kernel launches rather than
+#                                 FLOPs should bound it (an estimate:
 #                                 no GPU has run it), and --compile cuts the launches. The paper preset at
 #                                 batch 64 is 737 / 2,950 GFLOP a step: a few thousand steps a session, far
 #                                 from the paper's 500k. SLOT_PRESET (both sets), SLOT_BATCH, SLOT_LR and

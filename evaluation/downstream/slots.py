@@ -367,11 +367,11 @@ def step_batches(make, start: int, stop: int, device, prefetch: bool):
         ahead.close()
 
 
-def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None, step: int | None = None) -> torch.Tensor:
+def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None, step: int = 0) -> torch.Tensor:
     out = model(batch["x"], generator=generator)
     if args.task == "discovery":
         loss = F.mse_loss(out["recon"].float(), batch["x"])  # Section 2.2: pixel MSE
-        if args.mask_entropy > 0 and (step is None or step >= args.mask_entropy_from):
+        if args.mask_entropy > 0 and step >= args.mask_entropy_from:
             loss = loss + args.mask_entropy * mask_entropy(out["masks"].float())
         return loss
     return set_prediction_loss(out["pred"].float(), batch["target"])
@@ -570,8 +570,12 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)  # an earlier result stays whole until the new one is complete
 
 
-def _entropy_text(args) -> str:
-    return f", mask entropy {args.mask_entropy:g} from step {args.mask_entropy_from}" if args.mask_entropy else ""
+def _option_text(args) -> str:
+    """The non-paper training options that are on, for the results header."""
+    parts = [f", update norm {args.update_norm}"] if args.update_norm != "mean" else []
+    if args.mask_entropy:
+        parts.append(f", mask entropy {args.mask_entropy:g} from step {args.mask_entropy_from}")
+    return "".join(parts)
 
 
 def _steps_text(target: int, per_seed: list[dict]) -> str:
@@ -591,9 +595,7 @@ def write_results(run: Path, args, summary: dict) -> list[Path]:
              f"{summary['num_slots']} slots, {args.iters} iterations"
              f"{' (gradient through the last only)' if args.implicit_grad else ''}"
              f"{f', grad-norm clip {args.grad_clip:g}' if args.grad_clip else ''}"
-             f"{f', update norm {args.update_norm}' if args.update_norm != 'mean' else ''}"
-             f"{_entropy_text(args)}"
-             f"; evaluated with "
+             f"{_option_text(args)}; evaluated with "
              f"{summary['eval_iters']} iterations on {args.eval_size} held-out "
              f"scenes (seed {EVAL_SEED}).", ""]
     metric_keys = list(summary["median"])
