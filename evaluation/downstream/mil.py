@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from evaluation.downstream.argtypes import integer
 from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
                                                    write_results)
 from model.hopfield import HopfieldPooling
@@ -234,12 +235,12 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, nargs="+", help="bag npz file(s) (instances, bag_id, bag_label, folds)")
     p.add_argument("--out", default="runs/mil", help="run directory (results/, tensorboard/, config.yaml)")
-    p.add_argument("--repetitions", type=int, default=5, help="CV repetitions (paper: 5)")
-    p.add_argument("--folds", type=int, default=10, help="outer folds per repetition (paper: 10)")
-    p.add_argument("--inner-folds", type=int, default=3, help="inner CV folds for hyperparameter selection")
+    p.add_argument("--repetitions", type=integer(1), default=5, help="CV repetitions (paper: 5)")
+    p.add_argument("--folds", type=integer(2), default=10, help="outer folds per repetition (paper: 10)")
+    p.add_argument("--inner-folds", type=integer(2), default=3, help="inner CV folds for hyperparameter selection")
     p.add_argument("--grid", choices=sorted(GRIDS), default="small", help="hyperparameter grid (tiny = CI)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--seed", type=integer(0), default=0)
+    p.add_argument("--threads", type=integer(1), default=1, help="torch CPU threads")
     p.set_defaults(func=main)
 
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.downstream import scenes as scenes_mod
+from evaluation.downstream.argtypes import comma_list, integer, number
 from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
 from launcher.prefetch import StepPrefetcher
 from model.slot_attention import UPDATE_NORMS, SlotAttentionAutoEncoder, SlotAttentionSetPredictor
@@ -78,17 +79,17 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(scenes_mod.SPECS), default="tetrominoes")
     p.add_argument("--task", choices=["discovery", "set-prediction"], default="discovery")
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps per seed")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
+    p.add_argument("--steps", type=integer(1), default=1000, help="optimiser steps per seed")
+    p.add_argument("--seeds", type=comma_list(integer(0), distinct=True), default="0", help="comma-separated training seeds, e.g. 0,1,2")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="architecture widths")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch (split across ranks)")
-    p.add_argument("--lr", type=float, default=4e-4)
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: min(10000, steps // 10)")
-    p.add_argument("--decay-steps", type=int, default=100_000, help="lr halves every this many steps")
-    p.add_argument("--num-slots", type=int, default=None, help="default: max objects + 1")
-    p.add_argument("--iters", type=int, default=3, help="slot attention iterations T in training")
-    p.add_argument("--eval-iters", type=int, default=None,
+    p.add_argument("--batch-size", type=integer(1), default=64, help="global batch (split across ranks)")
+    p.add_argument("--lr", type=number(0, low_open=True), default=4e-4)
+    p.add_argument("--warmup-steps", type=integer(0), default=None, help="default: min(10000, steps // 10)")
+    p.add_argument("--decay-steps", type=integer(1), default=100_000, help="lr halves every this many steps")
+    p.add_argument("--num-slots", type=integer(1), default=None, help="default: max objects + 1")
+    p.add_argument("--iters", type=integer(1), default=3, help="slot attention iterations T in training")
+    p.add_argument("--eval-iters", type=integer(1), default=None,
                    help="iterations for the reported evaluation (default: --iters); the flexibility grid "
                         "reports 1x, 2x and 3x --iters regardless")
     p.add_argument("--implicit-grad", action="store_true",
@@ -97,23 +98,23 @@ def register(subparsers) -> None:
     p.add_argument("--update-norm", choices=UPDATE_NORMS, default="mean",
                    help="how a slot aggregates its inputs: 'mean' (the paper's Eq. 2) or 'sum' (weighted sum times "
                         "slots / inputs, after Krimmel et al. 2024), which leaves slots without an object small")
-    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (0: off)")
-    p.add_argument("--mask-entropy", type=float, default=0.0, metavar="WEIGHT",
+    p.add_argument("--grad-clip", type=number(0), default=0.0, help="clip the gradient norm to this (0: off)")
+    p.add_argument("--mask-entropy", type=number(0), default=0.0, metavar="WEIGHT",
                    help="discovery: add WEIGHT x the mean per-pixel entropy of the decoder masks to the loss, so "
                         "that each pixel is drawn by one slot rather than shared by copies of it (0: off, the "
                         "paper's loss). From the first step it drives all pixels into one slot; start it once "
                         "the slots have formed groups (--mask-entropy-from)")
-    p.add_argument("--mask-entropy-from", type=int, default=0, metavar="STEP",
+    p.add_argument("--mask-entropy-from", type=integer(0), default=0, metavar="STEP",
                    help="the step from which --mask-entropy applies")
-    p.add_argument("--eval-size", type=int, default=256, help="held-out scenes for the final evaluation")
-    p.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (TensorBoard)")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
-    p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
-    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+    p.add_argument("--eval-size", type=integer(1), default=256, help="held-out scenes for the final evaluation")
+    p.add_argument("--eval-every", type=integer(1), default=1000, help="steps between quick evaluations (TensorBoard)")
+    p.add_argument("--ckpt-every", type=integer(1), default=1000, help="steps between checkpoints")
+    p.add_argument("--log-every", type=integer(1), default=50, help="steps between progress lines")
+    p.add_argument("--time-limit", type=number(0), default=None, metavar="MINUTES",
                    help="per seed: stop training after this many minutes, checkpoint, and evaluate the model "
                         "reached; run the same command again to resume towards --steps")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=integer(1), default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                    help="render the next step's scenes in a background thread while this step computes (the "
                         "batches are the same either way; default: on with CUDA, off on CPU, where it measured "
@@ -131,6 +132,10 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = DistContext.from_env(args.device)
+    # Sharp masks drive softmax outputs below 1e-38, and a CPU computes on such denormals up to 10x slower:
+    # late training steps ran 2.8x slower. The flag is per thread; it covers the main thread, which does all
+    # the work with --threads 1. Reset on the way out, as the caller may be a test process.
+    flush = ctx.device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         seeds = [int(s) for s in str(args.seeds).split(",") if s.strip() != ""]
         run = Path(args.out)
@@ -150,6 +155,8 @@ def main(args: argparse.Namespace) -> int:
             log.info("tensorboard: %s", run / "tensorboard")
         return 0
     finally:
+        if flush:
+            torch.set_flush_denormal(False)
         ctx.close()
 
 
@@ -488,6 +495,7 @@ def save_picture(model, scenes, device, path: Path, n: int = 6, iters=None) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n = min(n, len(scenes))
     out = predict(model, _subset(scenes, n), device, seed=0, iters=iters)
     K = out["masks"].shape[1]
     fig, axes = plt.subplots(n, 3 + K, figsize=(1.6 * (3 + K), 1.6 * n), squeeze=False)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from evaluation.downstream.argtypes import integer
 from evaluation.downstream.hopfield_common import Progress, RunDir, seed_everything, set_threads, write_results
 from model.hopfield import Hopfield, HopfieldPooling
 
@@ -128,10 +129,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("toy", help="toy smoke tasks for the Hopfield layers (bit-pattern bags, latch)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["bit-pattern", "latch", "all"], default="all")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=integer(1), default=300)
     p.add_argument("--out", default="runs/toy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=integer(0), default=0)
+    p.add_argument("--threads", type=integer(1), default=1)
     p.set_defaults(func=main)
 
 

@@ -169,6 +169,14 @@ def test_time_limit_stops_checkpoints_and_resumes(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
 
 
+def test_cpu_run_leaves_denormals_as_it_found_them(tmp_path):
+    """Training flushes denormals to zero on the CPU for speed, and turns that off again when it returns."""
+    args = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--batch-size", "2", "--eval-size", "8",
+                 "--threads", "1", "--no-baseline", "--seeds", "0", "--steps", "1", "--out", str(tmp_path))
+    assert args.func(args) == 0
+    assert (torch.tensor([1e-38]) * 0.1).item() > 0
+
+
 def test_prefetch_trains_on_the_same_batches(tmp_path):
     """Scenes rendered one step ahead in the background thread are the scenes the step would render."""
     common = ["--dataset", "sprites", "--task", "set-prediction", "--preset", "tiny", "--batch-size", "4",

@@ -1,0 +1,80 @@
+"""argparse types for the downstream commands' numbers.
+
+A bad value stops the command while its arguments are parsed, before anything is read, written or spawned,
+and argparse prints the option with the rule and the value: "argument --batch-size: must be an integer
+>= 1, got 0".
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def integer(low: int | None = None) -> Callable[[str], int]:
+    """An integer, at least `low` when given."""
+    rule = "an integer" if low is None else f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    return parse
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
+    """A finite float in [low, high], or (low, high] with `low_open`; either bound may be left out."""
+    rule = _interval_rule(low, high, low_open)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if not _inside(value, low, high, low_open):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value:g}")
+        return value
+
+    return parse
+
+
+def comma_list(item: Callable[[str], object], distinct: bool = False) -> Callable[[str], str]:
+    """Comma-separated values that each pass `item` (one of the types above), none repeated with `distinct`;
+    the text is kept as typed, since configs record it."""
+
+    def parse(text: str) -> str:
+        parts = [s.strip() for s in text.split(",") if s.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"must list at least one value, got {text!r}")
+        try:
+            values = [item(s) for s in parts]
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"each item {err} (in {text!r})") from None
+        if distinct and len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"must not repeat an item, got {text!r}")
+        return text
+
+    return parse
+
+
+def _inside(value: float, low, high, low_open: bool) -> bool:
+    if value != value or value in (float("inf"), float("-inf")):
+        return False
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return high is None or value <= high
+
+
+def _interval_rule(low, high, low_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+    if low is not None:
+        return f"a number {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"a number <= {high:g}"
+    return "a finite number"

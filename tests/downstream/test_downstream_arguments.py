@@ -1,0 +1,45 @@
+"""Bad numbers on the downstream commands stop at parse time, naming the option, the rule and the value,
+before a run directory is made."""
+
+import argparse
+
+import pytest
+
+from evaluation.downstream.argtypes import comma_list, integer, number
+from launcher.cli import main as mnemos
+
+
+@pytest.mark.parametrize("command, option, value, message", [
+    ("slots", "--batch-size", "0", "argument --batch-size: must be an integer >= 1, got 0"),
+    ("slots", "--iters", "0", "argument --iters: must be an integer >= 1, got 0"),
+    ("slots", "--eval-size", "0", "argument --eval-size: must be an integer >= 1, got 0"),
+    ("slots", "--lr", "-0.001", "argument --lr: must be a number > 0, got -0.001"),
+    ("slots", "--seeds", "0,x", "argument --seeds: each item must be an integer >= 0, got 'x' (in '0,x')"),
+    ("slots", "--seeds", "1,2,1", "argument --seeds: must not repeat an item, got '1,2,1'"),
+    ("slots", "--time-limit", "-5", "argument --time-limit: must be a number >= 0, got -5"),
+    ("mil", "--folds", "1", "argument --folds: must be an integer >= 2, got 1"),
+    ("repertoire", "--witness-rates", "0.01,1.5",
+     "argument --witness-rates: each item must be a number in [0, 1], got 1.5 (in '0.01,1.5')"),
+    ("repertoire", "--epochs", "ten", "argument --epochs: must be an integer >= 1, got 'ten'"),
+    ("bert-heads", "--mass", "0", "argument --mass: must be a number in (0, 1], got 0"),
+    ("toy", "--steps", "0", "argument --steps: must be an integer >= 1, got 0"),
+])
+def test_bad_number_is_refused_before_the_run_starts(tmp_path, capsys, command, option, value, message):
+    required = {"mil": ["--dataset", "bags.npz"], "bert-heads": ["--init", "random"]}.get(command, [])
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        mnemos(["downstream", command, *required, option, value, "--out", str(out)])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_argument_types_accept_the_values_inside_their_rules():
+    assert integer(1)("3") == 3 and integer()("-4") == -4
+    assert number(0, low_open=True)("1e-3") == 1e-3 and number(0, 1)("1") == 1.0 and number()("-2.5") == -2.5
+    assert comma_list(integer(0), distinct=True)(" 0, 1,2 ") == " 0, 1,2 "
+    for bad in ("inf", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError, match="finite"):
+            number()(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="at least one value"):
+        comma_list(integer())(" , ")
