@@ -41,12 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from launcher.config import ConfigError
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
+    except _user_errors() as err:
         print(f"mnemos: {err}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors in what the user asked for, not bugs: one line and exit code 2, no traceback. Python evaluates an
+    except clause only when an exception arrives, so the imports cost nothing on success."""
+    from launcher.config import ConfigError
+    from launcher.inference import CheckpointNotFound
+    return ConfigError, CheckpointNotFound
 
 
 if __name__ == "__main__":

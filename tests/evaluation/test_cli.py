@@ -55,6 +55,16 @@ def test_eval_errors_and_listing(fake_checkpoint, tmp_path, capsys):
         main(["eval", "--checkpoint", "x", "--tasks", "arithmetic_2da", "--shots", "a,b"])
 
 
+def test_missing_checkpoint_is_one_line_not_a_traceback(tmp_path, capsys):
+    """The same for eval and the checkpoint tools: exit code 2 and the path in one line."""
+    missing = str(tmp_path / "no_run")
+    for argv in (["eval", "--checkpoint", missing, "--tasks", "arithmetic_2da", "--out", str(tmp_path)],
+                 ["ckpt", "reshard", missing, "--out", str(tmp_path / "resharded"), "--tp", "1"],
+                 ["ckpt", "export-hf", missing, "--out", str(tmp_path / "hf")]):
+        assert main(argv) == 2
+        assert f"mnemos: no valid checkpoint under {missing}" in capsys.readouterr().err
+
+
 def test_eval_data_helpers(tmp_path, shared_data):
     assert main(["eval-data", "words", str(shared_data / "corpus" / "wikitext2_valid.txt"), "--out",
                  str(tmp_path / "words.txt"), "--n", "500"]) == 0
