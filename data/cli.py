@@ -9,6 +9,8 @@ import logging
 import os
 import sys
 
+from launcher.argtypes import comma_list, integer, number
+
 log = logging.getLogger(__name__)
 
 
@@ -26,24 +28,24 @@ def register(subparsers) -> None:
         q.add_argument("--text-field", default="text", help="record field holding the text")
         q.add_argument("--txt-sample-by", default="line", choices=["line", "paragraph", "document"],
                        help="what one document is in plain-text inputs")
-        q.add_argument("--max-chars", type=int, default=100_000_000,
+        q.add_argument("--max-chars", type=integer(1), default=100_000_000,
                        help="documents longer than this are counted as too_long and skipped")
-        q.add_argument("--tasks", type=int, default=1, help="number of shards/tasks the stage is split into")
-        q.add_argument("--workers", type=int, default=1, help="local processes running tasks")
-        q.add_argument("--rank", type=int, default=None,
+        q.add_argument("--tasks", type=integer(1), default=1, help="number of shards/tasks the stage is split into")
+        q.add_argument("--workers", type=integer(1), default=1, help="local processes running tasks")
+        q.add_argument("--rank", type=integer(0), default=None,
                        help="run only this task (Slurm array element); default: all tasks locally")
 
     q = sub.add_parser("train-tokenizer", help="train a sentencepiece model")
     q.add_argument("--input", "-i", nargs="+", required=True)
     q.add_argument("--text-field", default="text")
     q.add_argument("--model-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab, PREFIX.json")
-    q.add_argument("--vocab-size", type=int, required=True)
+    q.add_argument("--vocab-size", type=integer(1), required=True)
     q.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
     q.add_argument("--no-byte-fallback", action="store_true")
     q.add_argument("--no-split-digits", action="store_true")
-    q.add_argument("--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training")
+    q.add_argument("--input-sentence-size", type=integer(1), default=2_000_000, help="sentences sampled for training")
     q.add_argument("--user-defined-symbols", default="", help="comma-separated pieces kept whole")
-    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--threads", type=integer(1), default=1)
     q.set_defaults(func=cmd_train_tokenizer)
 
     q = sub.add_parser("tokenize", help="tokenize into Megatron .bin/.idx shards (one per task)")
@@ -54,25 +56,25 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("filter", help="cleanup + heuristic quality filters (+ GPT-3 classifier)")
     common(q)
-    q.add_argument("--min-words", type=int, default=50)
+    q.add_argument("--min-words", type=integer(0), default=50)
     q.add_argument("--no-heuristics", action="store_true")
     q.add_argument("--classifier", help="QualityClassifier file (from --train-classifier-reference/raw)")
     q.add_argument("--train-classifier-reference", nargs="*", default=[], help="reference (high quality) files")
     q.add_argument("--train-classifier-raw", nargs="*", default=[], help="raw crawl files")
-    q.add_argument("--pareto-alpha", type=float, default=9.0)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--pareto-alpha", type=number(0, low_open=True), default=9.0)
+    q.add_argument("--seed", type=integer(0), default=0)
     q.set_defaults(func=cmd_filter)
 
     q = sub.add_parser("dedup", help="exact + MinHash-LSH deduplication")
     common(q)
-    q.add_argument("--num-perm", type=int, default=128)
-    q.add_argument("--bands", type=int, default=16)
-    q.add_argument("--rows", type=int, default=8)
-    q.add_argument("--shingle", type=int, default=5, help="words per shingle")
+    q.add_argument("--num-perm", type=integer(1), default=128)
+    q.add_argument("--bands", type=integer(1), default=16)
+    q.add_argument("--rows", type=integer(1), default=8)
+    q.add_argument("--shingle", type=integer(1), default=5, help="words per shingle")
     q.add_argument("--scheme", default="affine32", choices=["affine32", "legacy"])
     q.add_argument("--no-exact", action="store_true")
     q.add_argument("--no-fuzzy", action="store_true")
-    q.add_argument("--seed", type=int, default=1)
+    q.add_argument("--seed", type=integer(0), default=1)
     q.set_defaults(func=cmd_dedup)
 
     q = sub.add_parser("decontaminate", help="GPT-3 App. C 13-gram contamination filter")
@@ -80,28 +82,28 @@ def register(subparsers) -> None:
     q.add_argument("--tasks-from-registry", default="all",
                    help="evaluation tasks whose texts are filtered: all, none, or T1,T2 (evaluation.registry)")
     q.add_argument("--eval-file", nargs="*", default=[], help="extra benchmark files (jsonl/txt)")
-    q.add_argument("--n", type=int, default=13)
-    q.add_argument("--min-n", type=int, default=8,
+    q.add_argument("--n", type=integer(1), default=13)
+    q.add_argument("--min-n", type=integer(0), default=8,
                    help="benchmark texts shorter than N words are matched whole when they have >= MIN_N words "
                         "(0 = off, strict GPT-3: such texts are never matched)")
-    q.add_argument("--max-train-docs", type=int, default=10, help="ignore n-grams in more training docs")
-    q.add_argument("--window", type=int, default=200)
-    q.add_argument("--min-piece-chars", type=int, default=200)
-    q.add_argument("--max-pieces", type=int, default=10)
+    q.add_argument("--max-train-docs", type=integer(1), default=10, help="ignore n-grams in more training docs")
+    q.add_argument("--window", type=integer(0), default=200)
+    q.add_argument("--min-piece-chars", type=integer(0), default=200)
+    q.add_argument("--max-pieces", type=integer(0), default=10)
     q.add_argument("--write-index", help="also write the training corpus NgramIndex here (for `mnemos eval`)")
-    q.add_argument("--index-ns", default="8,9,10,11,12,13", help="n values of that index")
+    q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default="8,9,10,11,12,13", help="n values of that index")
     q.set_defaults(func=cmd_decontaminate)
 
     q = sub.add_parser("blend", help="weighted blend + train/valid/test splits + cached indices")
     q.add_argument("--dataset", action="append", required=True, metavar="NAME=WEIGHT:PATH[,PATH]",
                    help="repeat per dataset (e.g. wiki=0.03:shards/wiki)")
     q.add_argument("--out", "-o", required=True)
-    q.add_argument("--seq-len", type=int, required=True)
-    q.add_argument("--eos-id", type=int, default=None)
+    q.add_argument("--seq-len", type=integer(1), required=True)
+    q.add_argument("--eos-id", type=integer(0), default=None)
     q.add_argument("--tokenizer", help="take the end-of-text id from this model")
-    q.add_argument("--num-samples", type=int, default=None, help="train samples (default: one pass worth)")
-    q.add_argument("--split", default="98,1,1", help="train,valid,test document fractions")
-    q.add_argument("--seed", type=int, default=1234)
+    q.add_argument("--num-samples", type=integer(1), default=None, help="train samples (default: one pass worth)")
+    q.add_argument("--split", type=comma_list(number(0)), default="98,1,1", help="train,valid,test document fractions")
+    q.add_argument("--seed", type=integer(0), default=1234)
     q.set_defaults(func=cmd_blend)
 
     q = sub.add_parser("stats", help="documents, tokens, bytes of shards or jsonl/text files")
@@ -111,6 +113,19 @@ def register(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def _refused(a) -> bool:
+    """Rules between options, checked before a stage reads or writes anything; prints the broken one."""
+    problems = []
+    if a.rank is not None and a.rank >= a.tasks:
+        problems.append(f"--rank={a.rank} (rule: a task number below --tasks={a.tasks})")
+    if getattr(a, "num_perm", None) is not None and a.bands * a.rows > a.num_perm:
+        problems.append(f"--bands={a.bands} x --rows={a.rows} = {a.bands * a.rows} "
+                        f"(rule: at most --num-perm={a.num_perm} signature values)")
+    for problem in problems:
+        print(f"mnemos data {a.data_command}: {problem}", file=sys.stderr)
+    return bool(problems)
+
+
 def _reader(a):
     from .io import DocumentReader
     return DocumentReader(a.input, text_field=a.text_field, txt_sample_by=a.txt_sample_by, max_chars=a.max_chars)
@@ -186,6 +201,8 @@ def cmd_train_tokenizer(a) -> int:
 
 
 def cmd_tokenize(a) -> int:
+    if _refused(a):
+        return 2
     from .filters import TextNormalizer
     from .tokenize import TokenizeStep, shard_stats
     from .pipeline import _write_json
@@ -208,6 +225,8 @@ def cmd_tokenize(a) -> int:
 
 
 def cmd_filter(a) -> int:
+    if _refused(a):
+        return 2
     from .filters import (ClassifierFilter, LengthFilter, QualityClassifier, RepetitionFilter, SymbolRatioFilter,
                           TextNormalizer)
     from .io import DocumentReader, JsonlWriter
@@ -243,6 +262,8 @@ def cmd_filter(a) -> int:
 
 
 def cmd_dedup(a) -> int:
+    if _refused(a):
+        return 2
     from .dedup import DedupFilter, DedupSignatures, find_duplicates, format_s_curve, plot_s_curve
     from .io import JsonlWriter
     print(format_s_curve(a.bands, a.rows))
@@ -267,6 +288,8 @@ def cmd_dedup(a) -> int:
 
 
 def cmd_decontaminate(a) -> int:
+    if _refused(a):
+        return 2
     from .contamination import (ContaminationCounter, ContaminationIndex, DecontaminationFilter, NgramIndexStep)
     from .io import JsonlWriter
     reg = a.tasks_from_registry

@@ -156,6 +156,8 @@ class PipelineExecutor:
         return os.path.exists(self._marker(rank)) and os.path.exists(self._stats_path(rank))
 
     def run_task(self, rank: int) -> list[dict]:
+        if not 0 <= rank < self.tasks:
+            raise ValueError(f"task rank={rank} (rule: 0 <= rank < tasks={self.tasks})")
         if self.skip_completed and self.is_done(rank):
             log.info("task %d/%d already completed, skipping", rank, self.tasks)
             with open(self._stats_path(rank)) as f:

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from launcher.argtypes import integer
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--shots", type=_int_list, default=[0, 1, 10], help="comma-separated K values (default 0,1,10)")
     p.add_argument("--out", help="output directory (default: RUN/results/eval, or ./eval_results)")
     p.add_argument("--contamination", metavar="INDEX", help="training-corpus n-gram index: adds the clean/dirty report")
-    p.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
+    p.add_argument("--limit", type=integer(1), help="evaluate only the first N examples of each task")
     p.add_argument("--batch-size", type=_batch_size, default=16, help="sequences per forward, or 'auto' (default 16)")
     p.add_argument("--data-dir", help="root of the task data files ({data_dir} in task YAMLs; env MNEMOS_EVAL_DATA)")
     p.add_argument("--include-tasks", action="append", default=[], metavar="DIR",
@@ -57,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-memory", action="append", default=[], metavar="DEV=SIZE",
                    help="with --hf-model: memory cap per device, e.g. 0=70GiB cpu=200GiB (repeatable)")
     p.add_argument("--offload-folder", help="with --hf-model: where to offload weights that fit nowhere else")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the demonstration sampling")
+    p.add_argument("--seed", type=integer(0), default=1234, help="seed of the demonstration sampling")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the request cache (OUT/cache.sqlite)")
     p.add_argument("--log-samples", action="store_true", help="also write every request and answer (samples_*.jsonl)")
     p.add_argument("--list-tasks", action="store_true", help="list the registered tasks and exit")
@@ -68,13 +70,13 @@ def register(subparsers) -> None:
     w = dsub.add_parser("words", help="word list for the word-scramble tasks: the N most frequent words of 5-14 letters")
     w.add_argument("corpus", nargs="+", help="text files")
     w.add_argument("--out", required=True, help="output file, one word per line")
-    w.add_argument("--n", type=int, default=10000)
+    w.add_argument("--n", type=integer(1), default=10000)
     w.set_defaults(func=_words)
     a = dsub.add_parser("synthetic", help="write the generated GPT-3 arithmetic (and, with --word-list, scramble) files")
     a.add_argument("--out", required=True, help="output directory")
     a.add_argument("--word-list", help="word list for the scramble tasks")
-    a.add_argument("--n", type=int, default=2000)
-    a.add_argument("--seed", type=int, default=1234)
+    a.add_argument("--n", type=integer(1), default=2000)
+    a.add_argument("--seed", type=integer(0), default=1234)
     a.set_defaults(func=_synthetic)
     d.set_defaults(func=lambda args: d.print_help() or 2)
 

@@ -1,4 +1,4 @@
-"""argparse types for the downstream commands' numbers.
+"""argparse types for the command line's numbers.
 
 A bad value stops the command while its arguments are parsed, before anything is read, written or spawned,
 and argparse prints the option with the rule and the value: "argument --batch-size: must be an integer

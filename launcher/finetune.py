@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from launcher.argtypes import integer, number
+
 log = logging.getLogger("mnemos.finetune")
 
 
@@ -444,18 +446,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-preset", default="bert-tiny", help="shape with --init random")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model field override with --init random, e.g. --set model.d_model=128")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (BERT: 5e-5, 3e-5, 2e-5)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-len", type=int, default=128, help="tokens per input, [CLS]/[SEP] included")
-    p.add_argument("--doc-stride", type=int, default=64, help="span: tokens between context windows")
-    p.add_argument("--max-answer-tokens", type=int, default=30, help="span: longest answer considered")
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with linear warmup")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout on all layers while fine-tuning (BERT: 0.1)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--epochs", type=integer(1), default=3)
+    p.add_argument("--lr", type=number(0, low_open=True), default=5e-5, help="peak learning rate (BERT: 5e-5, 3e-5, 2e-5)")
+    p.add_argument("--batch-size", type=integer(1), default=32)
+    p.add_argument("--max-len", type=integer(3), default=128, help="tokens per input, [CLS]/[SEP] included")
+    p.add_argument("--doc-stride", type=integer(1), default=64, help="span: tokens between context windows")
+    p.add_argument("--max-answer-tokens", type=integer(1), default=30, help="span: longest answer considered")
+    p.add_argument("--warmup", type=number(0, 1), default=0.1, help="fraction of steps with linear warmup")
+    p.add_argument("--weight-decay", type=number(0), default=0.01)
+    p.add_argument("--dropout", type=number(0, 1), default=0.1, help="dropout on all layers while fine-tuning (BERT: 0.1)")
+    p.add_argument("--seed", type=integer(0), default=1234)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
+    p.add_argument("--log-every", type=integer(1), default=20, help="progress line every N steps")
     p.add_argument("--save-model", action="store_true", help="also write OUT/model.pt")
     p.add_argument("--out", default="runs/finetune", help="directory for results.json / results.md")
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from launcher.argtypes import integer
+
 log = logging.getLogger("mnemos.quickstart")
 
 EVAL_TASKS = ["arithmetic_2da", "arithmetic_2ds"]
@@ -28,10 +30,10 @@ def register(subparsers) -> None:
                                                  "training with resume -> few-shot evaluation, on CPU")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
     p.add_argument("--corpus", nargs="+", help="text/jsonl files to use instead of the generated corpus")
-    p.add_argument("--steps", type=int, default=300, help="training steps (default 300; resumes at half)")
-    p.add_argument("--nproc", type=int, default=2, help="local ranks (default 2)")
-    p.add_argument("--eval-limit", type=int, default=200, help="examples per evaluation task (default 200)")
-    p.add_argument("--vocab-size", type=int, help="tokenizer pieces (default 512 generated, 4096 --corpus)")
+    p.add_argument("--steps", type=integer(2), default=300, help="training steps (default 300; resumes at half)")
+    p.add_argument("--nproc", type=integer(1), default=2, help="local ranks (default 2)")
+    p.add_argument("--eval-limit", type=integer(1), default=200, help="examples per evaluation task (default 200)")
+    p.add_argument("--vocab-size", type=integer(1), help="tokenizer pieces (default 512 generated, 4096 --corpus)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first")
     p.set_defaults(func=run)
 

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from launcher.argtypes import integer
+
 
 def register(subparsers) -> None:
     ckpt = subparsers.add_parser("ckpt", help="inspect, verify, reshard and export checkpoints")
@@ -26,8 +28,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("reshard", help="write a layout-free (universal) copy that any TP/DP/ZeRO layout loads")
     p.add_argument("dir")
     p.add_argument("--out", required=True, help="run directory to write OUT/checkpoints/step_N into")
-    p.add_argument("--tp", type=int, help="check the target layout now: tensor-parallel degree")
-    p.add_argument("--dp", type=int, help="check the target layout now: data-parallel degree")
+    p.add_argument("--tp", type=integer(1), help="check the target layout now: tensor-parallel degree")
+    p.add_argument("--dp", type=integer(1), help="check the target layout now: data-parallel degree")
     p.add_argument("--zero", type=int, choices=[0, 1, 2, 3], help="target ZeRO stage (any works)")
     p.set_defaults(func=cmd_reshard)
 

@@ -48,11 +48,6 @@ def run(args: argparse.Namespace) -> int:
     except ProjectionError as err:
         print(f"mnemos plan: {err}", file=sys.stderr)
         return 2
-    for name in ("tp_busbw_gbs", "dp_busbw_gbs"):
-        if getattr(args, name) <= 0:
-            print(f"mnemos plan: --{name.replace('_', '-')}={getattr(args, name)} (rule: a bandwidth > 0)",
-                  file=sys.stderr)
-            return 2
     inp = PlanInput(model=args.model, nodes=args.nodes, gpus_per_node=args.gpus_per_node, tp=args.tp,
                     zero=args.zero, micro_batch=args.micro_batch, seq_len=args.seq_len,
                     precision=args.precision, activation_checkpointing=args.activation_checkpointing,

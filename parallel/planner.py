@@ -107,6 +107,20 @@ def _count_params(shape: dict, tp: int, sp: bool, world: int) -> tuple[int, int,
     return total, per_gpu, sharded, largest
 
 
+_POSITIVE = ("nodes", "gpus_per_node", "tp", "micro_batch", "seq_len", "global_batch", "gpu_mem_gb", "gpu_tflops",
+             "peak_tflops", "tp_busbw_gbs", "dp_busbw_gbs")
+
+
+def _check_positive(inp: PlanInput) -> None:
+    """Sizes, rates and bandwidths divide the plan's figures: a zero or negative one is refused by name."""
+    for name in _POSITIVE:
+        value = getattr(inp, name)
+        if value is not None and not value > 0:
+            raise PlanError(f"--{name.replace('_', '-')}={value} (rule: > 0)")
+    if not inp.reserve_gb >= 0:
+        raise PlanError(f"--reserve-gb={inp.reserve_gb} (rule: >= 0)")
+
+
 def make_plan(inp: PlanInput) -> PlanReport:
     from model.presets import GPT3_TABLE, gpt3_hparams, preset_shape
     from parallel.topology import Topology, TopologyError
@@ -114,6 +128,7 @@ def make_plan(inp: PlanInput) -> PlanReport:
         shape = preset_shape(inp.model)
     except KeyError as e:
         raise PlanError(str(e.args[0])) from None
+    _check_positive(inp)
     if inp.precision not in ("bf16", "fp16", "fp32"):
         raise PlanError(f"--precision={inp.precision!r} (choices: bf16, fp16, fp32)")
     if inp.zero not in (0, 1, 2, 3):

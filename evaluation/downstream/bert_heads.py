@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.downstream.argtypes import integer, number
 from evaluation.downstream.hopfield_common import Progress, RunDir, set_threads, write_results
+from launcher.argtypes import integer, number
 
 log = logging.getLogger("mnemos.downstream.bert_heads")
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from evaluation.downstream.argtypes import integer
 from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
                                                    write_results)
+from launcher.argtypes import integer
 from model.hopfield import HopfieldPooling
 
 log = logging.getLogger("mnemos.downstream.mil")

@@ -81,9 +81,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evaluation.downstream.argtypes import comma_list, integer, number
 from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
                                                    write_results)
+from launcher.argtypes import comma_list, integer, number
 from model.hopfield import HopfieldPooling
 from parallel import comm
 

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.downstream import scenes as scenes_mod
-from evaluation.downstream.argtypes import comma_list, integer, number
 from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
+from launcher.argtypes import comma_list, integer, number
 from launcher.prefetch import StepPrefetcher
 from model.slot_attention import UPDATE_NORMS, SlotAttentionAutoEncoder, SlotAttentionSetPredictor
 

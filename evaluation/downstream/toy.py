@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from evaluation.downstream.argtypes import integer
 from evaluation.downstream.hopfield_common import Progress, RunDir, seed_everything, set_threads, write_results
+from launcher.argtypes import integer
 from model.hopfield import Hopfield, HopfieldPooling
 
 log = logging.getLogger("mnemos.downstream.toy")

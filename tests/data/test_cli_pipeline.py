@@ -166,3 +166,28 @@ def test_clean_corpus_short_benchmark_items_and_filter_stage(shared_data, tmp_pa
     assert sum(by_step[k].get("dropped", 0) for k in ("length", "symbols", "repetition")) == 3
     rejects = list(DocumentReader([str(tmp_path / "filtered" / "rejects")]).run())
     assert len(rejects) == 3 and all("filter_reason" in d.metadata for d in rejects)
+
+
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("one document\nanother document\n")
+    out = tmp_path / "out"
+    cases = [
+        (["dedup", "--bands", "0"], "argument --bands: must be an integer >= 1, got 0"),
+        (["decontaminate", "--n", "0"], "argument --n: must be an integer >= 1, got 0"),
+        (["tokenize", "--tokenizer", "spm.model", "--workers", "-2"], "argument --workers: must be an integer >= 1"),
+    ]
+    for argv, message in cases:
+        try:
+            mnemos_data(*argv, "--input", src, "--out", out)
+        except SystemExit as stop:
+            assert stop.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+        assert message in capsys.readouterr().err
+    # rules between options: checked by the stage before it reads or writes
+    assert mnemos_data("dedup", "--input", src, "--out", out, "--tasks", "2", "--rank", "2") == 2
+    assert "--rank=2 (rule: a task number below --tasks=2)" in capsys.readouterr().err
+    assert mnemos_data("dedup", "--input", src, "--out", out, "--num-perm", "64") == 2
+    assert "--bands=16 x --rows=8 = 128 (rule: at most --num-perm=64" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,11 +1,8 @@
 """Bad numbers on the downstream commands stop at parse time, naming the option, the rule and the value,
 before a run directory is made."""
 
-import argparse
-
 import pytest
 
-from evaluation.downstream.argtypes import comma_list, integer, number
 from launcher.cli import main as mnemos
 
 
@@ -32,14 +29,3 @@ def test_bad_number_is_refused_before_the_run_starts(tmp_path, capsys, command, 
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
-
-
-def test_argument_types_accept_the_values_inside_their_rules():
-    assert integer(1)("3") == 3 and integer()("-4") == -4
-    assert number(0, low_open=True)("1e-3") == 1e-3 and number(0, 1)("1") == 1.0 and number()("-2.5") == -2.5
-    assert comma_list(integer(0), distinct=True)(" 0, 1,2 ") == " 0, 1,2 "
-    for bad in ("inf", "nan"):
-        with pytest.raises(argparse.ArgumentTypeError, match="finite"):
-            number()(bad)
-    with pytest.raises(argparse.ArgumentTypeError, match="at least one value"):
-        comma_list(integer())(" , ")

@@ -60,6 +60,11 @@ def test_activation_checkpointing_matters():
     (dict(tp=16, gpus_per_node=8), "stays inside a node"),
     (dict(model="gpt3-huge"), "not a preset"),
     (dict(seq_len=4096), "n_ctx"),
+    (dict(micro_batch=0), r"--micro-batch=0 \(rule: > 0\)"),
+    (dict(seq_len=0), r"--seq-len=0 \(rule: > 0\)"),
+    (dict(nodes=0), r"--nodes=0 \(rule: > 0\)"),
+    (dict(gpu_mem_gb=-1.0), r"--gpu-mem-gb=-1.0 \(rule: > 0\)"),
+    (dict(reserve_gb=-2.0), r"--reserve-gb=-2.0 \(rule: >= 0\)"),
 ])
 def test_bad_layouts_refused(kw, words):
     with pytest.raises(PlanError, match=words):

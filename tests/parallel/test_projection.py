@@ -86,7 +86,7 @@ def test_cli_reads_the_json_and_refuses_bad_input(tmp_path, capsys):
     assert main(args[:-1] + [str(tmp_path / "missing.json")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(args + ["--dp-busbw-gbs", "0"]) == 2
-    assert "--dp-busbw-gbs=0.0 (rule: a bandwidth > 0)" in capsys.readouterr().err
+    assert "--dp-busbw-gbs=0.0 (rule: > 0)" in capsys.readouterr().err
 
 
 def test_layer_benchmark_smoke_feeds_the_planner(tmp_path, capsys):

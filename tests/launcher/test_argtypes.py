@@ -1,0 +1,34 @@
+"""The command line's number types: values inside a rule pass through, values outside it are refused with
+the rule and the value; commands outside `downstream` use them too."""
+
+import argparse
+
+import pytest
+
+from launcher.argtypes import comma_list, integer, number
+from launcher.cli import main as mnemos
+
+
+def test_argument_types_accept_the_values_inside_their_rules():
+    assert integer(1)("3") == 3 and integer()("-4") == -4
+    assert number(0, low_open=True)("1e-3") == 1e-3 and number(0, 1)("1") == 1.0 and number()("-2.5") == -2.5
+    assert comma_list(integer(0), distinct=True)(" 0, 1,2 ") == " 0, 1,2 "
+    for bad in ("inf", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError, match="finite"):
+            number()(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="at least one value"):
+        comma_list(integer())(" , ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quickstart", "--steps", "1"], "argument --steps: must be an integer >= 2, got 1"),
+    (["finetune", "--warmup", "1.5"], "argument --warmup: must be a number in [0, 1], got 1.5"),
+    (["eval", "--checkpoint", "run", "--tasks", "arithmetic_2da", "--limit", "0"],
+     "argument --limit: must be an integer >= 1, got 0"),
+    (["ckpt", "reshard", "run", "--out", "resharded", "--tp", "0"], "argument --tp: must be an integer >= 1, got 0"),
+])
+def test_other_commands_refuse_bad_numbers_at_parse_time(capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        mnemos(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
