@@ -1,4 +1,4 @@
-"""argparse types for the command line's numbers.
+"""argparse types for the command line's numbers and input paths.
 
 A bad value stops the command while its arguments are parsed, before anything is read, written or spawned,
 and argparse prints the option with the rule and the value: "argument --batch-size: must be an integer
@@ -8,6 +8,7 @@ and argparse prints the option with the rule and the value: "argument --batch-si
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Callable
 
 
@@ -78,3 +79,10 @@ def _interval_rule(low, high, low_open: bool) -> str:
     if high is not None:
         return f"a number <= {high:g}"
     return "a finite number"
+
+
+def existing_path(text: str) -> str:
+    """A file or directory that is there now, so a typo stops the command before it makes its run directory."""
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"no such file or directory: {text!r}")
+    return text

@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors in what the user asked for, not bugs: one line and exit code 2, no traceback. Python evaluates an
-    except clause only when an exception arrives, so the imports cost nothing on success."""
+    """Errors in what the user asked for, not bugs: one line and exit code 2, no traceback. An input file,
+    checkpoint (launcher.inference.CheckpointNotFound) or tokenizer that is not there is a FileNotFoundError.
+    Python evaluates an except clause only when an exception arrives, so the import costs nothing on success."""
     from launcher.config import ConfigError
-    from launcher.inference import CheckpointNotFound
-    return ConfigError, CheckpointNotFound
+    return ConfigError, FileNotFoundError
 
 
 if __name__ == "__main__":

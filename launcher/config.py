@@ -267,6 +267,15 @@ def _parse_scalar(text: str) -> Any:
     return text if value is None and text not in ("null", "~", "") else value
 
 
+def _one_line(err: yaml.YAMLError) -> str:
+    """Where and what, on one line: 'line 2, column 1: expected ',' or ']' (while parsing a flow sequence)'."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
 def apply_override(tree: dict, assignment: str) -> None:
     """Apply one `a.b.c=value` override to a nested dict, in place."""
     if "=" not in assignment:
@@ -279,7 +288,10 @@ def apply_override(tree: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = _parse_scalar(raw)
+    try:
+        node[parts[-1]] = _parse_scalar(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}={raw!r}: not valid YAML: {_one_line(err)}") from None
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -312,7 +324,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             p = PRESET_DIR / f"{path}.yaml"
         if not p.exists():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        tree = yaml.safe_load(p.read_text()) or {}
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p}: not valid YAML: {_one_line(err)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {p}: top level must be a mapping")
     tree = copy.deepcopy(tree)

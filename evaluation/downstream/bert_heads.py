@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from evaluation.downstream.hopfield_common import Progress, RunDir, set_threads, write_results
-from launcher.argtypes import integer, number
+from launcher.argtypes import existing_path, integer, number
 
 log = logging.getLogger("mnemos.downstream.bert_heads")
 
@@ -199,11 +199,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bert-heads", help="classify BERT attention heads into the Hopfield operating classes",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="BERT run directory / checkpoint (needs --text)")
-    src.add_argument("--attention", help="saved probabilities (.npy/.pt), (layers, heads, N, N) or (layers, B, heads, N, N)")
+    src.add_argument("--checkpoint", type=existing_path, help="BERT run directory / checkpoint (needs --text)")
+    src.add_argument("--attention", type=existing_path,
+                     help="saved probabilities (.npy/.pt), (layers, heads, N, N) or (layers, B, heads, N, N)")
     src.add_argument("--init", choices=["random"], help="a randomly initialised BERT (--model-preset), for smoke runs")
-    p.add_argument("--text", help="text file to run through BERT")
-    p.add_argument("--tokenizer", help="sentencepiece model (default: the checkpoint's)")
+    p.add_argument("--text", type=existing_path, help="text file to run through BERT")
+    p.add_argument("--tokenizer", type=existing_path, help="sentencepiece model (default: the checkpoint's)")
     p.add_argument("--model-preset", default="bert-tiny", help="shape with --init random")
     p.add_argument("--seq-len", type=integer(2), default=128, help="tokens per window N (capped at the model's n_ctx)")
     p.add_argument("--max-windows", type=integer(1), default=16, help="at most this many text windows")

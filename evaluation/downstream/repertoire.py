@@ -83,7 +83,7 @@ import torch.nn.functional as F
 
 from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
                                                    write_results)
-from launcher.argtypes import comma_list, integer, number
+from launcher.argtypes import comma_list, existing_path, integer, number
 from model.hopfield import HopfieldPooling
 from parallel import comm
 
@@ -624,8 +624,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("repertoire", help="immune repertoire classification (DeepRC-style, Hopfield pooling)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("data (simulated unless --repertoires is given)")
-    src.add_argument("--repertoires", help="directory of repertoire TSVs (real data)")
-    src.add_argument("--metadata", help="metadata TSV with columns filename, label (with --repertoires)")
+    src.add_argument("--repertoires", type=existing_path, help="directory of repertoire TSVs (real data)")
+    src.add_argument("--metadata", type=existing_path,
+                     help="metadata TSV with columns filename, label (with --repertoires)")
     src.add_argument("--label-column", default="label")
     src.add_argument("--max-sequences", type=integer(1), default=None, help="subsample real repertoires to this many")
     src.add_argument("--n-repertoires", type=integer(2), default=200)

@@ -22,10 +22,24 @@ from launcher.cli import main as mnemos
     ("toy", "--steps", "0", "argument --steps: must be an integer >= 1, got 0"),
 ])
 def test_bad_number_is_refused_before_the_run_starts(tmp_path, capsys, command, option, value, message):
-    required = {"mil": ["--dataset", "bags.npz"], "bert-heads": ["--init", "random"]}.get(command, [])
+    bags = tmp_path / "bags.npz"
+    bags.touch()  # the path must exist; its content is not read when an option is refused
+    required = {"mil": ["--dataset", str(bags)], "bert-heads": ["--init", "random"]}.get(command, [])
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
         mnemos(["downstream", command, *required, option, value, "--out", str(out)])
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command, option", [("mil", "--dataset"), ("repertoire", "--metadata"),
+                                             ("bert-heads", "--attention")])
+def test_missing_input_file_is_refused_before_the_run_starts(tmp_path, capsys, command, option):
+    out = tmp_path / "run"
+    missing = str(tmp_path / "typo.npz")
+    with pytest.raises(SystemExit) as stop:
+        mnemos(["downstream", command, option, missing, "--out", str(out)])
+    assert stop.value.code == 2
+    assert f"argument {option}: no such file or directory: '{missing}'" in capsys.readouterr().err
     assert not out.exists()

@@ -32,3 +32,10 @@ def test_other_commands_refuse_bad_numbers_at_parse_time(capsys, argv, message):
         mnemos(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_missing_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    """Files the parser cannot check (globs, directories of shards) are reported by the command itself."""
+    missing = str(tmp_path / "nowhere.txt")
+    assert mnemos(["data", "stats", missing]) == 2
+    assert capsys.readouterr().err.strip() == f"mnemos: input '{missing}' does not exist"

@@ -56,3 +56,12 @@ def test_cli_rejects_bad_config_before_spawning_anything(tmp_path):
     assert proc.returncode == 2
     assert "model.n_head=3" in proc.stderr and "d_model % n_head" in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing written, no rank started
+
+
+def test_yaml_that_does_not_parse_is_a_config_error_with_its_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("run_dir: runs/x\nmodel: {n_layer: 2\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML: line 3, column 1: expected ',' or '}'"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match=r"--set optim.lr='\[1,': not valid YAML: line 1"):
+        _load("optim.lr=[1,")
