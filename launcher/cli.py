@@ -50,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors in what the user asked for, not bugs: one line and exit code 2, no traceback. An input file,
-    checkpoint (launcher.inference.CheckpointNotFound) or tokenizer that is not there is a FileNotFoundError.
-    Python evaluates an except clause only when an exception arrives, so the import costs nothing on success."""
+    checkpoint (launcher.inference.CheckpointNotFound) or tokenizer that is not there is a FileNotFoundError;
+    an --out that names a file, a NotADirectoryError. Python evaluates an except clause only when an
+    exception arrives, so the import costs nothing on success."""
     from launcher.config import ConfigError
-    return ConfigError, FileNotFoundError
+    return ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError
 
 
 if __name__ == "__main__":

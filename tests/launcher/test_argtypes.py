@@ -22,6 +22,7 @@ def test_argument_types_accept_the_values_inside_their_rules():
 
 @pytest.mark.parametrize("argv, message", [
     (["quickstart", "--steps", "1"], "argument --steps: must be an integer >= 2, got 1"),
+    (["quickstart", "--corpus", "no_such_corpus.txt"], "argument --corpus: no such file or directory"),
     (["finetune", "--warmup", "1.5"], "argument --warmup: must be a number in [0, 1], got 1.5"),
     (["eval", "--checkpoint", "run", "--tasks", "arithmetic_2da", "--limit", "0"],
      "argument --limit: must be an integer >= 1, got 0"),
@@ -39,3 +40,11 @@ def test_a_missing_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     missing = str(tmp_path / "nowhere.txt")
     assert mnemos(["data", "stats", missing]) == 2
     assert capsys.readouterr().err.strip() == f"mnemos: input '{missing}' does not exist"
+
+
+def test_an_out_that_is_a_file_is_one_line_and_exit_code_2(tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert mnemos(["downstream", "toy", "--steps", "2", "--out", str(taken)]) == 2
+    assert capsys.readouterr().err.startswith("mnemos: [Errno 20] Not a directory")
+    assert taken.read_text() == "mine"
