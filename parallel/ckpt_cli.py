@@ -172,6 +172,11 @@ def cmd_reshard(args) -> int:
     from parallel.checkpoint import _write_latest, read_manifest
     from parallel.reshard import read_full_state, write_universal
     src = _resolve_valid(args.dir)
+    target = Path(args.out) / "checkpoints" / src.name
+    if target.exists():  # checked before the (large) read: reshard adds a checkpoint, it never replaces one
+        print(f"mnemos ckpt reshard: {target} exists (rule: the target checkpoint must be new; pick another --out "
+              f"or remove it)", file=sys.stderr)
+        return 2
     state = read_full_state(src)
     if args.tp or args.dp:
         from launcher.config import build_config
@@ -184,8 +189,8 @@ def cmd_reshard(args) -> int:
             print(f"note: train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
                   f"micro_batch_size {cfg.train.micro_batch_size} x dp {dp}; set train.micro_batch_size when "
                   f"resuming (the global batch must stay {cfg.train.global_batch_size} to keep the data stream)")
-    root = Path(args.out) / "checkpoints"
-    out = write_universal(state, root / src.name,
+    root = target.parent
+    out = write_universal(state, target,
                           meta={"resharded_from": str(src), "target_layout": {"tp": args.tp, "dp": args.dp,
                                                                                "zero_stage": args.zero}})
     _write_latest(root, out.name)

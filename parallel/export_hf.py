@@ -159,8 +159,17 @@ def export_torch(ckpt: str | Path, out_file: str | Path) -> Path:
     sd, cfg = consolidated_state_dict(ckpt)
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.contiguous().clone() for k, v in sd.items()}, out)
-    out.with_suffix(".config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    # temporary names, then renames: a failed export leaves a file already at OUT as it was
+    config = out.with_suffix(".config.json")
+    tmp, config_tmp = out.with_name(f".{out.name}.tmp"), config.with_name(f".{config.name}.tmp")
+    try:
+        torch.save({k: v.contiguous().clone() for k, v in sd.items()}, tmp)
+        config_tmp.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+        tmp.replace(out)
+        config_tmp.replace(config)
+    finally:
+        tmp.unlink(missing_ok=True)
+        config_tmp.unlink(missing_ok=True)
     return out
 
 

@@ -123,3 +123,25 @@ def test_a_pickled_payload_is_refused(tmp_path):
     torch.save({"module": {}, "x": Evil()}, path)
     with pytest.raises(pickle.UnpicklingError):
         safe_load(path)
+
+
+def test_reshard_refuses_to_replace_a_checkpoint(run, tmp_path):
+    assert _cli("reshard", run, "--out", tmp_path / "universal").returncode == 0
+    again = _cli("reshard", run, "--out", tmp_path / "universal")
+    assert again.returncode == 2
+    assert "step_00000004 exists (rule: the target checkpoint must be new" in again.stderr
+
+
+def test_a_failed_torch_export_leaves_the_file_at_out_as_it_was(run, tmp_path, monkeypatch):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"an earlier export")
+
+    def disk_full(obj, path):
+        Path(path).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _cli("export-torch", run, "--out", out)
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left behind
