@@ -113,10 +113,34 @@ def register(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def _fail(stage: str, problem) -> int:
+    print(f"mnemos data {stage}: {problem}", file=sys.stderr)
+    return 2
+
+
+def _first_lines(path: str, limit: int = 1000):
+    """Up to `limit` lines of a text file: enough to tell an empty input from a real one."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f):
+            if i >= limit:
+                return
+            yield line
+
+
 def _refused(a) -> bool:
-    """Rules between options, checked before a stage reads or writes anything; prints the broken one."""
-    problems = []
-    if a.rank is not None and a.rank >= a.tasks:
+    """Rules between options, and input formats, checked before a stage reads or writes anything; prints each
+    broken one."""
+    from .io import detect_format, expand_paths
+    paths = expand_paths(a.input)  # a missing input is a FileNotFoundError: one line from `mnemos`
+    problems = [] if paths else [f"no input files in {a.input}"]
+    for path in paths:
+        if path.startswith("hf://"):
+            continue
+        try:
+            detect_format(path)
+        except ValueError as err:
+            problems.append(str(err))
+    if getattr(a, "rank", None) is not None and a.rank >= a.tasks:
         problems.append(f"--rank={a.rank} (rule: a task number below --tasks={a.tasks})")
     if getattr(a, "num_perm", None) is not None and a.bands * a.rows > a.num_perm:
         problems.append(f"--bands={a.bands} x --rows={a.rows} = {a.bands * a.rows} "
@@ -170,7 +194,14 @@ def cmd_train_tokenizer(a) -> int:
     import tempfile
     from .io import DocumentReader, detect_format
     from .pipeline import _write_json
-    from .tokenizer import Tokenizer, train_tokenizer
+    from .tokenizer import Tokenizer, check_vocab_size, train_tokenizer
+    if _refused(a):
+        return 2
+    symbols = [s for s in a.user_defined_symbols.split(",") if s]
+    try:
+        check_vocab_size(a.vocab_size, not a.no_byte_fallback, symbols)
+    except ValueError as err:
+        return _fail("train-tokenizer", err)
     files = []
     tmp = None
     from .io import expand_paths
@@ -184,10 +215,14 @@ def cmd_train_tokenizer(a) -> int:
         tmp.close()
         files = [tmp.name]
     try:
+        if not any(line.strip() for f in files for line in _first_lines(f)):
+            return _fail("train-tokenizer", f"no text in {paths} (field {a.text_field!r} for jsonl/parquet)")
         path = train_tokenizer(files, a.model_prefix, a.vocab_size, model_type=a.model_type,
                                byte_fallback=not a.no_byte_fallback, split_digits=not a.no_split_digits,
                                input_sentence_size=a.input_sentence_size, num_threads=a.threads,
-                               user_defined_symbols=[s for s in a.user_defined_symbols.split(",") if s])
+                               user_defined_symbols=symbols)
+    except RuntimeError as err:  # sentencepiece's own refusals, e.g. fewer pieces than required characters
+        return _fail("train-tokenizer", f"sentencepiece refused the input: {str(err).split('] ')[-1].strip()}")
     finally:
         if tmp is not None:
             os.remove(tmp.name)

@@ -17,6 +17,14 @@ log = logging.getLogger(__name__)
 EOT_PIECE = "<|endoftext|>"
 
 
+def check_vocab_size(vocab_size: int, byte_fallback: bool, user_defined_symbols: Iterable[str] = ()) -> None:
+    """With byte fallback the vocabulary holds 256 byte pieces, 4 special pieces and the user's symbols."""
+    need = 256 + 4 + len(tuple(user_defined_symbols))
+    if byte_fallback and vocab_size < need:
+        raise ValueError(f"vocab_size={vocab_size} (rule: with byte fallback at least 256 byte pieces + 4 special "
+                         f"pieces + {need - 260} user symbols = {need})")
+
+
 def train_tokenizer(input_files: Sequence[str], model_prefix: str, vocab_size: int, model_type: str = "bpe",
                     byte_fallback: bool = True, split_digits: bool = True,
                     input_sentence_size: int = 2_000_000, shuffle_input_sentence: bool = True,
@@ -38,8 +46,7 @@ def train_tokenizer(input_files: Sequence[str], model_prefix: str, vocab_size: i
     missing = [f for f in input_files if not os.path.exists(f)]
     if missing:
         raise FileNotFoundError(f"tokenizer input files not found: {missing}")
-    if byte_fallback and vocab_size < 256 + 4 + len(tuple(user_defined_symbols)):
-        raise ValueError(f"vocab_size={vocab_size} too small for byte_fallback (needs > 260 + user symbols)")
+    check_vocab_size(vocab_size, byte_fallback, user_defined_symbols)
     os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
     spm.SentencePieceTrainer.train(
         input=list(map(str, input_files)), model_prefix=str(model_prefix), vocab_size=vocab_size,

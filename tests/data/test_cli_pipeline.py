@@ -191,3 +191,29 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path, capsys):
     assert mnemos_data("dedup", "--input", src, "--out", out, "--num-perm", "64") == 2
     assert "--bands=16 x --rows=8 = 128 (rule: at most --num-perm=64" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_inputs_are_checked_before_a_stage_starts(tmp_path, capsys):
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"not text")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    out = tmp_path / "out"
+    assert mnemos_data("dedup", "--input", weights, "--out", out) == 2
+    assert "model.pt: unknown input format '.pt'" in capsys.readouterr().err
+    assert mnemos_data("tokenize", "--input", str(tmp_path / "nomatch*.txt"), "--out", out,
+                       "--tokenizer", "spm.model") == 2
+    assert "no input files in" in capsys.readouterr().err
+    prefix = str(tmp_path / "tok" / "spm")
+    assert mnemos_data("train-tokenizer", "--input", empty, "--model-prefix", prefix, "--vocab-size", "300") == 2
+    assert "no text in" in capsys.readouterr().err
+    assert mnemos_data("train-tokenizer", "--input", empty, "--model-prefix", prefix, "--vocab-size", "259") == 2
+    assert "vocab_size=259 (rule: with byte fallback at least 256 byte pieces + 4 special pieces + 0 user " \
+           "symbols = 260)" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "tok").exists()
+    wide = tmp_path / "wide.txt"
+    wide.write_text("".join(chr(0x4E00 + i) for i in range(300)) + "\n")  # 300 distinct characters
+    assert mnemos_data("train-tokenizer", "--input", wide, "--model-prefix", prefix, "--vocab-size", "100",
+                       "--no-byte-fallback") == 2
+    assert "sentencepiece refused the input: Vocabulary size is smaller than required_chars" in \
+        capsys.readouterr().err
