@@ -61,6 +61,15 @@ class LM(abc.ABC):
         return max(1, len(continuation))
 
 
+def _warn_if_truncated(desc: str, lengths: Sequence[int], window: int) -> None:
+    """Say how many requests do not fit the model's window: their contexts lose their start (with many shots,
+    the earliest demonstrations), which changes what is measured."""
+    over = [n - window for n in lengths if n > window]
+    if over:
+        log.warning("%s: %d of %d requests are longer than the model's %d-token window; their contexts were "
+                    "cut from the left (up to %d tokens dropped)", desc, len(over), len(lengths), window, max(over))
+
+
 def split_whitespace(context: str, continuation: str) -> tuple[str, str]:
     """Move trailing whitespace of the context to the continuation (lm-evaluation-harness's rule)."""
     n_spaces = len(context) - len(context.rstrip())
@@ -264,6 +273,7 @@ class MnemosLM(LM):
         inputs: list[tuple[int, ...]] = []
         cont_lens: list[int] = []
         targets: list[list[int]] = []
+        _warn_if_truncated(desc, [len(ctx) + len(cont) - 1 for ctx, cont in pairs], L)
         for ctx, cont in pairs:
             if not cont:
                 raise ValueError("empty continuation: nothing to score")
@@ -474,11 +484,13 @@ class MnemosLM(LM):
     def generate_until(self, requests: Sequence[tuple[str, dict]]) -> list[str]:
         rank, world = self.world
         cfgs = [GenerationConfig.from_kwargs(kw) for _, kw in requests]
-        ctxs = []
+        ctxs, lengths = [], []
         for (context, _), g in zip(requests, cfgs):
             ids = list(self.tokenizer.encode(context)) or [self.eos_id]
             keep = max(1, self.max_length - g.max_gen_toks)
+            lengths.append(len(ids) + self.max_length - keep)  # the window holds the context and the answer
             ctxs.append(ids[-keep:])
+        _warn_if_truncated("generate_until", lengths, self.max_length)
         # Greedy requests of any lengths and settings share batches: sorted longest first, so a batch
         # holds similar lengths and little padding. Each beam search runs alone.
         greedy = sorted((i for i, g in enumerate(cfgs) if g.method == "greedy"), key=lambda i: (-len(ctxs[i]), i))

@@ -44,6 +44,21 @@ def test_scores_match_the_model_and_not_the_batch(tiny_gpt, byte_tok):
     assert one[5][0] == pytest.approx(lp[94, full[95]].item() + lp[95, full[96]].item(), abs=1e-4)
 
 
+def test_requests_cut_to_the_window_are_reported(tiny_gpt, byte_tok, caplog):
+    lm = MnemosLM(tiny_gpt, byte_tok, batch_size=8, progress=False)
+    with caplog.at_level("WARNING", logger="evaluation.adapters"):
+        lm.loglikelihood([("a" * 150, " b"), ("hello", " world")])
+        lm.generate_until([("c" * 120, {"until": ["\n"], "max_gen_toks": 4})])
+    assert ("loglikelihood: 1 of 2 requests are longer than the model's 96-token window; their contexts were cut "
+            "from the left (up to 55 tokens dropped)") in caplog.text
+    assert "generate_until: 1 of 1 requests are longer than the model's 96-token window" in caplog.text
+    assert "(up to 28 tokens dropped)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evaluation.adapters"):
+        lm.loglikelihood([("a" * 95, " b")])  # 97 tokens: the input is exactly the 96-token window
+    assert caplog.text == ""
+
+
 def test_run_eval_identical_with_batch_1_and_32(tiny_gpt, byte_tok, std_data):
     tasks = ["arithmetic_2da", "arithmetic_1dc", "hellaswag", "winogrande", "lambada_standard", "wikitext"]
     res = {}
