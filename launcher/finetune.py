@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from launcher.argtypes import integer, number
+from launcher.config import ConfigError
 
 log = logging.getLogger("mnemos.finetune")
 
@@ -46,13 +47,13 @@ def read_table(path: str):
     if suffix in (".csv", ".tsv"):
         return datasets.load_dataset("csv", data_files=str(path), split="train",
                                      delimiter="\t" if suffix == ".tsv" else ",")
-    raise ValueError(f"{path}: unsupported file type {suffix!r} (rule: .jsonl, .json, .csv or .tsv)")
+    raise ConfigError(f"finetune: {path}: unsupported file type {suffix!r} (rule: .jsonl, .json, .csv or .tsv)")
 
 
 def _need(table, fields: list[str], path: str) -> None:
     missing = [f for f in fields if f not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: no column(s) {missing} (columns: {table.column_names})")
+        raise ConfigError(f"finetune: {path}: no column(s) {missing} (columns: {table.column_names})")
 
 
 class PairEncoder:
@@ -183,7 +184,7 @@ def regression_metrics(pred: np.ndarray, gold: np.ndarray) -> dict:
 def load_backbone(args):
     """(pretraining model or None, tokenizer, ModelConfig) from the checkpoint, or a random model."""
     from data.tokenizer import Tokenizer
-    from launcher.config import ConfigError, load_config
+    from launcher.config import load_config
 
     if args.init == "checkpoint":
         if args.set:
@@ -239,7 +240,7 @@ class SentenceTask:
             index = {n: k for k, n in enumerate(self.names)}
             unknown = {str(v) for v in valid_raw} - set(self.names)
             if unknown:
-                raise ValueError(f"{args.valid}: labels {sorted(unknown)} never occur in {args.train}")
+                raise ConfigError(f"finetune: {args.valid}: labels {sorted(unknown)} never occur in {args.train}")
             self.train_y = np.array([index[str(v)] for v in train_raw])
             self.valid_y = np.array([index[str(v)] for v in valid_raw])
             self.n_out = len(self.names)
@@ -366,7 +367,10 @@ def run(args) -> dict:
                           else ("cpu" if args.device == "auto" else args.device))
     pre, tok, mcfg = load_backbone(args)
     mcfg = mcfg.model_copy(update={"dropout": args.dropout})  # BERT fine-tunes with dropout 0.1 (A.3)
-    vocab = BertVocab.from_tokenizer(tok)
+    try:
+        vocab = BertVocab.from_tokenizer(tok)
+    except ValueError as err:  # a tokenizer without the BERT pieces: the user's input, not a bug
+        raise ConfigError(f"finetune: {err}") from None
     task = (SpanTask if args.task == "span" else SentenceTask)(args, tok, vocab, min(args.max_len, mcfg.n_ctx))
     model = task.model(mcfg)
     model.init_weights(torch.Generator().manual_seed(args.seed))

@@ -160,3 +160,23 @@ def test_finetune_from_a_bert_checkpoint(tmp_path, tokenizer):
                           "--epochs", "1", "--max-len", "32", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["init"] == "checkpoint" and 0 <= res["final"]["accuracy"] <= 1
+
+
+def test_data_mistakes_are_one_line_errors(tmp_path, tokenizer, capsys):
+    from launcher.cli import main
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"text": "a good day", "label": "pos"},
+                                                    {"text": "a bad day", "label": "neg"}])
+    valid = _write_jsonl(tmp_path / "valid.jsonl", [{"text": "a fine day", "label": "meh"}])
+    common = ["finetune", "--task", "classification", "--init", "random", "--tokenizer", tokenizer,
+              "--epochs", "1", "--out", str(tmp_path / "out")]
+    cases = [
+        (["--train", train, "--valid", train, "--text-field", "sentence"],
+         "mnemos: finetune: " + train + ": no column(s) ['sentence'] (columns: ['text', 'label'])"),
+        (["--train", train, "--valid", valid],
+         f"mnemos: finetune: {valid}: labels ['meh'] never occur in {train}"),
+        (["--train", str(tmp_path / "train.txt"), "--valid", valid], "does not exist"),
+    ]
+    for extra, message in cases:
+        assert main(common + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
