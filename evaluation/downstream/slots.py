@@ -129,6 +129,10 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    spec = scenes_mod.SPECS[args.dataset]
+    if args.task == "set-prediction" and args.num_slots is not None and args.num_slots < spec.max_objects:
+        raise SystemExit(f"mnemos downstream slots: --num-slots {args.num_slots} (rule: set prediction needs a slot "
+                         f"for each of the up to {spec.max_objects} objects of {args.dataset})")
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = DistContext.from_env(args.device)
@@ -247,6 +251,8 @@ def set_prediction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     """Huber loss between predictions and targets matched by the Hungarian algorithm (Section 2.2)."""
     # pred: (B, K, D); target: (B, M, D), M <= K, padded here with "absent" rows of zeros
     B, K, D = pred.shape
+    if target.shape[1] > K:  # padding by a negative amount would silently drop objects
+        raise ValueError(f"{target.shape[1]} target objects for {K} slots (rule: slots >= objects)")
     target = F.pad(target, (0, 0, 0, K - target.shape[1]))  # (B, K, D)
     pairs = (pred[:, :, None].expand(B, K, K, D), target[:, None].expand(B, K, K, D))  # (B, K_pred, K_true, D)
     cost = F.huber_loss(*pairs, reduction="none").sum(-1)  # (B, K, K)

@@ -43,3 +43,12 @@ def test_missing_input_file_is_refused_before_the_run_starts(tmp_path, capsys, c
     assert stop.value.code == 2
     assert f"argument {option}: no such file or directory: '{missing}'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_set_prediction_needs_a_slot_per_object(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"--num-slots 3 \(rule: set prediction needs a slot for each of the up "
+                                         r"to 4 objects of sprites\)"):
+        mnemos(["downstream", "slots", "--dataset", "sprites", "--task", "set-prediction", "--num-slots", "3",
+                "--out", str(out)])
+    assert not out.exists()

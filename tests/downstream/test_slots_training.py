@@ -244,6 +244,8 @@ def test_set_prediction_loss_is_permutation_invariant():
     torch.testing.assert_close(l1, l2)
     exact = torch.nn.functional.pad(target, (0, 0, 0, 2))[:, perm]  # targets hidden among "absent" rows
     assert slots.set_prediction_loss(exact, target).item() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="2 target objects for 1 slots"):
+        slots.set_prediction_loss(pred[:, :1], target)  # fewer slots than objects: no object is dropped silently
 
 
 def test_set_prediction_run(tmp_path):
