@@ -147,6 +147,10 @@ def attention_from_bert(args) -> tuple[torch.Tensor, str]:
     from model.bert import attention_probabilities
 
     text = Path(args.text).read_text()
+    tokenizer = None
+    if args.tokenizer:
+        from data.tokenizer import Tokenizer
+        tokenizer = Tokenizer(args.tokenizer)
     if args.init == "checkpoint":
         try:
             from launcher.inference import load_for_eval
@@ -154,7 +158,8 @@ def attention_from_bert(args) -> tuple[torch.Tensor, str]:
             raise SystemExit(f"bert-heads: loading a checkpoint needs launcher.inference.load_for_eval, which is "
                              f"not available in this build ({e}); pass saved probabilities with --attention "
                              f"FILE.npy|.pt instead") from None
-        model, tokenizer, cfg = load_for_eval(args.checkpoint)
+        model, ckpt_tokenizer, cfg = load_for_eval(args.checkpoint)
+        tokenizer = tokenizer or ckpt_tokenizer
         model_cfg = cfg.model if hasattr(cfg, "model") else cfg
         if model_cfg.arch != "bert":
             raise SystemExit(f"bert-heads: {args.checkpoint} is model.arch={model_cfg.arch!r}, not a BERT checkpoint")
@@ -162,12 +167,19 @@ def attention_from_bert(args) -> tuple[torch.Tensor, str]:
     else:
         from launcher.config import load_config
         from model.bert import build_bert
-        model_cfg = load_config(None, [f"model.preset={args.model_preset}"]).model
-        model, tokenizer = build_bert(model_cfg, seed=args.seed), None
+        overrides = [f"model.preset={args.model_preset}"]
+        if tokenizer is not None:  # a random model: its embedding takes the tokenizer's size
+            overrides.append(f"model.vocab_size={tokenizer.padded_vocab_size(128)}")
+        model_cfg = load_config(None, overrides).model
+        model = build_bert(model_cfg, seed=args.seed)
         source = f"random {args.model_preset} (seed {args.seed})"
-    if args.tokenizer:
-        from data.tokenizer import Tokenizer
-        tokenizer = Tokenizer(args.tokenizer)
+    if tokenizer is not None and tokenizer.vocab_size > model_cfg.vocab_size:
+        raise SystemExit(f"bert-heads: the tokenizer {args.tokenizer} has {tokenizer.vocab_size} pieces, the model's "
+                         f"embedding {model_cfg.vocab_size} (rule: the model must have an embedding for every id; "
+                         f"use the checkpoint's own tokenizer)")
+    if args.seq_len > model_cfg.n_ctx:
+        log.warning("bert-heads: --seq-len %d exceeds the model's n_ctx; windows of %d tokens are used",
+                    args.seq_len, model_cfg.n_ctx)
     if tokenizer is None:
         # no tokenizer: byte ids folded into the vocabulary (said, not silent; only meaningful for smoke runs)
         log.warning("bert-heads: no tokenizer; using UTF-8 byte ids modulo the vocabulary")

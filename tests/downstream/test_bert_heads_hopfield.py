@@ -94,3 +94,18 @@ def test_cli_from_a_bert_checkpoint(tmp_path):
     ref = bh.analyze_attention(attention_probabilities(pre, windows))
     got = [[h["k"] for h in layer["heads"]] for layer in res["per_layer"]]
     assert np.allclose(got, ref["k_head"])
+
+
+def test_random_bert_takes_the_tokenizers_size_and_says_when_windows_shrink(shared_data, tmp_path, caplog):
+    """A 600-piece tokenizer on bert-tiny (512 ids) used to fail inside the embedding; --seq-len above n_ctx
+    used to shrink to n_ctx without a word."""
+    from data.bert_samples import BERT_SYMBOLS
+    from data.tokenizer import train_tokenizer
+    text = shared_data / "corpus" / "wikitext2_valid.txt"
+    tok = train_tokenizer([str(text)], str(tmp_path / "sp"), 600, user_defined_symbols=BERT_SYMBOLS)
+    with caplog.at_level("WARNING"):
+        _run(["--init", "random", "--model-preset", "bert-tiny", "--tokenizer", tok, "--text", str(text),
+              "--seq-len", "4096", "--max-windows", "2", "--out", str(tmp_path / "run")])
+    res = json.loads((tmp_path / "run" / "results" / "bert_heads.json").read_text())
+    assert res["seq_len"] == 128 and res["windows"] == 2
+    assert "--seq-len 4096 exceeds the model's n_ctx; windows of 128 tokens are used" in caplog.text
