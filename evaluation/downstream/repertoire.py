@@ -670,16 +670,18 @@ def main(args) -> int:
     if args.nproc < 1 or args.batch_repertoires < args.nproc:
         raise SystemExit(f"repertoire: --nproc {args.nproc} must be >= 1 and <= --batch-repertoires "
                          f"{args.batch_repertoires} (each rank takes a share of every batch)")
+    if args.repertoires and not args.metadata:
+        raise SystemExit("repertoire: --repertoires needs --metadata (filename, label)")
+    try:
+        cfg = RepConfig(kernels=args.kernels, kernel_size=args.kernel_size, heads=args.heads, epochs=args.epochs,
+                        subsample=args.subsample, lr=args.lr, scaling=args.scaling,
+                        batch_repertoires=args.batch_repertoires, position_pool=args.position_pool,
+                        layer_norm=args.layer_norm, seed_kernels=args.seed_kernels, seed_min_t=args.seed_min_t)
+    except ValueError as err:
+        raise SystemExit(f"repertoire: {err}") from None
     set_threads(args.threads)
-    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
-    cfg = RepConfig(kernels=args.kernels, kernel_size=args.kernel_size, heads=args.heads, epochs=args.epochs,
-                    subsample=args.subsample, lr=args.lr, scaling=args.scaling,
-                    batch_repertoires=args.batch_repertoires, position_pool=args.position_pool,
-                    layer_norm=args.layer_norm, seed_kernels=args.seed_kernels, seed_min_t=args.seed_min_t)
     datasets = []
     if args.repertoires:
-        if not args.metadata:
-            raise SystemExit("repertoire: --repertoires needs --metadata (filename, label)")
         datasets.append(("real", None, read_repertoires(args.repertoires, args.metadata, args.label_column,
                                                         args.max_sequences)))
     else:
@@ -690,6 +692,12 @@ def main(args) -> int:
             if args.export:
                 write_repertoires(reps, Path(args.export) / f"witness_{w:g}")
             datasets.append((f"witness {w:.4%}", sim, reps))
+    for name, _, reps in datasets:  # each repertoire is padded to its longest sequence, which the kernel must fit
+        fits = min(max(len(seq) for seq in r.sequences) for r in reps)
+        if args.kernel_size > fits:
+            raise SystemExit(f"repertoire: --kernel-size {args.kernel_size} (rule: at most {fits}, the longest "
+                             f"sequence of the repertoire with the shortest ones in {name})")
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
     results, rows = [], []
     for name, sim, reps in datasets:
         log.info("repertoire[%s]: %d repertoires, %d-%d sequences, %d-fold CV", name, len(reps),

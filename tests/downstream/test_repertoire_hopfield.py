@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -151,3 +152,16 @@ def test_data_parallel_training_matches_one_process():
     # every repertoire of every epoch went through exactly one rank, and both ranks worked
     assert sorted(log_r0.seen + log_r1.seen) == sorted(log1.seen) == sorted(list(range(7)) * 2)
     assert len(log_r0.seen) == 8 and len(log_r1.seen) == 6
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed-kernels", "9", "--kernels", "8"], "repertoire: seed_kernels=9 must be in [0, kernels=8]"),
+    (["--kernel-size", "30"], "repertoire: --kernel-size 30 (rule: at most "),
+])
+def test_options_the_model_cannot_take_stop_before_the_run(tmp_path, extra, message):
+    from launcher.cli import main
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(["downstream", "repertoire", "--n-repertoires", "8", "--sequences", "20", "--witness-rates", "0.1",
+              "--folds", "2", "--epochs", "1", "--no-baseline", "--out", str(out), *extra])
+    assert not out.exists()
