@@ -245,12 +245,25 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
+def check_folds(data: MILData, folds: int, inner_folds: int) -> None:
+    """Stratified folds need every class in every fold, outer and inner: refuse counts the bags cannot fill."""
+    smaller = int(min(np.sum(data.labels == c) for c in np.unique(data.labels)))
+    if folds > smaller:
+        raise SystemExit(f"mil: --folds {folds} (rule: at most {smaller}, the bags of the smaller class in "
+                         f"{data.name})")
+    if inner_folds > smaller * (folds - 1) // folds:
+        raise SystemExit(f"mil: --inner-folds {inner_folds} (rule: at most {smaller * (folds - 1) // folds}, the "
+                         f"smaller class's bags in an outer training split of {data.name})")
+
+
 def main(args) -> int:
     set_threads(args.threads)
+    datasets = [load_mil_npz(path) for path in args.dataset]
+    for data in datasets:
+        check_folds(data, args.folds, args.inner_folds)
     run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
     results, rows = [], []
-    for path in args.dataset:
-        data = load_mil_npz(path)
+    for data in datasets:
         t0 = time.monotonic()
         log.info("mil[%s]: %d bags, %d-dim instances, %dx%d CV, grid %s (%d configs), inner %d-fold",
                  data.name, data.n_bags, data.bags.shape[-1], args.repetitions, args.folds, args.grid,

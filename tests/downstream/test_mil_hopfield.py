@@ -51,3 +51,14 @@ def test_cli_writes_json_markdown_and_tensorboard(shared_data, tmp_path):
     assert res["dataset"] == "fox" and res["paper_auc"] == 64.05 and 0.0 <= res["auc_mean"] <= 1.0
     assert "fox" in (out / "results" / "mil.md").read_text()
     assert any((out / "tensorboard").iterdir()) and (out / "config.yaml").exists()
+
+
+def test_fold_counts_the_bags_cannot_fill_stop_before_the_run(shared_data, tmp_path):
+    from launcher.cli import main
+    out = tmp_path / "run"
+    tiger = str(shared_data / "mil" / "tiger.npz")  # 100 positive and 100 negative bags
+    with pytest.raises(SystemExit, match=r"mil: --folds 101 \(rule: at most 100, the bags of the smaller class"):
+        main(["downstream", "mil", "--dataset", tiger, "--folds", "101", "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"mil: --inner-folds 91 \(rule: at most 90,"):
+        main(["downstream", "mil", "--dataset", tiger, "--folds", "10", "--inner-folds", "91", "--out", str(out)])
+    assert not out.exists()
