@@ -130,6 +130,8 @@ def run_eval(adapter: LM, tasks: Sequence[str], shots: Sequence[int], out_dir: s
         from evaluation.contamination import load_index
         contamination_index = load_index(str(contamination_index))
     shots = [int(k) for k in shots]
+    if len(set(shots)) != len(shots):
+        raise ValueError(f"shots={shots} (rule: each number of shots once; a repeat would count its examples twice)")
     task_objs = get_tasks(tasks, data_dir, include)
 
     # 1. every request of every example

@@ -20,6 +20,8 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,32") from None
     if not out or any(k < 0 for k in out):
         raise argparse.ArgumentTypeError(f"{text!r}: expected non-negative integers")
+    if len(set(out)) != len(out):  # a repeated K would count its examples twice in one row
+        raise argparse.ArgumentTypeError(f"{text!r}: expected each number once")
     return out
 
 

@@ -53,6 +53,9 @@ def test_eval_errors_and_listing(fake_checkpoint, tmp_path, capsys):
     assert "gpt3_arithmetic_1dc (1DC)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", "x", "--tasks", "arithmetic_2da", "--shots", "a,b"])
+    with pytest.raises(SystemExit):  # a repeated K would count its examples twice
+        main(["eval", "--checkpoint", "x", "--tasks", "arithmetic_2da", "--shots", "0,1,0"])
+    assert "'0,1,0': expected each number once" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_one_line_not_a_traceback(tmp_path, capsys):

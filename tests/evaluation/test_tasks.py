@@ -103,6 +103,8 @@ doc_to_target: "{{ answer }}"
     assert ctx.startswith("Name the capital.\n\nCountry: ") and ctx.endswith("Country: France\nCapital:")
     res = run_eval(DummyLM("uniform"), ["capitals"], [0, 1], None, data_dir=tmp_path, include=[tmp_path / "mytasks"])
     assert res["results"]["capitals"]["1"]["acc"] == 0.5 and res["tasks"]["capitals"]["version"] == 2
+    with pytest.raises(ValueError, match=r"shots=\[1, 1\] \(rule: each number of shots once"):
+        run_eval(DummyLM("uniform"), ["capitals"], [1, 1], None, data_dir=tmp_path, include=[tmp_path / "mytasks"])
     (tmp_path / "mytasks" / "bad.yaml").write_text("task: bad\noutput_type: multiple_choice\ndataset: {loader: csv}\nfoo: 1\n")
     with pytest.raises(TaskError, match="foo"):
         list_tasks(include=[tmp_path / "mytasks"])
