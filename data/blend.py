@@ -49,6 +49,16 @@ def resolve(specs: Sequence[DatasetSpec]) -> tuple[list[str], list[float], list[
     total_w = sum(s.weight for s in specs)
     if total_w <= 0:
         raise ValueError("dataset weights must have a positive sum")
+    owner: dict[str, str] = {}  # a name or a shard given twice would be sampled at twice its weight
+    for i, s in enumerate(specs):
+        if s.name in (t.name for t in specs[:i]):
+            raise ValueError(f"dataset {s.name!r} is given twice (rule: one --dataset per name; list several "
+                             f"paths as NAME=WEIGHT:PATH1,PATH2)")
+        for p in s.prefixes:
+            if p in owner:
+                raise ValueError(f"shard {p} is in datasets {owner[p]!r} and {s.name!r} (rule: a shard belongs "
+                                 f"to one dataset)")
+            owner[p] = s.name
     prefixes, weights, names = [], [], []
     for s in specs:
         tokens = np.array([IndexedDataset(p).num_tokens for p in s.prefixes], dtype=np.float64)

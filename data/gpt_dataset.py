@@ -199,7 +199,8 @@ def split_ranges(fractions: Sequence[float] = (0.98, 0.01, 0.01)) -> dict[str, t
     """Megatron-style `--split 98,1,1` as document-fraction ranges for train/valid/test."""
     f = np.asarray(fractions, dtype=np.float64)
     if f.size != 3 or (f < 0).any() or f.sum() <= 0:
-        raise ValueError(f"split fractions {list(fractions)} must be three non-negative numbers")
+        raise ValueError(f"split fractions {list(fractions)} (rule: three non-negative numbers, train,valid,test, "
+                         f"with a positive sum)")
     edges = np.concatenate([[0.0], np.cumsum(f / f.sum())])
     edges[-1] = 1.0
     return {name: (float(edges[k]), float(edges[k + 1])) for k, name in enumerate(("train", "valid", "test"))}

@@ -76,3 +76,16 @@ def test_sampler_deterministic_and_exact_resume():
     np.testing.assert_array_equal(np.concatenate([b.next_indices(4) for _ in range(5)]), full[12:])
     with pytest.raises(ValueError):
         ShuffledSampler(11, seed=5).load_state_dict(state)
+
+
+def test_blend_refuses_a_dataset_or_shard_given_twice(tmp_path):
+    from data.blend import DatasetSpec, resolve
+    a = _shard(tmp_path / "a", [np.arange(10, 20)])
+    b = _shard(tmp_path / "b", [np.arange(10, 30)])
+    assert resolve([DatasetSpec("web", 0.5, [a]), DatasetSpec("books", 0.5, [b])])[1] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="dataset 'web' is given twice"):
+        resolve([DatasetSpec("web", 0.5, [a]), DatasetSpec("web", 0.5, [b])])
+    with pytest.raises(ValueError, match=r"shard .*a is in datasets 'web' and 'books' \(rule: a shard belongs"):
+        resolve([DatasetSpec("web", 0.5, [a]), DatasetSpec("books", 0.5, [a, b])])
+    with pytest.raises(ValueError, match=r"split fractions \[0.0, 0.0, 0.0\] \(rule: three non-negative numbers"):
+        split_ranges([0.0, 0.0, 0.0])
