@@ -329,9 +329,10 @@ def cmd_decontaminate(a) -> int:
     from .io import JsonlWriter
     reg = a.tasks_from_registry
     tasks = None if reg == "all" else ([] if reg == "none" else reg.split(","))
+    from evaluation.task import TaskError
     try:
         index = ContaminationIndex.from_registry(tasks, a.eval_file, n=a.n, min_n=a.min_n or None)
-    except RuntimeError as err:
+    except (RuntimeError, TaskError) as err:
         print(f"mnemos data decontaminate: {err}", file=sys.stderr)
         return 2
     print(f"benchmark n-grams: {len(index)} (n={index.ns}) from {len(index.source_names)} sources")

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -134,6 +135,19 @@ def task_rank_from_env(default: int = 0) -> int:
     return default
 
 
+def _settings(obj, depth: int = 0):
+    """What a pipeline step was set up with, as JSON-able values: numbers, strings, short lists, and the
+    simple attributes of the objects it holds (one level down); anything larger is named by its type."""
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, (list, tuple)) and len(obj) <= 64:
+        return [_settings(x, depth) for x in obj]
+    if depth < 2 and hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return {"class": type(obj).__name__,
+                **{k: _settings(v, depth + 1) for k, v in sorted(vars(obj).items()) if not k.startswith("_")}}
+    return type(obj).__name__
+
+
 class PipelineExecutor:
     """Runs tasks of a pipeline with per-task stats and completion markers (resumable)."""
 
@@ -153,7 +167,17 @@ class PipelineExecutor:
         return os.path.join(self.logging_dir, "stats", f"{rank:05d}.json")
 
     def is_done(self, rank: int) -> bool:
-        return os.path.exists(self._marker(rank)) and os.path.exists(self._stats_path(rank))
+        """The task completed with this pipeline: a marker left by other steps or settings (say, the same
+        OUT with --write-index added) does not count, so the task runs again."""
+        if not (os.path.exists(self._marker(rank)) and os.path.exists(self._stats_path(rank))):
+            return False
+        with open(self._marker(rank)) as f:
+            return f.read().strip() == self.fingerprint()
+
+    def fingerprint(self) -> str:
+        """A hash of the steps' classes and settings (their simple attributes, one level into objects)."""
+        text = json.dumps([_settings(step) for step in self.pipeline], sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()
 
     def run_task(self, rank: int) -> list[dict]:
         if not 0 <= rank < self.tasks:
@@ -170,7 +194,7 @@ class PipelineExecutor:
         _write_json(self._stats_path(rank), {"rank": rank, "tasks": self.tasks, "seconds": round(time.time() - t0, 3),
                                              "steps": stats})
         with open(self._marker(rank), "w") as f:
-            f.write("done\n")
+            f.write(self.fingerprint() + "\n")
         return stats
 
     def merged_stats(self) -> list[dict]:

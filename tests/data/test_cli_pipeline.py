@@ -211,6 +211,10 @@ def test_inputs_are_checked_before_a_stage_starts(tmp_path, capsys):
     assert "vocab_size=259 (rule: with byte fallback at least 256 byte pieces + 4 special pieces + 0 user " \
            "symbols = 260)" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "tok").exists()
+    src = tmp_path / "docs.txt"
+    src.write_text("one document\n")
+    assert mnemos_data("decontaminate", "--input", src, "--out", out, "--tasks-from-registry", "no_such_task") == 2
+    assert "unknown task or group 'no_such_task'" in capsys.readouterr().err
     wide = tmp_path / "wide.txt"
     wide.write_text("".join(chr(0x4E00 + i) for i in range(300)) + "\n")  # 300 distinct characters
     assert mnemos_data("train-tokenizer", "--input", wide, "--model-prefix", prefix, "--vocab-size", "100",

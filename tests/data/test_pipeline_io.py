@@ -119,3 +119,17 @@ def test_genuine_replacement_characters_are_not_malformed(tmp_path):
     r = DocumentReader([str(tmp_path)])
     assert sorted(d.text for d in r.run()) == ["fine", "generated text with \ufffd in it"]
     assert r.stats["skipped:non_utf8"] == 1
+
+
+def test_a_completed_task_runs_again_when_the_steps_change(tmp_path):
+    """The same logging directory with other settings (the CLI's OUT rerun with another option) must not
+    reuse completions: here the second writer's files would otherwise never be made."""
+    docs = [f"document {i} " + "word " * i for i in range(12)]
+    logs = str(tmp_path / "logs")
+    LocalExecutor([ListReader(docs), DropShort(), JsonlWriter(str(tmp_path / "a"))], logs, tasks=2).run()
+    again = LocalExecutor([ListReader(docs), DropShort(), JsonlWriter(str(tmp_path / "a"))], logs, tasks=2)
+    assert again.is_done(0) and again.is_done(1)
+    changed = LocalExecutor([ListReader(docs), DropShort(), JsonlWriter(str(tmp_path / "b"))], logs, tasks=2)
+    assert not changed.is_done(0)
+    changed.run()
+    assert sorted(os.listdir(tmp_path / "b")) == ["00000.jsonl.zst", "00001.jsonl.zst"]
