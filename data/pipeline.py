@@ -140,6 +140,8 @@ def _settings(obj, depth: int = 0):
     simple attributes of the objects it holds (one level down); anything larger is named by its type."""
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     if isinstance(obj, (list, tuple)) and len(obj) <= 64:
         return [_settings(x, depth) for x in obj]
     if depth < 2 and hasattr(obj, "__dict__") and not isinstance(obj, type):
