@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from launcher.argtypes import integer
+from launcher.argtypes import existing_path, integer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
                     "Writes OUT/results.json, OUT/results.md and OUT/plots/*.png.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="run directory or checkpoint directory to evaluate")
-    src.add_argument("--hf-model", help="directory of exported Hugging Face GPT-2 weights, loaded with "
+    src.add_argument("--hf-model", type=existing_path, help="directory of exported Hugging Face GPT-2 weights, loaded with "
                                         "accelerate's big-model loading (device map across GPUs, CPU offload)")
     p.add_argument("--tokenizer", help="with --hf-model: the sentencepiece .model file (default: DIR/tokenizer.model)")
     p.add_argument("--tasks", help="comma-separated task or group names (see --list-tasks)")

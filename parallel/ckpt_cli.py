@@ -202,7 +202,11 @@ def cmd_reshard(args) -> int:
 
 def cmd_export_hf(args) -> int:
     from parallel.export_hf import export_hf
-    out = export_hf(_resolve_valid(args.dir), args.out, args.tokenizer)
+    try:
+        out = export_hf(_resolve_valid(args.dir), args.out, args.tokenizer)
+    except ValueError as err:  # a model transformers has no class for: the user's choice, not a bug
+        print(f"mnemos ckpt export-hf: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

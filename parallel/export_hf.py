@@ -140,9 +140,9 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer: str | Path | Non
     """Write a transformers directory for a checkpoint (any TP/DP/ZeRO layout, or universal)."""
     from launcher.inference import consolidated_state_dict
     sd, cfg = consolidated_state_dict(ckpt)
+    hf = hf_model_from_state(sd, cfg.model)  # before OUT is made: a model transformers cannot hold stops here
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hf = hf_model_from_state(sd, cfg.model)
     hf.save_pretrained(out, safe_serialization=True)
     tok = tokenizer or cfg.data.tokenizer
     if tok:

@@ -27,6 +27,8 @@ def test_argument_types_accept_the_values_inside_their_rules():
     (["eval", "--checkpoint", "run", "--tasks", "arithmetic_2da", "--limit", "0"],
      "argument --limit: must be an integer >= 1, got 0"),
     (["ckpt", "reshard", "run", "--out", "resharded", "--tp", "0"], "argument --tp: must be an integer >= 1, got 0"),
+    (["eval", "--hf-model", "no_such_export", "--tasks", "arithmetic_2da"],
+     "argument --hf-model: no such file or directory: 'no_such_export'"),
 ])
 def test_other_commands_refuse_bad_numbers_at_parse_time(capsys, argv, message):
     with pytest.raises(SystemExit) as stop:

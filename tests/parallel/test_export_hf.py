@@ -135,3 +135,22 @@ def test_consolidated_torch_export_loads_without_deepspeed(tp2_run, tmp_path):
     assert unexpected == [] and set(missing) <= {"lm_head.weight"}
     assert all(v.dtype == torch.float32 for v in sd.values())
     assert sd["blocks.0.attn.qkv.weight"].shape == (3 * 64, 64)  # full, not a TP shard
+
+
+def test_a_model_transformers_cannot_hold_is_refused_in_one_line(tmp_path, shards, capsys):
+    """GPT-3's alternating dense/banded layers have no GPT-2 class: exit code 2 and the reason, nothing written."""
+    from launcher.cli import main
+    from launcher.config import RunConfig
+    from model.gpt import build_gpt
+    from parallel.reshard import FullState, write_universal
+    cfg = RunConfig(run_dir=str(tmp_path / "gpt"),
+                    model=dict(n_layer=2, d_model=32, n_head=2, n_ctx=32, vocab_size=512,
+                               attn_pattern="alternating", local_window=8),
+                    data=dict(tokenizer=shards["tokenizer"], train=[shards["train"]], seq_len=32))
+    sd = {k: v for k, v in build_gpt(cfg.model, seed=0).state_dict().items() if k != "lm_head.weight"}  # tied
+    write_universal(FullState(fp32=sd, client={"config": cfg.model_dump(mode="json"), "trainer": {"step": 0}}),
+                    tmp_path / "gpt" / "checkpoints" / "step_00000000")
+    assert main(["ckpt", "export-hf", str(tmp_path / "gpt"), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mnemos ckpt export-hf: model.attn_pattern='alternating'") and "Traceback" not in err
+    assert not (tmp_path / "hf").exists()
