@@ -18,7 +18,8 @@
 #                                 sprites, all six trained side by side on the one GPU for SLOT_MIN minutes
 #                                 (--time-limit, default 6: the call must end within the device's 10-minute
 #                                 command limit), then evaluated. The recipe is the one that reached FG-ARI
-#                                 0.927 on Tetrominoes in 77,510 CPU steps (README): the `tiny` preset, batch
+#                                 0.927 on Tetrominoes in 77,510 CPU steps and 0.950 in 163,872 (seed 0,
+#                                 README): the `tiny` preset, batch
 #                                 16, lr 1e-3; sprites take the `cpu` preset (16x16 broadcast, 32 channels),
 #                                 whose wider decoder reached the same reconstruction error in half the CPU
 #                                 steps (MSE 0.030 at 5k steps; `tiny` 0.043 at 5k, 0.031 at 10k, 0.023 at
