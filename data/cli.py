@@ -91,7 +91,8 @@ def register(subparsers) -> None:
     q.add_argument("--min-piece-chars", type=integer(0), default=200)
     q.add_argument("--max-pieces", type=integer(0), default=10)
     q.add_argument("--write-index", help="also write the training corpus NgramIndex here (for `mnemos eval`)")
-    q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default="8,9,10,11,12,13", help="n values of that index")
+    q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default="8,9,10,11,12,13",
+                   help="n values of that index")
     q.set_defaults(func=cmd_decontaminate)
 
     q = sub.add_parser("blend", help="weighted blend + train/valid/test splits + cached indices")
@@ -325,11 +326,11 @@ def cmd_dedup(a) -> int:
 def cmd_decontaminate(a) -> int:
     if _refused(a):
         return 2
+    from evaluation.task import TaskError
     from .contamination import (ContaminationCounter, ContaminationIndex, DecontaminationFilter, NgramIndexStep)
     from .io import JsonlWriter
     reg = a.tasks_from_registry
     tasks = None if reg == "all" else ([] if reg == "none" else reg.split(","))
-    from evaluation.task import TaskError
     try:
         index = ContaminationIndex.from_registry(tasks, a.eval_file, n=a.n, min_n=a.min_n or None)
     except (RuntimeError, TaskError) as err:

@@ -44,8 +44,9 @@ def register(subparsers) -> None:
                     "Writes OUT/results.json, OUT/results.md and OUT/plots/*.png.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="run directory or checkpoint directory to evaluate")
-    src.add_argument("--hf-model", type=existing_path, help="directory of exported Hugging Face GPT-2 weights, loaded with "
-                                        "accelerate's big-model loading (device map across GPUs, CPU offload)")
+    src.add_argument("--hf-model", type=existing_path,
+                     help="directory of exported Hugging Face GPT-2 weights, loaded with accelerate's big-model "
+                          "loading (device map across GPUs, CPU offload)")
     p.add_argument("--tokenizer", help="with --hf-model: the sentencepiece .model file (default: DIR/tokenizer.model)")
     p.add_argument("--tasks", help="comma-separated task or group names (see --list-tasks)")
     p.add_argument("--shots", type=_int_list, default=[0, 1, 10], help="comma-separated K values (default 0,1,10)")
@@ -57,7 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--include-tasks", action="append", default=[], metavar="DIR",
                    help="directory of extra task YAML files (repeatable; env MNEMOS_EVAL_TASKS)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute dtype (GPU only for bf16/fp16)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="compute dtype (GPU only for bf16/fp16)")
     p.add_argument("--max-memory", action="append", default=[], metavar="DEV=SIZE",
                    help="with --hf-model: memory cap per device, e.g. 0=70GiB cpu=200GiB (repeatable)")
     p.add_argument("--offload-folder", help="with --hf-model: where to offload weights that fit nowhere else")

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="the embedded default: data -> tokenizer -> 2-rank ZeRO-2 "
                                                  "training with resume -> few-shot evaluation, on CPU")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
-    p.add_argument("--corpus", nargs="+", type=existing_path, help="text/jsonl files to use instead of the generated corpus")
+    p.add_argument("--corpus", nargs="+", type=existing_path,
+                   help="text/jsonl files to use instead of the generated corpus")
     p.add_argument("--steps", type=integer(2), default=300, help="training steps (default 300; resumes at half)")
     p.add_argument("--nproc", type=integer(1), default=2, help="local ranks (default 2)")
     p.add_argument("--eval-limit", type=integer(1), default=200, help="examples per evaluation task (default 200)")

@@ -220,7 +220,8 @@ def register(subparsers) -> None:
     p.add_argument("--model-preset", default="bert-tiny", help="shape with --init random")
     p.add_argument("--seq-len", type=integer(2), default=128, help="tokens per window N (capped at the model's n_ctx)")
     p.add_argument("--max-windows", type=integer(1), default=16, help="at most this many text windows")
-    p.add_argument("--mass", type=number(0, 1, low_open=True), default=0.9, help="attention mass that k must reach (paper: 0.9)")
+    p.add_argument("--mass", type=number(0, 1, low_open=True), default=0.9,
+                   help="attention mass that k must reach (paper: 0.9)")
     p.add_argument("--statistic", choices=["median", "mean"], default="median", help="k of a head over its tokens")
     p.add_argument("--out", default="runs/bert_heads")
     p.add_argument("--seed", type=integer(0), default=0)

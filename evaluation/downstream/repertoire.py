@@ -631,7 +631,8 @@ def register(subparsers) -> None:
     src.add_argument("--max-sequences", type=integer(1), default=None, help="subsample real repertoires to this many")
     src.add_argument("--n-repertoires", type=integer(2), default=200)
     src.add_argument("--sequences", type=integer(1), default=1000, help="sequences per simulated repertoire")
-    src.add_argument("--witness-rates", type=comma_list(number(0, 1)), default="0.01,0.001", help="comma-separated witness rates to simulate")
+    src.add_argument("--witness-rates", type=comma_list(number(0, 1)), default="0.01,0.001",
+                     help="comma-separated witness rates to simulate")
     src.add_argument("--motif", default="SLGY")
     src.add_argument("--motif-noise", type=number(0, 1), default=0.0, help="per-position substitution probability")
     src.add_argument("--export", help="also write the simulated repertoires as TSVs into this directory")
@@ -641,7 +642,8 @@ def register(subparsers) -> None:
     m.add_argument("--kernels", type=integer(1), default=RepConfig.kernels)
     m.add_argument("--kernel-size", type=integer(1), default=RepConfig.kernel_size)
     m.add_argument("--heads", type=integer(1), default=RepConfig.heads)
-    m.add_argument("--scaling", type=number(0, low_open=True), default=RepConfig.scaling, help="beta in units of 1/sqrt(head_dim)")
+    m.add_argument("--scaling", type=number(0, low_open=True), default=RepConfig.scaling,
+                   help="beta in units of 1/sqrt(head_dim)")
     m.add_argument("--batch-repertoires", type=integer(1), default=RepConfig.batch_repertoires,
                    help="repertoires per update (global: split over --nproc ranks)")
     m.add_argument("--subsample", type=integer(1), default=RepConfig.subsample,

@@ -80,7 +80,8 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", choices=sorted(scenes_mod.SPECS), default="tetrominoes")
     p.add_argument("--task", choices=["discovery", "set-prediction"], default="discovery")
     p.add_argument("--steps", type=integer(1), default=1000, help="optimiser steps per seed")
-    p.add_argument("--seeds", type=comma_list(integer(0), distinct=True), default="0", help="comma-separated training seeds, e.g. 0,1,2")
+    p.add_argument("--seeds", type=comma_list(integer(0), distinct=True), default="0",
+                   help="comma-separated training seeds, e.g. 0,1,2")
     p.add_argument("--out", type=Path, default=Path("runs/slots"), help="run directory (default runs/slots)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="architecture widths")
     p.add_argument("--batch-size", type=integer(1), default=64, help="global batch (split across ranks)")
