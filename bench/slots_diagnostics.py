@@ -1,9 +1,10 @@
 """Where does Slot Attention's object discovery get stuck? Two measurements for one scene family.
 
 1. decoder ceiling: the spatial broadcast decoder trained on its own, from ground-truth slots (a linear map
-   of each object's position, one-hot shape and one-hot colour, plus one learned background slot), with
-   the autoencoder's loss (MSE of the mask-weighted mixture). Its MSE and FG-ARI curve say how fast the
-   decoder could render the scenes if the slots carried every attribute.
+   of each object's position, one-hot shape, colour (and scale and angle for sprites), plus a background
+   slot mapped from the scene's background colour), with the autoencoder's loss (MSE of the mask-weighted
+   mixture). Its MSE and FG-ARI curve (also by number of objects) say how fast the decoder could render
+   the scenes if the slots carried every attribute.
 2. slot probe (with --run RUN): the trained autoencoder in RUN is applied to held-out scenes; each object
    is matched to the slot whose attention covers most of its pixels, and linear probes (ridge for the
    position, logistic regression for shape and colour), fitted on half the objects and scored on the other
@@ -43,14 +44,23 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
     torch.manual_seed(seed)
     decoder = SpatialBroadcastDecoder(slot_dim, widths["dec_hidden"], widths.get("dec_layers", 4),
                                       widths["dec_kernel"], spec.image_size, widths.get("broadcast_size"))
-    attrs = nn.Linear(slots.target_dim(spec) - 1, slot_dim)  # (y, x) + one-hots, without the "is real" flag
-    background = nn.Parameter(0.1 * torch.randn(1, 1, slot_dim))
-    opt = torch.optim.Adam([*decoder.parameters(), *attrs.parameters(), background], lr=lr)
+    rotates = spec.name == "sprites"
+    # (y, x) + one-hots, without the "is real" flag; sprites add their angle as cos/sin of 1, 2 and 4 times
+    # it (the heart, ellipse and square repeat after 2pi, pi and pi/2)
+    attrs = nn.Linear(slots.target_dim(spec) - 1 + 6 * rotates, slot_dim)
+    background = nn.Linear(3, slot_dim)  # from the scene's background colour (sprites: a random grey)
+    opt = torch.optim.Adam([*decoder.parameters(), *attrs.parameters(), *background.parameters()], lr=lr)
 
     def forward(batch_scenes):
         target = torch.from_numpy(scenes.set_targets(batch_scenes, spec))  # (B, M, D)
-        z = attrs(target[..., :-1]) * target[..., -1:]  # absent objects give a zero slot
-        z = torch.cat([background.expand(len(target), 1, slot_dim), z], 1)  # (B, 1 + M, slot_dim)
+        features = target[..., :-1]
+        if rotates:
+            angle = torch.from_numpy(batch_scenes.attrs["angle"])[..., None] * torch.tensor([1.0, 2.0, 4.0])
+            features = torch.cat([features, angle.cos(), angle.sin()], -1)
+        z = attrs(features) * target[..., -1:]  # absent objects give a zero slot
+        is_bg = batch_scenes.masks[..., None] == 0  # (B, H, W, 1)
+        bg_colour = (batch_scenes.images * is_bg).sum((1, 2)) / np.maximum(is_bg.sum((1, 2)), 1)  # (B, 3)
+        z = torch.cat([background(torch.from_numpy(bg_colour).float())[:, None], z], 1)  # (B, 1 + M, slot_dim)
         rgb, alpha = decoder(z)
         masks = alpha.softmax(1)
         return (masks * rgb).sum(1), masks.squeeze(2)
@@ -68,10 +78,11 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
             with torch.no_grad():
                 recon, masks = forward(held_out)
             mse = ((recon - slots.to_tensor(held_out.images, "cpu")) ** 2).mean().item()
-            ari = float(np.nanmean(fg_ari(held_out.masks, masks.argmax(1).numpy())))
-            curve.append({"step": step, "mse": round(mse, 5), "fg_ari": round(ari, 4),
-                          "seconds": round(time.time() - t0, 1)})
-            print(f"decoder ceiling step {step}: mse {mse:.4f} fg_ari {ari:.3f}", flush=True)
+            per_scene = fg_ari(held_out.masks, masks.argmax(1).numpy())
+            by_count = {k: round(v, 4) for k, v in slots.fg_ari_by_count(per_scene, held_out.present).items()}
+            curve.append({"step": step, "mse": round(mse, 5), "fg_ari": round(float(np.nanmean(per_scene)), 4),
+                          **by_count, "seconds": round(time.time() - t0, 1)})
+            print(f"decoder ceiling {curve[-1]}", flush=True)
     return curve
 
 

@@ -77,15 +77,17 @@ DECODER_KEYS = {"dec_hidden", "dec_kernel", "dec_layers", "broadcast_size"}
 def register(subparsers) -> None:
     p = subparsers.add_parser("slots", help="Slot Attention: object discovery / set prediction on rendered scenes",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=sorted(scenes_mod.SPECS), default="tetrominoes")
-    p.add_argument("--task", choices=["discovery", "set-prediction"], default="discovery")
+    p.add_argument("--dataset", choices=sorted(scenes_mod.SPECS), default="tetrominoes",
+                   help="scene family, rendered on the fly")
+    p.add_argument("--task", choices=["discovery", "set-prediction"], default="discovery",
+                   help="unsupervised object discovery (autoencoder) or supervised set prediction")
     p.add_argument("--steps", type=integer(1), default=1000, help="optimiser steps per seed")
     p.add_argument("--seeds", type=comma_list(integer(0), distinct=True), default="0",
                    help="comma-separated training seeds, e.g. 0,1,2")
     p.add_argument("--out", type=Path, default=Path("runs/slots"), help="run directory (default runs/slots)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="architecture widths")
     p.add_argument("--batch-size", type=integer(1), default=64, help="global batch (split across ranks)")
-    p.add_argument("--lr", type=number(0, low_open=True), default=4e-4)
+    p.add_argument("--lr", type=number(0, low_open=True), default=4e-4, help="peak Adam learning rate (the paper's)")
     p.add_argument("--warmup-steps", type=integer(0), default=None, help="default: min(10000, steps // 10)")
     p.add_argument("--decay-steps", type=integer(1), default=100_000, help="lr halves every this many steps")
     p.add_argument("--num-slots", type=integer(1), default=None, help="default: max objects + 1")
@@ -336,7 +338,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     result = {"seed": seed, "steps": done, "final_train_loss": loss_val,
               "train_seconds": round(time.time() - t0, 1)}
     if ctx.rank == 0:
-        result.update(evaluate(model, args, spec, eval_scenes, ctx.device, seed))
+        result.update(evaluate(model, args, spec, eval_scenes, ctx.device, seed, by_count=True))
         result["flexibility"] = flexibility(model, args, spec, eval_scenes, ctx.device, seed)
         if args.task == "discovery":
             add_mask_images(writer, model, eval_scenes, ctx.device, done, args.eval_iters)
@@ -418,18 +420,31 @@ def predict(model, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None,
 
 
 def evaluate(model, args, spec, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None,
-             iters=None) -> dict[str, float]:
+             iters=None, by_count: bool = False) -> dict[str, float]:
     out = predict(model, scenes, device, seed, num_slots, iters or args.eval_iters)
     if args.task == "discovery":
         labels = out["masks"].argmax(1)  # (n, H, W): each pixel to its most responsible slot
         recon = out["recon"].transpose(0, 2, 3, 1)
         attn_labels = upsample_nearest(out["attn_maps"].argmax(1), labels.shape[1:])  # slot attention's own grouping
-        return {"fg_ari": float(np.nanmean(fg_ari(scenes.masks, labels))),
-                "fg_ari_attention": float(np.nanmean(fg_ari(scenes.masks, attn_labels))),
-                "mse": float(np.mean((recon - (scenes.images * 2 - 1)) ** 2))}
+        per_scene = fg_ari(scenes.masks, labels)
+        scores = {"fg_ari": float(np.nanmean(per_scene)),
+                  "fg_ari_attention": float(np.nanmean(fg_ari(scenes.masks, attn_labels))),
+                  "mse": float(np.mean((recon - (scenes.images * 2 - 1)) ** 2))}
+        if by_count:
+            scores.update(fg_ari_by_count(per_scene, scenes.present))
+        return scores
     target = scenes_mod.set_targets(scenes, spec)
     cats = list(spec.categorical.values())
     return {f"ap_{_thr_name(t)}": average_precision(out["pred"], target, cats, t) for t in AP_THRESHOLDS}
+
+
+def fg_ari_by_count(per_scene: np.ndarray, present: np.ndarray) -> dict[str, float]:
+    """Mean FG-ARI of the scenes with each number of objects, where scenes differ in it (sprites): a lone
+    object scores 1 only if all its pixels go to one slot, so this says where the mean is lost."""
+    counts = present.sum(1)
+    if len(np.unique(counts)) < 2:
+        return {}
+    return {f"fg_ari_{n}_objects": float(np.nanmean(per_scene[counts == n])) for n in np.unique(counts)}
 
 
 def upsample_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

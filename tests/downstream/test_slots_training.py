@@ -100,6 +100,14 @@ def test_upsample_nearest_maps_each_pixel_to_its_feature_cell():
     np.testing.assert_array_equal(slots.upsample_nearest(same, (7, 7)), same)
 
 
+def test_fg_ari_by_number_of_objects():
+    per_scene = np.array([0.0, 1.0, 0.5, 0.7, 0.9])
+    present = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]], bool)
+    by_count = slots.fg_ari_by_count(per_scene, present)
+    assert by_count == pytest.approx({"fg_ari_1_objects": 0.5, "fg_ari_2_objects": 0.5, "fg_ari_3_objects": 0.8})
+    assert slots.fg_ari_by_count(per_scene[3:], present[3:]) == {}  # one count (Tetrominoes): nothing to split
+
+
 def test_mask_entropy_term():
     """--mask-entropy adds WEIGHT x the mean per-pixel entropy of the slot masks to the MSE from step
     --mask-entropy-from on: zero for masks where one slot draws each pixel, log K where K slots share every
