@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--nproc-per-node", type=int, default=None, help="ranks per machine (default: GPUs, or 1)")
     p.add_argument("--cpus-per-node", type=int, default=None, help="CPU cores per machine")
     p.add_argument("--mem", default=None, help="memory per machine, e.g. 200G ('0' = all)")
-    p.add_argument("--scheduler", choices=["slurm", "k8s"], default="slurm")
+    p.add_argument("--scheduler", choices=["slurm", "k8s"], default="slurm", help="batch system the job goes to")
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
     p.add_argument("--time", default=None, help="time limit: MIN, HH:MM:SS or D-HH:MM:SS")
     for opt in ("partition", "account", "qos", "constraint"):

@@ -36,16 +36,19 @@ def register(subparsers) -> None:
                        help="run only this task (Slurm array element); default: all tasks locally")
 
     q = sub.add_parser("train-tokenizer", help="train a sentencepiece model")
-    q.add_argument("--input", "-i", nargs="+", required=True)
-    q.add_argument("--text-field", default="text")
+    q.add_argument("--input", "-i", nargs="+", required=True,
+                   help="text files, globs or directories to train on (jsonl/parquet/txt, optionally .gz/.zst)")
+    q.add_argument("--text-field", default="text", help="record field holding the text")
     q.add_argument("--model-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab, PREFIX.json")
-    q.add_argument("--vocab-size", type=integer(1), required=True)
-    q.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
-    q.add_argument("--no-byte-fallback", action="store_true")
-    q.add_argument("--no-split-digits", action="store_true")
+    q.add_argument("--vocab-size", type=integer(1), required=True, help="pieces in the vocabulary (GPT-3: 50257)")
+    q.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"], help="sentencepiece algorithm")
+    q.add_argument("--no-byte-fallback", action="store_true",
+                   help="map characters outside the vocabulary to <unk> instead of their UTF-8 bytes")
+    q.add_argument("--no-split-digits", action="store_true",
+                   help="let pieces hold several digits (by default each digit is its own piece)")
     q.add_argument("--input-sentence-size", type=integer(1), default=2_000_000, help="sentences sampled for training")
     q.add_argument("--user-defined-symbols", default="", help="comma-separated pieces kept whole")
-    q.add_argument("--threads", type=integer(1), default=1)
+    q.add_argument("--threads", type=integer(1), default=1, help="sentencepiece training threads")
     q.set_defaults(func=cmd_train_tokenizer)
 
     q = sub.add_parser("tokenize", help="tokenize into Megatron .bin/.idx shards (one per task)")
@@ -56,25 +59,30 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("filter", help="cleanup + heuristic quality filters (+ GPT-3 classifier)")
     common(q)
-    q.add_argument("--min-words", type=integer(0), default=50)
-    q.add_argument("--no-heuristics", action="store_true")
+    q.add_argument("--min-words", type=integer(0), default=50, help="documents with fewer words are dropped")
+    q.add_argument("--no-heuristics", action="store_true",
+                   help="skip the length, symbol and repetition filters (normalisation and a classifier still run)")
     q.add_argument("--classifier", help="QualityClassifier file (from --train-classifier-reference/raw)")
     q.add_argument("--train-classifier-reference", nargs="*", default=[], help="reference (high quality) files")
     q.add_argument("--train-classifier-raw", nargs="*", default=[], help="raw crawl files")
-    q.add_argument("--pareto-alpha", type=number(0, low_open=True), default=9.0)
-    q.add_argument("--seed", type=integer(0), default=0)
+    q.add_argument("--pareto-alpha", type=number(0, low_open=True), default=9.0,
+                   help="GPT-3 resampling: keep a document when a Pareto(alpha) draw > 1 - its classifier score")
+    q.add_argument("--seed", type=integer(0), default=0, help="seed of the classifier's resampling draws")
     q.set_defaults(func=cmd_filter)
 
     q = sub.add_parser("dedup", help="exact + MinHash-LSH deduplication")
     common(q)
-    q.add_argument("--num-perm", type=integer(1), default=128)
-    q.add_argument("--bands", type=integer(1), default=16)
-    q.add_argument("--rows", type=integer(1), default=8)
+    q.add_argument("--num-perm", type=integer(1), default=128,
+                   help="MinHash permutations per document (must be >= bands x rows)")
+    q.add_argument("--bands", type=integer(1), default=16,
+                   help="LSH bands; two documents are candidates when one band matches")
+    q.add_argument("--rows", type=integer(1), default=8, help="rows (hashes) per LSH band")
     q.add_argument("--shingle", type=integer(1), default=5, help="words per shingle")
-    q.add_argument("--scheme", default="affine32", choices=["affine32", "legacy"])
-    q.add_argument("--no-exact", action="store_true")
-    q.add_argument("--no-fuzzy", action="store_true")
-    q.add_argument("--seed", type=integer(0), default=1)
+    q.add_argument("--scheme", default="affine32", choices=["affine32", "legacy"],
+                   help="MinHash hashing, as datasketch >= 2.0 (affine32) or < 2.0 (legacy)")
+    q.add_argument("--no-exact", action="store_true", help="skip removing exact duplicates")
+    q.add_argument("--no-fuzzy", action="store_true", help="skip MinHash near-duplicate removal")
+    q.add_argument("--seed", type=integer(0), default=1, help="seed of the MinHash permutations")
     q.set_defaults(func=cmd_dedup)
 
     q = sub.add_parser("decontaminate", help="GPT-3 App. C 13-gram contamination filter")
@@ -82,14 +90,17 @@ def register(subparsers) -> None:
     q.add_argument("--tasks-from-registry", default="all",
                    help="evaluation tasks whose texts are filtered: all, none, or T1,T2 (evaluation.registry)")
     q.add_argument("--eval-file", nargs="*", default=[], help="extra benchmark files (jsonl/txt)")
-    q.add_argument("--n", type=integer(1), default=13)
+    q.add_argument("--n", type=integer(1), default=13, help="n-gram length in words (GPT-3 App. C: 13)")
     q.add_argument("--min-n", type=integer(0), default=8,
                    help="benchmark texts shorter than N words are matched whole when they have >= MIN_N words "
                         "(0 = off, strict GPT-3: such texts are never matched)")
     q.add_argument("--max-train-docs", type=integer(1), default=10, help="ignore n-grams in more training docs")
-    q.add_argument("--window", type=integer(0), default=200)
-    q.add_argument("--min-piece-chars", type=integer(0), default=200)
-    q.add_argument("--max-pieces", type=integer(0), default=10)
+    q.add_argument("--window", type=integer(0), default=200,
+                   help="characters removed on either side of a matching n-gram")
+    q.add_argument("--min-piece-chars", type=integer(0), default=200,
+                   help="pieces of a cut document shorter than this are dropped")
+    q.add_argument("--max-pieces", type=integer(0), default=10,
+                   help="a document cut into more pieces than this is dropped whole")
     q.add_argument("--write-index", help="also write the training corpus NgramIndex here (for `mnemos eval`)")
     q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default="8,9,10,11,12,13",
                    help="n values of that index")
@@ -98,17 +109,18 @@ def register(subparsers) -> None:
     q = sub.add_parser("blend", help="weighted blend + train/valid/test splits + cached indices")
     q.add_argument("--dataset", action="append", required=True, metavar="NAME=WEIGHT:PATH[,PATH]",
                    help="repeat per dataset (e.g. wiki=0.03:shards/wiki)")
-    q.add_argument("--out", "-o", required=True)
-    q.add_argument("--seq-len", type=integer(1), required=True)
-    q.add_argument("--eos-id", type=integer(0), default=None)
+    q.add_argument("--out", "-o", required=True, help="output directory for the blend's index files")
+    q.add_argument("--seq-len", type=integer(1), required=True, help="tokens per training sample")
+    q.add_argument("--eos-id", type=integer(0), default=None,
+                   help="end-of-document token id (or give --tokenizer to read it from there)")
     q.add_argument("--tokenizer", help="take the end-of-text id from this model")
     q.add_argument("--num-samples", type=integer(1), default=None, help="train samples (default: one pass worth)")
     q.add_argument("--split", type=comma_list(number(0)), default="98,1,1", help="train,valid,test document fractions")
-    q.add_argument("--seed", type=integer(0), default=1234)
+    q.add_argument("--seed", type=integer(0), default=1234, help="seed of the shuffle and the split")
     q.set_defaults(func=cmd_blend)
 
     q = sub.add_parser("stats", help="documents, tokens, bytes of shards or jsonl/text files")
-    q.add_argument("paths", nargs="+")
+    q.add_argument("paths", nargs="+", help="shard prefixes, directories of shards, or jsonl/text files")
     q.add_argument("--json-out", help="write the stats JSON here")
     q.set_defaults(func=cmd_stats)
 

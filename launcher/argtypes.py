@@ -86,3 +86,19 @@ def existing_path(text: str) -> str:
     if not os.path.exists(text):
         raise argparse.ArgumentTypeError(f"no such file or directory: {text!r}")
     return text
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and ends each option's help with its default, so `--help` says what
+    an option left out means. Defaults that mean "off" or "not given" (None, False, empty) are not shown,
+    nor where the help already speaks of the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, "", [], argparse.SUPPRESS) or "default" in text.lower()
+                or not action.option_strings):
+            return text
+        shown = ",".join(map(str, default)).replace("%", "%%") if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+

@@ -8,6 +8,8 @@ import importlib
 import logging
 import sys
 
+from launcher.argtypes import HelpFormatter
+
 # Modules that contribute subcommands; each defines register(subparsers) and sets `func` on its parsers.
 COMMAND_MODULES = [
     "launcher.train_cli",       # train
@@ -30,7 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _use_formatter(parser, HelpFormatter)
     return parser
+
+
+def _use_formatter(parser: argparse.ArgumentParser, formatter) -> None:
+    """Give every (sub)command's --help the same formatter, set here once rather than in each module."""
+    parser.formatter_class = formatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _use_formatter(sub, formatter)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -435,7 +435,8 @@ def _markdown(r: dict) -> str:
 # ---- command line ---------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="run directory or checkpoint of a BERT pretraining run")
-    p.add_argument("--task", required=True, choices=["classification", "regression", "span"])
+    p.add_argument("--task", required=True, choices=["classification", "regression", "span"],
+                   help="head to train: sentence classification, regression, or extractive QA spans")
     p.add_argument("--train", required=True, help="training file (.jsonl/.json/.csv/.tsv)")
     p.add_argument("--valid", required=True, help="validation file (same format)")
     p.add_argument("--text-field", default="text", help="column with the (first) text")
@@ -450,19 +451,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-preset", default="bert-tiny", help="shape with --init random")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model field override with --init random, e.g. --set model.d_model=128")
-    p.add_argument("--epochs", type=integer(1), default=3)
+    p.add_argument("--epochs", type=integer(1), default=3, help="passes over the training file")
     p.add_argument("--lr", type=number(0, low_open=True), default=5e-5,
                    help="peak learning rate (BERT: 5e-5, 3e-5, 2e-5)")
-    p.add_argument("--batch-size", type=integer(1), default=32)
+    p.add_argument("--batch-size", type=integer(1), default=32, help="examples per optimizer step")
     p.add_argument("--max-len", type=integer(3), default=128, help="tokens per input, [CLS]/[SEP] included")
     p.add_argument("--doc-stride", type=integer(1), default=64, help="span: tokens between context windows")
     p.add_argument("--max-answer-tokens", type=integer(1), default=30, help="span: longest answer considered")
     p.add_argument("--warmup", type=number(0, 1), default=0.1, help="fraction of steps with linear warmup")
-    p.add_argument("--weight-decay", type=number(0), default=0.01)
+    p.add_argument("--weight-decay", type=number(0), default=0.01, help="AdamW weight decay")
     p.add_argument("--dropout", type=number(0, 1), default=0.1,
                    help="dropout on all layers while fine-tuning (BERT: 0.1)")
-    p.add_argument("--seed", type=integer(0), default=1234)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=integer(0), default=1234, help="seed of the head's initialisation and the shuffling")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to train (auto: CUDA when available)")
     p.add_argument("--log-every", type=integer(1), default=20, help="progress line every N steps")
     p.add_argument("--save-model", action="store_true", help="also write OUT/model.pt")
     p.add_argument("--out", default="runs/finetune", help="directory for results.json / results.md")

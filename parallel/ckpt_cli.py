@@ -17,16 +17,16 @@ def register(subparsers) -> None:
     sub = ckpt.add_subparsers(dest="ckpt_command", metavar="ACTION")
 
     p = sub.add_parser("inspect", help="layout, step, tokens, parallel layout, sizes, checksum status")
-    p.add_argument("dir")
+    p.add_argument("dir", help="run directory (its latest checkpoint) or one checkpoint directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("verify", help="check every file against the manifest's sizes and sha256")
-    p.add_argument("dir")
+    p.add_argument("dir", help="run directory (its latest checkpoint) or one checkpoint directory")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("reshard", help="write a layout-free (universal) copy that any TP/DP/ZeRO layout loads")
-    p.add_argument("dir")
+    p.add_argument("dir", help="checkpoint directory (e.g. RUN/checkpoints/step_00001000)")
     p.add_argument("--out", required=True, help="run directory to write OUT/checkpoints/step_N into")
     p.add_argument("--tp", type=integer(1), help="check the target layout now: tensor-parallel degree")
     p.add_argument("--dp", type=integer(1), help="check the target layout now: data-parallel degree")
@@ -34,19 +34,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_reshard)
 
     p = sub.add_parser("export-hf", help="transformers directory (safetensors + config.json + tokenizer)")
-    p.add_argument("dir")
-    p.add_argument("--out", required=True)
+    p.add_argument("dir", help="run directory (its latest checkpoint) or one checkpoint directory")
+    p.add_argument("--out", required=True, help="directory for the transformers model and tokenizer")
     p.add_argument("--tokenizer", help="sentencepiece model (default: the run config's data.tokenizer)")
     p.set_defaults(func=cmd_export_hf)
 
     p = sub.add_parser("import-hf", help="start a run from an HF GPT-2/BERT directory's weights")
-    p.add_argument("hf_dir")
+    p.add_argument("hf_dir", help="a transformers GPT-2 or BERT directory (config.json and weights)")
     p.add_argument("--config", required=True, help="the run config that will train from these weights")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of --config, as `mnemos train --set` does")
     p.set_defaults(func=cmd_import_hf)
 
     p = sub.add_parser("export-torch", help="consolidated fp32 state dict for plain PyTorch")
-    p.add_argument("dir")
+    p.add_argument("dir", help="run directory (its latest checkpoint) or one checkpoint directory")
     p.add_argument("--out", required=True, help="output .pt file")
     p.set_defaults(func=cmd_export_torch)
 

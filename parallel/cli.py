@@ -21,7 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
     p.add_argument("--global-batch", type=int, default=None,
                    help="sequences per optimizer step (default: the paper's batch for GPT-3 presets)")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="bf16/fp16: mixed precision with fp32 master weights; fp32 doubles the weights', "
+                   "gradients' and activations' memory")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
     p.add_argument("--sequence-parallel", action="store_true", help="shard LayerNorm/dropout activations under TP")
     p.add_argument("--gpu-mem-gb", type=float, default=80.0, help="memory of one GPU, GB (1e9 bytes)")

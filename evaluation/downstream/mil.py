@@ -240,7 +240,7 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=integer(2), default=10, help="outer folds per repetition (paper: 10)")
     p.add_argument("--inner-folds", type=integer(2), default=3, help="inner CV folds for hyperparameter selection")
     p.add_argument("--grid", choices=sorted(GRIDS), default="small", help="hyperparameter grid (tiny = CI)")
-    p.add_argument("--seed", type=integer(0), default=0)
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of the model initialisation and the inner splits")
     p.add_argument("--threads", type=integer(1), default=1, help="torch CPU threads")
     p.set_defaults(func=main)
 

@@ -627,28 +627,31 @@ def register(subparsers) -> None:
     src.add_argument("--repertoires", type=existing_path, help="directory of repertoire TSVs (real data)")
     src.add_argument("--metadata", type=existing_path,
                      help="metadata TSV with columns filename, label (with --repertoires)")
-    src.add_argument("--label-column", default="label")
+    src.add_argument("--label-column", default="label", help="column of --metadata with the 0/1 label")
     src.add_argument("--max-sequences", type=integer(1), default=None, help="subsample real repertoires to this many")
-    src.add_argument("--n-repertoires", type=integer(2), default=200)
+    src.add_argument("--n-repertoires", type=integer(2), default=200,
+                     help="simulated repertoires (half of them positive)")
     src.add_argument("--sequences", type=integer(1), default=1000, help="sequences per simulated repertoire")
     src.add_argument("--witness-rates", type=comma_list(number(0, 1)), default="0.01,0.001",
                      help="comma-separated witness rates to simulate")
-    src.add_argument("--motif", default="SLGY")
+    src.add_argument("--motif", default="SLGY", help="motif implanted into the witnesses of positive repertoires")
     src.add_argument("--motif-noise", type=number(0, 1), default=0.0, help="per-position substitution probability")
     src.add_argument("--export", help="also write the simulated repertoires as TSVs into this directory")
     m = p.add_argument_group("model and protocol")
-    m.add_argument("--folds", type=integer(2), default=5)
-    m.add_argument("--epochs", type=integer(1), default=RepConfig.epochs)
-    m.add_argument("--kernels", type=integer(1), default=RepConfig.kernels)
-    m.add_argument("--kernel-size", type=integer(1), default=RepConfig.kernel_size)
-    m.add_argument("--heads", type=integer(1), default=RepConfig.heads)
+    m.add_argument("--folds", type=integer(2), default=5, help="cross-validation folds")
+    m.add_argument("--epochs", type=integer(1), default=RepConfig.epochs, help="training epochs per fold")
+    m.add_argument("--kernels", type=integer(1), default=RepConfig.kernels,
+                   help="convolution kernels (features per sequence position)")
+    m.add_argument("--kernel-size", type=integer(1), default=RepConfig.kernel_size,
+                   help="amino acids each kernel spans")
+    m.add_argument("--heads", type=integer(1), default=RepConfig.heads, help="Hopfield pooling heads")
     m.add_argument("--scaling", type=number(0, low_open=True), default=RepConfig.scaling,
                    help="beta in units of 1/sqrt(head_dim)")
     m.add_argument("--batch-repertoires", type=integer(1), default=RepConfig.batch_repertoires,
                    help="repertoires per update (global: split over --nproc ranks)")
     m.add_argument("--subsample", type=integer(1), default=RepConfig.subsample,
                    help="sequences per repertoire per training step; smaller repertoires are used whole")
-    m.add_argument("--lr", type=number(0, low_open=True), default=RepConfig.lr)
+    m.add_argument("--lr", type=number(0, low_open=True), default=RepConfig.lr, help="Adam learning rate")
     m.add_argument("--layer-norm", action="store_true",
                    help="LayerNorm on the embeddings entering the Hopfield pooling (hides rare witnesses; ablation)")
     m.add_argument("--position-pool", choices=["max", "lse"], default=RepConfig.position_pool,
@@ -659,10 +662,10 @@ def register(subparsers) -> None:
     m.add_argument("--seed-min-t", type=number(), default=RepConfig.seed_min_t,
                    help="only k-mers enriched beyond this Welch t seed a kernel")
     m.add_argument("--kmer", type=integer(1), default=4, help="k of the k-mer baseline")
-    m.add_argument("--no-baseline", action="store_true")
-    p.add_argument("--out", default="runs/repertoire")
-    p.add_argument("--seed", type=integer(0), default=0)
-    p.add_argument("--threads", type=integer(1), default=1)
+    m.add_argument("--no-baseline", action="store_true", help="skip the k-mer logistic-regression baseline")
+    p.add_argument("--out", default="runs/repertoire", help="run directory")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of the simulation, the folds and the model")
+    p.add_argument("--threads", type=integer(1), default=1, help="CPU threads per process")
     p.add_argument("--nproc", type=integer(1), default=1,
                    help="data-parallel training processes (CPU, gloo); each takes a disjoint share of every batch")
     p.set_defaults(func=main)

@@ -128,11 +128,11 @@ def train_toy(task: str, steps: int = 300, batch: int = 64, seed: int = 0, write
 def register(subparsers) -> None:
     p = subparsers.add_parser("toy", help="toy smoke tasks for the Hopfield layers (bit-pattern bags, latch)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["bit-pattern", "latch", "all"], default="all")
-    p.add_argument("--steps", type=integer(1), default=300)
-    p.add_argument("--out", default="runs/toy")
-    p.add_argument("--seed", type=integer(0), default=0)
-    p.add_argument("--threads", type=integer(1), default=1)
+    p.add_argument("--task", choices=["bit-pattern", "latch", "all"], default="all", help="which toy task to run")
+    p.add_argument("--steps", type=integer(1), default=300, help="training steps per task")
+    p.add_argument("--out", default="runs/toy", help="run directory")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of the data and the model")
+    p.add_argument("--threads", type=integer(1), default=1, help="CPU threads")
     p.set_defaults(func=main)
 
 

@@ -50,3 +50,28 @@ def test_an_out_that_is_a_file_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert mnemos(["downstream", "toy", "--steps", "2", "--out", str(taken)]) == 2
     assert capsys.readouterr().err.startswith("mnemos: [Errno 20] Not a directory")
     assert taken.read_text() == "mine"
+
+
+def _commands(parser, path=("mnemos",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, path + (name,))
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    from launcher.cli import build_parser
+    undocumented = []
+    for path, parser in _commands(build_parser()):
+        text = parser.format_help()  # raises on a help string argparse cannot format
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if not action.help:
+                undocumented.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+        assert text
+    assert not undocumented, undocumented
+    dedup = dict(_commands(build_parser()))[("mnemos", "data", "dedup")].format_help()
+    assert "(default: 16)" in " ".join(dedup.split())  # --bands: defaults are shown
+    assert "(default: None)" not in dedup and "(default: False)" not in dedup  # "off" is not a default to show
