@@ -144,8 +144,10 @@ class DocumentReader(PipelineStep):
         emitted = 0
         tf, idf, min_chars, max_chars = self.text_field, self.id_field, self.min_chars, self.max_chars
         progress = _Progress(paths, rank, world_size)
+        counts_files = by_file or rank == 0  # split by record, every task opens every file: count them once
         for path in paths:
-            self.stat("files")
+            if counts_files:
+                self.stat("files")
             base = os.path.basename(path)
             n_rec = n_doc = n_chars = 0        # local counters: the per-document path stays lean
             try:
@@ -178,7 +180,8 @@ class DocumentReader(PipelineStep):
                         return
             except Exception as err:  # an unreadable file (corrupt archive, bad parquet) is a count, not a crash
                 log.warning("%s: unreadable after some records (%s: %s)", path, type(err).__name__, err)
-                self.stat("unreadable_files")
+                if counts_files:
+                    self.stat("unreadable_files")
             finally:
                 self.stat("records", n_rec)
                 self.stat("documents", n_doc)

@@ -49,8 +49,10 @@ def test_tasks_split_inputs_without_overlap(tmp_path):
         (tmp_path / f"f{k}.jsonl").write_text("".join(json.dumps({"text": f"f{k} d{i}"}) + "\n" for i in range(4)))
     one = sorted(d.text for d in DocumentReader([str(tmp_path)]).run())
     for world in (2, 5):   # by file (2 <= 3 files) and by record (5 > 3 files)
-        parts = [sorted(d.text for d in DocumentReader([str(tmp_path)]).run(None, r, world)) for r in range(world)]
+        readers = [DocumentReader([str(tmp_path)]) for _ in range(world)]
+        parts = [sorted(d.text for d in reader.run(None, r, world)) for r, reader in enumerate(readers)]
         assert sorted(sum(parts, [])) == one
+        assert sum(reader.stats["files"] for reader in readers) == 3  # the report's "from N files"
 
 
 class DropShort(BaseFilter):
