@@ -399,8 +399,9 @@ def cmd_stats(a) -> int:
     from .io import DocumentReader, expand_paths
     from .pipeline import _write_json
     from .tokenize import find_prefixes, shard_stats
-    rows = []
+    rows, empty = [], []
     for p in a.paths:
+        before = len(rows)
         is_shards = (os.path.isdir(p) and any(f.endswith(".idx") for f in os.listdir(p))) or \
             os.path.exists(p + ".idx") or p.endswith((".idx", ".bin"))
         if is_shards:
@@ -414,12 +415,20 @@ def cmd_stats(a) -> int:
                     chars += len(d.text)
                 rows.append({"path": f, "documents": docs, "chars": chars, "bytes": os.path.getsize(f),
                              "skipped": int(r.stats.get("skipped", 0))})
+        if len(rows) == before:
+            empty.append(p)
+    if empty:  # e.g. a blend directory: a table of zeros would read as "no data"
+        print(f"mnemos data stats: no .bin/.idx shards and no jsonl/parquet/txt documents in {', '.join(empty)}"
+              + ("; a blend's sample counts are in its blend.json" if any(
+                  os.path.exists(os.path.join(p, "blend.json")) for p in empty) else ""), file=sys.stderr)
+        return 2
     print("| path | documents | tokens | bytes |")
     print("| --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r.get('prefix', r.get('path'))} | {r['documents']} | {r.get('tokens', '-')} | {r['bytes']} |")
     total = {k: sum(r.get(k, 0) for r in rows) for k in ("documents", "tokens", "bytes")}
-    print(f"| total | {total['documents']} | {total['tokens']} | {total['bytes']} |")
+    tokens = total["tokens"] if any("tokens" in r for r in rows) else "-"  # documents only: not counted
+    print(f"| total | {total['documents']} | {tokens} | {total['bytes']} |")
     if a.json_out:
         _write_json(a.json_out, {"rows": rows, "total": total})
     return 0

@@ -131,6 +131,9 @@ def test_full_pipeline(shared_data, tmp_path, capsys):
     s = json.load(open(tmp_path / "s.json"))
     assert s["total"]["tokens"] == sum(IndexedDataset(str(tmp_path / "tokens" / f"shard_0000{r}")).num_tokens
                                        for r in range(2))
+    capsys.readouterr()
+    assert mnemos_data("stats", tmp_path / "tokens", tmp_path / "blend") == 2  # a blend holds neither kind
+    assert "blend.json" in capsys.readouterr().err
 
 
 def test_clean_corpus_short_benchmark_items_and_filter_stage(shared_data, tmp_path):
