@@ -391,7 +391,8 @@ def cmd_blend(a) -> int:
         print(f"mnemos data blend: {err}", file=sys.stderr)
         return 2
     print(format_blend(summary))
-    print(f"blend: {os.path.join(a.out, 'blend.json')} (its `config` entry holds data.train / data.weights / data.valid)")
+    print(f"blend: {os.path.join(a.out, 'blend.json')}; train on it with `data: {{blend: {a.out}, "
+          f"seq_len: {a.seq_len}}}` (it fills data.train, data.weights and data.valid)")
     return 0
 
 

@@ -61,11 +61,32 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     tokenizer: str | None = Field(None, description="Path to the sentencepiece .model file.")
+    blend: str | None = Field(None, description="A `mnemos data blend` output directory (or its blend.json); "
+                              "fills data.train, data.weights and data.valid, and must match data.seq_len.")
     train: list[str] = Field(default_factory=list, description="Prefixes of .bin/.idx token shards to train on.")
     weights: list[float] | None = Field(None, description="Sampling weight per train prefix (blend); None = by size.")
     valid: list[str] = Field(default_factory=list, description="Prefixes of validation shards.")
     seq_len: int = Field(128, gt=0, description="Tokens per training sequence (packed, EOT-separated).")
     seed: int = Field(1234, description="Seed of the shuffled sampler.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_blend(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("blend"):
+            return data
+        blend = read_blend(str(data["blend"]))
+        data = dict(data)
+        seq_len = data.get("seq_len", cls.model_fields["seq_len"].default)
+        if seq_len != blend["seq_len"]:
+            raise ValueError(f"data.seq_len={seq_len} but data.blend={data['blend']!r} was built for "
+                             f"{blend['seq_len']} (rule: train with the blend's --seq-len)")
+        for key in ("train", "weights", "valid"):
+            given = data.get(key)
+            if given not in (None, []) and given != blend[key]:  # a resumed run's config holds both, equal
+                raise ValueError(f"data.{key} is given and so is data.blend={data['blend']!r}, which sets it "
+                                 f"differently (rule: one of the two)")
+            data[key] = blend[key]
+        return data
 
     @model_validator(mode="after")
     def _weights_match(self) -> "DataConfig":
@@ -76,6 +97,34 @@ class DataConfig(_Section):
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ValueError(f"data.weights={self.weights} must be >= 0 with a positive sum")
         return self
+
+
+def read_blend(path: str) -> dict:
+    """train / weights / valid prefixes and seq_len of a `mnemos data blend` output. Its prefixes name the
+    blend directory as it was given to `blend -o`; from another working directory they are found inside
+    the blend directory instead (BLEND/train/NAME)."""
+    import json
+    blend_json = path if path.endswith(".json") else os.path.join(path, "blend.json")
+    if not os.path.isfile(blend_json):
+        raise ValueError(f"data.blend={path!r}: no blend.json there (rule: a `mnemos data blend` output directory)")
+    with open(blend_json) as f:
+        summary = json.load(f)
+    folder = os.path.dirname(blend_json)
+
+    def locate(prefix: str) -> str:
+        if os.path.exists(prefix + ".idx"):
+            return prefix
+        inside = os.path.join(folder, os.path.basename(os.path.dirname(prefix)), os.path.basename(prefix))
+        if os.path.exists(inside + ".idx"):
+            return inside
+        raise ValueError(f"data.blend={path!r} names shard {prefix!r}, which is missing (rule: the blend's "
+                         f"shards stay where `mnemos data blend` wrote them)")
+
+    cfg = summary["config"]
+    if not cfg["data.train"]:
+        raise ValueError(f"data.blend={path!r} has no train samples: {summary['splits'].get('train')}")
+    return {"train": [locate(p) for p in cfg["data.train"]], "weights": cfg["data.weights"],
+            "valid": [locate(p) for p in cfg["data.valid"]], "seq_len": summary["seq_len"]}
 
 
 class OptimConfig(_Section):

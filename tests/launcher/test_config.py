@@ -65,3 +65,55 @@ def test_yaml_that_does_not_parse_is_a_config_error_with_its_line(tmp_path):
         load_config(broken)
     with pytest.raises(ConfigError, match=r"--set optim.lr='\[1,': not valid YAML: line 1"):
         _load("optim.lr=[1,")
+
+
+
+def _blend(shards, out, seq_len=16):
+    import numpy as np
+
+    from data.blend import DatasetSpec, build_blend
+    from data.indexed import IndexedDatasetBuilder
+    rng = np.random.default_rng(0)
+    for name in ("web", "books"):
+        with IndexedDatasetBuilder(str(shards / name / "shard_00000"), np.uint16) as b:
+            for _ in range(60):
+                b.add_document(np.append(rng.integers(3, 500, rng.integers(20, 60)), 2))
+    specs = [DatasetSpec.parse(f"web=0.7:{shards}/web"), DatasetSpec.parse(f"books=0.3:{shards}/books")]
+    return build_blend(specs, seq_len, 2, str(out), split=(90, 10, 0))
+
+
+def test_data_blend_fills_train_weights_and_valid(tmp_path):
+    summary = _blend(tmp_path / "shards", tmp_path / "blend")
+    cfg = _load(f"data.blend={tmp_path}/blend", "data.seq_len=16")
+    assert cfg.data.train == summary["config"]["data.train"] and len(cfg.data.train) == 2
+    assert cfg.data.weights == summary["config"]["data.weights"]
+    assert cfg.data.valid == summary["config"]["data.valid"]
+    cfg.check_cross_sections(1)  # the shards are there
+    # a resumed run's config.yaml holds the blend and the lists it filled in: they agree, so it loads again
+    cfg_file = tmp_path / "resumed.yaml"
+    cfg_file.write_text(yaml.safe_dump({"data": cfg.data.model_dump()}))
+    assert load_config(cfg_file).data == cfg.data
+
+
+def test_data_blend_made_elsewhere_is_found_from_another_directory(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    _blend(tmp_path / "shards", "blend")  # relative: its prefixes read blend/train/...
+    monkeypatch.chdir(tmp_path)
+    cfg = _load("data.blend=work/blend/blend.json", "data.seq_len=16")
+    assert cfg.data.train == ["work/blend/train/web_0000", "work/blend/train/books_0001"]
+    cfg.check_cross_sections(1)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["data.seq_len=32"], ["data.seq_len=32", "built for 16", "--seq-len"]),
+    (["data.seq_len=16", "data.train=[x]"], ["data.train is given", "one of the two"]),
+])
+def test_data_blend_conflicts_name_the_fields(tmp_path, overrides, words):
+    _blend(tmp_path / "shards", tmp_path / "blend")
+    with pytest.raises(ConfigError) as err:
+        _load(f"data.blend={tmp_path}/blend", *overrides)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+    with pytest.raises(ConfigError, match=r"data.blend=.*nowhere.*no blend.json there"):
+        _load(f"data.blend={tmp_path}/nowhere")
