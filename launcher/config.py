@@ -300,8 +300,15 @@ class RunConfig(_Section):
                     if not os.path.exists(p + ext):
                         raise ConfigError(f"{field} entry {p!r}: file {p + ext} does not exist "
                                           f"(rule: each prefix names an existing .bin/.idx pair)")
-        if self.data.tokenizer is not None and not os.path.exists(self.data.tokenizer):
-            raise ConfigError(f"data.tokenizer={self.data.tokenizer!r} does not exist")
+        if self.data.tokenizer is not None:
+            if not os.path.exists(self.data.tokenizer):
+                raise ConfigError(f"data.tokenizer={self.data.tokenizer!r} does not exist")
+            from data.tokenizer import Tokenizer
+            tok = Tokenizer(self.data.tokenizer)
+            if tok.vocab_size > self.model.vocab_size:  # TP's vocab-parallel embedding would zero the rest
+                raise ConfigError(f"model.vocab_size={self.model.vocab_size} is smaller than the "
+                                  f"{tok.vocab_size} pieces of data.tokenizer={self.data.tokenizer!r} (rule: the "
+                                  f"embedding covers every id; e.g. model.vocab_size={tok.padded_vocab_size()})")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from launcher.config import RunConfig, build_config
+from launcher.config import ConfigError, RunConfig, build_config
 
 
 class CheckpointNotFound(FileNotFoundError):
@@ -86,4 +86,8 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu"):
         raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
     model.eval()
     tokenizer = Tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else None
+    if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:  # a run from before the check
+        raise ConfigError(f"{path}: its tokenizer {cfg.data.tokenizer} has {tokenizer.vocab_size} pieces but the "
+                          f"model's embedding {cfg.model.vocab_size} rows (rule: model.vocab_size covers every id; "
+                          f"the ids above {cfg.model.vocab_size - 1} have no rows: retrain with a larger vocab_size)")
     return model, tokenizer, cfg

@@ -28,6 +28,7 @@ class GPTObjective:
         self.cfg = cfg
         self.topology = topology
         self.eos_id = Tokenizer(cfg.data.tokenizer).eos_id
+        self.vocab_size = cfg.model.vocab_size
 
     def _dataset(self, prefixes: list[str], seed: int):
         from data.gpt_dataset import PackedGPTDataset
@@ -42,7 +43,11 @@ class GPTObjective:
         return self._dataset(self.cfg.data.valid, self.cfg.data.seed + 1) if self.cfg.data.valid else None
 
     def collate(self, samples: list[np.ndarray], device) -> dict[str, torch.Tensor]:
-        tokens = torch.from_numpy(np.stack(samples).astype(np.int64))  # (B, T + 1)
+        rows = np.stack(samples)  # (B, T + 1)
+        if rows.max(initial=0) >= self.vocab_size:  # shards from a larger tokenizer: fail, never train on zeros
+            raise ConfigError(f"token id {int(rows.max())} in the training data, but model.vocab_size="
+                              f"{self.vocab_size} (rule: the shards come from a tokenizer the embedding covers)")
+        tokens = torch.from_numpy(rows.astype(np.int64))
         if torch.device(device).type == "cuda":
             tokens = tokens.pin_memory()  # page-locked, so the copy below does not block the host
         tokens = tokens.to(device, non_blocking=True)  # one transfer; input and target are views of it

@@ -117,3 +117,21 @@ def test_data_blend_conflicts_name_the_fields(tmp_path, overrides, words):
         assert w in str(err.value), (w, str(err.value))
     with pytest.raises(ConfigError, match=r"data.blend=.*nowhere.*no blend.json there"):
         _load(f"data.blend={tmp_path}/nowhere")
+
+
+def test_a_vocabulary_smaller_than_the_data_is_refused(tiny_data):
+    """Under TP the vocab-parallel embedding gives ids beyond the table zero vectors: training would run on
+    wrong inputs without an error, so a too-small model.vocab_size stops before any rank starts, and a
+    shard id beyond it stops the first step."""
+    import numpy as np
+
+    from launcher.objectives import GPTObjective
+    cfg = _load(f"data.tokenizer={tiny_data['tokenizer']}", f"data.train=[{tiny_data['train']}]",
+                "model.vocab_size=256")
+    with pytest.raises(ConfigError, match=r"model.vocab_size=256 is smaller than the 512 pieces of data.tokenizer"
+                                          r".*model.vocab_size=512\)"):
+        cfg.check_cross_sections(1)
+    objective = GPTObjective(cfg, topology=None)
+    assert objective.collate([np.array([1, 255, 2])], "cpu")["target"].tolist() == [[255, 2]]
+    with pytest.raises(ConfigError, match=r"token id 300 in the training data, but model.vocab_size=256"):
+        objective.collate([np.array([1, 300, 2])], "cpu")
