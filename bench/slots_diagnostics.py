@@ -38,8 +38,8 @@ from model.slot_attention import SpatialBroadcastDecoder  # noqa: E402
 
 
 def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int, lr: float, every: int,
-                    seed: int = 0) -> list[dict]:
-    widths = slots.PRESETS[preset][spec.name]
+                    seed: int = 0, decoder_overrides: dict | None = None) -> list[dict]:
+    widths = {**slots.PRESETS[preset][spec.name], **(decoder_overrides or {})}
     slot_dim = widths["slot_dim"]
     torch.manual_seed(seed)
     decoder = SpatialBroadcastDecoder(slot_dim, widths["dec_hidden"], widths.get("dec_layers", 4),
@@ -132,6 +132,13 @@ def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, se
     return result
 
 
+def _decoder_override(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    if key not in slots.DECODER_KEYS or not value.isdigit():
+        raise SystemExit(f"--decoder {text!r}: expected KEY=N with KEY one of {sorted(slots.DECODER_KEYS)}")
+    return key, (int(value), int(value)) if key == "broadcast_size" else int(value)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="tetrominoes-mini", choices=sorted(scenes.SPECS))
@@ -142,6 +149,9 @@ def main() -> None:
     p.add_argument("--every", type=int, default=500)
     p.add_argument("--run", type=Path, help="a `mnemos downstream slots` run directory to probe")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--decoder", action="append", default=[], metavar="KEY=N",
+                   help="decoder-ceiling width other than the preset's: dec_hidden, dec_kernel, dec_layers, "
+                        "broadcast_size (N: a square grid)")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -150,7 +160,10 @@ def main() -> None:
               "threads": a.threads, "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__}
     if a.steps:
-        result["decoder_ceiling"] = decoder_ceiling(spec, a.preset, a.steps, a.batch_size, a.lr, a.every)
+        overrides = dict(_decoder_override(x) for x in a.decoder)
+        result["decoder_overrides"] = overrides
+        result["decoder_ceiling"] = decoder_ceiling(spec, a.preset, a.steps, a.batch_size, a.lr, a.every,
+                                                    decoder_overrides=overrides)
     if a.run:
         result["slot_probe"] = slot_probe(spec, a.run, a.preset)
     out = a.out or ROOT / "bench" / "results" / f"slots_diagnostics_{a.dataset}.json"

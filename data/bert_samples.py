@@ -77,8 +77,9 @@ class BertVocab:
         for sym in BERT_SYMBOLS:
             i = sp.piece_to_id(sym)
             if i == sp.unk_id() or sp.id_to_piece(i) != sym:
-                raise ValueError(f"{name}: no {sym} piece; train the tokenizer with "
-                                 f"user_defined_symbols={list(BERT_SYMBOLS)}")
+                raise ValueError(f"{name}: no {sym} piece (rule: BERT needs {', '.join(BERT_SYMBOLS)}; train the "
+                                 f"tokenizer with `mnemos data train-tokenizer ... --user-defined-symbols "
+                                 f"{','.join(BERT_SYMBOLS)}`)")
             ids[sym] = i
         pieces = [sp.id_to_piece(i) for i in range(n)]
         special = np.array([sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) or p in BERT_SYMBOLS

@@ -309,6 +309,13 @@ class RunConfig(_Section):
                 raise ConfigError(f"model.vocab_size={self.model.vocab_size} is smaller than the "
                                   f"{tok.vocab_size} pieces of data.tokenizer={self.data.tokenizer!r} (rule: the "
                                   f"embedding covers every id; e.g. model.vocab_size={tok.padded_vocab_size()})")
+            if self.model.arch == "bert":  # the ranks would fail on it one by one, after the run dir exists
+                from data.bert_samples import BertVocab
+                try:
+                    BertVocab.from_tokenizer(tok)
+                except ValueError as err:
+                    raise ConfigError(f"data.tokenizer={self.data.tokenizer!r} cannot make BERT samples: {err}") \
+                        from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

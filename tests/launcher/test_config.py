@@ -135,3 +135,11 @@ def test_a_vocabulary_smaller_than_the_data_is_refused(tiny_data):
     assert objective.collate([np.array([1, 255, 2])], "cpu")["target"].tolist() == [[255, 2]]
     with pytest.raises(ConfigError, match=r"token id 300 in the training data, but model.vocab_size=256"):
         objective.collate([np.array([1, 300, 2])], "cpu")
+
+
+def test_bert_with_a_tokenizer_lacking_its_symbols_stops_before_the_ranks(tiny_data):
+    cfg = _load("model.preset=bert-tiny", f"data.tokenizer={tiny_data['tokenizer']}",
+                f"data.train=[{tiny_data['train']}]")
+    with pytest.raises(ConfigError, match=r"cannot make BERT samples: .*no \[CLS\] piece.*--user-defined-symbols "
+                                          r"\[CLS\],\[SEP\],\[MASK\]"):
+        cfg.check_cross_sections(1)
