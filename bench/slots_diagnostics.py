@@ -12,6 +12,8 @@
 
     python bench/slots_diagnostics.py --dataset tetrominoes-mini --steps 3000
     python bench/slots_diagnostics.py --dataset tetrominoes-mini --run RUN --preset tiny --steps 0
+    python bench/slots_diagnostics.py --dataset sprites --preset cpu --decoder broadcast_size=64 \
+        --decoder-loss masks --steps 2000 --every 250 --batch-size 8
 
 Writes bench/results/slots_diagnostics_<dataset>.json (or --out).
 """
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from evaluation.downstream import scenes, slots  # noqa: E402
 from evaluation.downstream.slot_metrics import fg_ari, kmeans_fg_ari  # noqa: E402
@@ -38,7 +41,7 @@ from model.slot_attention import SpatialBroadcastDecoder  # noqa: E402
 
 
 def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int, lr: float, every: int,
-                    seed: int = 0, decoder_overrides: dict | None = None) -> list[dict]:
+                    seed: int = 0, decoder_overrides: dict | None = None, loss_kind: str = "mse") -> list[dict]:
     widths = {**slots.PRESETS[preset][spec.name], **(decoder_overrides or {})}
     slot_dim = widths["slot_dim"]
     torch.manual_seed(seed)
@@ -69,8 +72,12 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
     curve, t0 = [], time.time()
     for step in range(1, steps + 1):
         x_scenes = scenes.render(spec.name, batch, slots.batch_seed(seed, 0, step))
-        recon, _ = forward(x_scenes)
-        loss = ((recon - slots.to_tensor(x_scenes.images, "cpu")) ** 2).mean()
+        recon, masks = forward(x_scenes)
+        if loss_kind == "masks":  # supervised: can the decoder draw the true masks at all?
+            labels = torch.from_numpy(x_scenes.masks).long()  # (B, H, W): 0 background, j + 1 object j
+            loss = F.nll_loss(masks.clamp_min(1e-8).log(), labels)
+        else:  # the autoencoder's loss
+            loss = ((recon - slots.to_tensor(x_scenes.images, "cpu")) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -152,9 +159,13 @@ def main() -> None:
     p.add_argument("--decoder", action="append", default=[], metavar="KEY=N",
                    help="decoder-ceiling width other than the preset's: dec_hidden, dec_kernel, dec_layers, "
                         "broadcast_size (N: a square grid)")
+    p.add_argument("--decoder-loss", choices=["mse", "masks"], default="mse",
+                   help="decoder ceiling trained with the autoencoder's loss, or supervised by the true masks "
+                        "(cross-entropy over slots: what the decoder can draw, apart from what MSE teaches it)")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as `slots` training does on CPU: sharp masks make denormal softmax outputs
     spec = scenes.SPECS[a.dataset]
     result = {"dataset": a.dataset, "preset": a.preset, "batch_size": a.batch_size, "lr": a.lr,
               "threads": a.threads, "machine": platform.processor() or platform.machine(),
@@ -162,8 +173,9 @@ def main() -> None:
     if a.steps:
         overrides = dict(_decoder_override(x) for x in a.decoder)
         result["decoder_overrides"] = overrides
+        result["decoder_loss"] = a.decoder_loss
         result["decoder_ceiling"] = decoder_ceiling(spec, a.preset, a.steps, a.batch_size, a.lr, a.every,
-                                                    decoder_overrides=overrides)
+                                                    decoder_overrides=overrides, loss_kind=a.decoder_loss)
     if a.run:
         result["slot_probe"] = slot_probe(spec, a.run, a.preset)
     out = a.out or ROOT / "bench" / "results" / f"slots_diagnostics_{a.dataset}.json"
