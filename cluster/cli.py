@@ -33,7 +33,9 @@ def register(subparsers) -> None:
                    help="seconds before the time limit at which ranks checkpoint and the job requeues")
     p.add_argument("--name", default=None, help="job name (default mnemos-<run dir name>)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment (repeatable)")
-    p.add_argument("--python", default=sys.executable, help="python on the compute nodes (default: this one)")
+    p.add_argument("--python", default=None,
+                   help="python on the compute nodes (default: this one for Slurm; for k8s `python` on the "
+                        "image's PATH, as this machine's interpreter path means nothing inside the image)")
     p.add_argument("--image", default="mnemos:latest", help="container image (k8s)")
     p.add_argument("--namespace", default="default", help="namespace (k8s)")
     p.add_argument("--pvc", default=None, help="ReadWriteMany claim mounted at the run directory (k8s)")
@@ -98,6 +100,8 @@ def submit_cmd(args) -> int:
     from cluster.submit import prepare, render, submit_training
     from launcher.config import ConfigError
     spec = _spec(args)
+    if args.python is None:
+        args.python = "python" if args.scheduler == "k8s" else sys.executable
     try:
         if args.dry_run:
             _, cmd = prepare(args.config, spec, args.overrides, args.python)

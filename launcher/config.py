@@ -304,7 +304,11 @@ class RunConfig(_Section):
             if not os.path.exists(self.data.tokenizer):
                 raise ConfigError(f"data.tokenizer={self.data.tokenizer!r} does not exist")
             from data.tokenizer import Tokenizer
-            tok = Tokenizer(self.data.tokenizer)
+            try:
+                tok = Tokenizer(self.data.tokenizer)
+            except (RuntimeError, OSError) as err:  # sentencepiece's own words for a file it cannot load
+                raise ConfigError(f"data.tokenizer={self.data.tokenizer!r} is not a sentencepiece model: {err}") \
+                    from None
             if tok.vocab_size > self.model.vocab_size:  # TP's vocab-parallel embedding would zero the rest
                 raise ConfigError(f"model.vocab_size={self.model.vocab_size} is smaller than the "
                                   f"{tok.vocab_size} pieces of data.tokenizer={self.data.tokenizer!r} (rule: the "

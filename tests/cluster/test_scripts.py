@@ -3,11 +3,13 @@
 Regenerate the golden files after an intended change with MNEMOS_UPDATE_GOLDEN=1 and review the diff.
 """
 
+import functools
 import json
 import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import yaml
 from cluster import k8s
 from cluster.slurm import directive, render_sbatch
 from cluster.spec import JobCommand, JobSpec, SpecError
+from tests.conftest import SHARED_DATA
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[2]
@@ -220,11 +223,21 @@ def test_hostile_value_reaches_the_rank_environment_verbatim(tmp_path):
     assert not list(tmp_path.glob("PWNED*"))
 
 
+@functools.cache
+def _tokenizer() -> str:
+    """A small real sentencepiece model (check_cross_sections reads its vocabulary), trained once."""
+    from data.tokenizer import train_tokenizer
+    out = Path(tempfile.mkdtemp(prefix="mnemos_tok_"))
+    lines = (SHARED_DATA / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:2000]
+    (out / "text.txt").write_text("\n".join(line for line in lines if line.strip()))
+    return train_tokenizer([str(out / "text.txt")], str(out / "tok"), vocab_size=512)
+
+
 def _write_tiny_config(tmp_path: Path, run_dir: Path) -> Path:
-    """A config that passes check_cross_sections: dummy .bin/.idx files and a tokenizer path exist."""
-    for name in ("train.bin", "train.idx", "tok.model"):
+    """A config that passes check_cross_sections: dummy .bin/.idx files and a real tokenizer."""
+    for name in ("train.bin", "train.idx"):
         (tmp_path / name).write_bytes(b"")
-    cfg = {"run_dir": str(run_dir), "data": {"train": [str(tmp_path / "train")], "tokenizer": str(tmp_path / "tok.model")},
+    cfg = {"run_dir": str(run_dir), "data": {"train": [str(tmp_path / "train")], "tokenizer": _tokenizer()},
            "train": {"global_batch_size": 8, "micro_batch_size": 2}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -251,7 +264,15 @@ def test_cli_dry_run_prints_the_exact_script_and_writes_nothing(tmp_path):
     res = _mnemos("submit", str(cfg), "--nodes", "2", "--gpus-per-node", "2", "--scheduler", "k8s", "--dry-run",
                   cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert k8s.validate_pytorchjob(yaml.safe_load(res.stdout)) == []
+    job = yaml.safe_load(res.stdout)
+    assert k8s.validate_pytorchjob(job) == []
+    # the pods run the image's python: this machine's interpreter path means nothing inside the image
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert master["command"][:3] == ["python", "-m", "launcher.launch"]
+    res = _mnemos("submit", str(cfg), "--nodes", "2", "--gpus-per-node", "2", "--scheduler", "k8s", "--dry-run",
+                  "--python", "/opt/venv/bin/python", cwd=tmp_path)
+    master = yaml.safe_load(res.stdout)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert master["command"][0] == "/opt/venv/bin/python"
 
 
 def test_cli_rejects_a_config_that_does_not_fit_the_world_before_submitting(tmp_path):
