@@ -153,6 +153,8 @@ def _refused(a) -> bool:
             detect_format(path)
         except ValueError as err:
             problems.append(str(err))
+    if paths and getattr(a, "text_field", None):
+        problems += _missing_text_field(paths, a)
     if getattr(a, "rank", None) is not None and a.rank >= a.tasks:
         problems.append(f"--rank={a.rank} (rule: a task number below --tasks={a.tasks})")
     if getattr(a, "num_perm", None) is not None and a.bands * a.rows > a.num_perm:
@@ -161,6 +163,25 @@ def _refused(a) -> bool:
     for problem in problems:
         print(f"mnemos data {a.data_command}: {problem}", file=sys.stderr)
     return bool(problems)
+
+
+def _missing_text_field(paths: list[str], a) -> list[str]:
+    """A --text-field the records do not have would skip every record and write empty output; the first
+    record of the first file tells it cheaply (records missing it further on are counted and skipped)."""
+    from .io import DocumentReader
+    local = [p for p in paths if not p.startswith("hf://")]  # the hub is not read for a check
+    if not local:
+        return []
+    reader = DocumentReader(local[:1], text_field=a.text_field, txt_sample_by=getattr(a, "txt_sample_by", "line"))
+    try:
+        _, record, _ = next(iter(reader._records(local[0])), (0, None, ""))
+    except Exception:  # noqa: BLE001  an unreadable file is counted by the stage itself
+        return []
+    if isinstance(record, dict) and a.text_field not in record:
+        fields = ", ".join(map(str, list(record)[:12]))
+        return [f"--text-field={a.text_field!r} is not a field of {local[0]} (rule: the field holding the text; "
+                f"its first record has: {fields})"]
+    return []
 
 
 def _reader(a):

@@ -210,6 +210,13 @@ def test_inputs_are_checked_before_a_stage_starts(tmp_path, capsys):
     prefix = str(tmp_path / "tok" / "spm")
     assert mnemos_data("train-tokenizer", "--input", empty, "--model-prefix", prefix, "--vocab-size", "300") == 2
     assert "no text in" in capsys.readouterr().err
+    records = tmp_path / "records.jsonl"  # the text under another name: every record would be skipped
+    records.write_text('{"content": "a document", "id": 1}\n{"content": "another", "id": 2}\n')
+    assert mnemos_data("tokenize", "--input", records, "--out", out, "--tokenizer", "spm.model") == 2
+    assert ("--text-field='text' is not a field of " in capsys.readouterr().err)
+    assert mnemos_data("dedup", "--input", records, "--out", out, "--text-field", "body") == 2
+    assert "its first record has: content, id" in capsys.readouterr().err
+    assert not out.exists()
     assert mnemos_data("train-tokenizer", "--input", empty, "--model-prefix", prefix, "--vocab-size", "259") == 2
     assert "vocab_size=259 (rule: with byte fallback at least 256 byte pieces + 4 special pieces + 0 user " \
            "symbols = 260)" in capsys.readouterr().err
