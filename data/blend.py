@@ -10,6 +10,7 @@ and writes `blend.json` holding the resolved prefixes and weights that a trainin
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -42,6 +43,41 @@ class DatasetSpec:
         if w < 0:
             raise ValueError(f"dataset spec {arg!r}: weight {w} must be >= 0")
         return cls(name, w, find_prefixes(paths.split(",")))
+
+
+def _tokenizer_identity(path: str) -> str:
+    """Two paths to one model file are the same tokenizer: compare contents where the file is readable."""
+    import hashlib
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return os.path.abspath(path)
+
+
+def check_one_tokenizer(specs: Sequence[DatasetSpec], tokenizer: str | None = None) -> None:
+    """Token ids only mean the same pieces under one tokenizer: refuse datasets whose shards (their
+    tokenize output's shards.json) came from different ones, or from another than `tokenizer`."""
+    made_by: dict[str, tuple[str, list[str]]] = {}  # identity -> (a path, dataset names)
+    for s in specs:
+        for prefix in s.prefixes:
+            info = os.path.join(os.path.dirname(prefix), "shards.json")
+            if not os.path.isfile(info):
+                continue
+            with open(info) as f:
+                path = json.load(f).get("tokenizer")
+            if path:
+                entry = made_by.setdefault(_tokenizer_identity(path), (path, []))
+                if s.name not in entry[1]:
+                    entry[1].append(s.name)
+    if len(made_by) > 1:
+        which = "; ".join(f"{', '.join(names)} by {path}" for path, names in made_by.values())
+        raise ValueError(f"the datasets were tokenized by different tokenizers ({which}) (rule: one tokenizer "
+                         f"for the whole blend: the same id means another piece under each)")
+    if tokenizer and made_by and _tokenizer_identity(tokenizer) not in made_by:
+        (path, _), = made_by.values()
+        raise ValueError(f"--tokenizer {tokenizer} is not the tokenizer that made the shards ({path}) (rule: the "
+                         f"end-of-text id comes from the shards' own tokenizer)")
 
 
 def resolve(specs: Sequence[DatasetSpec]) -> tuple[list[str], list[float], list[str]]:
@@ -90,9 +126,11 @@ def materialize_splits(prefixes: Sequence[str], names: Sequence[str], out_dir: s
 
 
 def build_blend(specs: Sequence[DatasetSpec], seq_len: int, eos_id: int, out_dir: str,
-                num_samples: int | None = None, split: Sequence[float] = (98, 1, 1), seed: int = 1234) -> dict:
+                num_samples: int | None = None, split: Sequence[float] = (98, 1, 1), seed: int = 1234,
+                tokenizer: str | None = None) -> dict:
     """Materialize the splits, build and cache the blended index of each; held-out splits are
     one pass over their documents (weights by size), the train split follows the weights."""
+    check_one_tokenizer(specs, tokenizer)
     prefixes, weights, names = resolve(specs)
     split_prefixes = materialize_splits(prefixes, names, out_dir, split)
     cache = os.path.join(out_dir, "index_cache")

@@ -407,7 +407,8 @@ def cmd_blend(a) -> int:
     try:
         specs = [DatasetSpec.parse(d) for d in a.dataset]
         split = [float(x) for x in a.split.split(",")]
-        summary = build_blend(specs, a.seq_len, eos, a.out, num_samples=a.num_samples, split=split, seed=a.seed)
+        summary = build_blend(specs, a.seq_len, eos, a.out, num_samples=a.num_samples, split=split, seed=a.seed,
+                              tokenizer=a.tokenizer)
     except (ValueError, FileNotFoundError) as err:
         print(f"mnemos data blend: {err}", file=sys.stderr)
         return 2

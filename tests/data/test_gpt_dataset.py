@@ -89,3 +89,27 @@ def test_blend_refuses_a_dataset_or_shard_given_twice(tmp_path):
         resolve([DatasetSpec("web", 0.5, [a]), DatasetSpec("books", 0.5, [a, b])])
     with pytest.raises(ValueError, match=r"split fractions \[0.0, 0.0, 0.0\] \(rule: three non-negative numbers"):
         split_ranges([0.0, 0.0, 0.0])
+
+
+def test_blend_refuses_datasets_from_different_tokenizers(tmp_path):
+    """A token id names a different piece under each tokenizer: mixing them would train on noise."""
+    import json
+
+    from data.blend import DatasetSpec, build_blend, check_one_tokenizer
+    models = {}
+    for name, content in (("one", b"model one"), ("same", b"model one"), ("two", b"model two")):
+        models[name] = tmp_path / f"{name}.model"
+        models[name].write_bytes(content)
+    prefixes = {}
+    for name, model in (("web", "one"), ("wiki", "same"), ("books", "two")):
+        (tmp_path / name).mkdir()
+        prefixes[name] = _shard(tmp_path / name / "shard_00000", [np.arange(10, 40)])
+        (tmp_path / name / "shards.json").write_text(json.dumps({"tokenizer": str(models[model])}))
+    web, wiki, books = (DatasetSpec(n, 1.0, [prefixes[n]]) for n in ("web", "wiki", "books"))
+    check_one_tokenizer([web, wiki], str(models["same"]))  # one model file under two names is one tokenizer
+    with pytest.raises(ValueError, match=r"tokenized by different tokenizers \(web, wiki by .*one.model; books by "
+                                         r".*two.model\)"):
+        build_blend([web, wiki, books], 8, EOS, str(tmp_path / "blend"))
+    with pytest.raises(ValueError, match=r"--tokenizer .*two.model is not the tokenizer that made the shards"):
+        check_one_tokenizer([web], str(models["two"]))
+    assert not (tmp_path / "blend").exists()
