@@ -10,6 +10,7 @@ and writes `blend.json` holding the resolved prefixes and weights that a trainin
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ class DatasetSpec:
         return cls(name, w, find_prefixes(paths.split(",")))
 
 
-def _tokenizer_identity(path: str) -> str:
+@functools.lru_cache(maxsize=64)
+def tokenizer_identity(path: str) -> str:
     """Two paths to one model file are the same tokenizer: compare contents where the file is readable."""
     import hashlib
     try:
@@ -53,6 +55,22 @@ def _tokenizer_identity(path: str) -> str:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return os.path.abspath(path)
+
+
+def tokenizer_of(prefix: str) -> str | None:
+    """The tokenizer that made a shard, as its tokenize output's shards.json names it; for a shard a blend
+    split off (BLEND/train/NAME), the one named by the blend's source shards. None when nothing says."""
+    folder = os.path.dirname(prefix)
+    info = os.path.join(folder, "shards.json")
+    if os.path.isfile(info):
+        with open(info) as f:
+            return json.load(f).get("tokenizer")
+    blend_json = os.path.join(os.path.dirname(folder), "blend.json")
+    if os.path.isfile(blend_json):
+        with open(blend_json) as f:
+            sources = [p for d in json.load(f).get("datasets", []) for p in d.get("prefixes", [])]
+        return next((t for t in map(tokenizer_of, sources[:1]) if t), None)
+    return None
 
 
 def check_one_tokenizer(specs: Sequence[DatasetSpec], tokenizer: str | None = None) -> None:
@@ -67,14 +85,14 @@ def check_one_tokenizer(specs: Sequence[DatasetSpec], tokenizer: str | None = No
             with open(info) as f:
                 path = json.load(f).get("tokenizer")
             if path:
-                entry = made_by.setdefault(_tokenizer_identity(path), (path, []))
+                entry = made_by.setdefault(tokenizer_identity(path), (path, []))
                 if s.name not in entry[1]:
                     entry[1].append(s.name)
     if len(made_by) > 1:
         which = "; ".join(f"{', '.join(names)} by {path}" for path, names in made_by.values())
         raise ValueError(f"the datasets were tokenized by different tokenizers ({which}) (rule: one tokenizer "
                          f"for the whole blend: the same id means another piece under each)")
-    if tokenizer and made_by and _tokenizer_identity(tokenizer) not in made_by:
+    if tokenizer and made_by and tokenizer_identity(tokenizer) not in made_by:
         (path, _), = made_by.values()
         raise ValueError(f"--tokenizer {tokenizer} is not the tokenizer that made the shards ({path}) (rule: the "
                          f"end-of-text id comes from the shards' own tokenizer)")

@@ -313,6 +313,7 @@ class RunConfig(_Section):
                 raise ConfigError(f"model.vocab_size={self.model.vocab_size} is smaller than the "
                                   f"{tok.vocab_size} pieces of data.tokenizer={self.data.tokenizer!r} (rule: the "
                                   f"embedding covers every id; e.g. model.vocab_size={tok.padded_vocab_size()})")
+            self._check_shards_tokenizer()
             if self.model.arch == "bert":  # the ranks would fail on it one by one, after the run dir exists
                 from data.bert_samples import BertVocab
                 try:
@@ -320,6 +321,21 @@ class RunConfig(_Section):
                 except ValueError as err:
                     raise ConfigError(f"data.tokenizer={self.data.tokenizer!r} cannot make BERT samples: {err}") \
                         from None
+
+    def _check_shards_tokenizer(self) -> None:
+        """Shards made by another tokenizer of the same size would train on ids that name other pieces."""
+        from data.blend import tokenizer_identity, tokenizer_of
+        ours = tokenizer_identity(self.data.tokenizer)
+        seen: dict[str, str | None] = {}  # folder -> tokenizer: shards of one tokenize output share it
+        for field, prefixes in (("data.train", self.data.train), ("data.valid", self.data.valid)):
+            for prefix in prefixes:
+                folder = os.path.dirname(prefix)
+                if folder not in seen:
+                    seen[folder] = tokenizer_of(prefix)
+                made_by = seen[folder]
+                if made_by and tokenizer_identity(made_by) != ours:
+                    raise ConfigError(f"{field} entry {prefix!r} was tokenized by {made_by}, not by data.tokenizer="
+                                      f"{self.data.tokenizer!r} (rule: the shards and the run use one tokenizer)")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

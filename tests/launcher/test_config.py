@@ -143,3 +143,25 @@ def test_bert_with_a_tokenizer_lacking_its_symbols_stops_before_the_ranks(tiny_d
     with pytest.raises(ConfigError, match=r"cannot make BERT samples: .*no \[CLS\] piece.*--user-defined-symbols "
                                           r"\[CLS\],\[SEP\],\[MASK\]"):
         cfg.check_cross_sections(1)
+
+
+def test_shards_from_another_tokenizer_are_refused(tiny_data, tmp_path):
+    """Same size, other pieces: nothing else would notice. The tokenize output's shards.json names its model."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from data.indexed import IndexedDatasetBuilder
+    with IndexedDatasetBuilder(str(tmp_path / "shards" / "shard_00000"), np.uint16) as b:
+        b.add_document(np.arange(3, 100))
+    other = tmp_path / "other.model"
+    other.write_bytes(b"another sentencepiece model")
+    (tmp_path / "shards" / "shards.json").write_text(json.dumps({"tokenizer": str(other)}))
+    cfg = _load(f"data.tokenizer={tiny_data['tokenizer']}", f"data.train=[{tmp_path}/shards/shard_00000]")
+    with pytest.raises(ConfigError, match=r"data.train entry .*shard_00000' was tokenized by .*other.model, not by "
+                                          r"data.tokenizer="):
+        cfg.check_cross_sections(1)
+    shutil.copy(tiny_data["tokenizer"], tmp_path / "copy.model")  # the same model under another path is fine
+    (tmp_path / "shards" / "shards.json").write_text(json.dumps({"tokenizer": str(tmp_path / "copy.model")}))
+    cfg.check_cross_sections(1)
