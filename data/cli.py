@@ -290,6 +290,11 @@ def cmd_tokenize(a) -> int:
                                                      "prefixes": [s["prefix"] for s in shards], **tot})
     print(f"wrote {a.tasks} shard(s) to {a.out}: {tot['documents']} documents, {tot['tokens']} tokens, "
           f"{tot['bytes']} bytes")
+    ours = {os.path.basename(s["prefix"]) for s in shards}
+    stale = sorted(f[:-4] for f in os.listdir(a.out) if f.endswith(".idx") and f[:-4] not in ours)
+    if stale:  # from an earlier run with more --tasks: not in shards.json, so blend/stats/train skip them
+        print(f"note: {a.out} also holds {', '.join(stale)} from an earlier run; shards.json does not list "
+              f"them and the later stages read only the listed shards")
     return 0 if summary else 1
 
 

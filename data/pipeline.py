@@ -177,8 +177,9 @@ class PipelineExecutor:
             return f.read().strip() == self.fingerprint()
 
     def fingerprint(self) -> str:
-        """A hash of the steps' classes and settings (their simple attributes, one level into objects)."""
-        text = json.dumps([_settings(step) for step in self.pipeline], sort_keys=True, default=str)
+        """A hash of the steps' classes and settings (their simple attributes, one level into objects) and of
+        the number of tasks: task 0 of 2 holds half of what task 0 of 1 holds."""
+        text = json.dumps([self.tasks] + [_settings(step) for step in self.pipeline], sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()
 
     def run_task(self, rank: int) -> list[dict]:

@@ -99,12 +99,16 @@ def shard_stats(prefix: str) -> dict:
 
 
 def find_prefixes(paths: Sequence[str]) -> list[str]:
-    """Prefixes from prefixes, `.idx`/`.bin` paths, or directories (every `*.idx` inside, sorted)."""
+    """Prefixes from prefixes, `.idx`/`.bin` paths, or directories: a tokenize output's shards as its
+    shards.json lists them (a re-run with fewer --tasks leaves older, higher-numbered shards beside them),
+    otherwise every `*.idx` inside, sorted."""
     out = []
     for p in paths:
         p = str(p)
         if os.path.isdir(p):
-            out.extend(sorted(os.path.join(p, f[:-4]) for f in os.listdir(p) if f.endswith(".idx")))
+            listed = _listed_shards(p)
+            out.extend(listed if listed is not None else
+                       sorted(os.path.join(p, f[:-4]) for f in os.listdir(p) if f.endswith(".idx")))
         elif p.endswith((".idx", ".bin")):
             out.append(p[:-4])
         else:
@@ -113,6 +117,16 @@ def find_prefixes(paths: Sequence[str]) -> list[str]:
     if missing:
         raise FileNotFoundError(f"no .idx/.bin shard at {missing}")
     return out
+
+
+def _listed_shards(folder: str) -> list[str] | None:
+    info = os.path.join(folder, "shards.json")
+    if not os.path.isfile(info):
+        return None
+    with open(info) as f:
+        prefixes = json.load(f).get("prefixes")
+    # by name inside this folder: the listed paths are as the tokenize command was given them
+    return None if prefixes is None else [os.path.join(folder, os.path.basename(x)) for x in prefixes]
 
 
 def load_summary(out_dir: str) -> dict:

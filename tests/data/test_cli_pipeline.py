@@ -231,3 +231,23 @@ def test_inputs_are_checked_before_a_stage_starts(tmp_path, capsys):
                        "--no-byte-fallback") == 2
     assert "sentencepiece refused the input: Vocabulary size is smaller than required_chars" in \
         capsys.readouterr().err
+
+
+def test_a_rerun_with_fewer_tasks_leaves_no_stale_shard_in_use(shared_data, tmp_path, capsys):
+    """shard_00001 of an earlier --tasks 2 run stays on disk, but the later stages read shards.json's list."""
+    from data.tokenize import find_prefixes
+    lines = (shared_data / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:3000]
+    src = tmp_path / "text.txt"
+    src.write_text("\n".join(line for line in lines if len(line.split()) > 5))
+    model = str(tmp_path / "tok" / "spm")
+    assert mnemos_data("train-tokenizer", "--input", src, "--model-prefix", model, "--vocab-size", "512") == 0
+    out = tmp_path / "shards"
+    assert mnemos_data("tokenize", "--input", src, "--out", out, "--tokenizer", f"{model}.model", "--tasks", "2") == 0
+    assert len(find_prefixes([str(out)])) == 2
+    capsys.readouterr()
+    assert mnemos_data("tokenize", "--input", src, "--out", out, "--tokenizer", f"{model}.model", "--tasks", "1") == 0
+    assert "also holds shard_00001 from an earlier run" in capsys.readouterr().out
+    assert (out / "shard_00001.idx").exists() and find_prefixes([str(out)]) == [str(out / "shard_00000")]
+    assert mnemos_data("stats", out, "--json-out", tmp_path / "s.json") == 0
+    documents = json.load(open(tmp_path / "s.json"))["total"]["documents"]
+    assert documents == len(list(DocumentReader([str(src)]).run()))  # counted once, not 1.5 times

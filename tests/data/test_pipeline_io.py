@@ -135,3 +135,5 @@ def test_a_completed_task_runs_again_when_the_steps_change(tmp_path):
     assert not changed.is_done(0)
     changed.run()
     assert sorted(os.listdir(tmp_path / "b")) == ["00000.jsonl.zst", "00001.jsonl.zst"]
+    fewer = LocalExecutor([ListReader(docs), DropShort(), JsonlWriter(str(tmp_path / "b"))], logs, tasks=1)
+    assert not fewer.is_done(0)  # task 0 of 2 made half of what task 0 of 1 must
