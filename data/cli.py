@@ -155,6 +155,7 @@ def _refused(a) -> bool:
             problems.append(str(err))
     if paths and getattr(a, "text_field", None):
         problems += _missing_text_field(paths, a)
+    problems += _earlier_task_count(a)
     if getattr(a, "rank", None) is not None and a.rank >= a.tasks:
         problems.append(f"--rank={a.rank} (rule: a task number below --tasks={a.tasks})")
     if getattr(a, "num_perm", None) is not None and a.bands * a.rows > a.num_perm:
@@ -163,6 +164,30 @@ def _refused(a) -> bool:
     for problem in problems:
         print(f"mnemos data {a.data_command}: {problem}", file=sys.stderr)
     return bool(problems)
+
+
+def _earlier_task_count(a) -> list[str]:
+    """OUT written by a run with other --tasks: its files of tasks this run does not have would stay beside
+    the new ones and be read by the next stage as part of this output (documents twice)."""
+    import glob
+    import json
+    out, tasks = getattr(a, "out", None), getattr(a, "tasks", None)
+    if not out or tasks is None:
+        return []
+    earlier = set()
+    stats = glob.glob(os.path.join(out, "logs", "stats", "*.json"))  # one-step stages (tokenize)
+    for path in stats + glob.glob(os.path.join(out, "logs", "*", "stats", "*.json")):
+        try:
+            with open(path) as f:
+                earlier.add(int(json.load(f)["tasks"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    earlier.discard(tasks)
+    if not earlier:
+        return []
+    return [f"--tasks={tasks} but {out} holds the output of a run with --tasks={max(earlier)} (rule: re-run a stage "
+            f"into its OUT with the same --tasks, or give a new --out; its other tasks' files would be read as "
+            f"part of this output)"]
 
 
 def _missing_text_field(paths: list[str], a) -> list[str]:

@@ -2,6 +2,7 @@
 benchmark passages: they are removed, everything else is kept, stage reports add up."""
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -233,8 +234,11 @@ def test_inputs_are_checked_before_a_stage_starts(tmp_path, capsys):
         capsys.readouterr().err
 
 
-def test_a_rerun_with_fewer_tasks_leaves_no_stale_shard_in_use(shared_data, tmp_path, capsys):
-    """shard_00001 of an earlier --tasks 2 run stays on disk, but the later stages read shards.json's list."""
+def test_a_rerun_with_other_tasks_is_refused_and_only_listed_shards_are_read(shared_data, tmp_path, capsys):
+    """Task files of an earlier run with more --tasks would stay beside the new ones and be read as part of
+    the output (documents twice): such a re-run is refused; a stray shard beside a shards.json is skipped."""
+    import shutil
+
     from data.tokenize import find_prefixes
     lines = (shared_data / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:3000]
     src = tmp_path / "text.txt"
@@ -244,10 +248,15 @@ def test_a_rerun_with_fewer_tasks_leaves_no_stale_shard_in_use(shared_data, tmp_
     out = tmp_path / "shards"
     assert mnemos_data("tokenize", "--input", src, "--out", out, "--tokenizer", f"{model}.model", "--tasks", "2") == 0
     assert len(find_prefixes([str(out)])) == 2
+    before = sorted(os.listdir(out))
     capsys.readouterr()
-    assert mnemos_data("tokenize", "--input", src, "--out", out, "--tokenizer", f"{model}.model", "--tasks", "1") == 0
-    assert "also holds shard_00001 from an earlier run" in capsys.readouterr().out
-    assert (out / "shard_00001.idx").exists() and find_prefixes([str(out)]) == [str(out / "shard_00000")]
+    assert mnemos_data("tokenize", "--input", src, "--out", out, "--tokenizer", f"{model}.model", "--tasks", "1") == 2
+    assert "--tasks=1 but " in capsys.readouterr().err and sorted(os.listdir(out)) == before
+    assert mnemos_data("dedup", "--input", src, "--out", tmp_path / "dd", "--tasks", "3") == 0
+    assert mnemos_data("dedup", "--input", src, "--out", tmp_path / "dd", "--tasks", "2") == 2
+    assert "holds the output of a run with --tasks=3" in capsys.readouterr().err
+    shutil.copy(out / "shard_00000.idx", out / "shard_00007.idx")  # a stray shard, not in shards.json
+    shutil.copy(out / "shard_00000.bin", out / "shard_00007.bin")
+    assert find_prefixes([str(out)]) == [str(out / "shard_00000"), str(out / "shard_00001")]
     assert mnemos_data("stats", out, "--json-out", tmp_path / "s.json") == 0
-    documents = json.load(open(tmp_path / "s.json"))["total"]["documents"]
-    assert documents == len(list(DocumentReader([str(src)]).run()))  # counted once, not 1.5 times
+    assert json.load(open(tmp_path / "s.json"))["total"]["documents"] == len(list(DocumentReader([str(src)]).run()))
