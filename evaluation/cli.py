@@ -123,6 +123,15 @@ def _device(name: str) -> str:
     return name
 
 
+def _hf_model_type(path) -> str | None:
+    import json
+    try:
+        with open(Path(path) / "config.json") as f:
+            return json.load(f).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
 def main(args) -> int:
     from evaluation.registry import load_configs
     from evaluation.task import TaskError
@@ -152,6 +161,12 @@ def main(args) -> int:
         max_memory = dict(x.split("=", 1) for x in args.max_memory) or None
         if max_memory:
             max_memory = {int(k) if k.isdigit() else k: v for k, v in max_memory.items()}
+        model_type = _hf_model_type(args.hf_model)
+        if model_type != "gpt2":  # what load_hf_big_model builds; a BERT export fails there on meta tensors
+            what = f"is a {model_type!r} model" if model_type else "has no readable config.json"
+            print(f"mnemos eval: --hf-model {args.hf_model} {what} (rule: the harness loads GPT-2 causal language "
+                  f"models, as `mnemos ckpt export-hf` writes them from a GPT run)", file=sys.stderr)
+            return 2
         model, tokenizer = load_hf_for_eval(args.hf_model, tokenizer_path=args.tokenizer, max_memory=max_memory,
                                             offload_folder=args.offload_folder, dtype=args.dtype)
         device = model.input_device
@@ -164,6 +179,12 @@ def main(args) -> int:
             print(f"mnemos eval: checkpoint loading is not available ({err})", file=sys.stderr)
             return 2
         model, tokenizer, run_config = load_for_eval(args.checkpoint, device=device)
+        arch = run_config.model.arch if run_config is not None else "gpt"
+        if arch != "gpt":  # a BERT would fail deep in the scoring with a TypeError
+            print(f"mnemos eval: --checkpoint {args.checkpoint} holds a model.arch={arch!r} model (rule: the harness "
+                  f"scores decoder language models, arch 'gpt'; a BERT is measured by `mnemos finetune`)",
+                  file=sys.stderr)
+            return 2
         info = {"checkpoint": str(args.checkpoint)}
         cfg = getattr(model, "cfg", None)
         if cfg is not None:

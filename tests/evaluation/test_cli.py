@@ -96,3 +96,23 @@ def test_hf_model_with_sentencepiece_tokenizer(tiny_gpt, tmp_path, shared_data):
     assert rc == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["results"]["arithmetic_1dc"]["2"]["n"] == 6
+
+
+def test_a_model_the_harness_cannot_score_is_refused(tmp_path, capsys):
+    """A BERT export (or a directory without config.json) used to fail inside accelerate's loader."""
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (tmp_path / "bert" / "tokenizer.model").write_bytes(b"")
+    assert main(["eval", "--hf-model", str(tmp_path / "bert"), "--tasks", "arithmetic_1dc", "--shots", "0"]) == 2
+    assert "is a 'bert' model (rule: the harness loads GPT-2 causal language models" in capsys.readouterr().err
+    import launcher.inference
+    from launcher.config import load_config
+    bert_config = load_config(None, ["model.preset=bert-tiny"])
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(launcher.inference, "load_for_eval", lambda path, device="cpu": (None, None, bert_config))
+    try:
+        assert main(["eval", "--checkpoint", str(tmp_path), "--tasks", "arithmetic_1dc", "--shots", "0"]) == 2
+    finally:
+        monkeypatch.undo()
+    assert "holds a model.arch='bert' model (rule: the harness scores decoder language models" in \
+        capsys.readouterr().err
