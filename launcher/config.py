@@ -20,6 +20,12 @@ class ConfigError(ValueError):
     """A config value breaks a rule. The message names field, value and rule."""
 
 
+# What a resumed run must keep: the model's shape, and what fixes the order of the training samples.
+ARCH_FIELDS = ("arch", "n_layer", "d_model", "n_head", "d_ff", "n_ctx", "vocab_size", "type_vocab_size",
+               "attn_pattern", "local_window")
+SAMPLE_ORDER_FIELDS = ("train", "weights", "seq_len", "seed")
+
+
 class _Section(BaseModel):
     # Unknown keys are errors: a typo must never be silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from launcher.config import ConfigError, RunConfig
+from launcher.config import ARCH_FIELDS, SAMPLE_ORDER_FIELDS, ConfigError, RunConfig
 from launcher.faults import LossGuard, Watchdog
 from launcher.observe import RunLogger, peak_memory_bytes, write_json_atomic
 from launcher.schedule import global_batch_size, learning_rate
@@ -37,8 +37,6 @@ COUNT_METRICS = ("tokens", "batch_size", "masked_tokens")
 PEAK_TFLOPS_BF16 = 989.0  # H100/H200 dense bf16, the MFU denominator (DESIGN.md)
 
 # Architecture fields that must match to resume (shapes of every tensor depend on them).
-ARCH_FIELDS = ("arch", "n_layer", "d_model", "n_head", "d_ff", "n_ctx", "vocab_size", "type_vocab_size",
-               "attn_pattern", "local_window")
 
 
 @dataclass
@@ -227,7 +225,8 @@ class Trainer:
         t0 = time.time()
         meta = {"tp": self.topology.tp, "dp": self.topology.dp, "zero_stage": self.cfg.parallel.zero_stage,
                 "consumed_tokens": self.state.consumed_tokens, "arch": self.cfg.model.arch,
-                "config": {"model": self.cfg.model.model_dump(mode="json")}}
+                "config": {"model": self.cfg.model.model_dump(mode="json"),
+                           "data": self.cfg.data.model_dump(mode="json", include=set(SAMPLE_ORDER_FIELDS))}}
         path = self.ckpt.save(self.engine, self.state.step, self.client_state(), self.rank_state(), meta)
         self.bad_since_checkpoint = 0
         if self.is_main:

@@ -34,7 +34,45 @@ def prepare_run(config: str | None, overrides: list[str], nproc: int, write: boo
     """Resolve and validate the config for `nproc` ranks in all, then write RUN/config.yaml (atomically)."""
     cfg = load_config(config, overrides)
     cfg.check_cross_sections(nproc)
+    check_resumable(cfg)
     return cfg, write_run(cfg) if write else Path(cfg.run_dir) / "config.yaml"
+
+
+def check_resumable(cfg: RunConfig) -> None:
+    """A run directory with checkpoints resumes from the newest: refuse, before any rank starts, a model of
+    another shape or other training data (the sampler could not continue its order). The ranks check the
+    same again against the checkpoint they load."""
+    from launcher.config import ARCH_FIELDS, SAMPLE_ORDER_FIELDS
+    from parallel.checkpoint import list_checkpoints, read_manifest
+    for ckpt in list_checkpoints(Path(cfg.run_dir) / "checkpoints"):
+        try:
+            saved = read_manifest(ckpt).get("config") or {}
+        except (OSError, ValueError):
+            continue  # no manifest yet: an unfinished save, which the ranks skip
+        now_model = cfg.model.model_dump(mode="json")
+        for field in ARCH_FIELDS:
+            if "model" in saved and saved["model"].get(field) != now_model.get(field):
+                raise ConfigError(f"model.{field}={now_model.get(field)!r} differs from the checkpoint {ckpt} "
+                                  f"(saved {saved['model'].get(field)!r}); rule: resuming needs the same "
+                                  f"architecture — use a new run_dir to start over")
+        now_data = cfg.data.model_dump(mode="json")
+        for field in SAMPLE_ORDER_FIELDS if "data" in saved else ():
+            if not _same(saved["data"].get(field), now_data.get(field)):
+                raise ConfigError(f"data.{field}={now_data.get(field)!r} differs from the checkpoint {ckpt} (saved "
+                                  f"{saved['data'].get(field)!r}); rule: a resumed run continues one sample order, "
+                                  f"so data.train, data.weights, data.seq_len and data.seed stay — for other data use "
+                                  f"a new run_dir, started from these weights by `mnemos ckpt export-hf` and "
+                                  f"`mnemos ckpt import-hf`")
+        return
+
+
+def _same(saved, now) -> bool:
+    """Equal, with shard prefixes compared as paths (runs/x and ./runs/x are one file)."""
+    if isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now):
+        return all(_same(a, b) for a, b in zip(saved, now))
+    if isinstance(saved, str) and isinstance(now, str):
+        return os.path.normpath(saved) == os.path.normpath(now) or os.path.abspath(saved) == os.path.abspath(now)
+    return saved == now
 
 
 def write_run(cfg: RunConfig) -> Path:

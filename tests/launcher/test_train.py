@@ -112,9 +112,16 @@ def test_resume_refuses_a_different_architecture(tiny_data, tmp_path):
     proc, run = _train(tmp_path, tiny_data, "arch", extra=("--set", "train.max_steps=2"),
                        checkpoint={"save_at_end": True})
     _ok(proc)
+    config_before = (run / "config.yaml").read_text()
     again = run_train(run / "config.yaml", "--set", "model.n_layer=3")
-    assert again.returncode != 0
+    assert again.returncode == 2  # refused before any rank starts, and RUN/config.yaml is left as it was
     assert "model.n_layer=3 differs from the checkpoint" in again.stdout + again.stderr
+    assert (run / "config.yaml").read_text() == config_before
+    # other training data: the sampler could not continue its order
+    again = run_train(run / "config.yaml", "--set", "data.seed=99")
+    assert again.returncode == 2
+    assert "data.seed=99 differs from the checkpoint" in again.stdout + again.stderr
+    assert "`mnemos ckpt import-hf`" in again.stdout + again.stderr
 
 
 def test_run_directory_layout_and_logs(tiny_data, tmp_path):
