@@ -79,11 +79,7 @@ def check_one_tokenizer(specs: Sequence[DatasetSpec], tokenizer: str | None = No
     made_by: dict[str, tuple[str, list[str]]] = {}  # identity -> (a path, dataset names)
     for s in specs:
         for prefix in s.prefixes:
-            info = os.path.join(os.path.dirname(prefix), "shards.json")
-            if not os.path.isfile(info):
-                continue
-            with open(info) as f:
-                path = json.load(f).get("tokenizer")
+            path = tokenizer_of(prefix)
             if path:
                 entry = made_by.setdefault(tokenizer_identity(path), (path, []))
                 if s.name not in entry[1]:

@@ -26,6 +26,16 @@ ARCH_FIELDS = ("arch", "n_layer", "d_model", "n_head", "d_ff", "n_ctx", "vocab_s
 SAMPLE_ORDER_FIELDS = ("train", "weights", "seq_len", "seed")
 
 
+def check_same_architecture(saved_model: dict, model: "ModelConfig", ckpt) -> None:
+    """Resuming from checkpoint `ckpt` (its saved model fields) needs the same shape."""
+    now = model.model_dump(mode="json")
+    for field in ARCH_FIELDS:
+        if saved_model.get(field) != now.get(field):
+            raise ConfigError(f"model.{field}={now.get(field)!r} differs from the checkpoint {ckpt} (saved "
+                              f"{saved_model.get(field)!r}); rule: resuming needs the same architecture — use a "
+                              f"new run_dir to start over")
+
+
 class _Section(BaseModel):
     # Unknown keys are errors: a typo must never be silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from launcher.config import ARCH_FIELDS, SAMPLE_ORDER_FIELDS, ConfigError, RunConfig
+from launcher.config import SAMPLE_ORDER_FIELDS, ConfigError, RunConfig, check_same_architecture
 from launcher.faults import LossGuard, Watchdog
 from launcher.observe import RunLogger, peak_memory_bytes, write_json_atomic
 from launcher.schedule import global_batch_size, learning_rate
@@ -266,15 +266,8 @@ class Trainer:
 
     def check_same_architecture(self, saved: dict, ckpt: Path) -> None:
         saved_model = (saved.get("config") or {}).get("model")
-        if not saved_model:
-            return
-        now = self.cfg.model.model_dump(mode="json")
-        for field in ARCH_FIELDS:
-            if saved_model.get(field) != now.get(field):
-                raise ConfigError(
-                    f"model.{field}={now.get(field)!r} differs from the checkpoint {ckpt} "
-                    f"(saved {saved_model.get(field)!r}); rule: resuming needs the same architecture — "
-                    f"use a new run_dir to start over")
+        if saved_model:
+            check_same_architecture(saved_model, self.cfg.model, ckpt)
 
     # ---- the step ---------------------------------------------------------------------------------
     def micro_batches(self, global_batch: int):

@@ -42,19 +42,15 @@ def check_resumable(cfg: RunConfig) -> None:
     """A run directory with checkpoints resumes from the newest: refuse, before any rank starts, a model of
     another shape or other training data (the sampler could not continue its order). The ranks check the
     same again against the checkpoint they load."""
-    from launcher.config import ARCH_FIELDS, SAMPLE_ORDER_FIELDS
+    from launcher.config import SAMPLE_ORDER_FIELDS, check_same_architecture
     from parallel.checkpoint import list_checkpoints, read_manifest
     for ckpt in list_checkpoints(Path(cfg.run_dir) / "checkpoints"):
         try:
             saved = read_manifest(ckpt).get("config") or {}
         except (OSError, ValueError):
             continue  # no manifest yet: an unfinished save, which the ranks skip
-        now_model = cfg.model.model_dump(mode="json")
-        for field in ARCH_FIELDS:
-            if "model" in saved and saved["model"].get(field) != now_model.get(field):
-                raise ConfigError(f"model.{field}={now_model.get(field)!r} differs from the checkpoint {ckpt} "
-                                  f"(saved {saved['model'].get(field)!r}); rule: resuming needs the same "
-                                  f"architecture — use a new run_dir to start over")
+        if "model" in saved:
+            check_same_architecture(saved["model"], cfg.model, ckpt)
         now_data = cfg.data.model_dump(mode="json")
         for field in SAMPLE_ORDER_FIELDS if "data" in saved else ():
             if not _same(saved["data"].get(field), now_data.get(field)):
