@@ -14,6 +14,13 @@ from launcher.argtypes import comma_list, integer, number
 log = logging.getLogger(__name__)
 
 
+def doc_separator_option(q) -> None:
+    from .io import DOC_SEPARATOR
+    q.add_argument("--doc-separator", default=DOC_SEPARATOR,
+                   help="a record's text is split into documents where this string occurs (GPT-2/3 style "
+                        "dumps); '' keeps every record whole")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="data pipeline: tokenizer, tokenize, dedup, decontaminate, blend, stats",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,6 +35,7 @@ def register(subparsers) -> None:
         q.add_argument("--text-field", default="text", help="record field holding the text")
         q.add_argument("--txt-sample-by", default="line", choices=["line", "paragraph", "document"],
                        help="what one document is in plain-text inputs")
+        doc_separator_option(q)
         q.add_argument("--max-chars", type=integer(1), default=100_000_000,
                        help="documents longer than this are counted as too_long and skipped")
         q.add_argument("--tasks", type=integer(1), default=1, help="number of shards/tasks the stage is split into")
@@ -39,6 +47,7 @@ def register(subparsers) -> None:
     q.add_argument("--input", "-i", nargs="+", required=True,
                    help="text files, globs or directories to train on (jsonl/parquet/txt, optionally .gz/.zst)")
     q.add_argument("--text-field", default="text", help="record field holding the text")
+    doc_separator_option(q)
     q.add_argument("--model-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab, PREFIX.json")
     q.add_argument("--vocab-size", type=integer(1), required=True, help="pieces in the vocabulary (GPT-3: 50257)")
     q.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"], help="sentencepiece algorithm")
@@ -211,7 +220,8 @@ def _missing_text_field(paths: list[str], a) -> list[str]:
 
 def _reader(a):
     from .io import DocumentReader
-    return DocumentReader(a.input, text_field=a.text_field, txt_sample_by=a.txt_sample_by, max_chars=a.max_chars)
+    return DocumentReader(a.input, text_field=a.text_field, txt_sample_by=a.txt_sample_by, max_chars=a.max_chars,
+                          doc_separator=a.doc_separator)
 
 
 def _execute(pipeline, logging_dir: str, a):
@@ -269,7 +279,7 @@ def cmd_train_tokenizer(a) -> int:
         files = paths
     else:  # jsonl/parquet/compressed: extract the text once
         tmp = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8")
-        for doc in DocumentReader(paths, text_field=a.text_field).run():
+        for doc in DocumentReader(paths, text_field=a.text_field, doc_separator=a.doc_separator).run():
             tmp.write(doc.text.replace("\r", "") + "\n")
         tmp.close()
         files = [tmp.name]

@@ -32,6 +32,11 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": 
            ".text": "text"}
 
 
+# GPT-2/3's document separator inside one text (the GPT-3 samples file, OpenWebText-style dumps). Our
+# tokenizer's end-of-text piece has the same spelling, but sentencepiece never produces a control piece from
+# text: left in, it would be learned as eight pieces of literal text instead of a document boundary.
+DOC_SEPARATOR = "<|endoftext|>"
+
 _SKIP_DIRS = {"logs", "rejects", "minhash", "contamination", "stats", "completions", "index_cache"}
 
 
@@ -80,7 +85,7 @@ class DocumentReader(PipelineStep):
 
     def __init__(self, paths: Sequence[str], text_field: str = "text", id_field: str = "id",
                  txt_sample_by: str = "line", min_chars: int = 1, max_chars: int = 100_000_000,
-                 limit: int | None = None):
+                 limit: int | None = None, doc_separator: str | None = DOC_SEPARATOR):
         super().__init__()
         self.paths = expand_paths(paths)
         if not self.paths:
@@ -93,6 +98,7 @@ class DocumentReader(PipelineStep):
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.limit = limit
+        self.doc_separator = doc_separator or None
 
     def _records(self, path: str) -> Iterator[tuple[int, dict | None, str]]:
         """(record number, record or None, problem)."""
@@ -138,6 +144,14 @@ class DocumentReader(PipelineStep):
                 continue
             yield k, rec, ""
 
+    def _split(self, text: str) -> list[str]:
+        """The documents inside one record's text: pieces between separators, blank ones dropped (a trailing
+        separator is common); a text that is all blank stays one piece, to be counted as empty."""
+        sep = self.doc_separator
+        if sep is None or sep not in text:
+            return [text]
+        return [p for p in text.split(sep) if p.strip()] or [text]
+
     def run(self, docs=None, rank=0, world_size=1):
         by_file = len(self.paths) >= world_size
         paths = self.paths[rank::world_size] if by_file else self.paths
@@ -155,14 +169,9 @@ class DocumentReader(PipelineStep):
                     if not by_file and k % world_size != rank:
                         continue
                     n_rec += 1
-                    if rec is not None:
-                        text = rec.get(tf)
-                        if not isinstance(text, str):
-                            problem = "missing_text_field"
-                        elif len(text) > max_chars:
-                            problem = "too_long"
-                        elif len(text.strip()) < min_chars:
-                            problem = "empty"
+                    text = None if rec is None else rec.get(tf)
+                    if rec is not None and not isinstance(text, str):
+                        problem = "missing_text_field"
                     if problem:
                         self.stat(f"skipped:{problem}")
                         self.stat("skipped")
@@ -170,14 +179,24 @@ class DocumentReader(PipelineStep):
                     doc_id = rec.get(idf)
                     doc_id = f"{base}/{k}" if doc_id is None else str(doc_id)
                     meta = rec.get("metadata")
-                    n_doc += 1
-                    n_chars += len(text)
-                    if not n_doc & 1023:
-                        progress.tick(n_doc, n_chars)
-                    yield Document(text, doc_id, dict(meta) if isinstance(meta, dict) else {})
-                    emitted += 1
-                    if self.limit is not None and emitted >= self.limit:
-                        return
+                    parts = self._split(text)
+                    if len(parts) > 1:
+                        self.stat("split_records")
+                    for j, part in enumerate(parts):
+                        if len(part) > max_chars or len(part.strip()) < min_chars:
+                            problem = "too_long" if len(part) > max_chars else "empty"
+                            self.stat(f"skipped:{problem}")
+                            self.stat("skipped")
+                            continue
+                        n_doc += 1
+                        n_chars += len(part)
+                        if not n_doc & 1023:
+                            progress.tick(n_doc, n_chars)
+                        yield Document(part, doc_id if len(parts) == 1 else f"{doc_id}#{j}",
+                                       dict(meta) if isinstance(meta, dict) else {})
+                        emitted += 1
+                        if self.limit is not None and emitted >= self.limit:
+                            return
             except Exception as err:  # an unreadable file (corrupt archive, bad parquet) is a count, not a crash
                 log.warning("%s: unreadable after some records (%s: %s)", path, type(err).__name__, err)
                 if counts_files:

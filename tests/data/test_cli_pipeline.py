@@ -260,3 +260,41 @@ def test_a_rerun_with_other_tasks_is_refused_and_only_listed_shards_are_read(sha
     assert find_prefixes([str(out)]) == [str(out / "shard_00000"), str(out / "shard_00001")]
     assert mnemos_data("stats", out, "--json-out", tmp_path / "s.json") == 0
     assert json.load(open(tmp_path / "s.json"))["total"]["documents"] == len(list(DocumentReader([str(src)]).run()))
+
+
+def test_gpt3_samples_are_split_at_their_document_separators(shared_data, small_tokenizer, tmp_path):
+    """The GPT-3 samples file holds several documents per record, separated by <|endoftext|>. Each must become
+    its own indexed document (the dataset puts the end-of-text id between documents); left whole, the separator would be tokenized as literal
+    text (sentencepiece never emits a control piece from text) and the model would learn it as prose."""
+    from data.indexed import IndexedDataset
+    src = shared_data / "corpus" / "gpt3_175b_samples.jsonl"
+    with open(tmp_path / "few.jsonl", "w") as f:  # the first 20 records, as shipped
+        f.writelines(src.read_text(encoding="utf-8").splitlines(keepends=True)[:20])
+    records = [json.loads(line) for line in open(tmp_path / "few.jsonl")]
+    want = [p for r in records for p in r.split("<|endoftext|>") if p.strip()]
+    assert len(want) > len(records)
+
+    tok = small_tokenizer
+    assert mnemos_data("tokenize", "-i", tmp_path / "few.jsonl", "-o", tmp_path / "split",
+                       "--tokenizer", tok.model_path) == 0
+    ds = IndexedDataset(str(tmp_path / "split" / _first_shard(tmp_path / "split")))
+    assert len(ds) == len(want)
+    literal = tok.encode("<|endoftext|>")
+    for k in (0, len(want) // 2, len(want) - 1):
+        ids = ds[k].tolist()
+        assert tok.decode(ids) == want[k]
+        assert not any(ids[i:i + len(literal)] == literal for i in range(len(ids)))
+    st = json.load(open(tmp_path / "split" / "stats.json"))
+    reader = next(s for s in st["steps"] if s["step"] == "reader")
+    assert reader["records"] == 20 and reader["documents"] == len(want)
+
+    # --doc-separator '' keeps each record whole: the separator is then text, as the user asked
+    assert mnemos_data("tokenize", "-i", tmp_path / "few.jsonl", "-o", tmp_path / "whole", "--doc-separator", "",
+                       "--tokenizer", tok.model_path) == 0
+    whole = IndexedDataset(str(tmp_path / "whole" / _first_shard(tmp_path / "whole")))
+    assert len(whole) == 20
+    assert tok.decode(whole[0].tolist()) == records[0] and "<|endoftext|>" in records[0]
+
+
+def _first_shard(out) -> str:
+    return os.path.basename(json.load(open(out / "shards.json"))["prefixes"][0])
