@@ -7,8 +7,9 @@ every outer training set the hyperparameters are chosen by an inner stratified k
 the winner is retrained on the whole outer training set and scored on the held-out fold. Reported: mean AUC
 over all outer folds with the standard error over repetitions (and over folds).
 
-Data format (see ../shared/data/README.md): instances float32 (n, d), bag_id int (n,), bag_label (n_bags,),
-folds bool (R, K, n_bags) = TRAIN masks.
+Data format (one npz per dataset): instances float32 (n, d); bag_id int (n,), the bag of each instance, 0..n_bags-1;
+bag_label (n_bags,) 0/1; optional folds bool (R, K, n_bags), the TRAIN mask of fold k in repetition r (without
+it, or with another --folds, stratified folds are drawn from --seed).
 """
 
 from __future__ import annotations
@@ -50,15 +51,16 @@ class MILData:
 
 
 def load_mil_npz(path: str | Path) -> MILData:
-    """Reads the bag npz (instances, bag_id, bag_label[, folds]) into padded bags."""
+    """Reads the bag npz (instances, bag_id, bag_label[, folds]) into padded bags; a file that does not follow
+    the format is a ValueError naming the array, what it holds and the rule."""
     z = np.load(path)
     for key in ("instances", "bag_id", "bag_label"):
         if key not in z.files:
             raise ValueError(f"{path}: missing array {key!r} (have {z.files})")
     x, bag_id, labels = z["instances"].astype(np.float32), z["bag_id"].astype(np.int64), z["bag_label"].astype(np.int64)
+    folds = z["folds"].astype(bool) if "folds" in z.files else None
+    check_mil_arrays(path, x, bag_id, labels, folds)
     n_bags = len(labels)
-    if bag_id.min() < 0 or bag_id.max() >= n_bags:
-        raise ValueError(f"{path}: bag_id must index bag_label (0..{n_bags - 1})")
     sizes = np.bincount(bag_id, minlength=n_bags)
     bags = torch.zeros(n_bags, int(sizes.max()), x.shape[1])
     mask = torch.ones(n_bags, int(sizes.max()), dtype=torch.bool)
@@ -67,8 +69,33 @@ def load_mil_npz(path: str | Path) -> MILData:
         bags[b, fill[b]] = torch.from_numpy(x[i])
         mask[b, fill[b]] = False
         fill[b] += 1
-    folds = z["folds"].astype(bool) if "folds" in z.files else None
     return MILData(bags, mask, labels, folds, Path(path).stem)
+
+
+def check_mil_arrays(path, x: np.ndarray, bag_id: np.ndarray, labels: np.ndarray, folds: np.ndarray | None) -> None:
+    n_bags = len(labels)
+    if x.ndim != 2 or len(bag_id) != len(x) or bag_id.ndim != 1:
+        raise ValueError(f"{path}: instances {x.shape} and bag_id {bag_id.shape} (rule: instances (n, d) and "
+                         f"bag_id (n,), one bag per instance)")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: instances hold {int((~np.isfinite(x)).sum())} NaN/inf values (rule: finite "
+                         f"features)")
+    if len(bag_id) and (bag_id.min() < 0 or bag_id.max() >= n_bags):
+        raise ValueError(f"{path}: bag_id holds {int(bag_id.min())}..{int(bag_id.max())} (rule: indices into "
+                         f"bag_label, 0..{n_bags - 1})")
+    empty = np.flatnonzero(np.bincount(bag_id, minlength=n_bags) == 0)
+    if empty.size:
+        raise ValueError(f"{path}: {empty.size} bag(s) without instances, e.g. bag {int(empty[0])} (rule: every "
+                         f"bag_label entry has at least one instance with its bag_id)")
+    values = sorted(int(v) for v in np.unique(labels))
+    if not set(values) <= {0, 1}:
+        raise ValueError(f"{path}: bag_label holds {values} (rule: 0 = negative, 1 = positive; -1/+1 labels "
+                         f"become 0/1 with (bag_label > 0))")
+    if len(values) < 2:
+        raise ValueError(f"{path}: every bag has label {values[0]} (rule: both classes, for training and AUC)")
+    if folds is not None and (folds.ndim != 3 or folds.shape[2] != n_bags):
+        raise ValueError(f"{path}: folds {folds.shape} (rule: (repetitions, folds, {n_bags}) train masks, one "
+                         f"entry per bag)")
 
 
 def standardise(data: MILData, train_idx: np.ndarray) -> torch.Tensor:
@@ -258,7 +285,10 @@ def check_folds(data: MILData, folds: int, inner_folds: int) -> None:
 
 def main(args) -> int:
     set_threads(args.threads)
-    datasets = [load_mil_npz(path) for path in args.dataset]
+    try:
+        datasets = [load_mil_npz(path) for path in args.dataset]
+    except ValueError as err:
+        raise SystemExit(f"mil: {err}") from None
     for data in datasets:
         check_folds(data, args.folds, args.inner_folds)
     run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
@@ -277,8 +307,10 @@ def main(args) -> int:
                      "-" if paper is None else f"{100 * res['auc_mean'] - paper:+.2f}",
                      f"{args.repetitions}x{args.folds}", f"{args.grid} ({res['grid_size']}), inner {args.inner_folds}-fold",
                      f"{res['seconds']:.0f}"])
-        log.info("mil[%s]: AUC %.2f ± %.2f (paper %s)", data.name, 100 * res["auc_mean"],
-                 100 * res["auc_se_repetitions"], paper)
+        se = res["auc_se_repetitions"]
+        log.info("mil[%s]: AUC %.2f ± %s%s", data.name, 100 * res["auc_mean"],
+                 f"{100 * se:.2f}" if np.isfinite(se) else "- (one repetition)",
+                 "" if paper is None else f" (paper {paper})")
     j, m = write_results(run, "mil", {"results": results, "config": {k: v for k, v in vars(args).items() if k != "func"}},
                          ["dataset", "AUC ± SE (reps)", "SE (folds)", "paper AUC", "Δ", "CV", "selection", "seconds"],
                          rows, "MIL with Hopfield pooling",

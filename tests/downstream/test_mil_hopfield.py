@@ -62,3 +62,27 @@ def test_fold_counts_the_bags_cannot_fill_stop_before_the_run(shared_data, tmp_p
     with pytest.raises(SystemExit, match=r"mil: --inner-folds 91 \(rule: at most 90,"):
         main(["downstream", "mil", "--dataset", tiger, "--folds", "10", "--inner-folds", "91", "--out", str(out)])
     assert not out.exists()
+
+
+def test_a_bag_file_off_the_format_is_refused_with_the_rule(shared_data, tmp_path):
+    """Labels in -1/+1 (common in MIL collections) trained silently against a 0/1 loss and scored a wrong AUC;
+    ids off by an offset, empty bags and folds of another size must stop before the run, too."""
+    from launcher.cli import main
+    z = np.load(shared_data / "mil" / "tiger.npz")
+    x, bag_id, labels, folds = z["instances"], z["bag_id"], z["bag_label"], z["folds"]
+    cases = {
+        "plus_minus": (dict(bag_label=np.where(labels == 1, 1, -1)), r"bag_label holds \[-1, 1\] \(rule: 0 = negative"),
+        "offset_ids": (dict(bag_id=bag_id + 1), r"bag_id holds 1\.\.200 \(rule: indices into bag_label, 0\.\.199\)"),
+        "empty_bag": (dict(instances=x[bag_id != 5], bag_id=bag_id[bag_id != 5]), r"1 bag\(s\) without instances, "
+                      r"e\.g\. bag 5"),
+        "short_folds": (dict(folds=folds[:, :, :100]), r"folds \(5, 10, 100\) \(rule: \(repetitions, folds, 200\)"),
+        "one_class": (dict(bag_label=np.ones_like(labels)), r"every bag has label 1 \(rule: both classes"),
+    }
+    out = tmp_path / "run"
+    for name, (change, message) in cases.items():
+        arrays = dict(instances=x, bag_id=bag_id, bag_label=labels, folds=folds) | change
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **arrays)
+        with pytest.raises(SystemExit, match=f"mil: {path}: " + message):
+            main(["downstream", "mil", "--dataset", str(path), "--grid", "tiny", "--out", str(out)])
+    assert not out.exists()
