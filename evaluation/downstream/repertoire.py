@@ -150,8 +150,23 @@ def simulate_repertoires(cfg: SimConfig) -> list[Repertoire]:
 
 # --------------------------------------------------------------------------------------------------- TSV reader
 
-SEQ_COLUMNS = ("amino_acid", "aminoAcid", "cdr3_aa", "junction_aa", "cdr3", "sequence")
-COUNT_COLUMNS = ("templates", "count", "duplicate_count", "count (templates/reads)", "counts", "frequency")
+# Amino-acid columns of immuneACCESS (v1, v2), AIRR, immuneML, VDJtools, MiXCR and immunarch exports, most
+# specific first: AIRR's plain `cdr3` and `sequence` hold nucleotides, VDJdb's `cdr3` amino acids.
+SEQ_COLUMNS = ("amino_acid", "aminoAcid", "cdr3_aa", "junction_aa", "sequence_aa", "cdr3aa", "aaSeqCDR3", "CDR3.aa",
+               "cdr3", "sequence")
+COUNT_COLUMNS = ("templates", "count", "duplicate_count", "count (templates/reads)", "counts", "cloneCount",
+                 "Clones", "frequency")
+_MISSING = {"", "na", "nan", "null", "none"}
+_NUCLEOTIDES = set("ACGTN")
+
+
+def _clone_count(value, path, line: int, column: str) -> int:
+    if value is None or value.strip().lower() in _MISSING:
+        return 1
+    try:
+        return max(1, int(float(value)))  # immuneACCESS writes -1 for "unknown"; frequencies below 1 count once
+    except ValueError:
+        raise ValueError(f"{path}: line {line}: {column}={value!r} (rule: a clone count, a number)") from None
 
 
 def read_repertoire_tsv(path: str | Path, label: int = -1, max_sequences: int | None = None,
@@ -163,18 +178,23 @@ def read_repertoire_tsv(path: str | Path, label: int = -1, max_sequences: int | 
         fields = reader.fieldnames or []
         seq_col = next((c for c in SEQ_COLUMNS if c in fields), None)
         if seq_col is None:
-            raise ValueError(f"{path}: no amino-acid column (one of {SEQ_COLUMNS}); have {fields}")
+            raise ValueError(f"{path}: no amino-acid column (one of {', '.join(SEQ_COLUMNS)}); the header has "
+                             f"{fields}")
         cnt_col = next((c for c in COUNT_COLUMNS if c in fields), None)
         seqs, counts = [], []
-        for row in reader:
+        for line, row in enumerate(reader, start=2):
             s = (row[seq_col] or "").strip().upper()
             if not s or any(ch not in AA_INDEX for ch in s):
                 continue  # empty, stop codons (*) or non-standard letters: not a productive CDR3
-            c = row.get(cnt_col) if cnt_col else None
             seqs.append(s)
-            counts.append(max(1, int(float(c))) if c not in (None, "", "NA") else 1)
+            counts.append(_clone_count(row.get(cnt_col) if cnt_col else None, path, line, cnt_col))
     if not seqs:
-        raise ValueError(f"{path}: no valid amino-acid sequences")
+        raise ValueError(f"{path}: no valid amino-acid sequences in column {seq_col!r}")
+    nucleotide_only = sum(set(q) <= _NUCLEOTIDES for q in seqs)
+    if nucleotide_only > len(seqs) / 2:  # A, C, G, T are amino acids too: nucleotides would be read silently
+        raise ValueError(f"{path}: column {seq_col!r} holds nucleotides ({nucleotide_only} of {len(seqs)} sequences "
+                         f"are only A/C/G/T/N) (rule: amino-acid CDR3s; AIRR files keep them in cdr3_aa or "
+                         f"junction_aa)")
     counts = np.asarray(counts)
     if max_sequences and len(seqs) > max_sequences:
         rng = rng or np.random.default_rng(0)
@@ -183,19 +203,52 @@ def read_repertoire_tsv(path: str | Path, label: int = -1, max_sequences: int | 
     return Repertoire(seqs, counts, label, Path(path).stem)
 
 
-def read_repertoires(directory: str | Path, metadata: str | Path, label_column: str = "label",
-                     max_sequences: int | None = None) -> list[Repertoire]:
-    """Repertoires listed in a metadata TSV with columns `filename` (relative to `directory`) and a 0/1 (or
-    True/False, +/-) label column."""
-    truth = {"1": 1, "true": 1, "+": 1, "positive": 1, "0": 0, "false": 0, "-": 0, "negative": 0}
-    reps = []
+_TRUTH = {"1": 1, "true": 1, "+": 1, "positive": 1, "0": 0, "false": 0, "-": 0, "negative": 0}
+
+
+def read_metadata(metadata: str | Path, label_column: str = "label",
+                  filename_column: str = "filename") -> list[tuple[str, int]]:
+    """(filename, 0/1 label) rows of a metadata table: tab-separated, or comma-separated when the file ends in
+    .csv or its header has commas and no tabs."""
     with open(metadata, newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
+        header = f.readline()
+        f.seek(0)
+        comma = str(metadata).endswith(".csv") or ("\t" not in header and "," in header)
+        reader = csv.DictReader(f, delimiter="," if comma else "\t")
+        fields = reader.fieldnames or []
+        for option, column in (("--filename-column", filename_column), ("--label-column", label_column)):
+            if column not in fields:
+                raise ValueError(f"{metadata}: {option}={column!r} is not a column (rule: name one of the header's "
+                                 f"columns: {fields})")
+        rows = []
+        for line, row in enumerate(reader, start=2):
             raw = str(row[label_column]).strip().lower()
-            if raw not in truth:
-                raise ValueError(f"{metadata}: label {row[label_column]!r} of {row['filename']} is not 0/1")
-            reps.append(read_repertoire_tsv(Path(directory) / row["filename"], truth[raw], max_sequences))
-    return reps
+            if raw not in _TRUTH:
+                raise ValueError(f"{metadata}: line {line}: {label_column}={row[label_column]!r} of "
+                                 f"{row[filename_column]} (rule: 0/1, true/false, +/- or positive/negative)")
+            rows.append((row[filename_column].strip(), _TRUTH[raw]))
+    if len({y for _, y in rows}) < 2:
+        raise ValueError(f"{metadata}: {len(rows)} repertoires, all labelled {rows[0][1] if rows else '-'} (rule: "
+                         f"both classes, for training and AUC)")
+    return rows
+
+
+def _repertoire_file(directory: Path, name: str, metadata) -> Path:
+    """The file a metadata row names; names given without their extension (DeepRC's metadata) find X.tsv."""
+    for candidate in (directory / name, directory / f"{name}.tsv"):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"{metadata}: repertoire {name!r} is not in {directory} (rule: the filename column names "
+                     f"files in --repertoires, with or without .tsv)")
+
+
+def read_repertoires(directory: str | Path, metadata: str | Path, label_column: str = "label",
+                     max_sequences: int | None = None, filename_column: str = "filename") -> list[Repertoire]:
+    """Repertoires listed in a metadata table (see read_metadata) with a filename column (relative to
+    `directory`) and a 0/1 (or True/False, +/-) label column. Every file is found before any is read."""
+    rows = read_metadata(metadata, label_column, filename_column)
+    files = [_repertoire_file(Path(directory), name, metadata) for name, _ in rows]
+    return [read_repertoire_tsv(path, y, max_sequences) for path, (_, y) in zip(files, rows)]
 
 
 def write_repertoires(reps: list[Repertoire], directory: str | Path) -> Path:
@@ -626,8 +679,10 @@ def register(subparsers) -> None:
     src = p.add_argument_group("data (simulated unless --repertoires is given)")
     src.add_argument("--repertoires", type=existing_path, help="directory of repertoire TSVs (real data)")
     src.add_argument("--metadata", type=existing_path,
-                     help="metadata TSV with columns filename, label (with --repertoires)")
+                     help="metadata table (TSV, or CSV) with a filename and a label column (with --repertoires)")
     src.add_argument("--label-column", default="label", help="column of --metadata with the 0/1 label")
+    src.add_argument("--filename-column", default="filename",
+                     help="column of --metadata naming each repertoire's file in --repertoires")
     src.add_argument("--max-sequences", type=integer(1), default=None, help="subsample real repertoires to this many")
     src.add_argument("--n-repertoires", type=integer(2), default=200,
                      help="simulated repertoires (half of them positive)")
@@ -687,8 +742,12 @@ def main(args) -> int:
     set_threads(args.threads)
     datasets = []
     if args.repertoires:
-        datasets.append(("real", None, read_repertoires(args.repertoires, args.metadata, args.label_column,
-                                                        args.max_sequences)))
+        try:
+            reps = read_repertoires(args.repertoires, args.metadata, args.label_column, args.max_sequences,
+                                    args.filename_column)
+        except ValueError as err:
+            raise SystemExit(f"repertoire: {err}") from None
+        datasets.append(("real", None, reps))
     else:
         for w in (float(x) for x in args.witness_rates.split(",")):
             sim = SimConfig(n_repertoires=args.n_repertoires, sequences_per_repertoire=args.sequences,
@@ -702,6 +761,10 @@ def main(args) -> int:
         if args.kernel_size > fits:
             raise SystemExit(f"repertoire: --kernel-size {args.kernel_size} (rule: at most {fits}, the longest "
                              f"sequence of the repertoire with the shortest ones in {name})")
+        smaller = min(sum(r.label == y for r in reps) for y in (0, 1))
+        if args.folds > smaller:  # stratified folds need every class in every fold
+            raise SystemExit(f"repertoire: --folds {args.folds} (rule: at most {smaller}, the repertoires of the "
+                             f"smaller class in {name})")
     run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
     results, rows = [], []
     for name, sim, reps in datasets:

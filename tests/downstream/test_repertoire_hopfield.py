@@ -88,6 +88,38 @@ def test_tsv_round_trip(tmp_path):
     assert r.sequences == ["CASSLGYF", "CASRRF"] and r.counts.tolist() == [3, 1]
 
 
+def test_metadata_as_users_write_it_and_files_that_would_be_misread(tmp_path):
+    """DeepRC-style metadata (CSV, an id column, names without .tsv) is read; AIRR nucleotide CDR3s, which are
+    all valid amino-acid letters, and metadata naming no existing column are refused with the rule."""
+    reps = rp.simulate_repertoires(rp.SimConfig(n_repertoires=4, sequences_per_repertoire=30, seed=3))
+    rp.write_repertoires(reps, tmp_path)
+    meta = tmp_path / "meta.csv"
+    meta.write_text("ID,status\n" + "".join(f"{r.name},{'positive' if r.label else 'negative'}\n" for r in reps))
+    back = rp.read_repertoires(tmp_path, meta, label_column="status", filename_column="ID")
+    assert [(r.name, r.label) for r in back] == [(r.name, r.label) for r in reps]
+    with pytest.raises(ValueError, match=r"--label-column='label' is not a column \(rule: name one of the header's "
+                                         r"columns: \['ID', 'status'\]\)"):
+        rp.read_repertoires(tmp_path, meta, filename_column="ID")
+    with pytest.raises(ValueError, match=r"repertoire 'sim_0000' is not in .*other"):
+        rp.read_repertoires(tmp_path / "other", meta, label_column="status", filename_column="ID")
+
+    from launcher.cli import main as mnemos
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"repertoire: --folds 3 \(rule: at most 2, the repertoires of the smaller"):
+        mnemos(["downstream", "repertoire", "--repertoires", str(tmp_path), "--metadata", str(meta), "--label-column",
+                "status", "--filename-column", "ID", "--folds", "3", "--out", str(out)])
+    assert not out.exists()
+
+    nucleotides = tmp_path / "airr.tsv"
+    nucleotides.write_text("cdr3\tduplicate_count\n" + "TGTGCCAGCAGTTTAGGGTACTTC\t2\n" * 3 + "CASSLGYF\t1\n")
+    with pytest.raises(ValueError, match=r"column 'cdr3' holds nucleotides \(3 of 4 sequences"):
+        rp.read_repertoire_tsv(nucleotides)
+    counts = tmp_path / "counts.tsv"
+    counts.write_text("amino_acid\ttemplates\nCASSLGYF\tna\nCASRRF\t-1\nCAF\tmany\n")
+    with pytest.raises(ValueError, match=r"line 4: templates='many' \(rule: a clone count"):
+        rp.read_repertoire_tsv(counts)
+
+
 def test_encoding_and_model_mask_padding():
     rep = rp.Repertoire(["CASSLGYF", "CAF", "CASRRTEAFF"], np.ones(3, int), 1)
     idx, lengths = rp.encode_repertoire(rep)
