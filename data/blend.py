@@ -73,9 +73,10 @@ def tokenizer_of(prefix: str) -> str | None:
     return None
 
 
-def check_one_tokenizer(specs: Sequence[DatasetSpec], tokenizer: str | None = None) -> None:
+def check_one_tokenizer(specs: Sequence[DatasetSpec], tokenizer: str | None = None) -> str | None:
     """Token ids only mean the same pieces under one tokenizer: refuse datasets whose shards (their
-    tokenize output's shards.json) came from different ones, or from another than `tokenizer`."""
+    tokenize output's shards.json) came from different ones, or from another than `tokenizer`. Returns the
+    blend's tokenizer (absolute path), None when neither the shards nor the caller name one."""
     made_by: dict[str, tuple[str, list[str]]] = {}  # identity -> (a path, dataset names)
     for s in specs:
         for prefix in s.prefixes:
@@ -92,6 +93,9 @@ def check_one_tokenizer(specs: Sequence[DatasetSpec], tokenizer: str | None = No
         (path, _), = made_by.values()
         raise ValueError(f"--tokenizer {tokenizer} is not the tokenizer that made the shards ({path}) (rule: the "
                          f"end-of-text id comes from the shards' own tokenizer)")
+    if tokenizer:
+        return os.path.abspath(tokenizer)
+    return os.path.abspath(next(iter(made_by.values()))[0]) if made_by else None
 
 
 def resolve(specs: Sequence[DatasetSpec]) -> tuple[list[str], list[float], list[str]]:
@@ -144,11 +148,12 @@ def build_blend(specs: Sequence[DatasetSpec], seq_len: int, eos_id: int, out_dir
                 tokenizer: str | None = None) -> dict:
     """Materialize the splits, build and cache the blended index of each; held-out splits are
     one pass over their documents (weights by size), the train split follows the weights."""
-    check_one_tokenizer(specs, tokenizer)
+    tokenizer = check_one_tokenizer(specs, tokenizer)
     prefixes, weights, names = resolve(specs)
     split_prefixes = materialize_splits(prefixes, names, out_dir, split)
     cache = os.path.join(out_dir, "index_cache")
-    summary: dict = {"seq_len": seq_len, "eos_id": eos_id, "seed": seed, "split": list(split), "splits": {}}
+    summary: dict = {"seq_len": seq_len, "eos_id": eos_id, "tokenizer": tokenizer, "seed": seed, "split": list(split),
+                     "splits": {}}
     for split_name, sp in split_prefixes.items():
         sizes = [IndexedDataset(p).num_tokens for p in sp]
         keep = [k for k, n in enumerate(sizes) if n > seq_len]   # shards with at least one sample
@@ -176,7 +181,8 @@ def build_blend(specs: Sequence[DatasetSpec], seq_len: int, eos_id: int, out_dir
     tr = summary["splits"].get("train", {})
     va = summary["splits"].get("valid", {})
     summary["config"] = {"data.train": tr.get("prefixes", []), "data.weights": tr.get("weights"),
-                         "data.valid": va.get("prefixes", []), "data.seq_len": seq_len, "data.seed": seed}
+                         "data.valid": va.get("prefixes", []), "data.seq_len": seq_len, "data.seed": seed,
+                         "data.tokenizer": tokenizer}
     _write_json(os.path.join(out_dir, "blend.json"), summary)
     return summary
 

@@ -121,8 +121,8 @@ def register(subparsers) -> None:
     q.add_argument("--out", "-o", required=True, help="output directory for the blend's index files")
     q.add_argument("--seq-len", type=integer(1), required=True, help="tokens per training sample")
     q.add_argument("--eos-id", type=integer(0), default=None,
-                   help="end-of-document token id (or give --tokenizer to read it from there)")
-    q.add_argument("--tokenizer", help="take the end-of-text id from this model")
+                   help="end-of-document token id, for shards without a shards.json (default: their tokenizer's)")
+    q.add_argument("--tokenizer", help="the tokenizer that made the shards (default: the one their shards.json names)")
     q.add_argument("--num-samples", type=integer(1), default=None, help="train samples (default: one pass worth)")
     q.add_argument("--split", type=comma_list(number(0)), default="98,1,1", help="train,valid,test document fractions")
     q.add_argument("--seed", type=integer(0), default=1234, help="seed of the shuffle and the split")
@@ -436,25 +436,29 @@ def cmd_decontaminate(a) -> int:
 
 
 def cmd_blend(a) -> int:
-    from .blend import DatasetSpec, build_blend, format_blend
-    eos = a.eos_id
-    if eos is None:
-        if not a.tokenizer:
-            print("mnemos data blend: give --eos-id or --tokenizer", file=sys.stderr)
-            return 2
-        from .tokenizer import Tokenizer
-        eos = Tokenizer(a.tokenizer).eos_id
+    from .blend import DatasetSpec, build_blend, check_one_tokenizer, format_blend
+    from .tokenizer import Tokenizer
     try:
         specs = [DatasetSpec.parse(d) for d in a.dataset]
         split = [float(x) for x in a.split.split(",")]
+        tokenizer = check_one_tokenizer(specs, a.tokenizer)  # the shards' shards.json name theirs
+        eos = a.eos_id
+        if tokenizer is not None:
+            made = Tokenizer(tokenizer).eos_id
+            if eos is not None and eos != made:
+                raise ValueError(f"--eos-id {eos} but the shards' tokenizer {tokenizer} ends documents with id "
+                                 f"{made} (rule: the end-of-text id of the tokenizer that made the shards)")
+            eos = made
+        elif eos is None:
+            raise ValueError("give --eos-id or --tokenizer (the shards have no shards.json naming their tokenizer)")
         summary = build_blend(specs, a.seq_len, eos, a.out, num_samples=a.num_samples, split=split, seed=a.seed,
-                              tokenizer=a.tokenizer)
+                              tokenizer=tokenizer)
     except (ValueError, FileNotFoundError) as err:
         print(f"mnemos data blend: {err}", file=sys.stderr)
         return 2
     print(format_blend(summary))
     print(f"blend: {os.path.join(a.out, 'blend.json')}; train on it with `data: {{blend: {a.out}, "
-          f"seq_len: {a.seq_len}}}` (it fills data.train, data.weights and data.valid)")
+          f"seq_len: {a.seq_len}}}` (it fills data.train, data.weights, data.valid and data.tokenizer)")
     return 0
 
 

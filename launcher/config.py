@@ -78,7 +78,8 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     tokenizer: str | None = Field(None, description="Path to the sentencepiece .model file.")
     blend: str | None = Field(None, description="A `mnemos data blend` output directory (or its blend.json); "
-                              "fills data.train, data.weights and data.valid, and must match data.seq_len.")
+                              "fills data.train, data.weights, data.valid and (unless given) data.tokenizer, and "
+                              "must match data.seq_len.")
     train: list[str] = Field(default_factory=list, description="Prefixes of .bin/.idx token shards to train on.")
     weights: list[float] | None = Field(None, description="Sampling weight per train prefix (blend); None = by size.")
     valid: list[str] = Field(default_factory=list, description="Prefixes of validation shards.")
@@ -102,6 +103,8 @@ class DataConfig(_Section):
                 raise ValueError(f"data.{key} is given and so is data.blend={data['blend']!r}, which sets it "
                                  f"differently (rule: one of the two)")
             data[key] = blend[key]
+        if data.get("tokenizer") is None and blend["tokenizer"]:  # a tokenizer given is checked against the shards
+            data["tokenizer"] = blend["tokenizer"]
         return data
 
     @model_validator(mode="after")
@@ -139,8 +142,11 @@ def read_blend(path: str) -> dict:
     cfg = summary["config"]
     if not cfg["data.train"]:
         raise ValueError(f"data.blend={path!r} has no train samples: {summary['splits'].get('train')}")
-    return {"train": [locate(p) for p in cfg["data.train"]], "weights": cfg["data.weights"],
-            "valid": [locate(p) for p in cfg["data.valid"]], "seq_len": summary["seq_len"]}
+    train = [locate(p) for p in cfg["data.train"]]
+    from data.blend import tokenizer_of  # blends written before the tokenizer was recorded: their shards say
+    tokenizer = cfg.get("data.tokenizer") or tokenizer_of(train[0])
+    return {"train": train, "weights": cfg["data.weights"], "valid": [locate(p) for p in cfg["data.valid"]],
+            "seq_len": summary["seq_len"], "tokenizer": tokenizer}
 
 
 class OptimConfig(_Section):
@@ -316,6 +322,9 @@ class RunConfig(_Section):
                     if not os.path.exists(p + ext):
                         raise ConfigError(f"{field} entry {p!r}: file {p + ext} does not exist "
                                           f"(rule: each prefix names an existing .bin/.idx pair)")
+        if self.data.tokenizer is None and self.model.arch == "gpt":
+            raise ConfigError("data.tokenizer=None (rule: GPT training needs the sentencepiece model that made the "
+                              "shards, for its end-of-text id)")
         if self.data.tokenizer is not None:
             if not os.path.exists(self.data.tokenizer):
                 raise ConfigError(f"data.tokenizer={self.data.tokenizer!r} does not exist")

@@ -1,5 +1,7 @@
+import functools
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.fail(f"reference data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@functools.cache
+def small_tokenizer_file() -> str:
+    """A 512-piece sentencepiece model of WikiText-2 lines, for configs that must pass check_cross_sections
+    (it reads the vocabulary); trained once per test process."""
+    from data.tokenizer import train_tokenizer
+    out = Path(tempfile.mkdtemp(prefix="mnemos_tok_"))
+    lines = (SHARED_DATA / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:2000]
+    (out / "text.txt").write_text("\n".join(line for line in lines if line.strip()))
+    return train_tokenizer([str(out / "text.txt")], str(out / "tok"), vocab_size=512)

@@ -15,6 +15,7 @@ import yaml
 from launcher.config import ConfigError
 from launcher.launch import HostfileError, deepspeed_command, deepspeed_layout, parse_hostfile
 from launcher.train_cli import train
+from tests.conftest import small_tokenizer_file
 from tests.launcher.conftest import build_shards, run_train, step_losses, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,10 +99,12 @@ def test_deepspeed_command_several_hosts_and_one_remote_host(tmp_path):
 
 
 def _tiny_config(tmp_path: Path) -> Path:
-    """A config that passes check_cross_sections (empty shard files exist): global batch 8, micro 2."""
+    """A config that passes check_cross_sections (empty shard files exist, a real tokenizer): global batch 8,
+    micro 2."""
     for name in ("train.bin", "train.idx"):
         (tmp_path / name).write_bytes(b"")
-    cfg = {"run_dir": str(tmp_path / "run"), "data": {"train": [str(tmp_path / "train")]},
+    cfg = {"run_dir": str(tmp_path / "run"), "data": {"train": [str(tmp_path / "train")],
+                                                      "tokenizer": small_tokenizer_file()},
            "train": {"global_batch_size": 8, "micro_batch_size": 2}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))

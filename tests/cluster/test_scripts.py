@@ -3,13 +3,11 @@
 Regenerate the golden files after an intended change with MNEMOS_UPDATE_GOLDEN=1 and review the diff.
 """
 
-import functools
 import json
 import os
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import yaml
 from cluster import k8s
 from cluster.slurm import directive, render_sbatch
 from cluster.spec import JobCommand, JobSpec, SpecError
-from tests.conftest import SHARED_DATA
+from tests.conftest import small_tokenizer_file
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[2]
@@ -223,21 +221,11 @@ def test_hostile_value_reaches_the_rank_environment_verbatim(tmp_path):
     assert not list(tmp_path.glob("PWNED*"))
 
 
-@functools.cache
-def _tokenizer() -> str:
-    """A small real sentencepiece model (check_cross_sections reads its vocabulary), trained once."""
-    from data.tokenizer import train_tokenizer
-    out = Path(tempfile.mkdtemp(prefix="mnemos_tok_"))
-    lines = (SHARED_DATA / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:2000]
-    (out / "text.txt").write_text("\n".join(line for line in lines if line.strip()))
-    return train_tokenizer([str(out / "text.txt")], str(out / "tok"), vocab_size=512)
-
-
 def _write_tiny_config(tmp_path: Path, run_dir: Path) -> Path:
     """A config that passes check_cross_sections: dummy .bin/.idx files and a real tokenizer."""
     for name in ("train.bin", "train.idx"):
         (tmp_path / name).write_bytes(b"")
-    cfg = {"run_dir": str(run_dir), "data": {"train": [str(tmp_path / "train")], "tokenizer": _tokenizer()},
+    cfg = {"run_dir": str(run_dir), "data": {"train": [str(tmp_path / "train")], "tokenizer": small_tokenizer_file()},
            "train": {"global_batch_size": 8, "micro_batch_size": 2}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -298,3 +298,24 @@ def test_gpt3_samples_are_split_at_their_document_separators(shared_data, small_
 
 def _first_shard(out) -> str:
     return os.path.basename(json.load(open(out / "shards.json"))["prefixes"][0])
+
+
+def test_blend_takes_the_tokenizer_from_the_shards_and_records_it(shared_data, small_tokenizer, tmp_path, capsys):
+    """`data blend` without --tokenizer/--eos-id reads both from the shards' shards.json and writes the tokenizer
+    into blend.json, so `data: {blend: ...}` alone is a complete GPT data config; an --eos-id other than the
+    shards' tokenizer's would separate documents with a wrong id and is refused."""
+    lines = (shared_data / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:800]
+    (tmp_path / "wiki.txt").write_text("\n".join(lines), encoding="utf-8")
+    assert mnemos_data("tokenize", "-i", tmp_path / "wiki.txt", "-o", tmp_path / "shards",
+                       "--tokenizer", small_tokenizer.model_path) == 0
+    assert mnemos_data("blend", "--dataset", f"wiki=1:{tmp_path / 'shards'}", "-o", tmp_path / "blend",
+                       "--seq-len", 32) == 0
+    summary = json.load(open(tmp_path / "blend" / "blend.json"))
+    assert summary["tokenizer"] == os.path.abspath(small_tokenizer.model_path)
+    assert summary["config"]["data.tokenizer"] == summary["tokenizer"] and summary["eos_id"] == small_tokenizer.eos_id
+    capsys.readouterr()
+    assert mnemos_data("blend", "--dataset", f"wiki=1:{tmp_path / 'shards'}", "-o", tmp_path / "blend2",
+                       "--seq-len", 32, "--eos-id", 3) == 2
+    assert f"--eos-id 3 but the shards' tokenizer {os.path.abspath(small_tokenizer.model_path)} ends documents " \
+           f"with id {small_tokenizer.eos_id}" in capsys.readouterr().err
+    assert not (tmp_path / "blend2").exists()

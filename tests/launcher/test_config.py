@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -68,7 +69,7 @@ def test_yaml_that_does_not_parse_is_a_config_error_with_its_line(tmp_path):
 
 
 
-def _blend(shards, out, seq_len=16):
+def _blend(shards, out, seq_len=16, tokenizer=None):
     import numpy as np
 
     from data.blend import DatasetSpec, build_blend
@@ -79,15 +80,16 @@ def _blend(shards, out, seq_len=16):
             for _ in range(60):
                 b.add_document(np.append(rng.integers(3, 500, rng.integers(20, 60)), 2))
     specs = [DatasetSpec.parse(f"web=0.7:{shards}/web"), DatasetSpec.parse(f"books=0.3:{shards}/books")]
-    return build_blend(specs, seq_len, 2, str(out), split=(90, 10, 0))
+    return build_blend(specs, seq_len, 2, str(out), split=(90, 10, 0), tokenizer=tokenizer)
 
 
-def test_data_blend_fills_train_weights_and_valid(tmp_path):
-    summary = _blend(tmp_path / "shards", tmp_path / "blend")
+def test_data_blend_fills_train_weights_valid_and_tokenizer(tmp_path, tiny_data):
+    summary = _blend(tmp_path / "shards", tmp_path / "blend", tokenizer=tiny_data["tokenizer"])
     cfg = _load(f"data.blend={tmp_path}/blend", "data.seq_len=16")
     assert cfg.data.train == summary["config"]["data.train"] and len(cfg.data.train) == 2
     assert cfg.data.weights == summary["config"]["data.weights"]
     assert cfg.data.valid == summary["config"]["data.valid"]
+    assert cfg.data.tokenizer == os.path.abspath(tiny_data["tokenizer"])  # GPT training needs its end-of-text id
     cfg.check_cross_sections(1)  # the shards are there
     # a resumed run's config.yaml holds the blend and the lists it filled in: they agree, so it loads again
     cfg_file = tmp_path / "resumed.yaml"
@@ -95,14 +97,23 @@ def test_data_blend_fills_train_weights_and_valid(tmp_path):
     assert load_config(cfg_file).data == cfg.data
 
 
-def test_data_blend_made_elsewhere_is_found_from_another_directory(tmp_path, monkeypatch):
+def test_data_blend_made_elsewhere_is_found_from_another_directory(tmp_path, monkeypatch, tiny_data):
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    _blend(tmp_path / "shards", "blend")  # relative: its prefixes read blend/train/...
+    _blend(tmp_path / "shards", "blend", tokenizer=tiny_data["tokenizer"])  # relative: prefixes read blend/train/..
     monkeypatch.chdir(tmp_path)
     cfg = _load("data.blend=work/blend/blend.json", "data.seq_len=16")
     assert cfg.data.train == ["work/blend/train/web_0000", "work/blend/train/books_0001"]
     cfg.check_cross_sections(1)
+
+
+def test_gpt_training_without_a_tokenizer_stops_before_any_rank(tmp_path):
+    """A blend made from shards that name no tokenizer (and no --tokenizer) leaves data.tokenizer empty: the
+    ranks needed it for the end-of-text id and failed one by one after the launch."""
+    _blend(tmp_path / "shards", tmp_path / "blend")
+    cfg = _load(f"data.blend={tmp_path}/blend", "data.seq_len=16")
+    with pytest.raises(ConfigError, match=r"data.tokenizer=None \(rule: GPT training needs the sentencepiece model"):
+        cfg.check_cross_sections(1)
 
 
 @pytest.mark.parametrize("overrides, words", [
