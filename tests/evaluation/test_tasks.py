@@ -61,6 +61,8 @@ def test_prompts_follow_the_published_formats(std_data):
     assert lam.text(x) == "She poured the tea and handed a cup to her ____. ->" and lam.target(x) == "sister"
     boolq = get_task("boolq", std_data)
     assert [boolq.gold(b) for b in boolq.eval_docs()] == [1, 0]
+    original = [{k if k != "label" else "answer": v for k, v in b.items()} for b in boolq.eval_docs()]
+    assert [boolq.gold(b) for b in original] == [1, 0]  # Google's release calls the label "answer"
     sc = get_task("storycloze", std_data)
     assert [sc.gold(s) for s in sc.eval_docs()] == [0, 1, 0]
     tq = get_task("triviaqa", std_data)
