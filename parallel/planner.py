@@ -37,7 +37,7 @@ PAPER_TOKENS = 300e9  # GPT-3: every model trained on 300B tokens
 
 @dataclass
 class PlanInput:
-    model: str
+    model: str  # a preset name, or the label of `shape`
     nodes: int = 1
     gpus_per_node: int = 8
     tp: int = 1
@@ -55,6 +55,7 @@ class PlanInput:
     measured_layer: dict | None = None  # bench/layer_175b.py's JSON: step time from a measured layer
     tp_busbw_gbs: float = 360.0  # NCCL all-reduce bus bandwidth inside a node (NVLink), assumed
     dp_busbw_gbs: float = 40.0   # per GPU across nodes (one 400 Gb/s NIC per GPU), assumed
+    shape: dict | None = None  # model fields (a run config's model section); None: the preset `model`
 
 
 @dataclass
@@ -125,7 +126,7 @@ def make_plan(inp: PlanInput) -> PlanReport:
     from model.presets import GPT3_TABLE, gpt3_hparams, preset_shape
     from parallel.topology import Topology, TopologyError
     try:
-        shape = preset_shape(inp.model)
+        shape = dict(inp.shape) if inp.shape is not None else preset_shape(inp.model)
     except KeyError as e:
         raise PlanError(str(e.args[0])) from None
     _check_positive(inp)
@@ -295,6 +296,11 @@ def _why(r: PlanReport, buffers_note: str, act_note: str) -> str:
     return "\n".join(lines)
 
 
+def _count(n: float, width: int = 8) -> str:
+    """Parameters in billions, or in millions below one billion (a small model is not "0.00 B")."""
+    return f"{n / 1e9:{width}.2f} B" if n >= 1e9 else f"{n / 1e6:{width}.2f} M"
+
+
 def format_report(r: PlanReport) -> str:
     inp = r.input
     gb = lambda x: f"{x / GB:8.2f} GB"
@@ -303,9 +309,9 @@ def format_report(r: PlanReport) -> str:
             f"seq {inp.seq_len}, activation checkpointing {'on' if inp.activation_checkpointing else 'off'}"
             f"{', sequence parallel' if inp.sequence_parallel and inp.tp > 1 else ''}")
     rows = [
-        ("parameters (model)", f"{r.params_total / 1e9:8.2f} B"),
-        ("parameters per GPU", f"{r.params_per_gpu / 1e9:8.2f} B" + (
-            f"  ({r.params_sharded_per_gpu / 1e9:.2f} B TP-sharded, "
+        ("parameters (model)", _count(r.params_total)),
+        ("parameters per GPU", _count(r.params_per_gpu) + (
+            f"  ({_count(r.params_sharded_per_gpu, 0)} TP-sharded, "
             f"{(r.params_per_gpu - r.params_sharded_per_gpu) / 1e6:.1f} M replicated over TP)" if inp.tp > 1 else "")),
         ("weights", gb(r.bytes["weights"])),
         ("gradients", gb(r.bytes["grads"])),

@@ -82,3 +82,25 @@ def test_cli(capsys):
     assert json.loads(capsys.readouterr().out)["fits"] is True
     assert main(["plan", "--model", "gpt3-175b", "--nodes", "2", "--tp", "3"]) == 2
     assert "parallel.tp=3" in capsys.readouterr().err
+
+
+def test_cli_plans_a_run_config(tmp_path, capsys):
+    """`--config` takes the shape and layout of a training config (a custom shape no preset has), its data paths
+    unread (they live on the cluster); options given on the command line win over the config's."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {preset: gpt3-xl, n_layer: 30, d_model: 2560, n_head: 20}\n"
+                   "data: {blend: /cluster/blend, seq_len: 2048, tokenizer: /cluster/tok.model}\n"
+                   "train: {global_batch_size: 512, micro_batch_size: 2}\n"
+                   "parallel: {tp: 2, zero_stage: 1, activation_checkpointing: true}\nprecision: {dtype: bf16}\n")
+    assert main(["plan", "--config", str(cfg), "--nodes", "4", "--gpus-per-node", "8", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    same = make_plan(PlanInput(model="custom", shape=dict(n_layer=30, d_model=2560, n_head=20, n_ctx=2048,
+                                                         vocab_size=50304), nodes=4, gpus_per_node=8, tp=2, zero=1,
+                               micro_batch=2, seq_len=2048, global_batch=512, precision="bf16",
+                               activation_checkpointing=True))
+    assert plan["params_total"] == same.params_total and plan["total_bytes"] == pytest.approx(same.total_bytes)
+    assert plan["input"]["tp"] == 2 and plan["input"]["zero"] == 1 and plan["global_batch"] == 512
+    assert main(["plan", "--config", str(cfg), "--nodes", "4", "--zero", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input"]["zero"] == 3
+    assert main(["plan", "--config", str(tmp_path / "typo.yaml")]) == 2
+    assert "config file" in capsys.readouterr().err
