@@ -6,7 +6,8 @@ Fine-tuning as in Devlin et al. 2018, Section 4: sentence (pair) tasks put a lin
 
   classification / regression: --text-field (and optionally --text-pair-field) and --label-field;
   span: --question-field, --context-field and --answers-field, SQuAD-style
-        ({"text": [...], "answer_start": [...]}) or flat (a string answer; its first occurrence is used).
+        ({"text": [...], "answer_start": [...]}) or flat (a string answer; its first occurrence is used);
+        SQuAD v1.1's own files (train-v1.1.json, dev-v1.1.json) are read as they are released.
 
 Reports accuracy and F1 (classification, with the majority-class baseline), Pearson/Spearman and MSE
 (regression, with the predict-the-mean baseline), exact match and F1 (span), as
@@ -37,17 +38,48 @@ log = logging.getLogger("mnemos.finetune")
 
 # ---- data -----------------------------------------------------------------------------------------
 def read_table(path: str):
-    """A local jsonl/json/csv/tsv file as a `datasets.Dataset`."""
+    """A local jsonl/json/csv/tsv file as a `datasets.Dataset`; SQuAD's own nested json (data -> paragraphs
+    -> qas) becomes one row per question with question, context, answers, id and title columns."""
     import datasets
     suffix = Path(path).suffix.lower()
     if not Path(path).exists():
         raise FileNotFoundError(f"data file {path!r} does not exist")
+    squad = _squad_rows(path) if suffix == ".json" else None
+    if squad is not None:
+        return datasets.Dataset.from_list(squad)
     if suffix in (".jsonl", ".json"):
         return datasets.load_dataset("json", data_files=str(path), split="train")
     if suffix in (".csv", ".tsv"):
         return datasets.load_dataset("csv", data_files=str(path), split="train",
                                      delimiter="\t" if suffix == ".tsv" else ",")
     raise ConfigError(f"finetune: {path}: unsupported file type {suffix!r} (rule: .jsonl, .json, .csv or .tsv)")
+
+
+def _squad_rows(path: str) -> list[dict] | None:
+    """Rows of a file in SQuAD v1.1's release format, None for any other json."""
+    import json
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+        if not head.startswith("{") or '"data"' not in head and '"version"' not in head:
+            return None  # json lines, or an array of rows: datasets reads those
+        f.seek(0)
+        try:
+            tree = json.load(f)
+        except ValueError:
+            return None
+    articles = tree.get("data") if isinstance(tree, dict) else None
+    if not isinstance(articles, list) or not all(isinstance(a, dict) and "paragraphs" in a for a in articles):
+        return None
+    rows = []
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph.get("qas", []):
+                answers = qa.get("answers", [])
+                rows.append({"id": str(qa.get("id", len(rows))), "title": article.get("title", ""),
+                             "question": qa["question"], "context": paragraph["context"],
+                             "answers": {"text": [a["text"] for a in answers],
+                                         "answer_start": [int(a["answer_start"]) for a in answers]}})
+    return rows
 
 
 def _need(table, fields: list[str], path: str) -> None:

@@ -102,6 +102,24 @@ def test_span_extraction_runs(tmp_path, tokenizer):
     assert res["final"]["f1"] > 20  # finds the answer well above chance even with short windows
 
 
+def test_squad_release_format_is_read_as_rows(tmp_path):
+    """SQuAD v1.1 ships one nested json (data -> paragraphs -> qas); read whole by `datasets` it was one row
+    with columns version and data, and span fine-tuning stopped on missing columns."""
+    ctx = "The tower was finished in 1889 and stands in Paris ."
+    release = {"version": "1.1", "data": [{"title": "Tower", "paragraphs": [{"context": ctx, "qas": [
+        {"id": "a", "question": "When was it finished?", "answers": [{"text": "1889", "answer_start": ctx.index("1889")}]},
+        {"id": "b", "question": "Where is it?", "answers": [{"text": "Paris", "answer_start": ctx.index("Paris")},
+                                                        {"text": "in Paris", "answer_start": ctx.index("in Paris")}]},
+    ]}]}]}
+    (tmp_path / "dev-v1.1.json").write_text(json.dumps(release))
+    table = finetune.read_table(str(tmp_path / "dev-v1.1.json"))
+    assert table.num_rows == 2 and {"question", "context", "answers", "id"} <= set(table.column_names)
+    assert table[1]["answers"] == {"text": ["Paris", "in Paris"], "answer_start": [ctx.index("Paris"), ctx.index("in Paris")]}
+    assert finetune._answer(table[0]["answers"], table[0]["context"]) == ("1889", ctx.index("1889"))
+    (tmp_path / "rows.json").write_text(json.dumps([{"text": "x", "label": 1}, {"text": "y", "label": 0}]))
+    assert finetune.read_table(str(tmp_path / "rows.json")).num_rows == 2  # other json is read as before
+
+
 def test_span_features_and_squad_metrics():
     class Tok:  # one id per character-word: enough to check the offsets
         def encode(self, s):
