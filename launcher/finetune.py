@@ -49,9 +49,12 @@ def read_table(path: str):
         return datasets.Dataset.from_list(squad)
     if suffix in (".jsonl", ".json"):
         return datasets.load_dataset("json", data_files=str(path), split="train")
-    if suffix in (".csv", ".tsv"):
-        return datasets.load_dataset("csv", data_files=str(path), split="train",
-                                     delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix == ".csv":
+        return datasets.load_dataset("csv", data_files=str(path), split="train")
+    if suffix == ".tsv":  # GLUE-style: a quote is text, not a field delimiter (quoted fields ran over rows)
+        import csv
+        return datasets.load_dataset("csv", data_files=str(path), split="train", delimiter="\t",
+                                     quoting=csv.QUOTE_NONE)
     raise ConfigError(f"finetune: {path}: unsupported file type {suffix!r} (rule: .jsonl, .json, .csv or .tsv)")
 
 
@@ -83,9 +86,16 @@ def _squad_rows(path: str) -> list[dict] | None:
 
 
 def _need(table, fields: list[str], path: str) -> None:
+    """The columns exist and no row leaves one empty: an empty label would become a class named "None", an
+    empty text fail deep inside the tokenizer."""
     missing = [f for f in fields if f not in table.column_names]
     if missing:
         raise ConfigError(f"finetune: {path}: no column(s) {missing} (columns: {table.column_names})")
+    for field in fields:
+        empty = [i for i, v in enumerate(table[field]) if v is None]
+        if empty:
+            raise ConfigError(f"finetune: {path}: {len(empty)} row(s) with no {field!r}, the first is data row "
+                              f"{empty[0] + 1} (rule: every row has a value in each column the task reads)")
 
 
 class PairEncoder:

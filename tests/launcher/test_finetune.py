@@ -120,6 +120,21 @@ def test_squad_release_format_is_read_as_rows(tmp_path):
     assert finetune.read_table(str(tmp_path / "rows.json")).num_rows == 2  # other json is read as before
 
 
+def test_tsv_quotes_are_text_and_empty_cells_are_refused(tmp_path):
+    """GLUE's TSVs hold unbalanced quotes (MNLI, QQP): read with CSV quoting, a quote opened a field that ran
+    over the following rows, silently merging 4 rows into 2. An empty label became a class named "None"."""
+    from launcher.config import ConfigError
+    (tmp_path / "q.tsv").write_text('sentence\tlabel\n"the movie is good\t1\nbad film\t0\nit\'s "great" fun\t1\n'
+                                    'awful\t0\n')
+    table = finetune.read_table(str(tmp_path / "q.tsv"))
+    assert table["sentence"] == ['"the movie is good', "bad film", 'it\'s "great" fun', "awful"]
+    assert table["label"] == [1, 0, 1, 0]
+    (tmp_path / "gap.tsv").write_text("sentence\tlabel\ngood\t1\nfine\t\nawful\t0\n")
+    gap = finetune.read_table(str(tmp_path / "gap.tsv"))
+    with pytest.raises(ConfigError, match=r"gap.tsv: 1 row\(s\) with no 'label', the first is data row 2"):
+        finetune._need(gap, ["sentence", "label"], str(tmp_path / "gap.tsv"))
+
+
 def test_span_features_and_squad_metrics():
     class Tok:  # one id per character-word: enough to check the offsets
         def encode(self, s):
