@@ -28,35 +28,69 @@ log = logging.getLogger(__name__)
 _U64 = np.uint64
 
 
+def _is_id(key) -> bool:
+    """Identifier fields (SQuAD's hex `id`, `idx`, `qid`, `question_id`) are not text: joined to a short
+    question they would keep it from matching whole."""
+    key = str(key).lower()
+    return key in ("id", "idx", "qid", "guid", "uid") or key.endswith("_id")
+
+
+def _record_texts(rec) -> Iterator[str]:
+    """The benchmark texts of one JSON value: a record's string fields joined (`text`, or `context` +
+    `completion`, when it has them), then those of the records nested in it (SQuAD's data -> paragraphs ->
+    qas), so a whole released file is read, not just its top-level strings."""
+    if isinstance(rec, str):
+        yield rec
+    elif isinstance(rec, list):
+        for item in rec:
+            yield from _record_texts(item)
+    elif isinstance(rec, dict):
+        if isinstance(rec.get("text"), str):
+            yield rec["text"]
+        elif "context" in rec and isinstance(rec.get("completion"), str):
+            yield str(rec.get("context", "")) + rec["completion"]
+        else:
+            flat = " ".join(v for k, v in rec.items() if isinstance(v, str) and not _is_id(k))
+            if flat.strip():
+                yield flat
+        for value in rec.values():
+            if isinstance(value, (dict, list)):
+                yield from _record_texts(value)
+
+
 def eval_texts_from_files(paths: Sequence[str]) -> Iterator[tuple[str, str]]:
     """(source, text) from extra benchmark files: jsonl records (`text`, or `context` + `completion`,
-    or `question`/`passage`/... string fields joined), a JSON string per line, or plain text lines."""
+    or `question`/`passage`/... string fields joined, nested records too), a JSON string per line, a whole
+    JSON document (.json, e.g. SQuAD's release files), or plain text lines."""
     for path in paths:
         name = os.path.basename(path)
         opener = open
         if path.endswith(".gz"):
             import gzip
             opener = gzip.open
+        if path.endswith((".json", ".json.gz")):
+            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+                try:
+                    document = json.load(f)
+                except ValueError:
+                    document = None  # JSON lines under a .json name: read below, line by line
+            if document is not None:
+                for text in _record_texts(document):
+                    yield name, text
+                continue
         with opener(path, "rt", encoding="utf-8", errors="replace") as f:
             for line in f:
                 line = line.rstrip("\n")
                 if not line.strip():
                     continue
-                if path.endswith((".jsonl", ".jsonl.gz", ".json")):
+                if path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
                     try:
                         rec = json.loads(line)
                     except ValueError:
                         yield name, line
                         continue
-                    if isinstance(rec, str):
-                        yield name, rec
-                    elif isinstance(rec, dict):
-                        if isinstance(rec.get("text"), str):
-                            yield name, rec["text"]
-                        elif "context" in rec:
-                            yield name, str(rec.get("context", "")) + str(rec.get("completion", ""))
-                        else:
-                            yield name, " ".join(str(v) for v in rec.values() if isinstance(v, str))
+                    for text in _record_texts(rec):
+                        yield name, text
                 else:
                     yield name, line
 

@@ -1,4 +1,6 @@
 """GPT-3 App. C contamination filter."""
+import json
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,26 @@ def test_eval_texts_from_files_and_short_examples(shared_data, tmp_path):
     doc = ("filler words " * 100) + texts[0][1] + (" more filler" * 100)
     out = _run(DecontaminationFilter(short), [doc])
     assert len(out) == 2 and texts[0][1].strip() not in " ".join(d.text for d in out)
+
+
+def test_a_released_benchmark_json_is_read_whole(shared_data, tmp_path):
+    """SQuAD ships one JSON document (data -> paragraphs -> qas). Read as JSON lines, its single line gave only
+    the top-level strings ("1.1"): the passages were never indexed and training text copied from them stayed."""
+    paras = [p for p in (shared_data / "corpus" / "wikitext2_test.txt").read_text().splitlines()
+             if len(p.split()) > 60][:3]
+    release = {"version": "1.1", "data": [{"title": "T", "paragraphs": [
+        {"context": p, "qas": [{"id": f"5733be28{k}", "question": "Which river flows through the old town of the "
+                                "city in the north?", "answers": [{"text": "x", "answer_start": 0}]}]}
+        for k, p in enumerate(paras)]}]}
+    for name, indent in (("dev-v1.1.json", None), ("pretty.json", 2)):  # one line as released, and pretty-printed
+        (tmp_path / name).write_text(json.dumps(release, indent=indent))
+        texts = [t for _, t in eval_texts_from_files([str(tmp_path / name)])]
+        assert all(p in texts for p in paras)
+        assert "Which river flows through the old town of the city in the north?" in texts  # without its id
+        index = ContaminationIndex.from_texts(texts)
+        doc = " ".join(["lorem"] * 300) + " " + paras[1] + " " + " ".join(["ipsum"] * 300)
+        out = _run(DecontaminationFilter(index), [doc])
+        assert paras[1] not in " ".join(d.text for d in out)
 
 
 def test_registry_missing_is_a_clear_error(monkeypatch):
