@@ -118,6 +118,21 @@ class DataConfig(_Section):
         return self
 
 
+def check_bert_weights(data: "DataConfig") -> None:
+    """BERT pairs sentences of the train prefixes read as one corpus, i.e. each prefix by its size; weights
+    that say the same (a blend of one dataset) are fine, others would be ignored and are refused."""
+    if data.weights is None:
+        return
+    from data.indexed import IndexedDataset
+    tokens = [IndexedDataset(p).num_tokens for p in data.train]
+    share = [t / max(1, sum(tokens)) for t in tokens]
+    given = [w / sum(data.weights) for w in data.weights]
+    if any(abs(a - b) > 1e-6 for a, b in zip(share, given)):
+        raise ConfigError(f"data.weights={[round(w, 4) for w in data.weights]} but BERT reads data.train as one "
+                          f"corpus, each prefix by its size ({[round(x, 4) for x in share]}) (rule: weights by size "
+                          f"only, e.g. a blend of one dataset; or tokenize the datasets into one shard set)")
+
+
 def read_blend(path: str) -> dict:
     """train / weights / valid prefixes and seq_len of a `mnemos data blend` output. Its prefixes name the
     blend directory as it was given to `blend -o`; from another working directory they are found inside
@@ -339,7 +354,8 @@ class RunConfig(_Section):
                                   f"{tok.vocab_size} pieces of data.tokenizer={self.data.tokenizer!r} (rule: the "
                                   f"embedding covers every id; e.g. model.vocab_size={tok.padded_vocab_size()})")
             self._check_shards_tokenizer()
-            if self.model.arch == "bert":  # the ranks would fail on it one by one, after the run dir exists
+            if self.model.arch == "bert":
+                check_bert_weights(self.data)  # the ranks would fail on it one by one, after the run dir exists
                 from data.bert_samples import BertVocab
                 try:
                     BertVocab.from_tokenizer(tok)

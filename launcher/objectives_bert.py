@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from launcher.config import BertPretrainConfig, ConfigError, RunConfig
+from launcher.config import BertPretrainConfig, ConfigError, RunConfig, check_bert_weights
 from parallel.loss import lm_cross_entropy
 from parallel.topology import Topology
 
@@ -103,9 +103,7 @@ class BertObjective:
         return ds
 
     def train_dataset(self):
-        if self.cfg.data.weights is not None:
-            raise ConfigError("data.weights is set, but BERT sampling reads its prefixes as one corpus "
-                              "(rule: blend shards with `mnemos data blend` first, or drop data.weights)")
+        check_bert_weights(self.cfg.data)  # also before launch; here for runs started from Python
         need = self.cfg.train.max_steps * self.cfg.train.global_batch_size
         self._train = self._dataset(self.cfg.data.train, self.cfg.data.seed, need)
         return self._train

@@ -123,6 +123,21 @@ def test_objective_rejects_small_vocab(corpus_shards):
         BertObjective(cfg, Topology(1, 0))
 
 
+def test_blend_weights_by_size_are_accepted_others_refused_before_launch(corpus_shards):
+    """A blend fills data.weights. BERT reads its prefixes as one corpus (each by its size): a blend of one
+    dataset says the same and must train; other weights would be ignored and stop before any rank starts
+    (they used to stop every rank after the launch, even for a one-dataset blend)."""
+    from data.indexed import IndexedDataset
+    train, valid = corpus_shards["train"], corpus_shards["valid"]
+    sizes = [IndexedDataset(p).num_tokens for p in (train, valid)]
+    by_size = _cfg(corpus_shards, data=dict(train=[train, valid], weights=[s / sum(sizes) for s in sizes]))
+    by_size.check_cross_sections(1)
+    assert len(BertObjective(by_size, Topology(1, 0)).train_dataset()) > 0
+    other = _cfg(corpus_shards, data=dict(train=[train, valid], weights=[0.25, 0.75]))
+    with pytest.raises(ConfigError, match=r"data.weights=\[0.25, 0.75\] but BERT reads data.train as one corpus"):
+        other.check_cross_sections(1)
+
+
 # ---- pretraining lifts MLM and NSP accuracy -----------------------------------------------------------
 @pytest.mark.slow
 def test_pretraining_tiny_bert_learns_mlm_and_nsp(corpus_shards):
