@@ -142,11 +142,20 @@ def text_windows(ids: list[int], seq_len: int, max_windows: int, cls_id: int | N
     return torch.tensor(windows)
 
 
+def read_text(path: str) -> str:
+    """The documents of a jsonl/parquet/txt file (compressed or not) as the data pipeline reads them, one after
+    another; another file as it is. Read raw, a jsonl file gave BERT its JSON quotes and escapes as text."""
+    from data.io import DocumentReader, detect_format
+    if detect_format(path, strict=False) is None:
+        return Path(path).read_text()
+    return "\n".join(d.text for d in DocumentReader([path], txt_sample_by="document").run())
+
+
 def attention_from_bert(args) -> tuple[torch.Tensor, str]:
     """(layers, B, heads, N, N) probabilities from a BERT checkpoint (or a random BERT with --init random)."""
     from model.bert import attention_probabilities
 
-    text = Path(args.text).read_text()
+    text = read_text(args.text)
     tokenizer = None
     if args.tokenizer:
         from data.tokenizer import Tokenizer
@@ -215,7 +224,8 @@ def register(subparsers) -> None:
     src.add_argument("--attention", type=existing_path,
                      help="saved probabilities (.npy/.pt), (layers, heads, N, N) or (layers, B, heads, N, N)")
     src.add_argument("--init", choices=["random"], help="a randomly initialised BERT (--model-preset), for smoke runs")
-    p.add_argument("--text", type=existing_path, help="text file to run through BERT")
+    p.add_argument("--text", type=existing_path,
+                   help="text to run through BERT: a txt, jsonl or parquet file (its documents, one after another)")
     p.add_argument("--tokenizer", type=existing_path, help="sentencepiece model (default: the checkpoint's)")
     p.add_argument("--model-preset", default="bert-tiny", help="shape with --init random")
     p.add_argument("--seq-len", type=integer(2), default=128, help="tokens per window N (capped at the model's n_ctx)")

@@ -109,3 +109,14 @@ def test_random_bert_takes_the_tokenizers_size_and_says_when_windows_shrink(shar
     res = json.loads((tmp_path / "run" / "results" / "bert_heads.json").read_text())
     assert res["seq_len"] == 128 and res["windows"] == 2
     assert "--seq-len 4096 exceeds the model's n_ctx; windows of 128 tokens are used" in caplog.text
+
+
+def test_text_is_read_as_documents_not_as_raw_json(shared_data):
+    """--text of a jsonl file (the GPT-3 samples) fed BERT its JSON quotes and backslash escapes; its
+    documents are read as the data pipeline reads them, and a plain file stays as it is."""
+    from evaluation.downstream.bert_heads import read_text
+    samples = read_text(str(shared_data / "corpus" / "gpt3_175b_samples.jsonl"))
+    assert samples.startswith("Glacier Ridge Christian School\n\n") and '\\n' not in samples[:2000]
+    assert "<|endoftext|>" not in samples
+    book = shared_data / "corpus" / "tinyshakespeare.txt"
+    assert read_text(str(book)) == book.read_text()
