@@ -123,7 +123,7 @@ def test_objective_rejects_small_vocab(corpus_shards):
         BertObjective(cfg, Topology(1, 0))
 
 
-def test_blend_weights_by_size_are_accepted_others_refused_before_launch(corpus_shards):
+def test_blend_weights_by_size_are_accepted_others_refused_before_launch(corpus_shards, tmp_path):
     """A blend fills data.weights. BERT reads its prefixes as one corpus (each by its size): a blend of one
     dataset says the same and must train; other weights would be ignored and stop before any rank starts
     (they used to stop every rank after the launch, even for a one-dataset blend)."""
@@ -136,6 +136,16 @@ def test_blend_weights_by_size_are_accepted_others_refused_before_launch(corpus_
     other = _cfg(corpus_shards, data=dict(train=[train, valid], weights=[0.25, 0.75]))
     with pytest.raises(ConfigError, match=r"data.weights=\[0.25, 0.75\] but BERT reads data.train as one corpus"):
         other.check_cross_sections(1)
+    # a blend of one dataset in two shards: its weights are the source shards' shares, not quite the sizes of the
+    # split shards it trains on, and it is still one corpus
+    from data.blend import DatasetSpec, build_blend
+    from data.tokenizer import Tokenizer
+    out = tmp_path / "blend"
+    build_blend([DatasetSpec.parse(f"wiki=1:{train},{valid}")], 64, Tokenizer(corpus_shards["tokenizer"]).eos_id,
+                str(out), tokenizer=corpus_shards["tokenizer"])
+    one = RunConfig(**{**_cfg(corpus_shards).model_dump(), "data": {"blend": str(out), "seq_len": 64}})
+    assert len(one.data.train) == 2 and one.data.weights is not None
+    one.check_cross_sections(1)
 
 
 # ---- pretraining lifts MLM and NSP accuracy -----------------------------------------------------------
