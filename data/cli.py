@@ -129,7 +129,8 @@ def register(subparsers) -> None:
     q.set_defaults(func=cmd_blend)
 
     q = sub.add_parser("stats", help="documents, tokens, bytes of shards or jsonl/text files")
-    q.add_argument("paths", nargs="+", help="shard prefixes, directories of shards, or jsonl/text files")
+    q.add_argument("paths", nargs="*", help="shard prefixes, directories of shards, or jsonl/text files")
+    q.add_argument("--input", "-i", nargs="+", default=[], help="the same, as the other stages take them")
     q.add_argument("--json-out", help="write the stats JSON here")
     q.set_defaults(func=cmd_stats)
 
@@ -466,8 +467,11 @@ def cmd_stats(a) -> int:
     from .io import DocumentReader, expand_paths
     from .pipeline import _write_json
     from .tokenize import find_prefixes, shard_stats
+    paths = list(a.paths) + list(a.input)
+    if not paths:
+        return _fail("stats", "give the shards or files to count (paths, or --input)")
     rows, empty = [], []
-    for p in a.paths:
+    for p in paths:
         before = len(rows)
         is_shards = (os.path.isdir(p) and any(f.endswith(".idx") for f in os.listdir(p))) or \
             os.path.exists(p + ".idx") or p.endswith((".idx", ".bin"))

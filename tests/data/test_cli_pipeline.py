@@ -319,3 +319,18 @@ def test_blend_takes_the_tokenizer_from_the_shards_and_records_it(shared_data, s
     assert f"--eos-id 3 but the shards' tokenizer {os.path.abspath(small_tokenizer.model_path)} ends documents " \
            f"with id {small_tokenizer.eos_id}" in capsys.readouterr().err
     assert not (tmp_path / "blend2").exists()
+
+
+def test_stats_takes_input_like_the_other_stages(shared_data, small_tokenizer, tmp_path, capsys):
+    lines = (shared_data / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:300]
+    (tmp_path / "wiki.txt").write_text("\n".join(lines), encoding="utf-8")
+    assert mnemos_data("tokenize", "-i", tmp_path / "wiki.txt", "-o", tmp_path / "shards",
+                       "--tokenizer", small_tokenizer.model_path) == 0
+    capsys.readouterr()
+    assert mnemos_data("stats", "-i", tmp_path / "shards", "--json-out", tmp_path / "a.json") == 0
+    assert mnemos_data("stats", tmp_path / "shards", "--json-out", tmp_path / "b.json") == 0
+    a, b = (json.load(open(tmp_path / f"{x}.json")) for x in "ab")
+    assert a == b and a["total"]["documents"] == sum(1 for line in lines if line.strip())
+    capsys.readouterr()
+    assert mnemos_data("stats") == 2
+    assert "give the shards or files to count" in capsys.readouterr().err
