@@ -104,7 +104,11 @@ def expand_names(names: Iterable[str], configs: dict[str, TaskConfig]) -> list[s
         else:
             hits = [t for t, c in configs.items() if name in c.group]  # definition order
             if not hits:
-                raise TaskError(f"unknown task or group {name!r}; known tasks: {', '.join(sorted(configs))}")
+                import difflib
+                groups = {g for c in configs.values() for g in c.group}
+                close = difflib.get_close_matches(name, sorted(configs) + sorted(groups), n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise TaskError(f"unknown task or group {name!r}{hint}; known tasks: {', '.join(sorted(configs))}")
         out += [h for h in hits if h not in out]
     return out
 

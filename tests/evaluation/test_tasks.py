@@ -117,6 +117,14 @@ def test_missing_data_is_named():
         get_task("hellaswag").eval_docs()
 
 
+def test_a_misspelled_task_gets_suggestions():
+    from evaluation.registry import expand_names, load_configs
+    with pytest.raises(TaskError, match=r"unknown task or group 'hellaswg' \(did you mean hellaswag\?\)"):
+        expand_names(["hellaswg"], load_configs())
+    with pytest.raises(TaskError, match=r"'arithmatic' \(did you mean arithmetic,"):  # a group is suggested too
+        expand_names(["arithmatic"], load_configs())
+
+
 def test_iter_eval_texts(std_data, shared_data):
     texts = list(iter_eval_texts(["arithmetic_2da", "copa"], data_dir=std_data))
     assert len(texts) == 2002
