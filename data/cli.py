@@ -331,7 +331,18 @@ def cmd_tokenize(a) -> int:
     if stale:  # from an earlier run with more --tasks: not in shards.json, so blend/stats/train skip them
         print(f"note: {a.out} also holds {', '.join(stale)} from an earlier run; shards.json does not list "
               f"them and the later stages read only the listed shards")
+    short_lines = _plain_text_by_line(a) and tot["documents"] and tot["tokens"] / tot["documents"] < 64
+    if short_lines:  # a book read line by line: every line break becomes an end-of-text between "documents"
+        print(f"note: plain text was read one document per line (--txt-sample-by line), {tot['tokens'] // tot['documents']} "
+              f"tokens per document on average: training puts an end-of-text id between lines and never sees their "
+              f"line breaks. For a book or an article per file use --txt-sample-by document (or paragraph).")
     return 0 if summary else 1
+
+
+def _plain_text_by_line(a) -> bool:
+    from .io import detect_format, expand_paths
+    return a.txt_sample_by == "line" and any(
+        not p.startswith("hf://") and detect_format(p, strict=False) == "text" for p in expand_paths(a.input))
 
 
 def cmd_filter(a) -> int:

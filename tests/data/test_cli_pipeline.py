@@ -334,3 +334,15 @@ def test_stats_takes_input_like_the_other_stages(shared_data, small_tokenizer, t
     capsys.readouterr()
     assert mnemos_data("stats") == 2
     assert "give the shards or files to count" in capsys.readouterr().err
+
+
+def test_a_book_read_line_by_line_is_pointed_out(shared_data, small_tokenizer, tmp_path, capsys):
+    """Plain text is read one document per line by default (as `datasets` reads text): right for WikiText's
+    paragraph lines, wrong for a book, whose every line break would become an end-of-text id."""
+    lines = (shared_data / "corpus" / "tinyshakespeare.txt").read_text(encoding="utf-8").splitlines()[:400]
+    (tmp_path / "play.txt").write_text("\n".join(lines), encoding="utf-8")
+    for sample_by, noted in (("line", True), ("document", False)):
+        capsys.readouterr()
+        assert mnemos_data("tokenize", "-i", tmp_path / "play.txt", "-o", tmp_path / sample_by, "--txt-sample-by",
+                           sample_by, "--tokenizer", small_tokenizer.model_path) == 0
+        assert ("use --txt-sample-by document" in capsys.readouterr().out) is noted
