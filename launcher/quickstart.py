@@ -1,9 +1,10 @@
 """`mnemos quickstart`: the whole system end to end on a CPU laptop in a few minutes.
 
 It runs the same commands a user types, in order: build a corpus (or take --corpus files), dedup,
-decontaminate against the arithmetic tasks it evaluates on, train a tokenizer, tokenize, train a tiny
-GPT on 2 local ranks with ZeRO-2 (stopping half-way with a checkpoint, then resuming), and evaluate
-zero/one/few-shot arithmetic with a clean/dirty report.
+decontaminate against the arithmetic tasks it evaluates on, train a tokenizer, tokenize (with --corpus,
+blend with 5% of your documents held out for validation), train a tiny GPT on 2 local ranks with ZeRO-2
+(stopping half-way with a checkpoint, then resuming), and evaluate zero/one/few-shot arithmetic with a
+clean/dirty report.
 """
 
 from __future__ import annotations
@@ -53,15 +54,17 @@ def _eval_examples(tasks: list[str]) -> list[str]:
     return [text for _, text in iter_eval_texts(tasks)]
 
 
-def _train_config(out: Path, shards: dict, valid: dict, steps: int) -> dict:
-    seq, batch = 128, 16
+SEQ_LEN = 128
+
+
+def _train_config(out: Path, vocab_size: int, data: dict, steps: int) -> dict:
+    seq, batch = SEQ_LEN, 16
     return {
         "run_dir": str(out / "run"), "seed": 1234,
         "model": {"n_layer": 4, "d_model": 128, "n_head": 4, "n_ctx": 256,
-                  "vocab_size": -(-shards["vocab_size"] // 128) * 128, "attn_pattern": "alternating",
+                  "vocab_size": -(-vocab_size // 128) * 128, "attn_pattern": "alternating",
                   "local_window": 64},
-        "data": {"tokenizer": shards["tokenizer"], "train": shards["prefixes"], "valid": valid["prefixes"],
-                 "seq_len": seq},
+        "data": {**data, "seq_len": seq},
         "optim": {"lr": 2e-3},
         "schedule": {"warmup_tokens": 20 * batch * seq, "decay_tokens": steps * batch * seq},
         "train": {"max_steps": steps, "global_batch_size": batch, "micro_batch_size": 8,
@@ -83,12 +86,11 @@ def run(args) -> int:
     # 1. corpus
     if args.corpus:
         train_input = [str(Path(c).resolve()) for c in args.corpus]
-        valid_input = train_input[-1:]
         print(f"using your corpus: {train_input}")
     else:
         from launcher.quickstart_corpus import build_corpus
         planted = build_corpus(out / "corpus", _eval_examples(EVAL_TASKS))
-        train_input, valid_input = [str(out / "corpus" / "train.jsonl")], [str(out / "corpus" / "valid.jsonl")]
+        train_input = [str(out / "corpus" / "train.jsonl")]
         print(f"generated corpus: {planted['documents']} documents with {len(planted['planted_eval_examples'])} "
               f"planted evaluation examples and {planted['planted_exact_duplicates']} exact + "
               f"{planted['planted_near_duplicates']} near duplicates -> {out / 'corpus'}")
@@ -103,13 +105,24 @@ def run(args) -> int:
     tok = str(out / "tokenizer" / "spm.model")
     _mnemos("data", "tokenize", "-i", str(stages / "decontaminated"), "-o", str(stages / "shards_train"),
             "--tokenizer", tok)
-    _mnemos("data", "tokenize", "-i", *valid_input, "-o", str(stages / "shards_valid"), "--tokenizer", tok)
     shards = json.loads((stages / "shards_train" / "shards.json").read_text())
-    valid = json.loads((stages / "shards_valid" / "shards.json").read_text())
+    if args.corpus:  # held-out documents of your corpus validate; trained-on ones would flatter the curve
+        _mnemos("data", "blend", "--dataset", f"corpus=1:{stages / 'shards_train'}", "-o", str(stages / "blend"),
+                "--seq-len", str(SEQ_LEN), "--split", "95,5,0")
+        blend = json.loads((stages / "blend" / "blend.json").read_text())
+        if not blend["config"]["data.valid"]:
+            raise SystemExit(f"quickstart: the corpus is too small to hold out validation documents (5% of "
+                             f"{shards['documents']} documents hold no sample of {SEQ_LEN + 1} tokens)")
+        data = {"blend": str(stages / "blend")}
+    else:  # the generated corpus comes with its own validation documents
+        _mnemos("data", "tokenize", "-i", str(out / "corpus" / "valid.jsonl"), "-o", str(stages / "shards_valid"),
+                "--tokenizer", tok)
+        valid = json.loads((stages / "shards_valid" / "shards.json").read_text())
+        data = {"tokenizer": shards["tokenizer"], "train": shards["prefixes"], "valid": valid["prefixes"]}
 
     # 3. train half-way, then resume to the end (the second call finds the checkpoint by itself)
     cfg_path = out / "train.yaml"
-    cfg_path.write_text(yaml.safe_dump(_train_config(out, shards, valid, args.steps), sort_keys=False))
+    cfg_path.write_text(yaml.safe_dump(_train_config(out, shards["vocab_size"], data, args.steps), sort_keys=False))
     half = args.steps // 2
     _mnemos("train", str(cfg_path), "--nproc", str(args.nproc), "--set", f"train.max_steps={half}")
     _mnemos("train", str(cfg_path), "--nproc", str(args.nproc))

@@ -34,3 +34,24 @@ def test_quickstart_runs_end_to_end(tmp_path):
         assert sorted(evaluation["results"][task]) == ["0", "1", "4"]
         assert evaluation["results"][task]["4"]["n"] == 20
         assert evaluation["contamination"][task]["by_shots"]["0"]["clean_count"] == 20
+
+
+@pytest.mark.slow
+def test_quickstart_on_your_corpus_validates_on_held_out_documents(tmp_path, shared_data):
+    """With --corpus the validation shards were the last corpus file tokenized again: with one file the
+    "validation" curve was measured on the training documents. A blend now holds 5% of them out."""
+    import yaml
+    records = (shared_data / "corpus" / "gpt3_175b_samples.jsonl").read_text(encoding="utf-8").splitlines()[:120]
+    (tmp_path / "mine.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    out = tmp_path / "qs"
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "quickstart", "--corpus", str(tmp_path / "mine.jsonl"),
+                           "--out", str(out), "--steps", "20", "--eval-limit", "5", "--vocab-size", "1024"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    blend = json.loads((out / "data" / "blend" / "blend.json").read_text())
+    config = yaml.safe_load((out / "run" / "config.yaml").read_text())["data"]
+    assert config["valid"] == blend["config"]["data.valid"] and config["train"] == blend["config"]["data.train"]
+    assert all("/valid/" in p for p in config["valid"]) and not set(config["valid"]) & set(config["train"])
+    assert blend["splits"]["valid"]["samples"] > 0
+    report = json.loads((out / "run" / "results" / "quickstart.json").read_text())
+    assert report["validation_perplexity_after"] < report["validation_perplexity_before"]
