@@ -39,7 +39,8 @@ log = logging.getLogger("mnemos.finetune")
 # ---- data -----------------------------------------------------------------------------------------
 def read_table(path: str):
     """A local jsonl/json/csv/tsv file as a `datasets.Dataset`; SQuAD's own nested json (data -> paragraphs
-    -> qas) becomes one row per question with question, context, answers, id and title columns."""
+    -> qas) becomes one row per question with question, context, answers, id and title columns. A file the
+    reader cannot parse is a ConfigError with the parser's own words (line and fields)."""
     import datasets
     suffix = Path(path).suffix.lower()
     if not Path(path).exists():
@@ -48,14 +49,19 @@ def read_table(path: str):
     if squad is not None:
         return datasets.Dataset.from_list(squad)
     if suffix in (".jsonl", ".json"):
-        return datasets.load_dataset("json", data_files=str(path), split="train")
-    if suffix == ".csv":
-        return datasets.load_dataset("csv", data_files=str(path), split="train")
-    if suffix == ".tsv":  # GLUE-style: a quote is text, not a field delimiter (quoted fields ran over rows)
+        kwargs = {"path": "json"}
+    elif suffix == ".csv":
+        kwargs = {"path": "csv"}
+    elif suffix == ".tsv":  # GLUE-style: a quote is text, not a field delimiter (quoted fields ran over rows)
         import csv
-        return datasets.load_dataset("csv", data_files=str(path), split="train", delimiter="\t",
-                                     quoting=csv.QUOTE_NONE)
-    raise ConfigError(f"finetune: {path}: unsupported file type {suffix!r} (rule: .jsonl, .json, .csv or .tsv)")
+        kwargs = {"path": "csv", "delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    else:
+        raise ConfigError(f"finetune: {path}: unsupported file type {suffix!r} (rule: .jsonl, .json, .csv or .tsv)")
+    try:
+        return datasets.load_dataset(data_files=str(path), split="train", **kwargs)
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__ or err
+        raise ConfigError(f"finetune: {path}: not a readable {suffix[1:]} table: {str(cause).strip()}") from None
 
 
 def _squad_rows(path: str) -> list[dict] | None:

@@ -133,6 +133,9 @@ def test_tsv_quotes_are_text_and_empty_cells_are_refused(tmp_path):
     gap = finetune.read_table(str(tmp_path / "gap.tsv"))
     with pytest.raises(ConfigError, match=r"gap.tsv: 1 row\(s\) with no 'label', the first is data row 2"):
         finetune._need(gap, ["sentence", "label"], str(tmp_path / "gap.tsv"))
+    (tmp_path / "extra.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\tstray\n")
+    with pytest.raises(ConfigError, match=r"extra.tsv: not a readable tsv table: .*Expected 2 fields in line 3, saw 3"):
+        finetune.read_table(str(tmp_path / "extra.tsv"))
 
 
 def test_span_features_and_squad_metrics():
