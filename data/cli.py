@@ -98,7 +98,9 @@ def register(subparsers) -> None:
     common(q)
     q.add_argument("--tasks-from-registry", default="all",
                    help="evaluation tasks whose texts are filtered: all, none, or T1,T2 (evaluation.registry)")
-    q.add_argument("--eval-file", nargs="*", default=[], help="extra benchmark files (jsonl/txt)")
+    q.add_argument("--eval-file", nargs="*", default=[], help="extra benchmark files (jsonl/json/txt)")
+    q.add_argument("--data-dir", default=None,
+                   help="root of the evaluation tasks' data files, as `mnemos eval --data-dir` (env MNEMOS_EVAL_DATA)")
     q.add_argument("--n", type=integer(1), default=13, help="n-gram length in words (GPT-3 App. C: 13)")
     q.add_argument("--min-n", type=integer(0), default=8,
                    help="benchmark texts shorter than N words are matched whole when they have >= MIN_N words "
@@ -417,11 +419,15 @@ def cmd_decontaminate(a) -> int:
     reg = a.tasks_from_registry
     tasks = None if reg == "all" else ([] if reg == "none" else reg.split(","))
     try:
-        index = ContaminationIndex.from_registry(tasks, a.eval_file, n=a.n, min_n=a.min_n or None)
+        index = ContaminationIndex.from_registry(tasks, a.eval_file, n=a.n, min_n=a.min_n or None,
+                                                 data_dir=a.data_dir)
     except (RuntimeError, TaskError) as err:
         print(f"mnemos data decontaminate: {err}", file=sys.stderr)
         return 2
     print(f"benchmark n-grams: {len(index)} (n={index.ns}) from {len(index.source_names)} sources")
+    if index.missing_tasks:  # the training text is not filtered against these: say so where it is read
+        print(f"note: not filtered against {len(index.missing_tasks)} registry task(s) without data here (give "
+              f"--data-dir or MNEMOS_EVAL_DATA): {', '.join(index.missing_tasks)}")
     work = os.path.join(a.out, "contamination")
     pass1 = [_reader(a), ContaminationCounter(index, work)]
     if a.write_index:
@@ -440,7 +446,7 @@ def cmd_decontaminate(a) -> int:
     res = _execute([_reader(a), filt, JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
     f = next(s for s in res if s["step"] == "decontaminate")
     _report("decontaminate", res, a.out, {"ignored_frequent_ngrams": ignored, "benchmark_ngrams": len(index),
-                                          "sources": index.source_names})
+                                          "sources": index.source_names, "tasks_without_data": index.missing_tasks})
     print(f"documents in {f.get('documents_in', 0)}: clean {f.get('clean', 0)}, cut {f.get('cut', 0)} "
           f"(-> {f.get('pieces_out', 0)} pieces), dropped {f.get('dropped', 0)}; "
           f"characters removed {f.get('chars_removed', 0)}")

@@ -95,14 +95,16 @@ def eval_texts_from_files(paths: Sequence[str]) -> Iterator[tuple[str, str]]:
                     yield name, line
 
 
-def registry_eval_texts(tasks: Sequence[str] | None = None) -> Iterator[tuple[str, str]]:
-    """Every evaluation text of the harness's task registry (`evaluation.registry.iter_eval_texts`)."""
+def registry_eval_texts(tasks: Sequence[str] | None = None, data_dir: str | None = None,
+                        skipped: list | None = None) -> Iterator[tuple[str, str]]:
+    """Every evaluation text of the harness's task registry (`evaluation.registry.iter_eval_texts`); with all
+    tasks, the names of those without data under `data_dir` go to `skipped`."""
     try:
         from evaluation.registry import iter_eval_texts
     except ImportError as err:
         raise RuntimeError("the evaluation harness registry (evaluation.registry.iter_eval_texts) is not "
                            f"available ({err}); pass benchmark files with --eval-file instead") from err
-    yield from iter_eval_texts(tasks)
+    yield from iter_eval_texts(tasks, data_dir=data_dir, skipped_names=skipped)
 
 
 class ContaminationIndex:
@@ -110,6 +112,7 @@ class ContaminationIndex:
     prefilter so most training n-grams are rejected with one gather."""
 
     def __init__(self, hashes: dict[int, np.ndarray], sources: dict[int, np.ndarray], source_names: list[str]):
+        self.missing_tasks: list[str] = []  # registry tasks without data (from_registry)
         self.hashes = {n: np.asarray(h, _U64) for n, h in hashes.items()}
         self.sources = sources
         self.source_names = source_names
@@ -145,16 +148,21 @@ class ContaminationIndex:
 
     @classmethod
     def from_registry(cls, tasks: Sequence[str] | None = None, extra_files: Sequence[str] = (),
-                      n: int = 13, min_n: int | None = 8) -> "ContaminationIndex":
+                      n: int = 13, min_n: int | None = 8, data_dir: str | None = None) -> "ContaminationIndex":
         """Benchmark n-grams of the harness's tasks (all when `tasks` is None) plus extra files.
         `min_n` = 8 by default here: many registry examples (GPT-3's arithmetic: "Q: What is 98 plus
         45? A: 143") have fewer than 13 words and would otherwise never be found; GPT-3 Section 4
-        clamps its overlap N to [8, 13] for the same reason. Long examples still use 13-grams."""
+        clamps its overlap N to [8, 13] for the same reason. Long examples still use 13-grams.
+        `missing_tasks` of the result names the registry tasks that had no data under `data_dir`."""
+        missing: list[str] = []
+
         def texts():
             if tasks is None or len(tasks):
-                yield from registry_eval_texts(tasks)
+                yield from registry_eval_texts(tasks, data_dir, missing)
             yield from eval_texts_from_files(extra_files)
-        return cls.from_texts(texts(), n=n, min_n=min_n)
+        index = cls.from_texts(texts(), n=n, min_n=min_n)
+        index.missing_tasks = missing
+        return index
 
     @property
     def ns(self) -> list[int]:

@@ -128,12 +128,13 @@ def get_task(name: str, data_dir=None, include=None) -> Task:
     return get_tasks([name], data_dir, include)[0]
 
 
-def iter_eval_texts(tasks: Iterable[str] | None = None, data_dir=None, include=None) -> Iterator[tuple[str, str]]:
+def iter_eval_texts(tasks: Iterable[str] | None = None, data_dir=None, include=None,
+                    skipped_names: list | None = None) -> Iterator[tuple[str, str]]:
     """(task name, context + completion) of every evaluation-split example.
 
     The data pipeline's contamination filter reads this. With `tasks=None` every registered task whose
-    data is available is used; tasks whose files are missing are skipped and named in one log line.
-    Named tasks must be available (an error says why not).
+    data is available is used; tasks whose files are missing are skipped, named in one log line and
+    appended to `skipped_names`. Named tasks must be available (an error says why not).
     """
     configs = load_configs(include)
     dd = resolve_data_dir(data_dir)
@@ -147,6 +148,8 @@ def iter_eval_texts(tasks: Iterable[str] | None = None, data_dir=None, include=N
             if tasks is not None:
                 raise
             skipped.append(f"{name} ({err})")
+            if skipped_names is not None:
+                skipped_names.append(name)
             continue
         for doc in docs:
             yield name, task.example_text(doc)

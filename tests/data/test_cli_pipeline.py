@@ -346,3 +346,24 @@ def test_a_book_read_line_by_line_is_pointed_out(shared_data, small_tokenizer, t
         assert mnemos_data("tokenize", "-i", tmp_path / "play.txt", "-o", tmp_path / sample_by, "--txt-sample-by",
                            sample_by, "--tokenizer", small_tokenizer.model_path) == 0
         assert ("use --txt-sample-by document" in capsys.readouterr().out) is noted
+
+
+def test_decontaminate_names_the_tasks_it_could_not_read_and_takes_a_data_dir(shared_data, tmp_path, capsys):
+    """With --tasks-from-registry all, tasks whose files are not here were skipped in a log line; the stage
+    had no --data-dir to find them. Now it takes one, and names what it could not filter against."""
+    arith = shared_data / "gpt3_arithmetic" / "two_digit_addition.jsonl"
+    item = json.loads(arith.read_text().splitlines()[7])
+    planted = "word " * 300 + item["context"] + item["completion"] + " word" * 300
+    (tmp_path / "train.jsonl").write_text(json.dumps({"text": planted}) + "\n")
+    runs = {}
+    for name, extra in (("without", []), ("with", ["--data-dir", shared_data])):
+        capsys.readouterr()
+        assert mnemos_data("decontaminate", "-i", tmp_path / "train.jsonl", "-o", tmp_path / name, *extra) == 0
+        runs[name] = (json.load(open(tmp_path / name / "stats.json")), capsys.readouterr().out)
+    stats, out = runs["without"]
+    assert "gpt3_arithmetic_2da" in stats["tasks_without_data"] and "gpt3_arithmetic_2da" in out.split("note:")[1]
+    assert next(s for s in stats["steps"] if s["step"] == "decontaminate").get("cut", 0) == 0  # missed silently
+    stats, out = runs["with"]
+    assert "gpt3_arithmetic_2da" not in stats["tasks_without_data"]
+    cut = next(s for s in stats["steps"] if s["step"] == "decontaminate")
+    assert cut["cut"] == 1 and cut["matched_in:gpt3_arithmetic_2da"] == 1  # the released 2D+ item is found
