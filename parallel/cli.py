@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--zero", type=int, default=None, choices=[0, 1, 2, 3],
                    help="DeepSpeed ZeRO stage over the DP group (default: 0)")
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per GPU per forward/backward (default: 1)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: 2048)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's n_ctx, at most 2048)")
     p.add_argument("--global-batch", type=int, default=None,
                    help="sequences per optimizer step (default: the paper's batch for GPT-3 presets)")
     p.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 # option -> (built-in default, where a run config keeps it)
 _FROM_CONFIG = {"tp": (1, "parallel.tp"), "zero": (0, "parallel.zero_stage"),
-                "micro_batch": (1, "train.micro_batch_size"), "seq_len": (2048, "data.seq_len"),
+                "micro_batch": (1, "train.micro_batch_size"), "seq_len": (None, "data.seq_len"),
                 "global_batch": (None, "train.global_batch_size"), "precision": ("bf16", "precision.dtype"),
                 "activation_checkpointing": (False, "parallel.activation_checkpointing"),
                 "sequence_parallel": (False, "parallel.sequence_parallel")}
@@ -74,7 +74,14 @@ def _layout(args: argparse.Namespace) -> tuple[dict, dict | None]:
             section, field = dotted.split(".")
             given = getattr(getattr(cfg, section), field)
         values[option] = default if given is None else given
-    return values, (cfg.model.model_dump() if cfg is not None else None)
+    shape = cfg.model.model_dump() if cfg is not None else None
+    if values["seq_len"] is None:  # a preset's own context, up to GPT-3's 2048 (BERT: 512)
+        from model.presets import preset_shape
+        try:
+            values["seq_len"] = min(2048, (shape or preset_shape(args.model))["n_ctx"])
+        except KeyError:
+            values["seq_len"] = 2048  # an unknown preset: make_plan names the choices
+    return values, shape
 
 
 def run(args: argparse.Namespace) -> int:

@@ -104,3 +104,11 @@ def test_cli_plans_a_run_config(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["input"]["zero"] == 3
     assert main(["plan", "--config", str(tmp_path / "typo.yaml")]) == 2
     assert "config file" in capsys.readouterr().err
+
+
+def test_cli_sequence_defaults_to_the_models_context(capsys):
+    """A 512-position BERT was refused under the old fixed default of 2048 tokens."""
+    assert main(["plan", "--model", "bert-base", "--gpus-per-node", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input"]["seq_len"] == 512
+    assert main(["plan", "--model", "gpt3-xl", "--gpus-per-node", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input"]["seq_len"] == 2048
