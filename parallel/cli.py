@@ -31,10 +31,11 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
                    help="bf16/fp16: mixed precision with fp32 master weights; fp32 doubles the weights', "
                    "gradients' and activations' memory (default: bf16)")
-    p.add_argument("--activation-checkpointing", action="store_true", default=None,
-                   help="recompute each block in backward")
-    p.add_argument("--sequence-parallel", action="store_true", default=None,
-                   help="shard LayerNorm/dropout activations under TP")
+    # --no-...: a plan from --config can switch off what the run config switched on.
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute each block in backward (default: off, or the config's)")
+    p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
+                   help="shard LayerNorm/dropout activations under TP (default: off, or the config's)")
     p.add_argument("--gpu-mem-gb", type=float, default=80.0, help="memory of one GPU, GB (1e9 bytes)")
     p.add_argument("--gpu-tflops", type=float, default=400.0,
                    help="sustained TFLOP/s of one GPU on this model (stated assumption; default 400)")

@@ -102,6 +102,11 @@ def test_cli_plans_a_run_config(tmp_path, capsys):
     assert plan["input"]["tp"] == 2 and plan["input"]["zero"] == 1 and plan["global_batch"] == 512
     assert main(["plan", "--config", str(cfg), "--nodes", "4", "--zero", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["input"]["zero"] == 3
+    # a switch the config turned on can be turned off for the plan
+    assert plan["input"]["activation_checkpointing"] is True
+    assert main(["plan", "--config", str(cfg), "--nodes", "4", "--no-activation-checkpointing", "--json"]) == 0
+    off = json.loads(capsys.readouterr().out)
+    assert off["input"]["activation_checkpointing"] is False and off["total_bytes"] > plan["total_bytes"]
     assert main(["plan", "--config", str(tmp_path / "typo.yaml")]) == 2
     assert "config file" in capsys.readouterr().err
 
