@@ -262,6 +262,22 @@ def test_a_rerun_with_other_tasks_is_refused_and_only_listed_shards_are_read(sha
     assert json.load(open(tmp_path / "s.json"))["total"]["documents"] == len(list(DocumentReader([str(src)]).run()))
 
 
+def test_train_tokenizer_does_not_learn_the_separator_in_plain_text(shared_data, tmp_path):
+    """Plain text with <|endoftext|> between documents goes to sentencepiece as it is: its trainer leaves the
+    spelling of the control piece out, so no learnt piece spells part of the separator."""
+    from data.tokenizer import Tokenizer
+    lines = (shared_data / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:2000]
+    src = tmp_path / "docs.txt"
+    src.write_text("\n<|endoftext|>\n".join(line for line in lines if len(line.split()) > 5))
+    prefix = str(tmp_path / "tok" / "spm")
+    assert mnemos_data("train-tokenizer", "--input", src, "--model-prefix", prefix, "--vocab-size", "600") == 0
+    tok = Tokenizer(f"{prefix}.model")
+    special = {tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id}
+    learnt = [tok.id_to_piece(i) for i in range(tok.vocab_size) if i not in special]
+    assert [p for p in learnt if "endof" in p or "|" in p or "<" in p.replace("<0x", "")] == []
+    assert tok.encode("a<|endoftext|>b").count(tok.eos_id) == 0  # and text never becomes the control id
+
+
 def test_gpt3_samples_are_split_at_their_document_separators(shared_data, small_tokenizer, tmp_path):
     """The GPT-3 samples file holds several documents per record, separated by <|endoftext|>. Each must become
     its own indexed document (the dataset puts the end-of-text id between documents); left whole, the separator would be tokenized as literal
