@@ -113,15 +113,22 @@ def resolve(specs: Sequence[DatasetSpec]) -> tuple[list[str], list[float], list[
                 raise ValueError(f"shard {p} is in datasets {owner[p]!r} and {s.name!r} (rule: a shard belongs "
                                  f"to one dataset)")
             owner[p] = s.name
-    prefixes, weights, names = [], [], []
-    for s in specs:
-        tokens = np.array([IndexedDataset(p).num_tokens for p in s.prefixes], dtype=np.float64)
-        share = tokens / tokens.sum() if tokens.sum() > 0 else np.full(len(tokens), 1 / len(tokens))
-        for p, f in zip(s.prefixes, share):
-            prefixes.append(p)
-            weights.append(s.weight / total_w * float(f))
-            names.append(s.name)
-    return prefixes, weights, names
+    prefixes = [p for s in specs for p in s.prefixes]
+    names = [s.name for s in specs for _ in s.prefixes]
+    return prefixes, share_by_tokens(specs, prefixes, names), names
+
+
+def share_by_tokens(specs: Sequence[DatasetSpec], prefixes: Sequence[str], names: Sequence[str]) -> list[float]:
+    """Each prefix's weight: its dataset's share of all weight, split among the dataset's prefixes by tokens."""
+    total_w = sum(s.weight for s in specs)
+    tokens = np.array([IndexedDataset(p).num_tokens for p in prefixes], dtype=np.float64)
+    weights = []
+    for p, name, n in zip(prefixes, names, tokens):
+        spec = next(s for s in specs if s.name == name)
+        own = tokens[[k for k, other in enumerate(names) if other == name]]
+        share = n / own.sum() if own.sum() > 0 else 1 / len(own)
+        weights.append(spec.weight / total_w * float(share))
+    return weights
 
 
 def materialize_splits(prefixes: Sequence[str], names: Sequence[str], out_dir: str,
@@ -151,6 +158,9 @@ def build_blend(specs: Sequence[DatasetSpec], seq_len: int, eos_id: int, out_dir
     tokenizer = check_one_tokenizer(specs, tokenizer)
     prefixes, weights, names = resolve(specs)
     split_prefixes = materialize_splits(prefixes, names, out_dir, split)
+    # split by the train shards' own sizes (documents round differently per shard): a dataset's train shards
+    # are then sampled by size, as BERT, which reads them as one corpus, also does
+    weights = share_by_tokens(specs, split_prefixes["train"], names)
     cache = os.path.join(out_dir, "index_cache")
     summary: dict = {"seq_len": seq_len, "eos_id": eos_id, "tokenizer": tokenizer, "seed": seed, "split": list(split),
                      "splits": {}}

@@ -121,7 +121,7 @@ class DataConfig(_Section):
 def check_bert_weights(data: "DataConfig") -> None:
     """BERT pairs sentences of the train prefixes read as one corpus, i.e. each prefix by its size; weights
     that say the same (a blend of one dataset) are fine, others would be ignored and are refused."""
-    if data.weights is None or _blend_datasets(data.blend) == 1:  # one dataset: its shards weigh by size already
+    if data.weights is None:
         return
     from data.indexed import IndexedDataset
     tokens = [IndexedDataset(p).num_tokens for p in data.train]
@@ -131,15 +131,6 @@ def check_bert_weights(data: "DataConfig") -> None:
         raise ConfigError(f"data.weights={[round(w, 4) for w in data.weights]} but BERT reads data.train as one "
                           f"corpus, each prefix by its size ({[round(x, 4) for x in share]}) (rule: weights by size "
                           f"only, e.g. a blend of one dataset; or tokenize the datasets into one shard set)")
-
-
-def _blend_datasets(path: str | None) -> int | None:
-    """How many datasets the blend at `path` mixes (None without a blend)."""
-    if not path:
-        return None
-    import json
-    with open(path if path.endswith(".json") else os.path.join(path, "blend.json")) as f:
-        return len(json.load(f).get("datasets", []))
 
 
 def read_blend(path: str) -> dict:
