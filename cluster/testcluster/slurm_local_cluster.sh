@@ -47,7 +47,9 @@ SlurmctldPort=$PORT
 SlurmUser=$user
 SlurmdUser=$user
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge/munge.socket
+# cred_expire also holds a requeued job back before it may start again (default 120 s): shortened so
+# preemption tests resume in seconds.
+AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=20
 CredType=cred/munge
 StateSaveLocation=$DIR/ctld
 SlurmdSpoolDir=$DIR/spool/%n

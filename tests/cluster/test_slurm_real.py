@@ -117,7 +117,7 @@ def test_time_limit_warning_signal_requeues_the_job(slurm_cluster, tmp_path):
     log = job.logs()
     assert "SIGUSR1 received" in log and "requeueing job" in log and "TIMEOUT" not in job.state()
     assert (tmp_path / "logs" / "stopped-rank0").read_text() == "SIGUSR1"
-    job.cancel()  # the requeued job would otherwise wait ~2 minutes and run again
+    job.cancel()  # the requeued job would otherwise wait cred_expire (20 s here) and run again
 
 
 # ----------------------------------------------------------------------------- training + preemption
@@ -163,7 +163,7 @@ def test_two_node_training_is_preempted_requeued_and_matches_uninterrupted(slurm
     res = _mnemos("jobs", "cancel", job.job_id, "--signal", "USR1")
     assert res.returncode == 0, res.stderr
 
-    # The job checkpoints, requeues itself (Slurm holds it ~2 minutes), restarts and finishes.
+    # The job checkpoints, requeues itself (Slurm holds it for cred_expire, 20 s in the test cluster), restarts and finishes.
     deadline = time.monotonic() + 90
     while job.restarts() < 1:
         assert time.monotonic() < deadline, f"no requeue: {job.logs()}"
