@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def clean_corpus(inputs: Sequence[str], out_dir: str, eval_texts: Sequence[str | tuple[str, str]] | None = None,
                  registry_tasks: Sequence[str] | None | bool = False, eval_files: Sequence[str] = (),
                  min_n: int | None = 8, bands: int = 16, rows: int = 8, text_field: str = "text",
-                 txt_sample_by: str = "line", tasks: int = 1, workers: int = 1) -> dict:
+                 txt_sample_by: str = "auto", tasks: int = 1, workers: int = 1) -> dict:
     """Dedup (exact + MinHash-LSH) then GPT-3 App. C decontamination of `inputs`; the clean corpus is
     `OUT_DIR/clean/*.jsonl.zst`. Benchmarks: `eval_texts` (strings or (source, text)), `eval_files`,
     and the harness registry when `registry_tasks` is None (all tasks) or a list of names (False: not

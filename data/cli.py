@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from data.io import TXT_SAMPLE_BY
 from launcher.argtypes import comma_list, integer, number
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ def register(subparsers) -> None:
         if out:
             q.add_argument("--out", "-o", required=True, help="output directory")
         q.add_argument("--text-field", default="text", help="record field holding the text")
-        q.add_argument("--txt-sample-by", default="line", choices=["line", "paragraph", "document"],
-                       help="what one document is in plain-text inputs")
+        q.add_argument("--txt-sample-by", default="auto", choices=list(TXT_SAMPLE_BY),
+                       help="what one document is in plain-text inputs: a line, a paragraph (lines between blank "
+                       "lines), or the whole file; auto: by paragraph when blank lines separate the text, else by "
+                       "line (default)")
         doc_separator_option(q)
         q.add_argument("--max-chars", type=integer(1), default=100_000_000,
                        help="documents longer than this are counted as too_long and skipped")
@@ -209,7 +212,7 @@ def _missing_text_field(paths: list[str], a) -> list[str]:
     local = [p for p in paths if not p.startswith("hf://")]  # the hub is not read for a check
     if not local:
         return []
-    reader = DocumentReader(local[:1], text_field=a.text_field, txt_sample_by=getattr(a, "txt_sample_by", "line"))
+    reader = DocumentReader(local[:1], text_field=a.text_field, txt_sample_by=getattr(a, "txt_sample_by", "auto"))
     try:
         _, record, _ = next(iter(reader._records(local[0])), (0, None, ""))
     except Exception:  # noqa: BLE001  an unreadable file is counted by the stage itself
@@ -333,18 +336,15 @@ def cmd_tokenize(a) -> int:
     if stale:  # from an earlier run with more --tasks: not in shards.json, so blend/stats/train skip them
         print(f"note: {a.out} also holds {', '.join(stale)} from an earlier run; shards.json does not list "
               f"them and the later stages read only the listed shards")
-    short_lines = _plain_text_by_line(a) and tot["documents"] and tot["tokens"] / tot["documents"] < 64
-    if short_lines:  # a book read line by line: every line break becomes an end-of-text between "documents"
-        print(f"note: plain text was read one document per line (--txt-sample-by line), {tot['tokens'] // tot['documents']} "
-              f"tokens per document on average: training puts an end-of-text id between lines and never sees their "
-              f"line breaks. For a book or an article per file use --txt-sample-by document (or paragraph).")
+    reader = next((st for st in steps if st["step"] == "reader"), {})
+    cut = [m for m in ("line", "paragraph") if reader.get(f"text_files_by_{m}")]
+    if cut and tot["documents"] and tot["tokens"] / tot["documents"] < 64:
+        # a book cut into lines (or short speeches): an end-of-text id between pieces of one text
+        print(f"note: plain text was read one document per {' or '.join(cut)} (--txt-sample-by {a.txt_sample_by}), "
+              f"{tot['tokens'] // tot['documents']} tokens per document on average: training puts an end-of-text id "
+              f"between them and never sees the text run on. For a book or an article per file use --txt-sample-by "
+              f"document.")
     return 0 if summary else 1
-
-
-def _plain_text_by_line(a) -> bool:
-    from .io import detect_format, expand_paths
-    return a.txt_sample_by == "line" and any(
-        not p.startswith("hf://") and detect_format(p, strict=False) == "text" for p in expand_paths(a.input))
 
 
 def cmd_filter(a) -> int:

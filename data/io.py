@@ -12,6 +12,7 @@ import codecs
 import glob
 import gzip
 import io
+import itertools
 import json
 import logging
 import os
@@ -36,6 +37,27 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": 
 # tokenizer's end-of-text piece has the same spelling, but sentencepiece never produces a control piece from
 # text: left in, it would be learned as eight pieces of literal text instead of a document boundary.
 DOC_SEPARATOR = "<|endoftext|>"
+
+# --txt-sample-by: what one document of a plain-text file is. `auto` looks at the first SNIFF_LINES lines: a
+# book or WikiText has a blank line after every paragraph (WikiText a third of its lines, Tiny Shakespeare a
+# sixth); a file of one document per line has none, or a stray one.
+TXT_SAMPLE_BY = ("auto", "line", "paragraph", "document")
+SNIFF_LINES = 2000
+PARAGRAPH_BLANK_SHARE = 0.05
+
+
+def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
+    """Runs of non-blank lines, joined by newlines; a line of only whitespace ends a paragraph."""
+    run: list[str] = []
+    for line in lines:
+        if line.strip():
+            run.append(line)
+        elif run:
+            yield "\n".join(run)
+            run = []
+    if run:
+        yield "\n".join(run)
+
 
 _SKIP_DIRS = {"logs", "rejects", "minhash", "contamination", "stats", "completions", "index_cache"}
 
@@ -84,7 +106,7 @@ class DocumentReader(PipelineStep):
     name = "reader"
 
     def __init__(self, paths: Sequence[str], text_field: str = "text", id_field: str = "id",
-                 txt_sample_by: str = "line", min_chars: int = 1, max_chars: int = 100_000_000,
+                 txt_sample_by: str = "auto", min_chars: int = 1, max_chars: int = 100_000_000,
                  limit: int | None = None, doc_separator: str | None = DOC_SEPARATOR):
         super().__init__()
         self.paths = expand_paths(paths)
@@ -92,15 +114,47 @@ class DocumentReader(PipelineStep):
             raise FileNotFoundError(f"no input files in {list(paths)}")
         self.text_field = text_field
         self.id_field = id_field
-        if txt_sample_by not in ("line", "paragraph", "document"):
-            raise ValueError(f"txt_sample_by={txt_sample_by!r} (allowed: line, paragraph, document)")
+        if txt_sample_by not in TXT_SAMPLE_BY:
+            raise ValueError(f"txt_sample_by={txt_sample_by!r} (allowed: {', '.join(TXT_SAMPLE_BY)})")
         self.txt_sample_by = txt_sample_by
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.limit = limit
         self.doc_separator = doc_separator or None
+        self._told: set[str] = set()  # auto's choices already logged
 
-    def _records(self, path: str) -> Iterator[tuple[int, dict | None, str]]:
+    def text_mode(self, path: str) -> str:
+        """How plain-text `path` is cut into documents: --txt-sample-by, or for `auto` by paragraph when
+        blank lines separate its text (a book, an article, WikiText), else one document per line."""
+        if self.txt_sample_by != "auto":
+            return self.txt_sample_by
+        head = list(itertools.islice(self._text_lines(path), SNIFF_LINES))
+        blank = sum(1 for line in head if not line.strip())
+        return "paragraph" if head and blank >= PARAGRAPH_BLANK_SHARE * len(head) else "line"
+
+    def _text_lines(self, path: str) -> Iterator[str]:
+        import datasets
+        ds = datasets.load_dataset("text", data_files=[path], split="train", streaming=True,
+                                   encoding_errors=_BAD_BYTES_HANDLER)
+        return (x for batch in ds.iter(batch_size=1024) for x in batch["text"])
+
+    def _text_records(self, path: str, mode: str) -> Iterator[tuple[int, dict | None, str]]:
+        """Plain text as documents: each line, each paragraph (lines between blank or whitespace-only lines:
+        `datasets` splits only at an empty line, so WikiText's " " lines would make it one document), or
+        the whole file."""
+        if mode == "line":
+            chunks: Iterator[str] = self._text_lines(path)
+        elif mode == "paragraph":
+            chunks = _paragraphs(self._text_lines(path))
+        else:
+            import datasets
+            ds = datasets.load_dataset("text", data_files=[path], split="train", streaming=True, sample_by="document",
+                                       encoding_errors=_BAD_BYTES_HANDLER)
+            chunks = (x for batch in ds.iter(batch_size=16) for x in batch["text"])
+        for k, text in enumerate(chunks):
+            yield (k, None, "non_utf8") if _BAD_BYTES_MARK in text else (k, {self.text_field: text}, "")
+
+    def _records(self, path: str, text_mode: str | None = None) -> Iterator[tuple[int, dict | None, str]]:
         """(record number, record or None, problem)."""
         import datasets
         datasets.disable_progress_bars()
@@ -118,19 +172,16 @@ class DocumentReader(PipelineStep):
             for k, rec in enumerate(ds):
                 yield k, rec, ""
             return
-        kw = {"sample_by": self.txt_sample_by} if fmt == "text" else {}
-        ds = datasets.load_dataset("text", data_files=[path], split="train", streaming=True,
-                                   encoding_errors=_BAD_BYTES_HANDLER, **kw)
+        if fmt == "text":
+            yield from self._text_records(path, text_mode or self.text_mode(path))
+            return
         k = -1
-        for line in (x for batch in ds.iter(batch_size=1024) for x in batch["text"]):
-            if fmt == "jsonl" and not line.strip():
+        for line in self._text_lines(path):
+            if not line.strip():
                 continue
             k += 1
             if _BAD_BYTES_MARK in line:
                 yield k, None, "non_utf8"
-                continue
-            if fmt == "text":
-                yield k, {self.text_field: line}, ""
                 continue
             try:
                 rec = json.loads(line)
@@ -165,7 +216,16 @@ class DocumentReader(PipelineStep):
             base = os.path.basename(path)
             n_rec = n_doc = n_chars = 0        # local counters: the per-document path stays lean
             try:
-                for k, rec, problem in self._records(path):
+                mode = None
+                if not path.startswith("hf://") and detect_format(path) == "text":
+                    mode = self.text_mode(path)
+                    if counts_files:
+                        self.stat(f"text_files_by_{mode}")
+                    if self.txt_sample_by == "auto" and mode not in self._told:
+                        self._told.add(mode)
+                        log.info("%s: plain text read one document per %s (--txt-sample-by auto; give line, "
+                                 "paragraph or document to choose)", path, mode)
+                for k, rec, problem in self._records(path, mode):
                     if not by_file and k % world_size != rank:
                         continue
                     n_rec += 1

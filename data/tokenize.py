@@ -71,7 +71,7 @@ class TokenizeStep(PipelineStep):
 
 
 def tokenize_corpus(inputs: Sequence[str], tokenizer_path: str, out_dir: str, tasks: int = 1, workers: int = 1,
-                    text_field: str = "text", txt_sample_by: str = "line", num_threads: int = 1,
+                    text_field: str = "text", txt_sample_by: str = "auto", num_threads: int = 1,
                     pre_steps: Sequence[PipelineStep] = ()) -> dict:
     """Tokenize `inputs` into `tasks` shards with `workers` processes; returns the summary written
     to `OUT_DIR/shards.json`."""

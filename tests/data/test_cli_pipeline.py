@@ -2,6 +2,7 @@
 benchmark passages: they are removed, everything else is kept, stage reports add up."""
 import argparse
 import json
+import re
 import os
 
 import numpy as np
@@ -346,15 +347,16 @@ def test_stats_takes_input_like_the_other_stages(shared_data, small_tokenizer, t
     assert mnemos_data("stats", "-i", tmp_path / "shards", "--json-out", tmp_path / "a.json") == 0
     assert mnemos_data("stats", tmp_path / "shards", "--json-out", tmp_path / "b.json") == 0
     a, b = (json.load(open(tmp_path / f"{x}.json")) for x in "ab")
-    assert a == b and a["total"]["documents"] == sum(1 for line in lines if line.strip())
+    sections = [b for b in re.split(r"\n[ \t]*\n", "\n".join(lines)) if b.strip()]  # WikiText: blank-line separated
+    assert a == b and a["total"]["documents"] == len(sections)
     capsys.readouterr()
     assert mnemos_data("stats") == 2
     assert "give the shards or files to count" in capsys.readouterr().err
 
 
 def test_a_book_read_line_by_line_is_pointed_out(shared_data, small_tokenizer, tmp_path, capsys):
-    """Plain text is read one document per line by default (as `datasets` reads text): right for WikiText's
-    paragraph lines, wrong for a book, whose every line break would become an end-of-text id."""
+    """Plain text read one document per line (`datasets`' default, ours when a file has no blank lines): right
+    for a list of documents, wrong for a book, whose every line break would become an end-of-text id."""
     lines = (shared_data / "corpus" / "tinyshakespeare.txt").read_text(encoding="utf-8").splitlines()[:400]
     (tmp_path / "play.txt").write_text("\n".join(lines), encoding="utf-8")
     for sample_by, noted in (("line", True), ("document", False)):

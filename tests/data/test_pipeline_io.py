@@ -137,3 +137,29 @@ def test_a_completed_task_runs_again_when_the_steps_change(tmp_path):
     assert sorted(os.listdir(tmp_path / "b")) == ["00000.jsonl.zst", "00001.jsonl.zst"]
     fewer = LocalExecutor([ListReader(docs), DropShort(), JsonlWriter(str(tmp_path / "b"))], logs, tasks=1)
     assert not fewer.is_done(0)  # task 0 of 2 made half of what task 0 of 1 must
+
+
+def test_plain_text_is_cut_at_blank_lines_whitespace_only_ones_included(tmp_path):
+    """WikiText separates its sections with lines holding one space: `datasets`' paragraph mode splits only
+    at empty lines and read the whole file as one document."""
+    (tmp_path / "wiki.txt").write_text(" \n = Title = \n \n First para .\n Second para .\n \t\n\n = = Next = = \n")
+    docs = [d.text for d in DocumentReader([str(tmp_path / "wiki.txt")], txt_sample_by="paragraph").run()]
+    assert docs == [" = Title = ", " First para .\n Second para .", " = = Next = = "]
+    lines = [d.text for d in DocumentReader([str(tmp_path / "wiki.txt")], txt_sample_by="line").run()]
+    assert lines == [" = Title = ", " First para .", " Second para .", " = = Next = = "]
+    whole = [d.text for d in DocumentReader([str(tmp_path / "wiki.txt")], txt_sample_by="document").run()]
+    assert len(whole) == 1 and "Second para" in whole[0]
+
+
+def test_auto_reads_a_play_by_paragraph_and_a_list_by_line(shared_data, tmp_path):
+    """The default: Tiny Shakespeare by line was 32,777 one-line documents, and exact dedup then deleted 7,139
+    of them (every repeated "ROMEO:"); by paragraph each speech is a document. A file of one document per line,
+    even with a stray blank line, stays one per line."""
+    play = DocumentReader([str(shared_data / "corpus" / "tinyshakespeare.txt")])
+    speeches = list(play.run())
+    assert len(speeches) == 7222 and speeches[0].text == "First Citizen:\nBefore we proceed any further, hear me speak."
+    assert play.stats["text_files_by_paragraph"] == 1
+    rows = [f"document {i} says something about topic {i % 7}" for i in range(300)]
+    (tmp_path / "list.txt").write_text("\n".join(rows[:150] + [""] + rows[150:]) + "\n")
+    listed = DocumentReader([str(tmp_path / "list.txt")])
+    assert [d.text for d in listed.run()] == rows and listed.stats["text_files_by_line"] == 1
