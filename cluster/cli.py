@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--image", default="mnemos:latest", help="container image (k8s)")
     p.add_argument("--namespace", default="default", help="namespace (k8s)")
     p.add_argument("--pvc", default=None, help="ReadWriteMany claim mounted at the run directory (k8s)")
+    p.add_argument("--volume", action="append", default=[], metavar="CLAIM:PATH",
+                   help="another claim mounted at PATH in every pod, e.g. the data and tokenizer (k8s; repeatable)")
     p.set_defaults(func=submit_cmd)
 
     j = subparsers.add_parser("jobs", help="follow and control submitted jobs")
@@ -71,6 +73,12 @@ def _spec(args):
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         env[k] = v
+    volumes = {}
+    for item in args.volume:
+        claim, sep, path = item.partition(":")
+        if not sep or not claim or not path:
+            raise ConfigError(f"--volume {item!r} (rule: CLAIM:PATH, a persistent volume claim and where it is mounted)")
+        volumes[claim] = path
     min_nodes, nodes = _node_range(args.nodes)
     try:
         return JobSpec(name=args.name, nodes=nodes, min_nodes=min_nodes, gpus_per_node=args.gpus_per_node,
@@ -78,9 +86,21 @@ def _spec(args):
                        time=args.time, partition=args.partition, account=args.account, qos=args.qos,
                        constraint=args.constraint, exclusive=args.exclusive, array=args.array,
                        dependency=args.dependency, max_restarts=args.max_restarts,
-                       signal_lead_s=args.signal_lead_s, env=env, image=args.image, namespace=args.namespace)
-    except ValueError as err:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(f"invalid job options: {err}") from None
+                       signal_lead_s=args.signal_lead_s, env=env, image=args.image, namespace=args.namespace,
+                       volumes=volumes)
+    except ValueError as err:  # pydantic's ValidationError is a ValueError: its messages, without the dump
+        details = err.errors() if hasattr(err, "errors") else []
+        raise ConfigError("invalid job options: " + ("; ".join(map(_option_error, details)) or str(err))) from None
+
+
+def _option_error(e: dict) -> str:
+    """One pydantic error of JobSpec in the words of the command line: the option, its value, the rule."""
+    msg = str(e["msg"])
+    if msg.startswith("Value error, "):  # our own validators already name the option
+        return msg.removeprefix("Value error, ")
+    field = str(e["loc"][0]) if e.get("loc") else "?"
+    option = {"signal_lead_s": "signal-lead", "min_nodes": "nodes"}.get(field, field.replace("_", "-"))
+    return f"--{option}={e.get('input')!r} (rule: {msg[0].lower()}{msg[1:]})"
 
 
 def _node_range(text: str) -> tuple[int | None, int]:
@@ -103,8 +123,15 @@ def submit_cmd(args) -> int:
     if args.python is None:
         args.python = "python" if args.scheduler == "k8s" else sys.executable
     try:
+        cfg, cmd = prepare(args.config, spec, args.overrides, args.python)
+        if args.scheduler == "k8s":
+            from cluster.k8s import unmounted_paths
+            missing = unmounted_paths(cfg, cmd, spec, args.pvc)
+            if missing:  # the image may hold them, so a note, not a refusal
+                print(f"note: the pods see their image and the mounted claims only, and none of these is on a "
+                      f"mount: {', '.join(missing)} (--pvc CLAIM mounts the run directory, --volume CLAIM:PATH "
+                      f"another claim)", file=sys.stderr)
         if args.dry_run:
-            _, cmd = prepare(args.config, spec, args.overrides, args.python)
             sys.stdout.write(render(spec, cmd, args.scheduler, args.pvc))
             return 0
         job = submit_training(args.config, spec, args.overrides, args.scheduler, args.python, args.pvc)

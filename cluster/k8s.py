@@ -26,9 +26,8 @@ from pathlib import Path
 import yaml
 
 from cluster.job import Job, JobError, JobRecord, load_record, save_record
-from cluster.spec import JobCommand, JobSpec, check_no_control_chars
+from cluster.spec import _DNS1123, JobCommand, JobSpec, check_no_control_chars
 
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RUN_VOLUME = "mnemos-run"
 
 
@@ -70,6 +69,10 @@ def render_pytorchjob(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) ->
     if pvc:
         volumes.append({"name": RUN_VOLUME, "persistentVolumeClaim": {"claimName": pvc}})
         container["volumeMounts"].append({"name": RUN_VOLUME, "mountPath": str(cmd.run_dir)})
+    for claim, path in sorted(spec.volumes.items()):
+        check_no_control_chars("volume", path)
+        volumes.append({"name": f"claim-{claim}"[:63].rstrip("-"), "persistentVolumeClaim": {"claimName": claim}})
+        container["volumeMounts"].append({"name": f"claim-{claim}"[:63].rstrip("-"), "mountPath": path})
     pod_spec["volumes"] = volumes
     if spec.exclusive:
         # One job's pods never share a machine (like Slurm --exclusive).
@@ -100,6 +103,25 @@ def render_pytorchjob(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) ->
             "metadata": {"name": name, "namespace": spec.namespace,
                          "labels": {"app.kubernetes.io/managed-by": "mnemos", "mnemos/job": name}},
             "spec": job_spec}
+
+
+def unmounted_paths(cfg, cmd: JobCommand, spec: JobSpec, pvc: str | None) -> list[str]:
+    """The files a run reads (its config, data shards, tokenizer) that lie on no volume the pods mount: a pod
+    sees its image and its mounts, not the disk of the machine that submitted."""
+    mounts = [Path(p) for p in spec.volumes.values()] + ([Path(cmd.run_dir)] if pvc else [])
+
+    def mounted(path: Path) -> bool:
+        return any(path == m or m in path.parents for m in mounts)
+
+    wanted = [("run config", Path(cmd.config))]
+    wanted += [(f"data.train[{i}]", Path(p)) for i, p in enumerate(cfg.data.train)]
+    wanted += [(f"data.valid[{i}]", Path(p)) for i, p in enumerate(cfg.data.valid)]
+    if cfg.data.tokenizer:
+        wanted.append(("data.tokenizer", Path(cfg.data.tokenizer)))
+    if cfg.data.blend:
+        wanted.append(("data.blend", Path(cfg.data.blend)))
+    return [f"{what}={path}" for what, path in wanted
+            if not mounted(path if path.is_absolute() else Path(cmd.workdir) / path)]
 
 
 def elastic_policy(spec: JobSpec) -> dict:
@@ -190,6 +212,8 @@ def validate_pytorchjob(m: dict) -> list[str]:
             mounts = {v["name"] for v in pod.get("volumes", [])}
             for vm in c.get("volumeMounts", []):
                 need(vm.get("name") in mounts, f"{where}: volumeMount {vm.get('name')!r} has no volume")
+            paths = [vm.get("mountPath") for vm in c.get("volumeMounts", [])]
+            need(len(paths) == len(set(paths)), f"{where}: two volumes mounted at one path ({sorted(paths)})")
         grace = pod.get("terminationGracePeriodSeconds")
         need(grace is None or (isinstance(grace, int) and grace >= 0), f"{where}: terminationGracePeriodSeconds invalid")
     return errors

@@ -18,6 +18,7 @@ _DEPENDENCY = re.compile(
     r"^(singleton|(after|afterok|afternotok|afterany|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+)"
     r"([,?](singleton|(after|afterok|afternotok|afterany|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+))*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class SpecError(ValueError):
@@ -51,6 +52,20 @@ class JobSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every rank.")
     image: str = Field("mnemos:latest", description="Container image (Kubernetes).")
     namespace: str = Field("default", description="Kubernetes namespace.")
+    volumes: dict[str, str] = Field(default_factory=dict,
+                                    description="Kubernetes: persistent volume claim -> absolute path it is mounted "
+                                                "at in every pod (data, tokenizer; the run directory is --pvc).")
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_paths(cls, volumes: dict[str, str]) -> dict[str, str]:
+        for claim, path in volumes.items():
+            if not _DNS1123.match(claim):
+                raise ValueError(f"--volume {claim}:{path} (rule: the claim's name is lowercase letters, digits and "
+                                 f"'-', as Kubernetes names are)")
+            if not path.startswith("/"):
+                raise ValueError(f"--volume {claim}:{path} (rule: the mount path is absolute)")
+        return volumes
 
     @field_validator("env")
     @classmethod

@@ -263,6 +263,37 @@ def test_cli_dry_run_prints_the_exact_script_and_writes_nothing(tmp_path):
     assert master["command"][0] == "/opt/venv/bin/python"
 
 
+def test_k8s_names_the_files_no_pod_can_see_and_mounts_claims_for_them(tmp_path):
+    """A pod sees its image and its mounts, not the submitting machine's disk: without claims covering the run
+    directory and the data, the pods would fail on a missing file once scheduled. `--volume CLAIM:PATH` mounts
+    the data's claim; what is still on no mount is named (a note: the image may hold it)."""
+    run_dir = tmp_path / "run"
+    cfg = _write_tiny_config(tmp_path, run_dir)
+    base = ("submit", str(cfg), "--nodes", "2", "--scheduler", "k8s", "--dry-run")
+    res = _mnemos(*base, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"run config={run_dir / 'config.yaml'}" in res.stderr and f"data.train[0]={tmp_path / 'train'}" in res.stderr
+    assert f"data.tokenizer={small_tokenizer_file()}" in res.stderr
+    tok_dir = os.path.dirname(small_tokenizer_file())
+    res = _mnemos(*base, "--pvc", "runs", "--volume", f"data:{tmp_path}", "--volume", f"tok:{tok_dir}", cwd=tmp_path)
+    assert res.returncode == 0 and "note:" not in res.stderr, res.stderr
+    m = yaml.safe_load(res.stdout)
+    assert k8s.validate_pytorchjob(m) == []
+    pod = m["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    mounts = {vm["name"]: vm["mountPath"] for vm in pod["containers"][0]["volumeMounts"]}
+    assert {c: mounts[n] for c, n in claims.items()} == {"runs": str(run_dir), "data": str(tmp_path), "tok": tok_dir}
+    for bad, words in (("data", "--volume 'data' (rule: CLAIM:PATH"), ("Data:/x", "--volume Data:/x (rule: the claim"),
+                       ("data:rel/dir", "--volume data:rel/dir (rule: the mount path is absolute)")):
+        res = _mnemos(*base, "--volume", bad, cwd=tmp_path)
+        assert res.returncode == 2 and words in res.stderr, res.stderr
+    res = _mnemos(*base, "--max-restarts", "-1", cwd=tmp_path)
+    assert res.returncode == 2 and "--max-restarts=-1 (rule: input should be greater than or equal to 0)" in res.stderr
+    # a claim mounted where the run directory's claim already is: refused by the manifest check
+    res = _mnemos(*base, "--pvc", "runs", "--volume", f"other:{run_dir}", cwd=tmp_path)
+    assert res.returncode == 1 and "two volumes mounted at one path" in res.stderr, res.stderr
+
+
 def test_cli_rejects_a_config_that_does_not_fit_the_world_before_submitting(tmp_path):
     cfg = _write_tiny_config(tmp_path, tmp_path / "run")
     # 3 nodes x 1 rank: global batch 8 is not a multiple of micro 2 x dp 3.
