@@ -72,12 +72,14 @@ def register(subparsers) -> None:
     d = subparsers.add_parser("eval-data", help="build task data: word lists and GPT-3 synthetic task files")
     dsub = d.add_subparsers(dest="what", metavar="WHAT")
     w = dsub.add_parser("words", help="word list for the word-scramble tasks: the N most frequent words of 5-14 letters")
-    w.add_argument("corpus", nargs="+", help="text files")
-    w.add_argument("--out", required=True, help="output file, one word per line")
+    w.add_argument("corpus", nargs="*", help="corpus files (txt/jsonl/parquet, optionally compressed), globs or "
+                   "directories, read as the data stages read them")
+    w.add_argument("--input", "-i", nargs="+", default=[], help="the same, as the data stages take them")
+    w.add_argument("--out", "-o", required=True, help="output file, one word per line")
     w.add_argument("--n", type=integer(1), default=10000, help="words to write")
     w.set_defaults(func=_words)
     a = dsub.add_parser("synthetic", help="write the generated GPT-3 arithmetic (and, with --word-list, scramble) files")
-    a.add_argument("--out", required=True, help="output directory")
+    a.add_argument("--out", "-o", required=True, help="output directory")
     a.add_argument("--word-list", help="word list for the scramble tasks")
     a.add_argument("--n", type=integer(1), default=2000, help="examples to write")
     a.add_argument("--seed", type=integer(0), default=1234, help="seed of the generated examples")
@@ -88,13 +90,22 @@ def register(subparsers) -> None:
 def _words(args) -> int:
     from evaluation.synthetic import build_word_list
 
-    def texts():
-        for f in args.corpus:
-            with open(f, encoding="utf-8", errors="replace") as fh:
-                yield from fh
-    words = build_word_list(texts(), n=args.n)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(words) + "\n", encoding="utf-8")
+    from data.io import DocumentReader
+    paths = args.corpus + args.input
+    if not paths:
+        print("mnemos eval-data words: give the corpus files (paths, or --input)", file=sys.stderr)
+        return 2
+    try:  # jsonl's field names and escapes are not words: read documents, as the data stages do
+        reader = DocumentReader(paths)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mnemos eval-data words: {err}", file=sys.stderr)
+        return 2
+    words = build_word_list((d.text for d in reader.run()), n=args.n)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n".join(words) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
     print(f"wrote {len(words)} words to {args.out}")
     return 0
 

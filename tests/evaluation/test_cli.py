@@ -80,6 +80,17 @@ def test_eval_data_helpers(tmp_path, shared_data):
     assert (tmp_path / "syn" / "scramble_rw.jsonl").exists()
 
 
+def test_word_list_reads_jsonl_documents_not_their_markup(tmp_path, shared_data):
+    """The GPT-3 samples file is JSON strings holding <|endoftext|>: read as raw lines, "endoftext" (1,523
+    times) was its most frequent long word. Words come from the documents, as the data stages read them."""
+    samples = shared_data / "corpus" / "gpt3_175b_samples.jsonl"
+    assert main(["eval-data", "words", "-i", str(samples), "-o", str(tmp_path / "w.txt"), "--n", "200"]) == 0
+    words = (tmp_path / "w.txt").read_text().split()
+    assert len(words) == 200 and "endoftext" not in words and "which" in words
+    assert main(["eval-data", "words", "-o", str(tmp_path / "none.txt")]) == 2
+    assert not (tmp_path / "none.txt").exists()
+
+
 def test_hf_model_with_sentencepiece_tokenizer(tiny_gpt, tmp_path, shared_data):
     """Exported weights + a real sentencepiece tokenizer, through accelerate's loader."""
     from launcher.config import ModelConfig
