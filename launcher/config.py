@@ -335,8 +335,15 @@ class RunConfig(_Section):
             for p in prefixes:
                 for ext in (".bin", ".idx"):
                     if not os.path.exists(p + ext):
+                        hint = ""
+                        if os.path.isdir(p):  # a `mnemos data tokenize` output: name its shards, or blend it
+                            from data.tokenize import find_prefixes
+                            found = find_prefixes([p])
+                            hint = (f"; {p} is a directory of {len(found)} shard(s): list their prefixes "
+                                    f"({found[0]}, ...) or give `data.blend` a `mnemos data blend` of it"
+                                    if found else f"; {p} is a directory holding no shards")
                         raise ConfigError(f"{field} entry {p!r}: file {p + ext} does not exist "
-                                          f"(rule: each prefix names an existing .bin/.idx pair)")
+                                          f"(rule: each prefix names an existing .bin/.idx pair{hint})")
         if self.data.tokenizer is None and self.model.arch == "gpt":
             raise ConfigError("data.tokenizer=None (rule: GPT training needs the sentencepiece model that made the "
                               "shards, for its end-of-text id)")

@@ -49,6 +49,21 @@ def test_cross_section_rules(tmp_path):
         cfg.check_cross_sections(6)
 
 
+def test_a_shard_directory_given_as_a_prefix_is_named_with_its_shards(tmp_path, tiny_data):
+    """`data.train=[OUT]` with a tokenize output directory: the error names its shards and the blend route."""
+    import shutil
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for ext in (".bin", ".idx"):
+        shutil.copy(tiny_data["train"] + ext, shards / f"shard_00000{ext}")
+    cfg = _load("train.global_batch_size=8", f"data.train=[{shards}]")
+    with pytest.raises(ConfigError, match=rf"is a directory of 1 shard\(s\): list their prefixes \({shards}/shard_00000"):
+        cfg.check_cross_sections(1)
+    cfg = _load("train.global_batch_size=8", f"data.train=[{tmp_path}]")
+    with pytest.raises(ConfigError, match="is a directory holding no shards"):
+        cfg.check_cross_sections(1)
+
+
 def test_cli_rejects_bad_config_before_spawning_anything(tmp_path):
     cfg_file = tmp_path / "bad.yaml"
     cfg_file.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "model": {"n_head": 3}}))
