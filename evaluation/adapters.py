@@ -156,7 +156,8 @@ class MnemosLM(LM):
         if self._vocab_group is not None and topology is None and dp_group is None:
             raise ValueError("a tensor-parallel model needs topology= (requests are split over its data-parallel "
                              "ranks; ranks of one TP group must see the same requests)")
-        self.fingerprint = _model_fingerprint(self.model, tokenizer)
+        # the window is part of a rolling or truncated request's answer: a cache entry holds for one window
+        self.fingerprint = _model_fingerprint(self.model, tokenizer) + f"-w{self.max_length}"
         self.share_contexts = share_contexts
         blocks = getattr(model, "blocks", None)
         self._kv_capable = (type(getattr(model, "lm_head", None)) is torch.nn.Linear and blocks is not None

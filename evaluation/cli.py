@@ -63,6 +63,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-memory", action="append", default=[], metavar="DEV=SIZE",
                    help="with --hf-model: memory cap per device, e.g. 0=70GiB cpu=200GiB (repeatable)")
     p.add_argument("--offload-folder", help="with --hf-model: where to offload weights that fit nowhere else")
+    p.add_argument("--max-length", type=integer(1), default=None,
+                   help="tokens per scoring window (default: the run's data.seq_len, at most model.n_ctx)")
     p.add_argument("--seed", type=integer(0), default=1234, help="seed of the demonstration sampling")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the request cache (OUT/cache.sqlite)")
     p.add_argument("--log-samples", action="store_true", help="also write every request and answer (samples_*.jsonl)")
@@ -167,6 +169,7 @@ def main(args) -> int:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     from evaluation.adapters import MnemosLM
     info = {}
+    run_config = None
     if args.hf_model:
         from evaluation.hf import load_hf_for_eval
         max_memory = dict(x.split("=", 1) for x in args.max_memory) or None
@@ -205,8 +208,19 @@ def main(args) -> int:
         run_dir = ck if (ck / "config.yaml").exists() else ck.parent.parent if (ck.parent.parent / "config.yaml").exists() else None
         default_out = (run_dir / "results" / "eval") if run_dir else Path("eval_results")
     out = Path(args.out) if args.out else default_out
-    adapter = MnemosLM(model, tokenizer, batch_size=args.batch_size, device=device,
+    max_length = args.max_length
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    trained = run_config.data.seq_len if run_config is not None else None
+    if max_length is not None and n_ctx is not None and max_length > n_ctx:
+        print(f"mnemos eval: --max-length={max_length} (rule: at most the model's n_ctx, {n_ctx})", file=sys.stderr)
+        return 2
+    if max_length is None and trained and n_ctx and trained < n_ctx:
+        max_length = trained  # positions past the training sequence length were never trained
+        print(f"mnemos eval: windows of {trained} tokens, the run's data.seq_len (model.n_ctx is {n_ctx}; "
+              f"--max-length to choose)", file=sys.stderr)
+    adapter = MnemosLM(model, tokenizer, batch_size=args.batch_size, device=device, max_length=max_length,
                        dtype="fp32" if args.hf_model else args.dtype)
+    info["max_length"] = adapter.max_length
 
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     from evaluation.api import run_eval

@@ -52,7 +52,8 @@ class DatasetSpec(_Strict):
     name: str | None = Field(None, description="hub: dataset name on the Hugging Face hub (needs network).")
     config: str | None = Field(None, description="hub: dataset config name.")
     generator: Literal["arithmetic", "scramble"] | None = Field(None, description="generator: which generator.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="generator: its arguments.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="generator: its arguments; text: sample_by "
+                                   "(line, the default, paragraph, document or auto, as `mnemos data` reads text).")
 
 
 class TaskConfig(_Strict):
@@ -230,6 +231,15 @@ def load_split(cfg: TaskConfig, split: str, data_dir: str | None) -> list[dict]:
         if any(x.strip() for x in cur):
             docs.append({"page": "".join(cur).strip("\n")})
         return docs
+    if spec.loader == "text":  # {"text": ...} per line (or paragraph/file); a blank line is no document to score
+        from data.io import TXT_SAMPLE_BY, DocumentReader
+        sample_by = spec.kwargs.get("sample_by", "line")
+        if sample_by not in TXT_SAMPLE_BY or set(spec.kwargs) - {"sample_by"}:
+            raise TaskError(f"task {cfg.task}: dataset.kwargs={spec.kwargs} (rule: a text dataset takes only "
+                            f"sample_by, one of {', '.join(TXT_SAMPLE_BY)})")
+        reader = DocumentReader(files if isinstance(files, list) else [files], txt_sample_by=sample_by,
+                                doc_separator=None)
+        return [{"text": d.text} for d in reader.run()]
     builder = "json" if spec.loader in ("json", "jsonl") else spec.loader
     return _datasets_load(builder, files, spec.field)
 

@@ -127,3 +127,29 @@ def test_a_model_the_harness_cannot_score_is_refused(tmp_path, capsys):
         monkeypatch.undo()
     assert "holds a model.arch='bert' model (rule: the harness scores decoder language models" in \
         capsys.readouterr().err
+
+
+def test_windows_default_to_the_runs_training_length(monkeypatch, tiny_gpt, byte_tok, tmp_path, capsys):
+    """A model with n_ctx 96 trained on 32-token sequences never trained positions 32-95: its windows are 32
+    tokens unless --max-length says otherwise (at most n_ctx)."""
+    import launcher.inference
+    from launcher.config import RunConfig
+    run_config = RunConfig(data={"seq_len": 32}, model={"n_ctx": 96, "vocab_size": 257})
+    monkeypatch.setattr(launcher.inference, "load_for_eval", lambda path, device="cpu": (tiny_gpt, byte_tok, run_config))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tmp_path / "play.txt").write_text("First line of a play.\n\nSecond speech here.\nIt runs on.\n\n")
+    (tasks / "play.yaml").write_text(
+        f"task: play_ppl\ndataset: {{loader: text, files: {{test: '{tmp_path / 'play.txt'}'}}}}\neval_split: test\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: '{{ text }}'\ndoc_to_target: ''\n")
+    base = ["eval", "--checkpoint", "run", "--tasks", "play_ppl", "--include-tasks", str(tasks), "--shots", "0",
+            "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert "windows of 32 tokens, the run's data.seq_len" in capsys.readouterr().err
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["config"]["model"]["max_length"] == 32
+    assert res["results"]["play_ppl"]["0"]["n"] == 3  # three non-blank lines: a blank line is no document
+    assert main(base + ["--out", str(tmp_path / "b"), "--max-length", "64"]) == 0
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["model"]["max_length"] == 64
+    assert main(base + ["--out", str(tmp_path / "c"), "--max-length", "97"]) == 2
+    assert "--max-length=97 (rule: at most the model's n_ctx, 96)" in capsys.readouterr().err

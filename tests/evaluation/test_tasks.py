@@ -136,3 +136,20 @@ def test_iter_eval_texts(std_data, shared_data):
     assert "gpt3_arithmetic_2da" not in everything and "word_scramble_cl" not in everything  # no data there: skipped
     released = {t for t, _ in iter_eval_texts(["gpt3_arithmetic"], data_dir=shared_data)}
     assert len(released) == 10
+
+
+def test_text_datasets_skip_blank_lines_and_take_sample_by(tmp_path):
+    """`loader: text` read blank lines as documents to score (n counted them); `kwargs.sample_by` cuts the
+    text as `mnemos data` does (WikiText's one-space lines are blank)."""
+    from evaluation.task import TaskConfig, load_split
+    (tmp_path / "t.txt").write_text(" = Title = \n \n Para one .\n Para two .\n \n\n = = Next = = \n")
+
+    def docs(**kwargs):
+        cfg = TaskConfig(task="t", output_type="loglikelihood_rolling", doc_to_text="{{ text }}", doc_to_target="",
+                         dataset={"loader": "text", "files": {"test": str(tmp_path / "t.txt")}, "kwargs": kwargs})
+        return [d["text"] for d in load_split(cfg, "test", None)]
+    assert docs() == [" = Title = ", " Para one .", " Para two .", " = = Next = = "]
+    assert docs(sample_by="paragraph") == [" = Title = ", " Para one .\n Para two .", " = = Next = = "]
+    assert len(docs(sample_by="document")) == 1
+    with pytest.raises(TaskError, match=r"rule: a text dataset takes only sample_by"):
+        docs(sample_by="sentence")
