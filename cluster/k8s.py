@@ -266,13 +266,18 @@ def _elastic_errors(spec: dict, reps: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- kubectl
+_KLOG_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]")
+
 def _kubectl(args: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     if shutil.which("kubectl") is None:
         raise JobError("kubectl not found: install it and point KUBECONFIG at the cluster "
                        "(or use --dry-run to print the manifest)")
     res = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True)
     if check and res.returncode != 0:
-        raise JobError(f"kubectl {' '.join(args)} failed: {res.stderr.strip()}")
+        # client-go repeats its retries as E-lines (klog); kubectl's own sentence comes last
+        lines = [x for x in res.stderr.strip().splitlines() if x.strip()]
+        said = [x for x in lines if not _KLOG_LINE.match(x)] or lines[-1:]
+        raise JobError(f"kubectl {' '.join(args)} failed: {' '.join(said)}")
     return res
 
 

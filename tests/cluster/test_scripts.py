@@ -388,3 +388,17 @@ def test_hostile_values_survive_the_manifest_verbatim():
     c = m["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert c["command"][4] == str(run_dir / "config.yaml")
     assert {"name": "NOTE", "value": HOSTILE} in c["env"]
+
+
+def test_kubectl_failure_is_its_sentence_not_client_go_retries(tmp_path, monkeypatch):
+    """With no cluster reachable kubectl prints five klog E-lines of retries before its one sentence."""
+    from cluster.job import JobError
+    shim = tmp_path / "kubectl"
+    klog = 'E1206 17:42:09.521235   13368 memcache.go:265] "Unhandled Error" err="could not get the server API"'
+    shim.write_text(f"#!/bin/sh\nfor i in 1 2 3; do echo '{klog}' >&2; done\n"
+                    "echo 'The connection to the server localhost:8080 was refused' >&2\nexit 1\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(JobError) as err:
+        k8s._kubectl(["get", "pytorchjob", "x"])
+    assert str(err.value) == "kubectl get pytorchjob x failed: The connection to the server localhost:8080 was refused"
