@@ -192,6 +192,20 @@ class Trainer:
             self.prefetcher = StepPrefetcher(self._collate_step, self.device)
 
     # ---- set-up helpers ---------------------------------------------------------------------------
+    def plan_data_budget(self) -> dict:
+        """How much of the training data max_steps reads (the batch ramp included): a run that repeats its
+        data many times, or sees a sliver of it, should say so before it spends the steps."""
+        cfg = self.cfg
+        samples, tokens, step = 0, 0, 0
+        while step < cfg.train.max_steps:
+            batch = global_batch_size(cfg, tokens, self.topology.dp)
+            if batch == cfg.train.global_batch_size:  # past the ramp: the rest in one go
+                samples += batch * (cfg.train.max_steps - step)
+                break
+            samples, tokens, step = samples + batch, tokens + batch * cfg.data.seq_len, step + 1
+        n = len(self.train_data)
+        return {"train_samples": n, "samples_to_read": samples, "epochs": round(samples / max(1, n), 4)}
+
     def seed_everything(self) -> None:
         import random
         # Dropout masks differ across data-parallel ranks but agree inside a tensor-parallel group.
@@ -492,8 +506,15 @@ class Trainer:
         self.maybe_resume()
         cfg = self.cfg
         every_eval, every_save = cfg.train.eval_every_steps, cfg.checkpoint.every_steps
-        if self.state.step == 0 and every_eval:
-            self.evaluate()
+        self.data_budget = self.plan_data_budget()
+        if self.state.step == 0:
+            if self.is_main:
+                b = self.data_budget
+                log.info("train data: %d samples of %d tokens; %d steps read %d samples, %.2f epoch(s)%s",
+                         b["train_samples"], cfg.data.seq_len, cfg.train.max_steps, b["samples_to_read"],
+                         b["epochs"], " (the data repeats)" if b["epochs"] > 1 else "")
+            if every_eval:
+                self.evaluate()
         self.logger.start(self.state.step)
         status = "finished"
         watchdog = Watchdog(cfg.faults.hang_minutes * 60, self.run_dir / "logs" / f"hang_rank{self.rank}.txt").start()
@@ -539,7 +560,7 @@ class Trainer:
         summary = {"status": status, **asdict(self.state), "parameters": self.n_params,
                    "world_size": self.world, "tp": self.topology.tp, "zero_stage": self.cfg.parallel.zero_stage,
                    "final_train_loss": self.history["train_loss"][-1][1] if self.history["train_loss"] else None,
-                   "validation": self.history["valid"]}
+                   "validation": self.history["valid"], "data": getattr(self, "data_budget", None)}
         if self.prefetcher is not None:  # steps that trained on prefetched batches / collated in the step
             summary["prefetch"] = {"hits": self.prefetcher.hits, "misses": self.prefetcher.misses}
         write_json_atomic(self.run_dir / "results" / "train_summary.json", summary)

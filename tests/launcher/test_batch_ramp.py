@@ -22,6 +22,12 @@ def ramp_run(tiny_data, tmp_path_factory):
     return run
 
 
+def test_the_data_budget_counts_the_ramp(ramp_run):
+    """The summary's (and the start line's) samples to read are the batches the run trained on, ramp included."""
+    data = _summary(ramp_run)["data"]
+    assert data["samples_to_read"] == 88 and data["epochs"] == round(88 / data["train_samples"], 4)
+
+
 def _stopped_and_resumed(tmp_path, tiny_data, name, **extra):
     _run(tmp_path, tiny_data, name, checkpoint={"save_at_end": True}, **STOP_AT_4, **extra)
     return _run(tmp_path, tiny_data, name, **COMMON, **extra)
