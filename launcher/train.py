@@ -513,6 +513,11 @@ class Trainer:
                 log.info("train data: %d samples of %d tokens; %d steps read %d samples, %.2f epoch(s)%s",
                          b["train_samples"], cfg.data.seq_len, cfg.train.max_steps, b["samples_to_read"],
                          b["epochs"], " (the data repeats)" if b["epochs"] > 1 else "")
+                if every_eval and (self.valid_data is None or len(self.valid_data) == 0):
+                    why = ("data.valid is empty" if not cfg.data.valid else
+                           f"data.valid holds no sample of {cfg.data.seq_len + 1} tokens")
+                    log.warning("no validation: %s, so train.eval_every_steps=%d measures nothing (a blend's "
+                                "--split gives validation documents)", why, every_eval)
             if every_eval:
                 self.evaluate()
         self.logger.start(self.state.step)
