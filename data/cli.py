@@ -253,6 +253,11 @@ def _report(title: str, steps: list[dict], out_dir: str, extra: dict | None = No
           + (f"; skipped malformed records: {skipped}" if skipped else "")
           + (f"; unreadable files: {reader['unreadable_files']}" if reader.get("unreadable_files") else ""))
     print(format_stats(steps))
+    if not n_in and reader.get("records"):  # every record was malformed: an empty output would pass for a result
+        summary["error"] = (f"none of the {reader['records']} records read became a document ({skipped}); rule: "
+                            f"jsonl holds one JSON object per line, .json one array of records (or an object "
+                            f"holding one), each with the text in --text-field={summary.get('text_field', 'text')!r}")
+        print(f"mnemos data {title}: {summary['error']}", file=sys.stderr)
     path = os.path.join(out_dir, "stats.json")
     _write_json(path, summary)
     print(f"stats: {path}")
@@ -323,7 +328,7 @@ def cmd_tokenize(a) -> int:
         return _pending(a)
     shards = [shard_stats(step.shard_prefix(r)) for r in range(a.tasks)]
     tot = {k: sum(s[k] for s in shards) for k in ("documents", "tokens", "bytes")}
-    summary = _report("tokenize", steps, a.out, {"shards": shards, **tot})
+    summary = _report("tokenize", steps, a.out, {"shards": shards, **tot, "text_field": a.text_field})
     from .tokenizer import Tokenizer
     tok = Tokenizer(a.tokenizer)
     _write_json(os.path.join(a.out, "shards.json"), {"tokenizer": os.path.abspath(a.tokenizer),
@@ -344,7 +349,11 @@ def cmd_tokenize(a) -> int:
               f"{tot['tokens'] // tot['documents']} tokens per document on average: training puts an end-of-text id "
               f"between them and never sees the text run on. For a book or an article per file use --txt-sample-by "
               f"document.")
-    return 0 if summary else 1
+    return _exit(summary)
+
+
+def _exit(summary: dict) -> int:
+    return 1 if summary.get("error") else 0
 
 
 def cmd_filter(a) -> int:
@@ -380,8 +389,7 @@ def cmd_filter(a) -> int:
     res = _execute(steps, os.path.join(a.out, "logs"), a)
     if res is None:
         return _pending(a)
-    _report("filter", res, a.out, {"kept": res[-1].get("documents", 0)})
-    return 0
+    return _exit(_report("filter", res, a.out, {"kept": res[-1].get("documents", 0), "text_field": a.text_field}))
 
 
 def cmd_dedup(a) -> int:
@@ -403,11 +411,11 @@ def cmd_dedup(a) -> int:
                     JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
     extra = {k: v for k, v in report.items() if not k.endswith("_clusters")}
     extra["clusters_file"] = os.path.join(work, "clusters.json")
-    _report("dedup", res, a.out, extra)
+    summary = _report("dedup", res, a.out, {**extra, "text_field": a.text_field})
     print(f"exact duplicates removed: {report['exact_duplicates']} ({report['num_exact_clusters']} clusters); "
           f"near duplicates removed: {report['near_duplicates']} ({report['num_fuzzy_clusters']} clusters, "
           f"largest {report['largest_fuzzy_cluster']}); clusters: {extra['clusters_file']}")
-    return 0
+    return _exit(summary)
 
 
 def cmd_decontaminate(a) -> int:
@@ -445,12 +453,13 @@ def cmd_decontaminate(a) -> int:
     a2 = argparse.Namespace(**{**vars(a), "rank": None})
     res = _execute([_reader(a), filt, JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
     f = next(s for s in res if s["step"] == "decontaminate")
-    _report("decontaminate", res, a.out, {"ignored_frequent_ngrams": ignored, "benchmark_ngrams": len(index),
-                                          "sources": index.source_names, "tasks_without_data": index.missing_tasks})
+    summary = _report("decontaminate", res, a.out, {"ignored_frequent_ngrams": ignored, "benchmark_ngrams": len(index),
+                                                    "sources": index.source_names, "text_field": a.text_field,
+                                                    "tasks_without_data": index.missing_tasks})
     print(f"documents in {f.get('documents_in', 0)}: clean {f.get('clean', 0)}, cut {f.get('cut', 0)} "
           f"(-> {f.get('pieces_out', 0)} pieces), dropped {f.get('dropped', 0)}; "
           f"characters removed {f.get('chars_removed', 0)}")
-    return 0
+    return _exit(summary)
 
 
 def cmd_blend(a) -> int:

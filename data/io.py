@@ -1,6 +1,7 @@
 """Readers (ingest through `datasets`, streaming) and writers (jsonl, plain or gzip/zstd compressed).
 
-Inputs: jsonl, parquet or plain text files, optionally `.gz`/`.zst`/`.bz2`/`.xz` compressed (the
+Inputs: jsonl, json (JSON Lines, or one document: an array of records or an object holding one), parquet
+or plain text files, optionally `.gz`/`.zst`/`.bz2`/`.xz` compressed (the
 format is taken from the extension under the compression suffix), or a `datasets` hub name with
 `hf://NAME[:CONFIG]`. Malformed records (bad JSON, undecodable bytes, no text field, empty or huge
 documents) are counted under their reason and skipped, never fatal.
@@ -44,6 +45,14 @@ DOC_SEPARATOR = "<|endoftext|>"
 TXT_SAMPLE_BY = ("auto", "line", "paragraph", "document")
 SNIFF_LINES = 2000
 PARAGRAPH_BLANK_SHARE = 0.05
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
@@ -175,8 +184,20 @@ class DocumentReader(PipelineStep):
         if fmt == "text":
             yield from self._text_records(path, text_mode or self.text_mode(path))
             return
+        lines = self._text_lines(path)
+        first = next((line for line in lines if line.strip()), None)
+        if first is None:
+            return
+        lines = itertools.chain([first], lines)
+        head = first.lstrip()[:1]
+        if head == "[" or (head == "{" and not self._is_record_line(first)):  # one JSON document, or an array
+            text = "\n".join(lines)
+            if _parses(text):
+                yield from self._json_document_records(json.loads(text))
+                return
+            lines = iter(text.split("\n"))  # not one document either: JSON Lines with a bad first line
         k = -1
-        for line in self._text_lines(path):
+        for line in lines:
             if not line.strip():
                 continue
             k += 1
@@ -194,6 +215,32 @@ class DocumentReader(PipelineStep):
                 yield k, None, "malformed_json"
                 continue
             yield k, rec, ""
+
+    def _is_record_line(self, line: str) -> bool:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(rec, dict) and self.text_field in rec
+
+    def _json_document_records(self, obj) -> Iterator[tuple[int, dict | None, str]]:
+        """Records of a whole-file JSON document: an array of records (or of strings), one record, or an object
+        holding one array of records (`{"data": [...]}`, as `datasets`' json loader takes with `field`)."""
+        if isinstance(obj, dict) and self.text_field not in obj:
+            arrays = [v for v in obj.values() if isinstance(v, list) and v and isinstance(v[0], (dict, str))]
+            if len(arrays) != 1:
+                yield 0, None, "json_layout"  # no single array of records to read
+                return
+            obj = arrays[0]
+        for k, rec in enumerate(obj if isinstance(obj, list) else [obj]):
+            if isinstance(rec, str):
+                rec = {self.text_field: rec}
+            if not isinstance(rec, dict):
+                yield k, None, "malformed_json"
+            elif _BAD_BYTES_MARK in str(rec.get(self.text_field, "")):
+                yield k, None, "non_utf8"
+            else:
+                yield k, rec, ""
 
     def _split(self, text: str) -> list[str]:
         """The documents inside one record's text: pieces between separators, blank ones dropped (a trailing

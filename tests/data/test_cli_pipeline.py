@@ -385,3 +385,17 @@ def test_decontaminate_names_the_tasks_it_could_not_read_and_takes_a_data_dir(sh
     assert "gpt3_arithmetic_2da" not in stats["tasks_without_data"]
     cut = next(s for s in stats["steps"] if s["step"] == "decontaminate")
     assert cut["cut"] == 1 and cut["matched_in:gpt3_arithmetic_2da"] == 1  # the released 2D+ item is found
+
+
+def test_a_stage_that_reads_no_document_fails_and_says_why(tmp_path, capsys):
+    """Every record malformed (here: records without the text field in a .json of two arrays) used to end with
+    exit code 0 and an empty output that passed for a result."""
+    docs = [{"text": f"document {i} with some words"} for i in range(4)]
+    (tmp_path / "two.json").write_text(json.dumps({"train": docs, "test": docs}))
+    for stage in ("filter", "dedup"):
+        capsys.readouterr()
+        assert mnemos_data(stage, "-i", tmp_path / "two.json", "-o", tmp_path / stage) == 1
+        err = capsys.readouterr().err
+        assert f"mnemos data {stage}: none of the 1 records read became a document" in err and "json_layout" in err
+    (tmp_path / "ok.json").write_text(json.dumps({"data": docs}))
+    assert mnemos_data("filter", "-i", tmp_path / "ok.json", "-o", tmp_path / "ok") == 0

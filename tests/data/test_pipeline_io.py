@@ -163,3 +163,24 @@ def test_auto_reads_a_play_by_paragraph_and_a_list_by_line(shared_data, tmp_path
     (tmp_path / "list.txt").write_text("\n".join(rows[:150] + [""] + rows[150:]) + "\n")
     listed = DocumentReader([str(tmp_path / "list.txt")])
     assert [d.text for d in listed.run()] == rows and listed.stats["text_files_by_line"] == 1
+
+
+def test_json_files_holding_one_document_are_read_as_records(tmp_path):
+    """A .json file is often one JSON document (an array of records, or {"data": [...]}), which `datasets`' json
+    loader reads; read as JSON Lines, each of its lines was a malformed record and a stage wrote nothing."""
+    docs = [{"id": f"d{i}", "text": f"document {i}"} for i in range(5)]
+    (tmp_path / "pretty.json").write_text(json.dumps(docs, indent=2))
+    (tmp_path / "oneline.json").write_text(json.dumps(docs))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"version": "1", "data": docs}, indent=1))
+    (tmp_path / "strings.json").write_text(json.dumps([d["text"] for d in docs]))
+    for name in ("pretty", "oneline", "wrapped", "strings"):
+        r = DocumentReader([str(tmp_path / f"{name}.json")])
+        assert [d.text for d in r.run()] == [d["text"] for d in docs], name
+        assert r.stats["records"] == 5 and "skipped" not in r.stats, name
+    (tmp_path / "two.json").write_text(json.dumps({"a": docs, "b": docs}))
+    r = DocumentReader([str(tmp_path / "two.json")])
+    assert list(r.run()) == [] and r.stats["skipped:json_layout"] == 1
+    # JSON Lines whose first line is broken are still read line by line
+    (tmp_path / "lines.jsonl").write_text("{broken\n" + "".join(json.dumps(d) + "\n" for d in docs))
+    r = DocumentReader([str(tmp_path / "lines.jsonl")])
+    assert len(list(r.run())) == 5 and r.stats["skipped:malformed_json"] == 1
