@@ -26,6 +26,35 @@ ARCH_FIELDS = ("arch", "n_layer", "d_model", "n_head", "d_ff", "n_ctx", "vocab_s
 SAMPLE_ORDER_FIELDS = ("train", "weights", "seq_len", "seed")
 
 
+def data_files_fingerprint(data: "DataConfig") -> dict:
+    """What the files behind the config's paths hold: the tokenizer's sha256 and each train shard's token
+    count. A resumed run checks them: a tokenizer retrained into the same path, or shards tokenized again into
+    the same directory, would otherwise be read on as if nothing had changed."""
+    import hashlib
+    from data.indexed import IndexedDataset
+    out: dict = {"train_tokens": [int(IndexedDataset(p).num_tokens) for p in data.train]}
+    if data.tokenizer and os.path.isfile(data.tokenizer):
+        with open(data.tokenizer, "rb") as f:
+            out["tokenizer_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def check_same_data_files(saved: dict, data: "DataConfig", ckpt, now: dict | None = None) -> None:
+    """Resuming from `ckpt` needs the files it trained on to hold what they held (see data_files_fingerprint)."""
+    now = now or data_files_fingerprint(data)
+    then_sha, now_sha = saved.get("tokenizer_sha256"), now.get("tokenizer_sha256")
+    if then_sha and now_sha and then_sha != now_sha:
+        raise ConfigError(f"data.tokenizer={data.tokenizer!r} is not the file the checkpoint {ckpt} trained with "
+                          f"(sha256 {then_sha[:12]} then, {now_sha[:12]} now); rule: a resumed run reads the same "
+                          f"token ids — restore that tokenizer, or start a new run_dir from these weights "
+                          f"(`mnemos ckpt export-hf`, then `mnemos ckpt import-hf`)")
+    for i, (then, n) in enumerate(zip(saved.get("train_tokens") or [], now["train_tokens"])):
+        if then != n:
+            raise ConfigError(f"data.train[{i}]={data.train[i]!r} holds {n} tokens now, {then} when the checkpoint "
+                              f"{ckpt} was saved; rule: a resumed run continues one sample order over unchanged "
+                              f"shards — for other data use a new run_dir")
+
+
 def check_same_architecture(saved_model: dict, model: "ModelConfig", ckpt) -> None:
     """Resuming from checkpoint `ckpt` (its saved model fields) needs the same shape."""
     now = model.model_dump(mode="json")

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from launcher.config import SAMPLE_ORDER_FIELDS, ConfigError, RunConfig, check_same_architecture
+from launcher.config import (SAMPLE_ORDER_FIELDS, ConfigError, RunConfig, check_same_architecture,
+                             check_same_data_files, data_files_fingerprint)
 from launcher.faults import LossGuard, Watchdog
 from launcher.observe import RunLogger, peak_memory_bytes, write_json_atomic
 from launcher.schedule import global_batch_size, learning_rate
@@ -137,6 +138,7 @@ class Trainer:
         self.seed_everything()
         self.objective = make_objective(cfg, self.topology)
         self.train_data = self.objective.train_dataset()
+        self.data_files = data_files_fingerprint(cfg.data)  # checked when a later run resumes from our checkpoints
         self.valid_data = self.objective.valid_dataset()
         from data.gpt_dataset import ShuffledSampler
         self.sampler = ShuffledSampler(len(self.train_data), seed=cfg.data.seed)
@@ -240,7 +242,8 @@ class Trainer:
         meta = {"tp": self.topology.tp, "dp": self.topology.dp, "zero_stage": self.cfg.parallel.zero_stage,
                 "consumed_tokens": self.state.consumed_tokens, "arch": self.cfg.model.arch,
                 "config": {"model": self.cfg.model.model_dump(mode="json"),
-                           "data": self.cfg.data.model_dump(mode="json", include=set(SAMPLE_ORDER_FIELDS))}}
+                           "data": self.cfg.data.model_dump(mode="json", include=set(SAMPLE_ORDER_FIELDS))},
+                "data_files": self.data_files}
         path = self.ckpt.save(self.engine, self.state.step, self.client_state(), self.rank_state(), meta)
         self.bad_since_checkpoint = 0
         if self.is_main:
@@ -258,6 +261,8 @@ class Trainer:
         ckpt = Path(box[0])
         manifest = read_manifest(ckpt)
         self.check_same_architecture(manifest, ckpt)
+        if "data_files" in manifest:  # `mnemos train` checked before launch; a Slurm/k8s job's ranks check here
+            check_same_data_files(manifest["data_files"], self.cfg.data, ckpt, self.data_files)
         saved = (manifest.get("tp"), manifest.get("dp"), manifest.get("zero_stage"))
         if saved == (self.topology.tp, self.topology.dp, self.cfg.parallel.zero_stage):
             client, rank_state = self.ckpt.load(self.engine, ckpt)

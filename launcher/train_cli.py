@@ -42,13 +42,14 @@ def check_resumable(cfg: RunConfig) -> None:
     """A run directory with checkpoints resumes from the newest: refuse, before any rank starts, a model of
     another shape or other training data (the sampler could not continue its order). The ranks check the
     same again against the checkpoint they load."""
-    from launcher.config import SAMPLE_ORDER_FIELDS, check_same_architecture
+    from launcher.config import SAMPLE_ORDER_FIELDS, check_same_architecture, check_same_data_files
     from parallel.checkpoint import list_checkpoints, read_manifest
     for ckpt in list_checkpoints(Path(cfg.run_dir) / "checkpoints"):
         try:
-            saved = read_manifest(ckpt).get("config") or {}
+            manifest = read_manifest(ckpt)
         except (OSError, ValueError):
             continue  # no manifest yet: an unfinished save, which the ranks skip
+        saved = manifest.get("config") or {}
         if "model" in saved:
             check_same_architecture(saved["model"], cfg.model, ckpt)
         now_data = cfg.data.model_dump(mode="json")
@@ -59,6 +60,8 @@ def check_resumable(cfg: RunConfig) -> None:
                                   f"so data.train, data.weights, data.seq_len and data.seed stay — for other data use "
                                   f"a new run_dir, started from these weights by `mnemos ckpt export-hf` and "
                                   f"`mnemos ckpt import-hf`")
+        if "data_files" in manifest:
+            check_same_data_files(manifest["data_files"], cfg.data, ckpt)
         return
 
 
