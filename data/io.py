@@ -145,7 +145,12 @@ class DocumentReader(PipelineStep):
         import datasets
         ds = datasets.load_dataset("text", data_files=[path], split="train", streaming=True,
                                    encoding_errors=_BAD_BYTES_HANDLER)
-        return (x for batch in ds.iter(batch_size=1024) for x in batch["text"])
+        lines = (x for batch in ds.iter(batch_size=1024) for x in batch["text"])
+        first = next(lines, None)
+        if first is None:
+            return iter(())
+        # a byte-order mark (Windows tools write one) is neither JSON nor text
+        return itertools.chain([first.removeprefix("\ufeff")], lines)
 
     def _text_records(self, path: str, mode: str) -> Iterator[tuple[int, dict | None, str]]:
         """Plain text as documents: each line, each paragraph (lines between blank or whitespace-only lines:
@@ -161,6 +166,7 @@ class DocumentReader(PipelineStep):
                                        encoding_errors=_BAD_BYTES_HANDLER)
             chunks = (x for batch in ds.iter(batch_size=16) for x in batch["text"])
         for k, text in enumerate(chunks):
+            text = text.removeprefix("\ufeff") if k == 0 else text
             yield (k, None, "non_utf8") if _BAD_BYTES_MARK in text else (k, {self.text_field: text}, "")
 
     def _records(self, path: str, text_mode: str | None = None) -> Iterator[tuple[int, dict | None, str]]:

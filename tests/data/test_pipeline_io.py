@@ -149,6 +149,10 @@ def test_plain_text_is_cut_at_blank_lines_whitespace_only_ones_included(tmp_path
     assert lines == [" = Title = ", " First para .", " Second para .", " = = Next = = "]
     whole = [d.text for d in DocumentReader([str(tmp_path / "wiki.txt")], txt_sample_by="document").run()]
     assert len(whole) == 1 and "Second para" in whole[0]
+    (tmp_path / "bom.txt").write_bytes("\ufeffOne.\n\nTwo.\n".encode())  # a byte-order mark is not text
+    for mode in ("line", "paragraph", "document"):
+        docs = [d.text for d in DocumentReader([str(tmp_path / "bom.txt")], txt_sample_by=mode).run()]
+        assert docs[0].startswith("One."), (mode, docs)
 
 
 def test_auto_reads_a_play_by_paragraph_and_a_list_by_line(shared_data, tmp_path):
@@ -180,6 +184,10 @@ def test_json_files_holding_one_document_are_read_as_records(tmp_path):
     (tmp_path / "two.json").write_text(json.dumps({"a": docs, "b": docs}))
     r = DocumentReader([str(tmp_path / "two.json")])
     assert list(r.run()) == [] and r.stats["skipped:json_layout"] == 1
+    # a byte-order mark before the first record is not a malformed record
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(d) + "\n" for d in docs).encode())
+    r = DocumentReader([str(tmp_path / "bom.jsonl")])
+    assert len(list(r.run())) == 5 and "skipped" not in r.stats
     # JSON Lines whose first line is broken are still read line by line
     (tmp_path / "lines.jsonl").write_text("{broken\n" + "".join(json.dumps(d) + "\n" for d in docs))
     r = DocumentReader([str(tmp_path / "lines.jsonl")])
