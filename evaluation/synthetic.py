@@ -138,7 +138,7 @@ def read_word_list(path: str | Path) -> list[str]:
 def load_gpt3_jsonl(path: str | Path) -> list[dict]:
     """A released GPT-3 task file: one {"context", "completion"} object per line."""
     docs = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 d = json.loads(line)

@@ -173,7 +173,7 @@ def read_repertoire_tsv(path: str | Path, label: int = -1, max_sequences: int | 
                         rng: np.random.Generator | None = None) -> Repertoire:
     """One repertoire: a TSV with a header, one row per sequence, an amino-acid column and a count column
     (names as in AIRR / immuneACCESS exports, see SEQ_COLUMNS / COUNT_COLUMNS; missing count = 1)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # Excel writes a byte-order mark
         reader = csv.DictReader(f, delimiter="\t")
         fields = reader.fieldnames or []
         seq_col = next((c for c in SEQ_COLUMNS if c in fields), None)
@@ -210,7 +210,7 @@ def read_metadata(metadata: str | Path, label_column: str = "label",
                   filename_column: str = "filename") -> list[tuple[str, int]]:
     """(filename, 0/1 label) rows of a metadata table: tab-separated, or comma-separated when the file ends in
     .csv or its header has commas and no tabs."""
-    with open(metadata, newline="") as f:
+    with open(metadata, newline="", encoding="utf-8-sig") as f:
         header = f.readline()
         f.seek(0)
         comma = str(metadata).endswith(".csv") or ("\t" not in header and "," in header)

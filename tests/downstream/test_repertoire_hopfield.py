@@ -97,6 +97,13 @@ def test_metadata_as_users_write_it_and_files_that_would_be_misread(tmp_path):
     meta.write_text("ID,status\n" + "".join(f"{r.name},{'positive' if r.label else 'negative'}\n" for r in reps))
     back = rp.read_repertoires(tmp_path, meta, label_column="status", filename_column="ID")
     assert [(r.name, r.label) for r in back] == [(r.name, r.label) for r in reps]
+    # saved from Excel ("CSV UTF-8"): a byte-order mark before the header's first name
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    back = rp.read_repertoires(tmp_path, meta, label_column="status", filename_column="ID")
+    assert [(r.name, r.label) for r in back] == [(r.name, r.label) for r in reps]
+    first = tmp_path / f"{reps[0].name}.tsv"
+    first.write_bytes(b"\xef\xbb\xbf" + first.read_bytes())
+    assert rp.read_repertoire_tsv(first).sequences == reps[0].sequences
     with pytest.raises(ValueError, match=r"--label-column='label' is not a column \(rule: name one of the header's "
                                          r"columns: \['ID', 'status'\]\)"):
         rp.read_repertoires(tmp_path, meta, filename_column="ID")
