@@ -69,7 +69,7 @@ def eval_texts_from_files(paths: Sequence[str]) -> Iterator[tuple[str, str]]:
             import gzip
             opener = gzip.open
         if path.endswith((".json", ".json.gz")):
-            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
                 try:
                     document = json.load(f)
                 except ValueError:
@@ -78,7 +78,7 @@ def eval_texts_from_files(paths: Sequence[str]) -> Iterator[tuple[str, str]]:
                 for text in _record_texts(document):
                     yield name, text
                 continue
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
             for line in f:
                 line = line.rstrip("\n")
                 if not line.strip():
