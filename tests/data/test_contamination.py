@@ -129,3 +129,15 @@ def test_batched_pass_equals_per_document_pass():
     assert [d.id for d in batched if "#" in d.id] == ["d3#p0", "d3#p1"]
     counts = index.count_training(docs)
     assert counts[13].tolist() == [1]
+
+
+def test_eval_files_with_a_byte_order_mark_are_read_as_json(tmp_path):
+    """Saved by a Windows tool, a .json starts with a byte-order mark; json.load refused it and the file's JSON
+    syntax was indexed as text."""
+    import json
+    from data.contamination import eval_texts_from_files
+    doc = {"data": [{"question": "Which river flows through the old mill town?", "id": "q1"}]}
+    (tmp_path / "dev.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())
+    (tmp_path / "dev.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(doc["data"][0]).encode() + b"\n")
+    for name in ("dev.json", "dev.jsonl"):
+        assert [t for _, t in eval_texts_from_files([str(tmp_path / name)])] == [doc["data"][0]["question"]], name
