@@ -40,8 +40,9 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": 
 DOC_SEPARATOR = "<|endoftext|>"
 
 # --txt-sample-by: what one document of a plain-text file is. `auto` looks at the first SNIFF_LINES lines: a
-# book or WikiText has a blank line after every paragraph (WikiText a third of its lines, Tiny Shakespeare a
-# sixth); a file of one document per line has none, or a stray one.
+# dump of <|endoftext|>-separated documents is cut at its separators; a book or WikiText has a blank line after
+# every paragraph (WikiText a third of its lines, Tiny Shakespeare a sixth); a file of one document per line
+# has none, or a stray one.
 TXT_SAMPLE_BY = ("auto", "line", "paragraph", "document")
 SNIFF_LINES = 2000
 PARAGRAPH_BLANK_SHARE = 0.05
@@ -53,6 +54,26 @@ def _parses(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _separated(lines: Iterable[str], separator: str | None) -> Iterator[str]:
+    """Lines joined into documents that end at `separator` (none: one document); blank pieces are dropped,
+    as a record's are."""
+    run: list[str] = []
+    for line in lines:
+        if separator and separator in line:
+            head, *rest = line.split(separator)
+            run.append(head)
+            for piece in rest:
+                text = "\n".join(run)
+                if text.strip():
+                    yield text
+                run = [piece]
+        else:
+            run.append(line)
+    text = "\n".join(run)
+    if text.strip() or not separator:
+        yield text
 
 
 def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
@@ -138,6 +159,8 @@ class DocumentReader(PipelineStep):
         if self.txt_sample_by != "auto":
             return self.txt_sample_by
         head = list(itertools.islice(self._text_lines(path), SNIFF_LINES))
+        if self.doc_separator and any(self.doc_separator in line for line in head):
+            return "document"  # an OpenWebText-style dump: its separators say where documents end
         blank = sum(1 for line in head if not line.strip())
         return "paragraph" if head and blank >= PARAGRAPH_BLANK_SHARE * len(head) else "line"
 
@@ -155,16 +178,14 @@ class DocumentReader(PipelineStep):
     def _text_records(self, path: str, mode: str) -> Iterator[tuple[int, dict | None, str]]:
         """Plain text as documents: each line, each paragraph (lines between blank or whitespace-only lines:
         `datasets` splits only at an empty line, so WikiText's " " lines would make it one document), or
-        the whole file."""
+        the whole file, cut at the document separator while it is read (a multi-gigabyte dump of separated
+        documents is never one string)."""
         if mode == "line":
             chunks: Iterator[str] = self._text_lines(path)
         elif mode == "paragraph":
             chunks = _paragraphs(self._text_lines(path))
         else:
-            import datasets
-            ds = datasets.load_dataset("text", data_files=[path], split="train", streaming=True, sample_by="document",
-                                       encoding_errors=_BAD_BYTES_HANDLER)
-            chunks = (x for batch in ds.iter(batch_size=16) for x in batch["text"])
+            chunks = _separated(self._text_lines(path), self.doc_separator)
         for k, text in enumerate(chunks):
             text = text.removeprefix("\ufeff") if k == 0 else text
             yield (k, None, "non_utf8") if _BAD_BYTES_MARK in text else (k, {self.text_field: text}, "")

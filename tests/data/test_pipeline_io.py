@@ -192,3 +192,16 @@ def test_json_files_holding_one_document_are_read_as_records(tmp_path):
     (tmp_path / "lines.jsonl").write_text("{broken\n" + "".join(json.dumps(d) + "\n" for d in docs))
     r = DocumentReader([str(tmp_path / "lines.jsonl")])
     assert len(list(r.run())) == 5 and r.stats["skipped:malformed_json"] == 1
+
+
+def test_auto_cuts_a_separated_text_dump_at_its_separators(tmp_path):
+    """A .txt of <|endoftext|>-separated documents (OpenWebText-style dumps, GPT-2 samples) whose documents hold
+    paragraphs: by paragraph or by line its documents fell apart; its separators say where they end."""
+    docs = ["Title one\n\nFirst paragraph of one.\nStill one.", "Second doc.\n\nWith two paragraphs.", "Third."]
+    (tmp_path / "dump.txt").write_text("<|endoftext|>\n".join(d + "\n" for d in docs) + "<|endoftext|>\n")
+    r = DocumentReader([str(tmp_path / "dump.txt")])
+    got = [d.text.strip("\n") for d in r.run()]
+    assert got == docs and r.stats["text_files_by_document"] == 1
+    # --doc-separator '' makes the separator text, as the user chose: then blank lines cut the file
+    literal = [d.text for d in DocumentReader([str(tmp_path / "dump.txt")], doc_separator="").run()]
+    assert len(literal) == 3 and "<|endoftext|>" in literal[1]
