@@ -36,8 +36,8 @@ def register(subparsers) -> None:
         q.add_argument("--text-field", default="text", help="record field holding the text")
         q.add_argument("--txt-sample-by", default="auto", choices=list(TXT_SAMPLE_BY),
                        help="what one document is in plain-text inputs: a line, a paragraph (lines between blank "
-                       "lines), or the whole file; auto: by paragraph when blank lines separate the text, else by "
-                       "line (default)")
+                       "lines), or the whole file (cut at --doc-separator); auto: at the separator when the text has "
+                       "it, else by paragraph when blank lines separate it, else by line (default)")
         doc_separator_option(q)
         q.add_argument("--max-chars", type=integer(1), default=100_000_000,
                        help="documents longer than this are counted as too_long and skipped")
