@@ -89,6 +89,8 @@ def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
         yield "\n".join(run)
 
 
+# What the stages write beside their documents: not input. A corpus's own .json files are.
+_STAGE_JSON = {"stats.json", "shards.json", "blend.json", "clean_report.json"}
 _SKIP_DIRS = {"logs", "rejects", "minhash", "contamination", "stats", "completions", "index_cache"}
 
 
@@ -104,7 +106,7 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
             for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
                 out.extend(os.path.join(root, f) for f in files
-                           if detect_format(f, strict=False) and not f.endswith(".json") and ".tmp" not in f)
+                           if detect_format(f, strict=False) and f not in _STAGE_JSON and ".tmp" not in f)
         elif any(c in p for c in "*?["):
             out.extend(glob.glob(p, recursive=True))
         elif os.path.exists(p):

@@ -205,3 +205,15 @@ def test_auto_cuts_a_separated_text_dump_at_its_separators(tmp_path):
     # --doc-separator '' makes the separator text, as the user chose: then blank lines cut the file
     literal = [d.text for d in DocumentReader([str(tmp_path / "dump.txt")], doc_separator="").run()]
     assert len(literal) == 3 and "<|endoftext|>" in literal[1]
+
+
+def test_a_directory_input_reads_its_json_files_but_not_the_stages_own(tmp_path):
+    """Every .json under an input directory was skipped (to skip stats.json): a corpus of .json files read as
+    "no input files", and beside .jsonl files its .json files were silently left out."""
+    from data.io import expand_paths
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "one document"}) + "\n")
+    (tmp_path / "b.json").write_text(json.dumps([{"text": "two"}, {"text": "three"}]))
+    for meta in ("stats.json", "shards.json", "blend.json"):
+        (tmp_path / meta).write_text("{}")
+    assert [os.path.basename(p) for p in expand_paths([str(tmp_path)])] == ["a.jsonl", "b.json"]
+    assert sorted(d.text for d in DocumentReader([str(tmp_path)]).run()) == ["one document", "three", "two"]
