@@ -18,7 +18,7 @@ import numpy as np
 from .indexed import IndexedDataset, IndexedDatasetBuilder, best_dtype
 from .io import DocumentReader
 from .pipeline import LocalExecutor, PipelineStep, _write_json
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, file_sha256
 
 
 class TokenizeStep(PipelineStep):
@@ -30,6 +30,9 @@ class TokenizeStep(PipelineStep):
                  batch_chars: int = 4_000_000, num_threads: int = 1):
         super().__init__()
         self.tokenizer_path = tokenizer_path
+        # part of the stage's fingerprint: a tokenizer retrained into the same path must not find this
+        # output "already completed" with the old ids
+        self.tokenizer_sha256 = file_sha256(tokenizer_path) if os.path.isfile(tokenizer_path) else None
         self.out_dir = out_dir
         self.prefix = prefix
         self.batch_docs = batch_docs

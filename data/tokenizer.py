@@ -17,6 +17,13 @@ log = logging.getLogger(__name__)
 EOT_PIECE = "<|endoftext|>"
 
 
+def file_sha256(path: str) -> str:
+    """The content hash of a tokenizer model: what its ids mean, whatever path it is found at."""
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def check_vocab_size(vocab_size: int, byte_fallback: bool, user_defined_symbols: Iterable[str] = ()) -> None:
     """With byte fallback the vocabulary holds 256 byte pieces, 4 special pieces and the user's symbols."""
     need = 256 + 4 + len(tuple(user_defined_symbols))

@@ -30,12 +30,11 @@ def data_files_fingerprint(data: "DataConfig") -> dict:
     """What the files behind the config's paths hold: the tokenizer's sha256 and each train shard's token
     count. A resumed run checks them: a tokenizer retrained into the same path, or shards tokenized again into
     the same directory, would otherwise be read on as if nothing had changed."""
-    import hashlib
     from data.indexed import IndexedDataset
+    from data.tokenizer import file_sha256
     out: dict = {"train_tokens": [int(IndexedDataset(p).num_tokens) for p in data.train]}
     if data.tokenizer and os.path.isfile(data.tokenizer):
-        with open(data.tokenizer, "rb") as f:
-            out["tokenizer_sha256"] = hashlib.sha256(f.read()).hexdigest()
+        out["tokenizer_sha256"] = file_sha256(data.tokenizer)
     return out
 
 

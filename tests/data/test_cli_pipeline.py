@@ -399,3 +399,23 @@ def test_a_stage_that_reads_no_document_fails_and_says_why(tmp_path, capsys):
         assert f"mnemos data {stage}: none of the 1 records read became a document" in err and "json_layout" in err
     (tmp_path / "ok.json").write_text(json.dumps({"data": docs}))
     assert mnemos_data("filter", "-i", tmp_path / "ok.json", "-o", tmp_path / "ok") == 0
+
+
+def test_tokenize_again_after_the_tokenizer_changed_under_its_path(shared_data, small_tokenizer, tmp_path):
+    """Completion markers named the tokenizer by path: retrained into the same --model-prefix, a re-run found
+    its output "already completed" and kept the old ids."""
+    import shutil
+    from data.indexed import IndexedDataset
+    from data.tokenizer import Tokenizer
+    lines = (shared_data / "corpus" / "tinyshakespeare.txt").read_text(encoding="utf-8").splitlines()[:300]
+    (tmp_path / "play.txt").write_text("\n".join(lines), encoding="utf-8")
+    tok = tmp_path / "tok.model"
+    shutil.copy(small_tokenizer.model_path, tok)
+    assert mnemos_data("tokenize", "-i", tmp_path / "play.txt", "-o", tmp_path / "out", "--tokenizer", tok) == 0
+    other = str(tmp_path / "other" / "spm")
+    assert mnemos_data("train-tokenizer", "-i", tmp_path / "play.txt", "--model-prefix", other,
+                       "--vocab-size", "400") == 0
+    shutil.copy(other + ".model", tok)  # retrained into the same path
+    assert mnemos_data("tokenize", "-i", tmp_path / "play.txt", "-o", tmp_path / "out", "--tokenizer", tok) == 0
+    first = IndexedDataset(str(tmp_path / "out" / _first_shard(tmp_path / "out")))[0].tolist()
+    assert first == Tokenizer(str(tok)).encode(lines[0] + "\n" + lines[1])  # the new tokenizer's ids
