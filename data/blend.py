@@ -143,7 +143,9 @@ def materialize_splits(prefixes: Sequence[str], names: Sequence[str], out_dir: s
             ds = IndexedDataset(p)
             lo, hi = int(round(lo_f * len(ds))), int(round(hi_f * len(ds)))
             dst = os.path.join(out_dir, split_name, f"{name}_{k:04d}")
-            if not exists(dst):
+            # a copy from an earlier run is kept only while it holds the same documents (a source tokenized
+            # again into its old directory must not leave the old ids here)
+            if not exists(dst) or not np.array_equal(IndexedDataset(dst).sizes, ds.sizes[lo:hi]):
                 with IndexedDatasetBuilder(dst, ds.dtype) as b:
                     b.add_range(ds, lo, hi)
             out[split_name].append(dst)

@@ -412,6 +412,9 @@ def test_tokenize_again_after_the_tokenizer_changed_under_its_path(shared_data, 
     tok = tmp_path / "tok.model"
     shutil.copy(small_tokenizer.model_path, tok)
     assert mnemos_data("tokenize", "-i", tmp_path / "play.txt", "-o", tmp_path / "out", "--tokenizer", tok) == 0
+    blend = ("blend", "--dataset", f"play=1:{tmp_path / 'out'}", "--split", "90,10,0", "--seq-len", "16",
+             "-o", tmp_path / "blend")
+    assert mnemos_data(*blend) == 0
     other = str(tmp_path / "other" / "spm")
     assert mnemos_data("train-tokenizer", "-i", tmp_path / "play.txt", "--model-prefix", other,
                        "--vocab-size", "400") == 0
@@ -419,3 +422,7 @@ def test_tokenize_again_after_the_tokenizer_changed_under_its_path(shared_data, 
     assert mnemos_data("tokenize", "-i", tmp_path / "play.txt", "-o", tmp_path / "out", "--tokenizer", tok) == 0
     first = IndexedDataset(str(tmp_path / "out" / _first_shard(tmp_path / "out")))[0].tolist()
     assert first == Tokenizer(str(tok)).encode(lines[0] + "\n" + lines[1])  # the new tokenizer's ids
+    # blending again into the same directory copies the new shards (its split copies were kept before)
+    assert mnemos_data(*blend) == 0
+    train = json.load(open(tmp_path / "blend" / "blend.json"))["config"]["data.train"]
+    assert IndexedDataset(train[0])[0].tolist() == first
