@@ -48,6 +48,13 @@ SNIFF_LINES = 2000
 PARAGRAPH_BLANK_SHARE = 0.05
 
 
+def _stat_digest(paths: Sequence[str]) -> str:
+    """A digest of the local inputs' sizes and modification times."""
+    import hashlib
+    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths if not p.startswith("hf://")]
+    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()
+
+
 def _parses(text: str) -> bool:
     try:
         json.loads(text)
@@ -154,6 +161,8 @@ class DocumentReader(PipelineStep):
         self.limit = limit
         self.doc_separator = doc_separator or None
         self._told: set[str] = set()  # auto's choices already logged
+        # part of a stage's completion fingerprint: inputs replaced or edited under the same paths re-run it
+        self.inputs_digest = _stat_digest(self.paths)
 
     def text_mode(self, path: str) -> str:
         """How plain-text `path` is cut into documents: --txt-sample-by, or for `auto` by paragraph when

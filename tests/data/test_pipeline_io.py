@@ -217,3 +217,19 @@ def test_a_directory_input_reads_its_json_files_but_not_the_stages_own(tmp_path)
         (tmp_path / meta).write_text("{}")
     assert [os.path.basename(p) for p in expand_paths([str(tmp_path)])] == ["a.jsonl", "b.json"]
     assert sorted(d.text for d in DocumentReader([str(tmp_path)]).run()) == ["one document", "three", "two"]
+
+
+def test_a_stage_runs_again_when_its_input_changed_under_the_same_path(tmp_path):
+    """Completion markers named the inputs by path: a corpus replaced under the same name found the stage
+    "already completed" and its old output was used."""
+    src = tmp_path / "corpus.jsonl"
+    src.write_text(json.dumps({"text": "the first corpus"}) + "\n")
+
+    def run():
+        out = tmp_path / "out"
+        LocalExecutor([DocumentReader([str(src)]), JsonlWriter(str(out), compression=None)],
+                      str(tmp_path / "logs")).run()
+        return [json.loads(line)["text"] for line in open(out / "00000.jsonl")]
+    assert run() == ["the first corpus"]
+    src.write_text(json.dumps({"text": "a second corpus, same file name"}) + "\n")
+    assert run() == ["a second corpus, same file name"]
