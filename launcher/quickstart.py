@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from data.io import TXT_SAMPLE_BY
 from launcher.argtypes import existing_path, integer
 
 log = logging.getLogger("mnemos.quickstart")
@@ -36,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--nproc", type=integer(1), default=2, help="local ranks (default 2)")
     p.add_argument("--eval-limit", type=integer(1), default=200, help="examples per evaluation task (default 200)")
     p.add_argument("--vocab-size", type=integer(1), help="tokenizer pieces (default 512 generated, 4096 --corpus)")
+    p.add_argument("--txt-sample-by", default="auto", choices=list(TXT_SAMPLE_BY),
+                   help="what one document of a --corpus .txt file is, as for `mnemos data` (default auto)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first")
     p.set_defaults(func=run)
 
@@ -96,7 +99,7 @@ def run(args) -> int:
               f"{planted['planted_near_duplicates']} near duplicates -> {out / 'corpus'}")
 
     # 2. data pipeline
-    _mnemos("data", "dedup", "-i", *train_input, "-o", str(stages / "dedup"))
+    _mnemos("data", "dedup", "-i", *train_input, "-o", str(stages / "dedup"), "--txt-sample-by", args.txt_sample_by)
     _mnemos("data", "decontaminate", "-i", str(stages / "dedup"), "-o", str(stages / "decontaminated"),
             "--tasks-from-registry", ",".join(EVAL_TASKS), "--write-index", str(stages / "train_ngrams"))
     _mnemos("data", "train-tokenizer", "-i", str(stages / "decontaminated"), "--model-prefix",

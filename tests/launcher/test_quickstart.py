@@ -43,11 +43,17 @@ def test_quickstart_on_your_corpus_validates_on_held_out_documents(tmp_path, sha
     import yaml
     records = (shared_data / "corpus" / "gpt3_175b_samples.jsonl").read_text(encoding="utf-8").splitlines()[:120]
     (tmp_path / "mine.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    play = (shared_data / "corpus" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
+    (tmp_path / "play.txt").write_text(play, encoding="utf-8")  # one document: --txt-sample-by document
     out = tmp_path / "qs"
     proc = subprocess.run([sys.executable, "-m", "launcher.cli", "quickstart", "--corpus", str(tmp_path / "mine.jsonl"),
-                           "--out", str(out), "--steps", "20", "--eval-limit", "5", "--vocab-size", "1024"],
+                           str(tmp_path / "play.txt"), "--txt-sample-by", "document", "--out", str(out), "--steps",
+                           "20", "--eval-limit", "5", "--vocab-size", "1024"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    dedup = json.loads((out / "data" / "dedup" / "stats.json").read_text())
+    reader = next(st for st in dedup["steps"] if st["step"] == "reader")
+    assert reader["text_files_by_document"] == 1 and reader["files"] == 2
     blend = json.loads((out / "data" / "blend" / "blend.json").read_text())
     config = yaml.safe_load((out / "run" / "config.yaml").read_text())["data"]
     assert config["valid"] == blend["config"]["data.valid"] and config["train"] == blend["config"]["data.train"]
