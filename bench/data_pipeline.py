@@ -89,7 +89,8 @@ def main() -> None:
             for p in passages:
                 f.write(json.dumps({"text": p}) + "\n")
         W = ["--tasks", a.tasks, "--workers", a.workers]
-        mnemos_data("dedup", "-i", raw, "-o", os.path.join(work, "dedup"), *W)
+        # one document per line, as planted (auto would read WikiText by section and the play by speech)
+        mnemos_data("dedup", "-i", raw, "-o", os.path.join(work, "dedup"), "--txt-sample-by", "line", *W)
         mnemos_data("decontaminate", "-i", os.path.join(work, "dedup"), "-o", os.path.join(work, "clean"),
                     "--eval-file", bench, "--write-index", os.path.join(work, "train_ngrams.npz"), *W)
         mnemos_data("train-tokenizer", "-i", os.path.join(work, "clean"), "--model-prefix",
@@ -114,7 +115,8 @@ def main() -> None:
         heads_kept = all(c[0] in kept_ids for c in clusters["exact_clusters"] + clusters["fuzzy_clusters"])
         removed_have_copies = heads_kept and dedup_rejects == in_cluster and \
             clusters["exact_duplicates"] + clusters["near_duplicates"] == len(dedup_rejects)
-        cut_ids = sorted({k.split("#")[0] for k in clean if "#" in k})
+        cut_ids = sorted({k.rsplit("#p", 1)[0] for k in clean if "#p" in k})  # pieces are ID#pK (records split
+        # at <|endoftext|> are ID#J)
         joined = "\n".join(clean.values())
         checks = {
             "dedup_in_equals_kept_plus_dropped": d["documents_in"] == d["kept"] + d["dropped"],
