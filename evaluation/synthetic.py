@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import random
 import re
 import string
@@ -152,7 +153,12 @@ def write_jsonl(docs: Iterable[dict], path: str | Path) -> Path:
     """Write docs in the released format (json.dumps defaults: ', ' and ': ' separators, ASCII)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps({"context": d["context"], "completion": d["completion"]}) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")  # an interrupted write must not pass for a smaller task file
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps({"context": d["context"], "completion": d["completion"]}) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -76,3 +76,18 @@ def test_word_scrambles(shared_data):
                 assert x == w[::-1]
     # the paper's examples
     assert s.scramble("rw", "objects", None) == "stcejbo"
+
+
+def test_an_interrupted_task_file_write_keeps_the_old_file(tmp_path):
+    """Written in place, a run stopped half-way left a shorter task file that read as complete."""
+    from evaluation.synthetic import write_jsonl
+    path = tmp_path / "task.jsonl"
+    write_jsonl([{"context": "Q: 1 + 1?", "completion": " 2"}] * 3, path)
+    before = path.read_bytes()
+
+    def docs():
+        yield {"context": "Q: 2 + 2?", "completion": " 4"}
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(docs(), path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["task.jsonl"]
