@@ -117,7 +117,7 @@ def _node_range(text: str) -> tuple[int | None, int]:
 def submit_cmd(args) -> int:
     from cluster.job import JobError
     from cluster.spec import SpecError
-    from cluster.submit import prepare, render, submit_training
+    from cluster.submit import prepare, render, submit_prepared
     from launcher.config import ConfigError
     spec = _spec(args)
     if args.python is None:
@@ -134,7 +134,7 @@ def submit_cmd(args) -> int:
         if args.dry_run:
             sys.stdout.write(render(spec, cmd, args.scheduler, args.pvc))
             return 0
-        job = submit_training(args.config, spec, args.overrides, args.scheduler, args.python, args.pvc)
+        job = submit_prepared(cfg, cmd, spec, args.scheduler, args.pvc)
     except SpecError as err:
         raise ConfigError(str(err)) from None
     except JobError as err:

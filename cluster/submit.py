@@ -84,6 +84,11 @@ def submit_training(config: str | os.PathLike, spec: JobSpec, overrides: list[st
                     scheduler: str = "slurm", python: str | None = None, pvc: str | None = None) -> Job:
     """Validate, write RUN/config.yaml, submit; returns the Job (SlurmJob or KubernetesJob)."""
     cfg, cmd = prepare(config, spec, overrides, python)
+    return submit_prepared(cfg, cmd, spec, scheduler, pvc)
+
+
+def submit_prepared(cfg, cmd: JobCommand, spec: JobSpec, scheduler: str = "slurm", pvc: str | None = None) -> Job:
+    """submit_training after `prepare` (the CLI prepares once, to print notes and --dry-run from it)."""
     render(spec, cmd, scheduler, pvc)  # refuse before writing anything
     write_config(cfg, cmd.config)
     if scheduler == "slurm":
