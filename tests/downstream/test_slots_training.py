@@ -15,6 +15,7 @@ import torch
 from evaluation.downstream import scenes, slots
 from evaluation.downstream.cli import TASK_MODULES
 from evaluation.downstream.cli import register as register_downstream
+from tests.downstream.slots_ci import CI_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,22 +35,11 @@ def test_cli_registers_slots(tmp_path):
         parse("--dataset", "clevr", "--out", str(tmp_path))
 
 
-# The CI recipe (about 3 minutes on one core): the tiny preset on 14x14 Tetrominoes, gradient through the
-# last slot-attention iteration only (Chang et al. 2022) with a clipped gradient norm, evaluated with twice
-# the training iterations. Measured on three seeds in the README.
-CI_STEPS = 10_000
-CI_ARGS = ["--dataset", "tetrominoes-mini", "--task", "discovery", "--preset", "tiny", "--steps", str(CI_STEPS),
-           "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "500", "--decay-steps", "15000",
-           "--grad-clip", "1.0", "--implicit-grad", "--eval-iters", "6", "--eval-size", "256",
-           "--eval-every", "5000", "--ckpt-every", "5000", "--log-every", "1000", "--threads", "1", "--seeds", "0"]
-
-
 @pytest.fixture(scope="module")
-def ci_run(tmp_path_factory):
-    """The CI-sized training run (tiny model, 14x14 Tetrominoes, 10,000 steps)."""
-    out = tmp_path_factory.mktemp("slots_ci")
-    args = parse(*CI_ARGS, "--out", str(out))
-    assert args.func(args) == 0
+def ci_run(slots_ci_run):
+    """The CI-sized training run (tiny model, 14x14 Tetrominoes, 10,000 steps), started in the background
+    after collection (slots_ci.py)."""
+    out = slots_ci_run.wait()
     return out, json.loads((out / "results" / "slots_tetrominoes-mini_discovery.json").read_text())
 
 
