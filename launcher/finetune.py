@@ -477,6 +477,9 @@ def _markdown(r: dict) -> str:
     lines.append("| model | " + " | ".join(f"{r['final'][k]:.4f}" for k in keys) + " |")
     if "baseline" in r:
         lines.append("| baseline | " + " | ".join(f"{r['baseline'][k]:.4f}" if k in r["baseline"] else "" for k in keys) + " |")
+    if r.get("labels"):
+        lines += ["", "labels: " + ", ".join(f"`{n}`" for n in r["labels"])
+                  + (f" (f1: of `{r['labels'][1]}`, the second in sorted order)" if "f1" in keys else "")]
     return "\n".join(lines) + "\n"
 
 

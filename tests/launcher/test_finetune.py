@@ -56,7 +56,14 @@ def test_classification_beats_majority_class(tmp_path, tokenizer):
     print(f"classification accuracy {acc:.3f} macro-F1 {res['final']['macro_f1']:.3f} vs majority {base:.3f}")
     assert res["baseline"]["majority_class"] == "neutral"
     assert acc > base + 0.2
-    assert (out / "results.md").exists()
+    assert "labels: `negative`, `neutral`, `positive`" in (out / "results.md").read_text()
+
+
+def test_binary_results_name_the_class_f1_is_of():
+    md = finetune._markdown({"task": "classification", "train": "t", "valid": "v", "n_train": 2, "n_valid": 2,
+                             "init": "random", "steps": 1, "labels": ["play", "wiki"],
+                             "final": {"epoch": 1, "step": 1, "accuracy": 1.0, "macro_f1": 1.0, "f1": 1.0}})
+    assert "(f1: of `wiki`, the second in sorted order)" in md
 
 
 def test_regression_from_tsv(tmp_path, tokenizer):
