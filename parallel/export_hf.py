@@ -2,9 +2,9 @@
 consolidated PyTorch state dict.
 
 - `export_hf(ckpt, out)`: `transformers` model directory: `model.safetensors` + `config.json`
-  (GPT -> `GPT2LMHeadModel`, BERT -> `BertForPreTraining`) + the tokenizer (`tokenizer.model`, the
-  sentencepiece file, with a `tokenizer_config.json` that `AutoTokenizer` loads as a Llama-style
-  sentencepiece tokenizer without BOS/EOS insertion, i.e. the ids mnemos trained on).
+  (GPT -> `GPT2LMHeadModel`, BERT -> `BertForPreTraining`) + the tokenizer: `tokenizer.json` and
+  `tokenizer_config.json`, which `AutoTokenizer` loads with the ids mnemos trained on (BERT: with
+  `[CLS] A [SEP] B [SEP]` and token type ids), and `tokenizer.model`, the sentencepiece file.
 - `import_hf(hf_dir, cfg)`: an HF GPT-2 / BERT directory -> a step-0 universal checkpoint in
   `cfg.run_dir/checkpoints`, so `mnemos train` starts from those weights (fresh optimizer).
 - `export_torch(ckpt, out_file)`: `{name: fp32 tensor}` for `torch.load(weights_only=True)` +
@@ -98,18 +98,17 @@ def model_fields_from_hf(config: dict) -> dict:
 
 # ---- export ----------------------------------------------------------------------------------------
 
-def write_tokenizer(tokenizer_model: str | Path, out: Path) -> None:
-    """The sentencepiece model plus a tokenizer_config.json AutoTokenizer understands."""
-    import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
+def write_tokenizer(tokenizer_model: str | Path, out: Path, bert: bool = False, max_length: int | None = None,
+                    fast=None) -> None:
+    """tokenizer.json + tokenizer_config.json that AutoTokenizer loads with the ids mnemos trained on
+    (parallel/hf_tokenizer.py), and the sentencepiece file itself. `fast`: the tokenizer, if already built."""
+    from parallel.hf_tokenizer import fast_tokenizer, tokenizer_config
+    fast = fast or fast_tokenizer(tokenizer_model, bert)
     shutil.copyfile(tokenizer_model, out / "tokenizer.model")
-    piece = lambda i: sp.id_to_piece(i) if i >= 0 else None  # noqa: E731
-    cfg = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False, "legacy": False,
-           "add_prefix_space": True, "unk_token": piece(sp.unk_id()), "bos_token": piece(sp.bos_id()),
-           "eos_token": piece(sp.eos_id()), "pad_token": piece(sp.pad_id()),
-           "model_max_length": None, "clean_up_tokenization_spaces": False}
-    (out / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=1))
-    specials = {k: cfg[k] for k in ("unk_token", "bos_token", "eos_token", "pad_token") if cfg[k]}
+    fast.save(str(out / "tokenizer.json"))
+    cfg = tokenizer_config(tokenizer_model, bert, max_length)
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1))
+    specials = {k: v for k, v in cfg.items() if k.endswith("_token")}
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=1))
 
 
@@ -139,14 +138,17 @@ def hf_model_from_state(sd: dict[str, torch.Tensor], model_cfg):
 def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
     """Write a transformers directory for a checkpoint (any TP/DP/ZeRO layout, or universal)."""
     from launcher.inference import consolidated_state_dict
+    from parallel.hf_tokenizer import fast_tokenizer
     sd, cfg = consolidated_state_dict(ckpt)
-    hf = hf_model_from_state(sd, cfg.model)  # before OUT is made: a model transformers cannot hold stops here
+    # before OUT is made: a model transformers cannot hold, or a tokenizer that does not fit, stops here
+    hf = hf_model_from_state(sd, cfg.model)
+    tok, bert = tokenizer or cfg.data.tokenizer, cfg.model.arch == "bert"
+    fast = fast_tokenizer(tok, bert) if tok else None  # ValueError: no [CLS]/[SEP]/[MASK] for a BERT
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out, safe_serialization=True)
-    tok = tokenizer or cfg.data.tokenizer
     if tok:
-        write_tokenizer(tok, out)
+        write_tokenizer(tok, out, bert, cfg.model.n_ctx, fast)
     else:
         log.warning("no tokenizer in the run config and none given: the HF directory has weights only")
     log.info("exported %s as %s to %s", ckpt, type(hf).__name__, out)

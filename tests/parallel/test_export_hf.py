@@ -28,7 +28,18 @@ def tp2_run(shards, tmp_path_factory):
     return tmp / "run"
 
 
-def _bert_checkpoint(tmp_path, shards):
+@pytest.fixture(scope="module")
+def bert_tokenizer(shared_data, tmp_path_factory):
+    """A 512-piece sentencepiece model with BERT's [CLS], [SEP] and [MASK]."""
+    from data.bert_samples import BERT_SYMBOLS
+    from data.tokenizer import train_tokenizer
+    d = tmp_path_factory.mktemp("bert_tok")
+    lines = (shared_data / "corpus" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()[:2000]
+    (d / "text.txt").write_text("\n".join(line for line in lines if line.strip()), encoding="utf-8")
+    return train_tokenizer([str(d / "text.txt")], str(d / "sp"), vocab_size=512, user_defined_symbols=BERT_SYMBOLS)
+
+
+def _bert_checkpoint(tmp_path, shards, tokenizer=None):
     """A BERT universal checkpoint straight from the model (mnemos' own format; no training needed)."""
     from launcher.config import RunConfig
     from model.bert import build_bert
@@ -36,7 +47,7 @@ def _bert_checkpoint(tmp_path, shards):
     cfg = RunConfig(run_dir=str(tmp_path / "bert"),
                     model=dict(arch="bert", n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=512,
                                layer_norm_eps=1e-12),
-                    data=dict(tokenizer=shards["tokenizer"], train=[shards["train"]], seq_len=32))
+                    data=dict(tokenizer=tokenizer or shards["tokenizer"], train=[shards["train"]], seq_len=32))
     model = build_bert(cfg.model, seed=3)
     with torch.no_grad():  # make biases and LayerNorms non-trivial so a swapped map would show
         for n, p in model.named_parameters():
@@ -97,9 +108,9 @@ def test_import_refuses_a_different_architecture(tmp_path, shards):
         import_hf(hf_dir, load_config(str(cfg)))
 
 
-def test_bert_export_loads_as_bert_for_pretraining_with_same_logits(tmp_path, shards):
+def test_bert_export_loads_as_bert_for_pretraining_with_same_logits(tmp_path, shards, bert_tokenizer):
     from parallel.export_hf import export_hf, read_hf_dir
-    model, ckpt = _bert_checkpoint(tmp_path, shards)
+    model, ckpt = _bert_checkpoint(tmp_path, shards, bert_tokenizer)
     out = export_hf(ckpt, tmp_path / "hf_bert")
     hf = transformers.BertForPreTraining.from_pretrained(out).eval()
     g = torch.Generator().manual_seed(1)
@@ -112,6 +123,17 @@ def test_bert_export_loads_as_bert_for_pretraining_with_same_logits(tmp_path, sh
         ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
     torch.testing.assert_close(ref.prediction_logits, mlm, atol=1e-4, rtol=0)
     torch.testing.assert_close(ref.seq_relationship_logits, nsp, atol=1e-4, rtol=0)
+    # transformers' fill-mask pipeline on the export fills [MASK] with our model's choice
+    from data.tokenizer import Tokenizer
+    tok = Tokenizer(bert_tokenizer)
+    text = "The tower is [MASK] metres tall."
+    ids = [tok.sp.piece_to_id("[CLS]")] + tok.encode(text) + [tok.sp.piece_to_id("[SEP]")]
+    at = ids.index(tok.sp.piece_to_id("[MASK]"))
+    with torch.no_grad():
+        mlm, _ = model(torch.tensor([ids]), torch.zeros(1, len(ids), dtype=torch.long),
+                       torch.ones(1, len(ids), dtype=torch.long))
+    fill = transformers.pipeline("fill-mask", model=str(out), top_k=1)
+    assert fill(text)[0]["token"] == mlm[0, at].argmax().item()
     # and back: the HF directory imports to exactly our weights
     sd, fields = read_hf_dir(out)
     assert fields["arch"] == "bert" and fields["n_layer"] == 2
@@ -135,6 +157,14 @@ def test_consolidated_torch_export_loads_without_deepspeed(tp2_run, tmp_path):
     assert unexpected == [] and set(missing) <= {"lm_head.weight"}
     assert all(v.dtype == torch.float32 for v in sd.values())
     assert sd["blocks.0.attn.qkv.weight"].shape == (3 * 64, 64)  # full, not a TP shard
+
+
+def test_a_bert_tokenizer_without_bert_pieces_is_refused_before_writing(tmp_path, shards, capsys):
+    from launcher.cli import main
+    _bert_checkpoint(tmp_path, shards)  # with the GPT shards' tokenizer: no [CLS], [SEP], [MASK]
+    assert main(["ckpt", "export-hf", str(tmp_path / "bert"), "--out", str(tmp_path / "hf")]) == 2
+    assert "no [CLS], [SEP], [MASK] piece" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
 
 
 def test_a_model_transformers_cannot_hold_is_refused_in_one_line(tmp_path, shards, capsys):
