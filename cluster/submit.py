@@ -31,6 +31,8 @@ def prepare(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tup
     cfg = load_config(config, list(overrides))
     cfg.run_dir = str(Path(cfg.run_dir).absolute())
     check_world_sizes(cfg, spec)  # fail here, not after hours in the queue
+    from launcher.train_cli import note_unused_vocab
+    note_unused_vocab(cfg)
     run_dir = Path(cfg.run_dir)
     try:
         cmd = JobCommand(run_dir=run_dir, workdir=Path(workdir or Path.cwd()), code_dir=REPO_ROOT,

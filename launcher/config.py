@@ -334,6 +334,24 @@ class RunConfig(_Section):
                              f"nothing to check (rule: set faults.spike_zscore=0 or perf.loss_check=micro_batch)")
         return self
 
+    def unused_vocab_note(self) -> str | None:
+        """A note when model.vocab_size is well past what data.tokenizer needs (a preset's 50304 rows with
+        a 32k tokenizer): rows no id reaches still cost memory and the LM head's compute. Megatron and
+        NeoX size the embedding from the tokenizer; here the config says it, so say what it costs."""
+        if self.data.tokenizer is None or not os.path.exists(self.data.tokenizer):
+            return None
+        from data.tokenizer import Tokenizer
+        tok = Tokenizer(self.data.tokenizer)
+        enough = tok.padded_vocab_size()
+        enough += -enough % self.parallel.tp
+        unused = self.model.vocab_size - enough
+        if unused <= 0:
+            return None
+        return (f"model.vocab_size={self.model.vocab_size} has {unused} embedding rows that no id of "
+                f"data.tokenizer={self.data.tokenizer!r} ({tok.vocab_size} pieces) reaches: "
+                f"{unused * self.model.d_model / 1e6:.1f}M parameters trained for nothing; "
+                f"--set model.vocab_size={enough} fits the tokenizer")
+
     def check_cross_sections(self, world_size: int) -> None:
         """Rules that span sections; needs the number of ranks the run will use."""
         tp = self.parallel.tp

@@ -3,6 +3,7 @@ validate, write RUN/config.yaml, run the ranks."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -35,7 +36,14 @@ def prepare_run(config: str | None, overrides: list[str], nproc: int, write: boo
     cfg = load_config(config, overrides)
     cfg.check_cross_sections(nproc)
     check_resumable(cfg)
+    note_unused_vocab(cfg)
     return cfg, write_run(cfg) if write else Path(cfg.run_dir) / "config.yaml"
+
+
+def note_unused_vocab(cfg: RunConfig) -> None:
+    note = cfg.unused_vocab_note()
+    if note:
+        logging.getLogger("mnemos.train").warning(note)
 
 
 def check_resumable(cfg: RunConfig) -> None:
@@ -121,6 +129,7 @@ def train_deepspeed(config: str | None, overrides: list[str], nproc: int | None,
     try:
         layout = deepspeed_layout(hostfile, nproc, master_addr, gpus_here=_gpus_here(cfg))
         cfg.check_cross_sections(layout.world_size)
+        note_unused_vocab(cfg)
         path = Path(cfg.run_dir) / "config.yaml"
         cmd = deepspeed_command(path, layout, master_port, rank_log_dir=Path(cfg.run_dir) / "logs" / "ranks")
         if dry_run:

@@ -163,6 +163,24 @@ def test_a_vocabulary_smaller_than_the_data_is_refused(tiny_data):
         objective.collate([np.array([1, 300, 2])], "cpu")
 
 
+def test_an_embedding_larger_than_the_tokenizer_needs_is_noted_with_its_cost(tiny_data, tmp_path, caplog):
+    """A preset's 50304 rows with the user's own smaller tokenizer train rows no id reaches: say so and what
+    fits, before the ranks start (a note, not an error: padding is allowed)."""
+    from launcher.cli import main
+    common = [f"data.tokenizer={tiny_data['tokenizer']}", f"data.train=[{tiny_data['train']}]", "data.valid=[]"]
+    assert _load(*common, "model.vocab_size=512").unused_vocab_note() is None  # 512 pieces: nothing unused
+    assert _load(*common, "model.vocab_size=640", "parallel.tp=1").unused_vocab_note().startswith(
+        "model.vocab_size=640 has 128 embedding rows that no id of data.tokenizer=")
+    (tmp_path / "c.yaml").write_text(f"run_dir: {tmp_path / 'run'}\nmodel: {{d_model: 64}}\n")
+    args = ["train", str(tmp_path / "c.yaml"), "--dry-run", "--nproc", "2"]
+    for item in common + ["model.vocab_size=2048"]:
+        args += ["--set", item]
+    with caplog.at_level("WARNING", logger="mnemos.train"):
+        assert main(args) == 0
+    assert ("model.vocab_size=2048 has 1536 embedding rows that no id of data.tokenizer=" in caplog.text
+            and "0.1M parameters trained for nothing; --set model.vocab_size=512 fits the tokenizer" in caplog.text)
+
+
 def test_bert_with_a_tokenizer_lacking_its_symbols_stops_before_the_ranks(tiny_data):
     cfg = _load("model.preset=bert-tiny", f"data.tokenizer={tiny_data['tokenizer']}",
                 f"data.train=[{tiny_data['train']}]")
