@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help="the run config that will train from these weights")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of --config, as `mnemos train --set` does")
+    p.add_argument("--new-tokenizer", action="store_true",
+                   help="train with data.tokenizer although the weights learnt another tokenizer's ids (the "
+                        "embedding rows then start from other tokens' vectors)")
     p.set_defaults(func=cmd_import_hf)
 
     p = sub.add_parser("export-torch", help="consolidated fp32 state dict for plain PyTorch")
@@ -216,7 +219,7 @@ def cmd_import_hf(args) -> int:
     from launcher.config import load_config
     from parallel.export_hf import import_hf
     cfg = load_config(args.config, args.overrides)
-    out = import_hf(args.hf_dir, cfg)
+    out = import_hf(args.hf_dir, cfg, args.new_tokenizer)
     print(f"wrote {out}; `mnemos train {args.config}` starts from these weights")
     return 0
 

@@ -199,13 +199,42 @@ def read_hf_dir(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return {k: v.float().contiguous() for k, v in sd.items()}, fields
 
 
-def import_hf(hf_dir: str | Path, cfg) -> Path:
+# what a transformers directory holds when its tokenizer is not a sentencepiece model
+_FOREIGN_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "merges.txt")
+
+
+def check_same_tokenizer(hf_dir: Path, tokenizer: str | None, new_tokenizer: bool = False) -> None:
+    """The weights' embedding rows mean the ids of the tokenizer they were trained with: refuse a run that
+    would feed them another tokenizer's ids (it trains, on scrambled inputs), unless `new_tokenizer`."""
+    from data.tokenizer import file_sha256
+    from launcher.config import ConfigError
+    theirs = hf_dir / "tokenizer.model"
+    fix = "or pass --new-tokenizer to start the embeddings over on another tokenizer's ids"
+    if theirs.exists():
+        if tokenizer and file_sha256(str(theirs)) != file_sha256(tokenizer) and not new_tokenizer:
+            raise ConfigError(f"data.tokenizer={tokenizer!r} is not {theirs}, the tokenizer these weights were "
+                              f"trained with (rule: the imported embeddings mean its ids; tokenize the data with "
+                              f"it, {fix})")
+        return
+    found = [name for name in _FOREIGN_TOKENIZER_FILES if (hf_dir / name).exists()]
+    if found and not new_tokenizer:
+        raise ConfigError(f"{hf_dir} holds its own tokenizer ({', '.join(found)}), not a sentencepiece model; "
+                          f"data.tokenizer={tokenizer!r} numbers tokens differently (rule: the imported "
+                          f"embeddings mean their tokenizer's ids; mnemos tokenizes with sentencepiece, {fix})")
+    if not found:
+        log.warning("%s has no tokenizer: data.tokenizer=%r must be the one the weights were trained with",
+                    hf_dir, tokenizer)
+
+
+def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
     """Write the HF weights as a step-0 universal checkpoint under cfg.run_dir/checkpoints: the run then
-    starts from them (same data stream, fresh optimizer). The run config's model must match the HF one."""
+    starts from them (same data stream, fresh optimizer). The run config's model must match the HF one,
+    and its tokenizer the weights' (`check_same_tokenizer`)."""
     from launcher.config import ConfigError
     from parallel.checkpoint import _write_latest, step_dirname
     from parallel.reshard import FullState, write_universal
 
+    check_same_tokenizer(Path(hf_dir), cfg.data.tokenizer, new_tokenizer)
     sd, fields = read_hf_dir(hf_dir)
     now = cfg.model.model_dump(mode="json")
     for k, v in fields.items():

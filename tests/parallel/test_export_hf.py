@@ -108,6 +108,32 @@ def test_import_refuses_a_different_architecture(tmp_path, shards):
         import_hf(hf_dir, load_config(str(cfg)))
 
 
+def test_import_refuses_weights_of_another_tokenizer(tmp_path, shards, bert_tokenizer):
+    """Imported embeddings mean their own tokenizer's ids: a run on another tokenizer's ids would train on
+    scrambled inputs without an error, so it needs --new-tokenizer."""
+    import shutil
+
+    from evaluation.hf import byte_hf_tokenizer
+    from launcher.cli import main
+    from launcher.config import ConfigError, load_config
+    from parallel.export_hf import import_hf
+    hf_dir = tmp_path / "hf"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32,
+                                                         vocab_size=shards["vocab_size"])).save_pretrained(hf_dir)
+    byte_hf_tokenizer().save_pretrained(hf_dir)  # a byte-level tokenizer.json, as GPT-2 directories have
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "run", shards, model={"n_ctx": 32}, data={"seq_len": 32})
+    with pytest.raises(ConfigError, match=r"holds its own tokenizer \(tokenizer.json\), not a sentencepiece model"):
+        import_hf(hf_dir, load_config(str(cfg)))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (hf_dir / name).unlink(missing_ok=True)
+    shutil.copyfile(bert_tokenizer, hf_dir / "tokenizer.model")  # a sentencepiece model, but not the run's
+    with pytest.raises(ConfigError, match=r"is not .*tokenizer.model, the tokenizer these weights were trained with"):
+        import_hf(hf_dir, load_config(str(cfg)))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg), "--new-tokenizer"]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "step_00000000").is_dir()
+
+
 def test_bert_export_loads_as_bert_for_pretraining_with_same_logits(tmp_path, shards, bert_tokenizer):
     from parallel.export_hf import export_hf, read_hf_dir
     model, ckpt = _bert_checkpoint(tmp_path, shards, bert_tokenizer)
