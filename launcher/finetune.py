@@ -45,6 +45,8 @@ def read_table(path: str):
     suffix = Path(path).suffix.lower()
     if not Path(path).exists():
         raise FileNotFoundError(f"data file {path!r} does not exist")
+    if not Path(path).read_bytes().strip():  # datasets' readers stop with a bare StopIteration on it
+        raise ConfigError(f"finetune: {path}: the file is empty (rule: a table with at least one row)")
     squad = _squad_rows(path) if suffix == ".json" else None
     if squad is not None:
         return datasets.Dataset.from_list(squad)
@@ -269,6 +271,18 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _scores(values, field: str, path: str) -> np.ndarray:
+    """A regression column as float32; a value that is not a number names its row."""
+    out = np.empty(len(values), np.float32)
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"finetune: {path}: {field}={v!r} in data row {i + 1} is not a number (rule: "
+                              f"--task regression reads numeric scores)") from None
+    return out
+
+
 class SentenceTask:
     """Classification / regression on one text or a text pair (BERT Section 4.1)."""
 
@@ -285,6 +299,9 @@ class SentenceTask:
         train_raw, valid_raw = train_t[args.label_field], self.valid_t[args.label_field]
         if self.kind == "classification":
             self.names = sorted({str(v) for v in train_raw})
+            if len(self.names) < 2:
+                raise ConfigError(f"finetune: {args.train}: every row has {args.label_field}={self.names[0]!r} "
+                                  f"(rule: classification needs at least two labels in the training file)")
             index = {n: k for k, n in enumerate(self.names)}
             unknown = {str(v) for v in valid_raw} - set(self.names)
             if unknown:
@@ -293,8 +310,12 @@ class SentenceTask:
             self.valid_y = np.array([index[str(v)] for v in valid_raw])
             self.n_out = len(self.names)
         else:
-            self.train_y = np.array(train_raw, dtype=np.float32)
-            self.valid_y = np.array(valid_raw, dtype=np.float32)
+            self.train_y = _scores(train_raw, args.label_field, args.train)
+            self.valid_y = _scores(valid_raw, args.label_field, args.valid)
+            if len(self.valid_y) < 2 or np.ptp(self.valid_y) == 0:
+                raise ConfigError(f"finetune: {args.valid}: {len(self.valid_y)} row(s) with "
+                                  f"{len(set(self.valid_y.tolist()))} distinct score(s) (rule: Pearson and Spearman "
+                                  f"correlations need at least two different scores)")
             self.names, self.n_out = None, 1
         self.n_train, self.n_valid = len(self.train_x), len(self.valid_x)
 

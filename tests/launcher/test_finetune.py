@@ -219,6 +219,20 @@ def test_data_mistakes_are_one_line_errors(tmp_path, tokenizer, capsys):
          f"mnemos: finetune: {valid}: labels ['meh'] never occur in {train}"),
         (["--train", str(tmp_path / "train.txt"), "--valid", valid], "does not exist"),
     ]
+    (tmp_path / "empty.jsonl").write_text("\n")
+    one_label = _write_jsonl(tmp_path / "one.jsonl", [{"text": "a good day", "label": "pos"}] * 2)
+    scores = _write_jsonl(tmp_path / "scores.jsonl", [{"text": "a good day", "label": 0.5},
+                                                      {"text": "a bad day", "label": 1.5}])
+    same = _write_jsonl(tmp_path / "same.jsonl", [{"text": "a good day", "label": 2}] * 3)
+    cases += [
+        (["--train", str(tmp_path / "empty.jsonl"), "--valid", valid], "empty.jsonl: the file is empty"),
+        (["--train", one_label, "--valid", one_label], "every row has label='pos' (rule: classification needs "
+                                                       "at least two labels"),
+        (["--task", "regression", "--train", train, "--valid", scores],
+         f"{train}: label='pos' in data row 1 is not a number"),
+        (["--task", "regression", "--train", scores, "--valid", same],
+         f"{same}: 3 row(s) with 1 distinct score(s) (rule: Pearson and Spearman"),
+    ]
     for extra, message in cases:
         assert main(common + extra) == 2
         err = capsys.readouterr().err
