@@ -52,12 +52,18 @@ def operating_class(k: torch.Tensor | np.ndarray | float, n: int) -> np.ndarray:
     return np.select([k > n / 2, k > n / 8, k > n / 32], [0, 1, 2], default=3)
 
 
-def analyze_attention(attn: torch.Tensor, mass: float = 0.9, statistic: str = "median") -> dict:
-    """attn (layers, heads, N, N) or (layers, B, heads, N, N) probabilities -> per-head k, classes, counts."""
+def check_attention_shape(attn: torch.Tensor) -> torch.Tensor:
+    """attn as (layers, B, heads, N, N); a ValueError names the shape it got."""
     if attn.dim() == 4:
         attn = attn.unsqueeze(1)  # (layers, 1, heads, N, N)
     if attn.dim() != 5 or attn.shape[-1] != attn.shape[-2]:
         raise ValueError(f"attention must be (layers, heads, N, N) or (layers, B, heads, N, N), got {tuple(attn.shape)}")
+    return attn
+
+
+def analyze_attention(attn: torch.Tensor, mass: float = 0.9, statistic: str = "median") -> dict:
+    """attn (layers, heads, N, N) or (layers, B, heads, N, N) probabilities -> per-head k, classes, counts."""
+    attn = check_attention_shape(attn)
     L, B, H, N, _ = attn.shape
     k = k_for_mass(attn, mass)  # (L, B, H, N)
     k_tokens = k.permute(0, 2, 1, 3).reshape(L, H, B * N).float()  # (L, H, B N): every query token of a head
@@ -114,9 +120,16 @@ def plot_classes(res: dict, path: Path, title: str = "") -> Path:
 def load_attention_file(path: str) -> torch.Tensor:
     p = Path(path)
     if p.suffix == ".npy":
-        return torch.from_numpy(np.load(p))
+        with open(p, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":  # np.load would guess a pickle and speak of allow_pickle
+                raise ValueError(f"{path}: not a .npy array (numpy.save output)")
+        return torch.from_numpy(np.load(p, allow_pickle=False))
     if p.suffix in (".pt", ".pth"):
-        t = torch.load(p, map_location="cpu", weights_only=True)
+        import pickle
+        try:
+            t = torch.load(p, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError):
+            raise ValueError(f"{path}: not a file of tensors that torch.load(weights_only=True) reads") from None
         if isinstance(t, dict):
             t = t.get("attn", t.get("attention"))
         if not isinstance(t, torch.Tensor):
@@ -242,7 +255,10 @@ def register(subparsers) -> None:
 def main(args) -> int:
     set_threads(args.threads)
     if args.attention:
-        attn, source = load_attention_file(args.attention), f"attention file {args.attention}"
+        try:
+            attn, source = check_attention_shape(load_attention_file(args.attention)), f"attention file {args.attention}"
+        except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: torch.load on a file it cannot read
+            raise SystemExit(f"bert-heads: {err}") from None
     else:
         if not args.text:
             raise SystemExit("bert-heads: --text FILE is required with --checkpoint / --init random")

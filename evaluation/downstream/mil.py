@@ -18,6 +18,7 @@ import argparse
 import itertools
 import logging
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +54,10 @@ class MILData:
 def load_mil_npz(path: str | Path) -> MILData:
     """Reads the bag npz (instances, bag_id, bag_label[, folds]) into padded bags; a file that does not follow
     the format is a ValueError naming the array, what it holds and the rule."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # np.load would guess a pickle and speak of allow_pickle
+        raise ValueError(f"{path}: not an npz archive (rule: numpy.savez output with instances, bag_id, bag_label)")
     z = np.load(path)
     for key in ("instances", "bag_id", "bag_label"):
         if key not in z.files:

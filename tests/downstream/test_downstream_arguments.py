@@ -1,6 +1,8 @@
 """Bad numbers on the downstream commands stop at parse time, naming the option, the rule and the value,
 before a run directory is made."""
 
+import re
+
 import pytest
 
 from launcher.cli import main as mnemos
@@ -51,4 +53,30 @@ def test_set_prediction_needs_a_slot_per_object(tmp_path, capsys):
                                          r"to 4 objects of sprites\)"):
         mnemos(["downstream", "slots", "--dataset", "sprites", "--task", "set-prediction", "--num-slots", "3",
                 "--out", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command, option, name, content, message", [
+    ("mil", "--dataset", "bags.npz", b"instances,bag_id\n", "mil: {path}: not an npz archive"),
+    ("bert-heads", "--attention", "attn.npy", b"not numpy", "bert-heads: {path}: not a .npy array"),
+    ("bert-heads", "--attention", "attn.pt", b"not torch", "bert-heads: {path}: not a file of tensors that "
+                                                           "torch.load(weights_only=True) reads"),
+])
+def test_an_input_file_of_another_format_is_named_before_the_run_starts(tmp_path, command, option, name, content,
+                                                                         message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=re.escape(message.format(path=path))):
+        mnemos(["downstream", command, option, str(path), "--out", str(out)])
+    assert not out.exists()
+
+
+def test_attention_of_the_wrong_shape_is_named_before_the_run_starts(tmp_path):
+    import numpy as np
+    np.save(tmp_path / "attn.npy", np.full((2, 3, 4), 0.25, np.float32))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"bert-heads: attention must be \(layers, heads, N, N\) or \(layers, B, "
+                                         r"heads, N, N\), got \(2, 3, 4\)"):
+        mnemos(["downstream", "bert-heads", "--attention", str(tmp_path / "attn.npy"), "--out", str(out)])
     assert not out.exists()
