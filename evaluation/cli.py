@@ -146,11 +146,18 @@ def _hf_model_type(path) -> str | None:
 
 
 def main(args) -> int:
-    from evaluation.registry import load_configs
+    from evaluation.registry import expand_names, load_configs
     from evaluation.task import TaskError
 
+    try:  # the task files and names first: a typo stops here, not after the model has loaded
+        configs = load_configs(args.include_tasks)
+        if args.tasks and not args.list_tasks:
+            expand_names([t.strip() for t in args.tasks.split(",") if t.strip()], configs)
+    except TaskError as err:
+        print(f"mnemos eval: {err}", file=sys.stderr)
+        return 2
     if args.list_tasks:
-        for name, cfg in load_configs(args.include_tasks).items():
+        for name, cfg in configs.items():
             paper = f" ({cfg.paper_name})" if cfg.paper_name else ""
             print(f"{name}{paper}  [{cfg.output_type}; groups: {', '.join(cfg.group) or '-'}]")
         return 0

@@ -43,7 +43,12 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _configs_in_file(path: Path) -> list[TaskConfig]:
-    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:  # the parser's words carry the line and column
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise TaskError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(tree, dict):
         raise TaskError(f"{path}: top level must be a mapping")
     if "tasks" in tree:

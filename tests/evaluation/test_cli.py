@@ -49,6 +49,14 @@ def test_eval_command_writes_json_markdown_plots(fake_checkpoint, tmp_path, caps
 def test_eval_errors_and_listing(fake_checkpoint, tmp_path, capsys):
     assert main(["eval", "--checkpoint", "x", "--tasks", "no_such_task", "--out", str(tmp_path)]) == 2
     assert "unknown task" in capsys.readouterr().err
+    assert "path" not in fake_checkpoint  # refused before the model was loaded
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "broken.yaml").write_text("task: mytask\n  bad: [\n")
+    for argv in (["--list-tasks"], ["--checkpoint", "x", "--tasks", "mytask", "--out", str(tmp_path / "o")]):
+        assert main(["eval", *argv, "--include-tasks", str(tmp_path / "mine")]) == 2
+        err = capsys.readouterr().err
+        assert "broken.yaml: not valid YAML at line 2, column 6: mapping values are not allowed here" in err
+        assert "Traceback" not in err
     assert main(["eval", "--list-tasks"]) == 0
     assert "gpt3_arithmetic_1dc (1DC)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
