@@ -471,13 +471,28 @@ def apply_override(tree: dict, assignment: str) -> None:
         raise ConfigError(f"--set {key}={raw!r}: not valid YAML: {_one_line(err)}") from None
 
 
+def _did_you_mean(loc: tuple) -> str:
+    """' (did you mean max_steps?)' for a mistyped key, from the fields of the section it sits in."""
+    import difflib
+    model = RunConfig
+    for name in loc[:-1]:
+        field = model.model_fields.get(str(name))
+        model = getattr(field, "annotation", None) if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return ""
+    key, names = str(loc[-1]), list(model.model_fields)
+    close = [n for n in names if n.startswith(key)][:1] or difflib.get_close_matches(key, names, n=1)
+    return f" (did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?)" if close else ""
+
+
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(config)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            lines.append(f"{field}: unknown key (value {e['input']!r}); rule: only fields of the schema are allowed")
+            lines.append(f"{field}: unknown key (value {e['input']!r}); rule: only fields of the schema are allowed"
+                         + _did_you_mean(e["loc"]))
         elif field == "(config)" or msg.startswith(field):
             lines.append(msg)
         else:

@@ -24,7 +24,9 @@ def test_preset_expands_and_explicit_fields_win():
 
 
 @pytest.mark.parametrize("override, words", [
-    ("model.d_modle=64", ["model.d_modle", "unknown key"]),
+    ("model.d_modle=64", ["model.d_modle", "unknown key", "(did you mean model.d_model?)"]),
+    ("parallel.zero=2", ["parallel.zero: unknown key", "(did you mean parallel.zero_stage?)"]),
+    ("trian.max_steps=2", ["trian: unknown key", "(did you mean train?)"]),
     ("model.n_head=5", ["model.n_head=5", "model.d_model=64", "d_model % n_head"]),
     ("optim.lr=-1", ["optim.lr", "-1", "greater than 0"]),
     ("model.preset=gpt3-huge", ["model.preset", "gpt3-huge", "choices"]),
