@@ -158,5 +158,6 @@ def iter_eval_texts(tasks: Iterable[str] | None = None, data_dir=None, include=N
             continue
         for doc in docs:
             yield name, task.example_text(doc)
-    if skipped:
-        log.info("iter_eval_texts skipped %d tasks without data: %s", len(skipped), "; ".join(skipped))
+    if skipped:  # a caller that collects the names reports them itself: the reasons are for debugging
+        log.log(logging.DEBUG if skipped_names is not None else logging.INFO,
+                "iter_eval_texts skipped %d tasks without data: %s", len(skipped), "; ".join(skipped))
