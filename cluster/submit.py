@@ -27,11 +27,10 @@ def prepare(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tup
     Returns (RunConfig, JobCommand); the run directory is made absolute, the job starts in `workdir`
     (default: here), so relative data paths keep their meaning on the nodes.
     """
-    from launcher.config import ConfigError, load_config
+    from launcher.config import ConfigError, load_config, note_unused_vocab
     cfg = load_config(config, list(overrides))
     cfg.run_dir = str(Path(cfg.run_dir).absolute())
     check_world_sizes(cfg, spec)  # fail here, not after hours in the queue
-    from launcher.train_cli import note_unused_vocab
     note_unused_vocab(cfg)
     run_dir = Path(cfg.run_dir)
     try:

@@ -8,6 +8,7 @@ the value and the rule, and happens before any rank is spawned.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -469,6 +470,13 @@ def apply_override(tree: dict, assignment: str) -> None:
         node[parts[-1]] = _parse_scalar(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}={raw!r}: not valid YAML: {_one_line(err)}") from None
+
+
+def note_unused_vocab(cfg: RunConfig) -> None:
+    """Log `cfg.unused_vocab_note()`, once, where a command prepares a run (not on every rank)."""
+    note = cfg.unused_vocab_note()
+    if note:
+        logging.getLogger("mnemos.train").warning(note)
 
 
 def _did_you_mean(loc: tuple) -> str:

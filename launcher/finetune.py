@@ -45,7 +45,7 @@ def read_table(path: str):
     suffix = Path(path).suffix.lower()
     if not Path(path).exists():
         raise FileNotFoundError(f"data file {path!r} does not exist")
-    if not Path(path).read_bytes().strip():  # datasets' readers stop with a bare StopIteration on it
+    if _blank(path):  # datasets' readers stop with a bare StopIteration on it
         raise ConfigError(f"finetune: {path}: the file is empty (rule: a table with at least one row)")
     squad = _squad_rows(path) if suffix == ".json" else None
     if squad is not None:
@@ -64,6 +64,15 @@ def read_table(path: str):
     except datasets.exceptions.DatasetGenerationError as err:
         cause = err.__cause__ or err
         raise ConfigError(f"finetune: {path}: not a readable {suffix[1:]} table: {str(cause).strip()}") from None
+
+
+def _blank(path: str) -> bool:
+    """Nothing but whitespace in the file (read until the first other byte, not the whole file)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
 
 
 def _squad_rows(path: str) -> list[dict] | None:

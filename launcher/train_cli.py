@@ -3,13 +3,12 @@ validate, write RUN/config.yaml, run the ranks."""
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import sys
 from pathlib import Path
 
-from launcher.config import ConfigError, RunConfig, load_config
+from launcher.config import ConfigError, RunConfig, load_config, note_unused_vocab
 
 
 def register(subparsers) -> None:
@@ -39,11 +38,6 @@ def prepare_run(config: str | None, overrides: list[str], nproc: int, write: boo
     note_unused_vocab(cfg)
     return cfg, write_run(cfg) if write else Path(cfg.run_dir) / "config.yaml"
 
-
-def note_unused_vocab(cfg: RunConfig) -> None:
-    note = cfg.unused_vocab_note()
-    if note:
-        logging.getLogger("mnemos.train").warning(note)
 
 
 def check_resumable(cfg: RunConfig) -> None:

@@ -33,9 +33,9 @@ BERT_INPUT_NAMES = ["input_ids", "token_type_ids", "attention_mask"]
 
 def fast_tokenizer(sp_model: str | Path, bert: bool = False):
     """A `tokenizers.Tokenizer` with the sentencepiece model's ids (see the module docstring)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE, Unigram
-    from sentencepiece import sentencepiece_model_pb2 as pb
     from tokenizers.processors import TemplateProcessing
 
     proto = pb.ModelProto()
@@ -65,13 +65,10 @@ def fast_tokenizer(sp_model: str | Path, bert: bool = False):
     tok.add_tokens([AddedToken(piece, special=False, normalized=True)
                     for piece, _, kind in pieces if kind == kinds.USER_DEFINED])
     if bert:
-        ids = tok.get_vocab()
-        missing = [sym for sym in ("[CLS]", "[SEP]", "[MASK]") if sym not in ids]
-        if missing:
-            raise ValueError(f"{sp_model}: no {', '.join(missing)} piece (rule: a BERT tokenizer holds [CLS], [SEP] "
-                             f"and [MASK] as user-defined symbols)")
+        from data.bert_samples import BertVocab
+        v = BertVocab.from_sentencepiece(str(sp_model))  # ValueError naming a missing [CLS] / [SEP] / [MASK]
         tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+                                                special_tokens=[("[CLS]", v.cls_id), ("[SEP]", v.sep_id)])
     return tok
 
 
@@ -84,5 +81,7 @@ def tokenizer_config(sp_model: str | Path, bert: bool = False, max_length: int |
            "bos_token": piece(sp.bos_id()), "eos_token": piece(sp.eos_id()), "pad_token": piece(sp.pad_id()),
            "split_special_tokens": not bert, "model_max_length": max_length, "clean_up_tokenization_spaces": False}
     if bert:
-        cfg.update(cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_input_names=BERT_INPUT_NAMES)
+        from data.bert_samples import BERT_SYMBOLS
+        cls, sep, mask = BERT_SYMBOLS
+        cfg.update(cls_token=cls, sep_token=sep, mask_token=mask, model_input_names=BERT_INPUT_NAMES)
     return {k: v for k, v in cfg.items() if v is not None}

@@ -257,7 +257,7 @@ def main(args) -> int:
     if args.attention:
         try:
             attn, source = check_attention_shape(load_attention_file(args.attention)), f"attention file {args.attention}"
-        except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: torch.load on a file it cannot read
+        except (ValueError, OSError) as err:
             raise SystemExit(f"bert-heads: {err}") from None
     else:
         if not args.text:

@@ -189,7 +189,7 @@ def test_a_bert_tokenizer_without_bert_pieces_is_refused_before_writing(tmp_path
     from launcher.cli import main
     _bert_checkpoint(tmp_path, shards)  # with the GPT shards' tokenizer: no [CLS], [SEP], [MASK]
     assert main(["ckpt", "export-hf", str(tmp_path / "bert"), "--out", str(tmp_path / "hf")]) == 2
-    assert "no [CLS], [SEP], [MASK] piece" in capsys.readouterr().err
+    assert "no [CLS] piece (rule: BERT needs [CLS], [SEP], [MASK]" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
 
 

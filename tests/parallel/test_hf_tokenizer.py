@@ -73,5 +73,5 @@ def test_bert_export_encodes_pairs_as_finetune_does(shared_data, tmp_path):
 def test_bert_export_refuses_a_tokenizer_without_bert_pieces(shared_data, tmp_path):
     sp_model = _train(shared_data, tmp_path, "bpe")
     (tmp_path / "hf").mkdir()
-    with pytest.raises(ValueError, match=r"no \[CLS\], \[SEP\], \[MASK\] piece"):
+    with pytest.raises(ValueError, match=r"no \[CLS\] piece \(rule: BERT needs \[CLS\], \[SEP\], \[MASK\]"):
         write_tokenizer(sp_model, tmp_path / "hf", bert=True)
