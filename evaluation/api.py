@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from evaluation.adapters import LM
 from evaluation.metrics import aggregate, exact_match, tie_aware_argmax_accuracy, token_f1
 from evaluation.registry import get_tasks
-from evaluation.task import Task
+from evaluation.task import MC_METRICS, SCORERS, Task
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,12 @@ def _score(task: Task, doc: dict, answers: list[Any], meta: dict, lm: LM) -> dic
         if meta["uncond"]:
             un = [a[0] for a in answers[n:]]
             items["acc_uncond"] = tie_aware_argmax_accuracy([l - u for l, u in zip(lls, un)], gold)
+        pred = max(range(n), key=lambda i: lls[i])  # the raw argmax, first on ties
+        if "f1_macro" in c.resolved_metrics():
+            items["f1_macro"] = (pred, gold)
+        if c.scorer:
+            items.update(SCORERS[c.scorer](task, doc, {"lls": lls, "pred": pred, "gold": gold,
+                                                      "choices": task.choices(doc)}))
         return items
     if c.output_type == "loglikelihood":
         ll, greedy = answers[0]
@@ -91,8 +97,19 @@ def _score(task: Task, doc: dict, answers: list[Any], meta: dict, lm: LM) -> dic
     pred = answers[0]
     refs = meta["answers"]
     how = c.answer_normalization
-    return {"exact_match": exact_match(pred, refs, how), "f1": token_f1(pred, refs, how), "bleu": (pred, refs),
-            "_prediction": pred}
+    items = {"exact_match": exact_match(pred, refs, how), "f1": token_f1(pred, refs, how), "bleu": (pred, refs),
+             "_prediction": pred}
+    if c.scorer:
+        items.update(SCORERS[c.scorer](task, doc, {"prediction": pred, "answers": refs}))
+    return items
+
+
+def _reported_metrics(task: Task) -> list[str]:
+    """Multiple choice always shows its four normalisations side by side, then the task's own metrics."""
+    own = task.config.resolved_metrics()
+    if task.config.output_type == "multiple_choice":
+        return list(dict.fromkeys(MC_METRICS + own))
+    return own
 
 
 def _key(args: Any) -> Any:
@@ -179,9 +196,7 @@ def run_eval(adapter: LM, tasks: Sequence[str], shots: Sequence[int], out_dir: s
         results[task.name] = {}
         for k, rows in per.get(task.name, {}).items():
             entry: dict[str, Any] = {"n": len(rows)}
-            for m in task.config.resolved_metrics() + (
-                    ["acc", "acc_norm_token", "acc_norm_char", "acc_uncond"]
-                    if task.config.output_type == "multiple_choice" else []):
+            for m in _reported_metrics(task):
                 if m in entry or m not in rows[0]:
                     continue
                 value, se = aggregate(m, [r[m] for r in rows], bootstrap_iters)
@@ -193,8 +208,7 @@ def run_eval(adapter: LM, tasks: Sequence[str], shots: Sequence[int], out_dir: s
         "results": results,
         "tasks": {t.name: {"version": t.config.version, "output_type": t.config.output_type,
                            "gpt3_metric": t.config.main_metric(), "paper_name": t.config.paper_name,
-                           "metrics": [m for m in (t.config.resolved_metrics() if t.config.output_type != "multiple_choice"
-                                                   else ["acc", "acc_norm_token", "acc_norm_char", "acc_uncond"])
+                           "metrics": [m for m in dict.fromkeys(_reported_metrics(t))
                                        if any(m in r for rows in per.get(t.name, {}).values() for r in rows)]}
                   for t in task_objs},
         "config": {"tasks": [t.name for t in task_objs], "shots": shots, "limit": limit, "seed": seed,

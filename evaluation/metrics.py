@@ -125,21 +125,43 @@ class Metric:
     aggregate: Callable[[list], float]
     stderr: str                 # "mean" or "bootstrap"
     higher_is_better: bool = True
+    percent: bool = False       # a fraction that reports show as a percentage
 
 
 METRICS: dict[str, Metric] = {
-    "acc": Metric(mean, "mean"),
-    "acc_norm_token": Metric(mean, "mean"),
-    "acc_norm_char": Metric(mean, "mean"),
-    "acc_uncond": Metric(mean, "mean"),
-    "exact_match": Metric(mean, "mean"),
-    "f1": Metric(mean, "mean"),
+    "acc": Metric(mean, "mean", percent=True),
+    "acc_norm_token": Metric(mean, "mean", percent=True),
+    "acc_norm_char": Metric(mean, "mean", percent=True),
+    "acc_uncond": Metric(mean, "mean", percent=True),
+    "exact_match": Metric(mean, "mean", percent=True),
+    "f1": Metric(mean, "mean", percent=True),
+    "f1_macro": Metric(lambda items: macro_f1(items), "bootstrap", percent=True),
     "bleu": Metric(corpus_bleu, "bootstrap"),
     "perplexity": Metric(perplexity, "bootstrap", higher_is_better=False),
     "word_perplexity": Metric(weighted_perplexity, "bootstrap", higher_is_better=False),
     "byte_perplexity": Metric(weighted_perplexity, "bootstrap", higher_is_better=False),
     "bits_per_byte": Metric(bits_per_byte, "bootstrap", higher_is_better=False),
 }
+
+
+def register(name: str, metric: Metric) -> None:
+    """Add a metric that task families (evaluation/formats/) compute; a name is registered once."""
+    if name in METRICS and METRICS[name] != metric:
+        raise ValueError(f"metric {name!r} is already registered")
+    METRICS[name] = metric
+
+
+def macro_f1(items: Sequence[tuple[int, int]]) -> float:
+    """Unweighted mean of each class's F1 from (predicted, gold) pairs, over the classes that occur on
+    either side (scikit-learn's average="macro"): SuperGLUE's F1 for CB."""
+    classes = sorted({g for _, g in items} | {p for p, _ in items})
+    f1s = []
+    for c in classes:
+        tp = sum(1 for p, g in items if p == c and g == c)
+        fp = sum(1 for p, g in items if p == c and g != c)
+        fn = sum(1 for p, g in items if p != c and g == c)
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(f1s)) if f1s else float("nan")
 
 
 def aggregate(name: str, items: list, bootstrap_iters: int = 1000) -> tuple[float, float]:

@@ -13,13 +13,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-PERCENT = {"acc", "acc_norm_token", "acc_norm_char", "acc_uncond", "exact_match", "f1"}
+from evaluation.metrics import METRICS
+
+
+def _percent(metric: str) -> bool:
+    return metric in METRICS and METRICS[metric].percent
 
 
 def _fmt(metric: str, v: float | None, se: float | None = None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    scale = 100.0 if metric in PERCENT else 1.0
+    scale = 100.0 if _percent(metric) else 1.0
     fmt = (lambda x: f"{x:.2f}") if abs(v * scale) < 1e5 else (lambda x: f"{x:.3g}")
     s = fmt(v * scale)
     if se is not None and not math.isnan(se):
@@ -51,7 +55,8 @@ def markdown(results: dict) -> str:
     lines.append("")
     metrics_order = ["acc", "acc_norm_token", "acc_norm_char", "acc_uncond", "exact_match", "f1", "bleu",
                      "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"]
-    used = [m for m in metrics_order if any(m in t["metrics"] for t in results["tasks"].values())]
+    metrics_order += [m for t in results["tasks"].values() for m in t["metrics"] if m not in metrics_order]
+    used = [m for m in dict.fromkeys(metrics_order) if any(m in t["metrics"] for t in results["tasks"].values())]
     lines.append("| task | version | shots | n | " + " | ".join(used) + " |")
     lines.append("|---|---|---|---|" + "---|" * len(used))
     for name, info in results["tasks"].items():
@@ -107,7 +112,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         if not rows:
             continue
         ks = [k for k, _ in rows]
-        scale = 100.0 if m in PERCENT else 1.0
+        scale = 100.0 if _percent(m) else 1.0
         vals = [(e[m] if e[m] is not None else float("nan")) * scale for _, e in rows]
         errs = [(e.get(f"{m}_stderr") or 0.0) * scale for _, e in rows]
         errs = [0.0 if isinstance(x, float) and math.isnan(x) else x for x in errs]
@@ -115,8 +120,8 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
         ax.errorbar(ks, vals, yerr=errs, marker="o", capsize=3)
         ax.set_xlabel("number of examples in context (K)")
-        ax.set_ylabel(f"{m} (%)" if m in PERCENT else m)
-        if m in PERCENT:
+        ax.set_ylabel(f"{m} (%)" if _percent(m) else m)
+        if _percent(m):
             ax.set_ylim(-2, 102)
         _shots_axis(ax, ks)
         ax.set_title(f"{name}" + (f" ({info['paper_name']})" if info.get("paper_name") else ""))
@@ -127,7 +132,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         fig.savefig(p)
         plt.close(fig)
         paths.append(p)
-    pct = {n: s for n, s in series.items() if s[3] in PERCENT}
+    pct = {n: s for n, s in series.items() if _percent(s[3])}
     if pct:
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
         for name, (ks, vals, errs, m) in pct.items():

@@ -44,8 +44,8 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    loader: Literal["json", "jsonl", "csv", "parquet", "text", "hub", "generator", "piqa", "race",
-                    "wikitext"] = Field("json", description="How to read the files (datasets builder or a named loader).")
+    loader: str = Field("json", description="How to read the files: json, jsonl, csv, parquet (datasets builders), "
+                        "text, hub, generator, or a named loader (piqa, race, wikitext, and those of evaluation/formats/).")
     files: dict[str, Any] = Field(default_factory=dict,
                                   description="split -> path (or list of paths); '{data_dir}' is substituted.")
     field: str | None = Field(None, description="json: the top-level key holding the records (TriviaQA: Data).")
@@ -54,6 +54,14 @@ class DatasetSpec(_Strict):
     generator: Literal["arithmetic", "scramble"] | None = Field(None, description="generator: which generator.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="generator: its arguments; text: sample_by "
                                    "(line, the default, paragraph, document or auto, as `mnemos data` reads text).")
+
+    @field_validator("loader")
+    @classmethod
+    def _known_loader(cls, v: str) -> str:
+        known = BUILTIN_LOADERS + tuple(sorted(LOADERS))
+        if v not in known:
+            raise ValueError(f"unknown loader {v!r}; known: {', '.join(known)}")
+        return v
 
 
 class TaskConfig(_Strict):
@@ -66,6 +74,8 @@ class TaskConfig(_Strict):
     eval_split: str = Field("test", description="Split that is evaluated.")
     fewshot_split: str | None = Field(None, description="Split demonstrations come from; None = eval split minus the example.")
     process_docs: str | None = Field(None, description="Named Python processor applied to each split's documents.")
+    scorer: str | None = Field(None, description="Named Python scorer adding per-example metric items "
+                               "(MultiRC's answer-level F1, ReCoRD's entity match, DROP's numbers).")
     output_type: Literal["multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until"]
     doc_to_text: str = Field("{{ context }}", description="Jinja template: the prompt of one document.")
     doc_to_target: str = Field("{{ completion }}", description="Jinja template: the target (MC: gold index or choice text).")
@@ -99,13 +109,41 @@ class TaskConfig(_Strict):
         return self.gpt3_metric or self.resolved_metrics()[0]
 
 
-# ---------------------------------------------------------------------- named processors
+# ---------------------------------------------------------------------- named Python pieces
+# The published formats that a template cannot read name one of these from their YAML. Those of the
+# standard tasks are below; evaluation/formats/ holds those of the other task families.
 PROCESSORS: dict[str, Callable[[list[dict]], list[dict]]] = {}
+LOADERS: dict[str, Callable[[Any, "DatasetSpec", str], list[dict]]] = {}
+SCORERS: dict[str, Callable[["Task", dict, dict], dict[str, Any]]] = {}
+BUILTIN_LOADERS = ("json", "jsonl", "csv", "parquet", "text", "hub", "generator", "piqa", "race", "wikitext")
 
 
 def processor(name: str):
+    """Register fn(docs) -> docs, applied to every split's documents (`process_docs: name`)."""
     def deco(fn):
         PROCESSORS[name] = fn
+        return fn
+    return deco
+
+
+def loader(name: str):
+    """Register fn(files, spec, task_name) -> docs (`dataset.loader: name`); files has {data_dir} filled in."""
+    def deco(fn):
+        if name in BUILTIN_LOADERS:
+            raise ValueError(f"loader {name!r} is built in")
+        LOADERS[name] = fn
+        return fn
+    return deco
+
+
+def scorer(name: str):
+    """Register fn(task, doc, outcome) -> extra per-example metric items (`scorer: name`).
+
+    outcome holds, for multiple choice: lls (log P(choice | context) per choice), pred (the raw argmax,
+    first on ties), gold, choices; for generation: prediction and answers.
+    """
+    def deco(fn):
+        SCORERS[name] = fn
         return fn
     return deco
 
@@ -208,6 +246,8 @@ def load_split(cfg: TaskConfig, split: str, data_dir: str | None) -> list[dict]:
     if split not in spec.files:
         raise TaskError(f"task {cfg.task}: no file given for split {split!r} (dataset.files has {sorted(spec.files)})")
     files = _expand(spec.files[split], data_dir)
+    if spec.loader in LOADERS:
+        return LOADERS[spec.loader](files, spec, cfg.task)
     if spec.loader == "piqa":  # published as data jsonl + one label per line
         _check_exists([files["data"], files["labels"]], cfg.task)
         docs = [json.loads(x) for x in Path(files["data"]).read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -271,6 +311,8 @@ class Task:
             raise TaskError(f"task {c.task}: partial_scoring needs doc_to_continuation")
         if c.process_docs and c.process_docs not in PROCESSORS:
             raise TaskError(f"task {c.task}: unknown process_docs {c.process_docs!r}; known: {sorted(PROCESSORS)}")
+        if c.scorer and c.scorer not in SCORERS:
+            raise TaskError(f"task {c.task}: unknown scorer {c.scorer!r}; known: {sorted(SCORERS)}")
         self._text = _template(c.doc_to_text)
         self._target = _template(c.doc_to_target)
         self._choice = _ENV.compile_expression(c.doc_to_choice) if c.doc_to_choice else None
@@ -387,3 +429,5 @@ class Task:
         body = c.fewshot_delimiter.join(demos + [prompt]) if demos else prompt
         return c.description + body
 
+
+from evaluation import formats  # noqa: E402,F401  (registers the other families' processors, loaders, scorers)

@@ -107,3 +107,25 @@ def test_generation_metrics():
     assert b == pytest.approx(50.46, abs=0.05)
     v, se = aggregate("perplexity", [-1.0, -2.0, -3.0], bootstrap_iters=200)
     assert v == pytest.approx(math.exp(2.0)) and se > 0
+
+
+def test_macro_f1_matches_scikit_learn_and_is_reported_beside_the_normalisations(tmp_path):
+    from sklearn.metrics import f1_score
+    from evaluation.metrics import macro_f1
+    rng = __import__("random").Random(0)
+    for _ in range(20):
+        pairs = [(rng.randrange(3), rng.randrange(3)) for _ in range(rng.randrange(1, 30))]
+        preds, golds = zip(*pairs)
+        assert macro_f1(pairs) == pytest.approx(f1_score(golds, preds, average="macro"))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "toy.yaml").write_text(MC_YAML + "metrics: [acc, f1_macro]\n")
+    docs = [{"q": f"Q{i}", "choices": ["a", "bb", "ccc"], "gold": i % 3} for i in range(6)]
+    (tmp_path / "toy.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    # the raw argmax is always "a" (fewest characters): predictions 0,0,0,0,0,0 against golds 0,1,2,0,1,2
+    res = run_eval(DummyLM("uniform"), ["toy_mc"], [0], tmp_path / "out", include=[tmp_path / "tasks"],
+                   data_dir=tmp_path)
+    entry = res["results"]["toy_mc"]["0"]
+    assert entry["f1_macro"] == pytest.approx(f1_score([0, 1, 2] * 2, [0] * 6, average="macro"))
+    assert res["tasks"]["toy_mc"]["metrics"] == ["acc", "acc_norm_token", "acc_norm_char", "acc_uncond", "f1_macro"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert f"{100 * entry['f1_macro']:.2f}" in md  # shown as a percentage like the accuracies
