@@ -1,0 +1,83 @@
+"""Closed-book question answering (GPT-3 Section 3.3): Natural Questions (open-domain) and WebQuestions.
+
+Published formats read here:
+  nq_open       NQ-open release jsonl (`NQ-open.{train,dev}.jsonl`): one {"question", "answer": [...]} per line.
+  webquestions  WebQuestions release json (`webquestions.examples.{train,test}.json`): a list of
+                {"url", "targetValue": '(list (description "A") (description B))', "utterance"}.
+
+Both loaders give documents {question, answers, target}: `answers` every acceptable answer, `target` the
+first one (what a demonstration shows). GPT-3 scores both by exact match after SQuAD's normalisation
+(lower case, no punctuation or articles), which the generic generation scoring already does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from evaluation.task import TaskError, loader
+
+
+def read_json_file(path: Any, task: str, jsonl: bool = False) -> Any:
+    """The parsed contents of one published file; a TaskError names the task and file when it is unusable."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            raise TaskError(f"task {task}: expected one file per split, got {path}")
+        path = path[0]
+    p = Path(path)
+    if not p.is_file():
+        raise TaskError(f"task {task}: data file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if jsonl:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TaskError(f"task {task}: {p} is not valid JSON{' lines' if jsonl else ''}: {e}") from None
+
+
+@loader("nq_open")
+def load_nq_open(files, spec, task: str) -> list[dict]:
+    docs = []
+    for i, rec in enumerate(read_json_file(files, task, jsonl=True)):
+        answers = rec.get("answer") if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(answers, list) \
+                or not answers or not all(isinstance(a, str) for a in answers):
+            raise TaskError(f"task {task}: {files}: record {i} needs a string 'question' and a non-empty list "
+                            f"of strings 'answer', got {str(rec)[:200]}")
+        docs.append({"question": rec["question"], "answers": answers, "target": answers[0]})
+    return docs
+
+
+# One "(description X)" of a WebQuestions targetValue: X is quoted ("Justin Bieber", with \" escapes)
+# when it holds spaces or punctuation, bare otherwise (Canada).
+_DESCRIPTION = re.compile(r'\(description\s+(?:"((?:[^"\\]|\\.)*)"|([^()"\s][^()]*?))\s*\)')
+
+
+def parse_target_value(value: str) -> list[str]:
+    """'(list (description "Jazmyn Bieber") (description Canada))' -> ["Jazmyn Bieber", "Canada"]."""
+    out = []
+    for quoted, bare in _DESCRIPTION.findall(value):
+        out.append(re.sub(r'\\(.)', r'\1', quoted) if quoted else bare.strip())
+    return out
+
+
+@loader("webquestions")
+def load_webquestions(files, spec, task: str) -> list[dict]:
+    records = read_json_file(files, task)
+    if not isinstance(records, list):
+        raise TaskError(f"task {task}: {files}: expected a JSON list of examples, got {type(records).__name__}")
+    docs = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or not isinstance(rec.get("utterance"), str) \
+                or not isinstance(rec.get("targetValue"), str):
+            raise TaskError(f"task {task}: {files}: example {i} needs string 'utterance' and 'targetValue', "
+                            f"got {str(rec)[:200]}")
+        answers = parse_target_value(rec["targetValue"])
+        if not answers:
+            raise TaskError(f"task {task}: {files}: example {i} has no (description ...) in its targetValue "
+                            f"{rec['targetValue']!r}")
+        docs.append({"question": rec["utterance"], "answers": answers, "target": answers[0], "url": rec.get("url")})
+    return docs
