@@ -29,8 +29,11 @@ from evaluation.task import TaskError, loader, scorer
 
 # ---------------------------------------------------------------------- reading and checking
 class Record(dict):
-    """One jsonl record that knows where it came from, for error messages."""
-    where: str = ""
+    """One jsonl record (or a part of one) that knows where it came from, for error messages."""
+
+    def __init__(self, data: dict, where: str):
+        super().__init__(data)
+        self.where = where
 
 
 def read_jsonl(files: Any, task: str) -> Iterator[Record]:
@@ -48,9 +51,7 @@ def read_jsonl(files: Any, task: str) -> Iterator[Record]:
                     raise TaskError(f"task {task}: {path} line {n} is not JSON ({e.msg})") from None
                 if not isinstance(obj, dict):
                     raise TaskError(f"task {task}: {path} line {n} is not a JSON object")
-                rec = Record(obj)
-                rec.where = f"task {task}: {path} line {n}"
-                yield rec
+                yield Record(obj, f"task {task}: {path} line {n}")
 
 
 def need(rec: Record, obj: dict, *fields: str) -> None:
@@ -125,9 +126,13 @@ def load_wsc(files, spec, task):
         need(rec, rec, "text", "target", "label")
         t = rec["target"]
         need(rec, t, "span1_text", "span2_text", "span2_index")
-        words = rec["text"].split(" ")  # SuperGLUE's span indices count space-separated words
         i = t["span2_index"]
-        pronoun, rest = _span(rec, words, i, t["span2_text"], "span2")
+        words = rec["text"].split(" ")  # SuperGLUE's span indices count space-separated words
+        try:
+            pronoun, rest = _span(rec, words, i, t["span2_text"], "span2")
+        except TaskError:  # a text with a run of spaces may count its words without the empty ones
+            words = rec["text"].split()
+            pronoun, rest = _span(rec, words, i, t["span2_text"], "span2")
         n = len(t["span2_text"].split())
         passage = " ".join(words[:i] + [f"*{pronoun}*{rest}"] + words[i + n:])
         out.append({**rec, "passage": passage, "pronoun": pronoun, "noun": t["span1_text"], "gold": _bool_label(rec)})
@@ -159,15 +164,9 @@ def load_multirc(files, spec, task):
             for a in q["answers"]:
                 need(rec, a, "text", "label")
                 out.append({"paragraph": paragraph, "question": q["question"], "answer": a["text"],
-                            "gold": _bool_label(_with_where(a, rec)),
+                            "gold": _bool_label(Record(a, rec.where)),
                             "question_id": qid})
     return out
-
-
-def _with_where(obj: dict, rec: Record) -> Record:
-    r = Record(obj)
-    r.where = rec.where
-    return r
 
 
 def f1a(items: list[tuple[int, int]]) -> float:

@@ -172,7 +172,7 @@ def test_rte_wic_prompts(data):
         _assert_fewshot(wic, 0, w[0], k)
 
 
-def test_wsc_marks_the_pronoun_and_asks_about_the_candidate(data):
+def test_wsc_marks_the_pronoun_and_asks_about_the_candidate(data, tmp_path):
     t = get_task("wsc", data)
     d = t.eval_docs()
     assert t.text(d[0]) == ("Passage: Mark told Pete many lies about himself, which Pete included in his book. "
@@ -187,6 +187,11 @@ def test_wsc_marks_the_pronoun_and_asks_about_the_candidate(data):
                     "=====\n" + t.text(d[0]))
     for k in (1, 2):
         _assert_fewshot(t, 0, d[0], k)
+    from evaluation.formats.superglue import load_wsc
+    spaced = tmp_path / "spaced.jsonl"  # a run of spaces: the index counts the words without the empty ones
+    _jsonl(spaced, [{"text": "Tom  thanked Sam because Sam helped him.", "label": True, "target": {
+        "span1_text": "Tom", "span1_index": 0, "span2_text": "him", "span2_index": 6}}])
+    assert load_wsc(str(spaced), None, "wsc")[0]["passage"] == "Tom thanked Sam because Sam helped *him*."
 
 
 def test_multirc_one_example_per_answer_option(data):
