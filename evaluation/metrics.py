@@ -7,6 +7,7 @@ does); corpus-level metrics (perplexities, BLEU) use a seeded bootstrap over exa
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import re
 import string
@@ -94,24 +95,33 @@ def _ngrams(tokens: list[str], n: int) -> collections.Counter:
     return collections.Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _bleu_stats(hyp: str, refs: tuple[str, ...], max_n: int) -> tuple[int, ...]:
+    """One segment's clipped n-gram matches, n-gram totals, its length and the closest reference length."""
+    h = hyp.split()
+    rs = [r.split() for r in refs]
+    match, total = [], []
+    for n in range(1, max_n + 1):
+        hc = _ngrams(h, n)
+        maxref: collections.Counter = collections.Counter()
+        for r in rs:
+            maxref |= _ngrams(r, n)
+        match.append(sum(min(c, maxref[g]) for g, c in hc.items()))
+        total.append(max(0, len(h) - n + 1))
+    ref_len = min((abs(len(r) - len(h)), len(r)) for r in rs)[1] if rs else 0
+    return (*match, *total, len(h), ref_len)
+
+
 def corpus_bleu(items: Sequence[tuple[str, Sequence[str]]], max_n: int = 4) -> float:
     """Corpus BLEU-4 (Papineni et al. 2002) in percent over (hypothesis, references) pairs, whitespace
-    tokens, brevity penalty against the closest reference length; 0 when any n-gram order has no match."""
-    match = [0] * max_n
-    total = [0] * max_n
-    hyp_len = ref_len = 0
-    for hyp, refs in items:
-        h = hyp.split()
-        rs = [r.split() for r in refs]
-        hyp_len += len(h)
-        ref_len += min((abs(len(r) - len(h)), len(r)) for r in rs)[1] if rs else 0
-        for n in range(1, max_n + 1):
-            hc = _ngrams(h, n)
-            maxref: collections.Counter = collections.Counter()
-            for r in rs:
-                maxref |= _ngrams(r, n)
-            match[n - 1] += sum(min(c, maxref[g]) for g, c in hc.items())
-            total[n - 1] += max(0, len(h) - n + 1)
+    tokens, brevity penalty against the closest reference length; 0 when any n-gram order has no match.
+
+    The score is a function of the summed per-segment counts, which are cached: a bootstrap resample
+    only adds them up."""
+    if not items:
+        return 0.0
+    stats = np.sum([_bleu_stats(hyp, tuple(refs), max_n) for hyp, refs in items], axis=0)
+    match, total, hyp_len, ref_len = stats[:max_n], stats[max_n:2 * max_n], stats[-2], stats[-1]
     if hyp_len == 0 or min(match) == 0:
         return 0.0
     log_prec = sum(math.log(m / t) for m, t in zip(match, total)) / max_n

@@ -78,6 +78,8 @@ class TaskConfig(_Strict):
                                "(MultiRC's answer-level F1, ReCoRD's entity match, DROP's numbers).")
     output_type: Literal["multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until"]
     doc_to_text: str = Field("{{ context }}", description="Jinja template: the prompt of one document.")
+    doc_to_text_zero_shot: str | None = Field(None, description="Jinja template of the prompt at 0 shots, where it "
+                                              "differs (GPT-3's zero-shot translation prompt names the language).")
     doc_to_target: str = Field("{{ completion }}", description="Jinja template: the target (MC: gold index or choice text).")
     doc_to_choice: str | None = Field(None, description="Jinja expression giving the list of choices (MC).")
     doc_to_continuation: str | None = Field(None, description="Partial scoring: template of the shared continuation.")
@@ -314,6 +316,7 @@ class Task:
         if c.scorer and c.scorer not in SCORERS:
             raise TaskError(f"task {c.task}: unknown scorer {c.scorer!r}; known: {sorted(SCORERS)}")
         self._text = _template(c.doc_to_text)
+        self._text_zero_shot = _template(c.doc_to_text_zero_shot) if c.doc_to_text_zero_shot else None
         self._target = _template(c.doc_to_target)
         self._choice = _ENV.compile_expression(c.doc_to_choice) if c.doc_to_choice else None
         self._cont = _template(c.doc_to_continuation) if c.doc_to_continuation else None
@@ -409,7 +412,12 @@ class Task:
     def fewshot_context(self, doc_id: int, doc: dict, k: int, seed: int, prompt_text: str | None = None) -> str:
         """Description + k demonstrations (seeded per example, never the example itself) + prompt."""
         c = self.config
-        prompt = self.text(doc) if prompt_text is None else prompt_text
+        if prompt_text is not None:
+            prompt = prompt_text
+        elif k == 0 and self._text_zero_shot is not None:
+            prompt = self._render(self._text_zero_shot, doc, "doc_to_text_zero_shot")
+        else:
+            prompt = self.text(doc)
         demos: list[str] = []
         if k > 0:
             pool = self.fewshot_docs()

@@ -136,8 +136,9 @@ def _bleu(tokenize: str):
 
 @functools.lru_cache(maxsize=1 << 17)
 def _segment_stats(tokenize: str, hypothesis: str, references: tuple[str, ...]) -> tuple[int, ...]:
-    """sacrebleu's sufficient statistics of one segment (lengths, n-gram matches and totals)."""
-    return tuple(int(x) for x in _bleu(tokenize)._extract_corpus_statistics([hypothesis], [[r] for r in references])[0])
+    """sacrebleu's sufficient statistics of one segment: n-gram matches, n-gram totals, lengths."""
+    one = _bleu(tokenize).corpus_score([hypothesis], [[r] for r in references])
+    return (*one.counts, *one.totals, one.sys_len, one.ref_len)
 
 
 def sacrebleu_corpus(items: Sequence[tuple[str, Sequence[str]]], tokenize: str = "13a") -> float:
@@ -151,8 +152,12 @@ def sacrebleu_corpus(items: Sequence[tuple[str, Sequence[str]]], tokenize: str =
     for hyp, refs in items:
         if not refs:
             raise ValueError(f"sacrebleu: the hypothesis {hyp!r} has no reference")
-    stats = np.sum([_segment_stats(tokenize, hyp, tuple(refs)) for hyp, refs in items], axis=0)
-    return float(_bleu(tokenize)._compute_score_from_stats([int(x) for x in stats]).score)
+    stats = [int(x) for x in np.sum([_segment_stats(tokenize, hyp, tuple(refs)) for hyp, refs in items], axis=0)]
+    bleu = _bleu(tokenize)
+    n = bleu.max_ngram_order
+    return float(bleu.compute_bleu(stats[:n], stats[n:2 * n], stats[2 * n], stats[2 * n + 1],
+                                   smooth_method=bleu.smooth_method, smooth_value=bleu.smooth_value,
+                                   max_ngram_order=n).score)
 
 
 register("sacrebleu", Metric(lambda items: sacrebleu_corpus(items, "13a"), "bootstrap"))

@@ -142,7 +142,8 @@ def test_wmt_en_fr_prompts_are_appendix_g_literally(wmt_data):
     assert third["source"] == "AT&T said it would appeal."  # entity unescaped, whitespace collapsed
     assert task.answers(third) == ["AT&T a annoncé qu'il ferait appel."]
     assert (third["docid"], third["seg_id"], third["origlang"]) == ("1013-lemonde", "1", "fr")
-    assert task.fewshot_context(2, third, 0, seed=1234) == "AT&T said it would appeal. ="
+    # 0 shots: GPT-3's zero-shot question names the target language; 1 and more: "source = target"
+    assert task.fewshot_context(2, third, 0, seed=1234) == "Q: What is the French translation of AT&T said it would appeal.\nA:"
     assert task.fewshot_context(2, third, 1, seed=1234) == (
         "Republican leaders justified their policy by the need to combat electoral fraud. = Les dirigeants "
         "républicains justifièrent leur politique par la nécessité de lutter contre la fraude électorale.\n\n"
@@ -171,6 +172,9 @@ def test_every_wmt_task_reads_its_sgml_and_prompts_source_equals(wmt_data, name)
     two = task.fewshot_context(0, doc, 2, seed=7)
     assert two in {demos[0] + "\n\n" + demos[1] + "\n\n" + prompt, demos[1] + "\n\n" + demos[0] + "\n\n" + prompt}
     assert task.fewshot_context(0, doc, 2, seed=7) == two  # reproducible
+    target_language = {"fr": "French", "en": "English", "de": "German", "ro": "Romanian"}[name[-2:]]
+    assert task.fewshot_context(0, doc, 0, seed=7) == \
+        f"Q: What is the {target_language} translation of {doc['source']}\nA:"
     gen = task.config.generation
     assert gen == {"until": ["\n"], "max_gen_toks": 256, "method": "beam", "num_beams": 4, "length_penalty": 0.6}
 
@@ -220,8 +224,9 @@ def test_bad_data_is_named(wmt_data, tmp_path):
 def test_oracle_scores_100_and_a_silent_model_0(wmt_data):
     answers = {}
     for task in get_tasks(["translation"], wmt_data):
-        for d in task.eval_docs():
-            answers[task.text(d)] = " " + task.target(d)  # the model's completion starts after "="
+        for d in task.eval_docs():  # the model's completion starts after "=" (or "A:" at 0 shots)
+            answers[task.text(d)] = " " + task.target(d)
+            answers[task.fewshot_context(0, d, 0, seed=0)] = " " + task.target(d)
     res = run_eval(DummyLM("oracle", answers=answers), ["translation"], [0, 1], None, data_dir=wmt_data,
                    bootstrap_iters=20)
     for name in WMT_TASKS:
