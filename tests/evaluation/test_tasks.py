@@ -21,6 +21,12 @@ def test_every_shipped_task_is_registered():
         assert f"arithmetic_{k}" in names and f"gpt3_arithmetic_{k}" in names
     for k in ("cl", "a1", "a2", "ri", "rw"):
         assert f"word_scramble_{k}" in names
+    from evaluation.registry import expand_names, load_configs
+    configs = load_configs()
+    assert expand_names(["superglue"], configs) == ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"]
+    assert expand_names(["anli", "translation"], configs) == [
+        "anli_r1", "anli_r2", "anli_r3", "wmt14_en_fr", "wmt14_fr_en", "wmt16_en_de", "wmt16_de_en", "wmt16_en_ro",
+        "wmt16_ro_en"]
 
 
 def test_standard_tasks_run_end_to_end(std_data, tiny_lm, tmp_path):
