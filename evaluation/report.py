@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import evaluation.task  # noqa: F401  (registers the task families' metrics, whose percent flag the tables read)
 from evaluation.metrics import METRICS
 
 
@@ -53,23 +54,27 @@ def markdown(results: dict) -> str:
     lines.append(f"Shots: {cfg.get('shots')} · limit: {cfg.get('limit')} · seed: {cfg.get('seed')}. "
                  "Percentages ± standard error; ★ marks the metric GPT-3 reports for the task.")
     lines.append("")
-    metrics_order = ["acc", "acc_norm_token", "acc_norm_char", "acc_uncond", "exact_match", "f1", "bleu",
-                     "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"]
-    metrics_order += [m for t in results["tasks"].values() for m in t["metrics"] if m not in metrics_order]
-    used = [m for m in dict.fromkeys(metrics_order) if any(m in t["metrics"] for t in results["tasks"].values())]
-    lines.append("| task | version | shots | n | " + " | ".join(used) + " |")
-    lines.append("|---|---|---|---|" + "---|" * len(used))
+    # one table per set of metrics, so a row has no columns of other task families
+    tables: dict[tuple, list[str]] = {}
     for name, info in results["tasks"].items():
-        for k, entry in sorted(results["results"].get(name, {}).items(), key=lambda kv: int(kv[0])):
-            cells = []
-            for m in used:
-                if m not in entry:
-                    cells.append("")
-                    continue
-                cell = _fmt(m, entry[m], entry.get(f"{m}_stderr"))
-                cells.append(f"**{cell}** ★" if m == info["gpt3_metric"] else cell)
-            label = name + (f" ({info['paper_name']})" if info.get("paper_name") else "")
-            lines.append(f"| {label} | {info['version']} | {k} | {entry['n']} | " + " | ".join(cells) + " |")
+        tables.setdefault(tuple(info["metrics"]), []).append(name)  # in the task's own order
+    for n_table, (used, names) in enumerate(tables.items()):
+        if n_table:
+            lines.append("")
+        lines.append("| task | version | shots | n | " + " | ".join(used) + " |")
+        lines.append("|---|---|---|---|" + "---|" * len(used))
+        for name in names:
+            info = results["tasks"][name]
+            for k, entry in sorted(results["results"].get(name, {}).items(), key=lambda kv: int(kv[0])):
+                cells = []
+                for m in used:
+                    if m not in entry:
+                        cells.append("")
+                        continue
+                    cell = _fmt(m, entry[m], entry.get(f"{m}_stderr"))
+                    cells.append(f"**{cell}** ★" if m == info["gpt3_metric"] else cell)
+                label = name + (f" ({info['paper_name']})" if info.get("paper_name") else "")
+                lines.append(f"| {label} | {info['version']} | {k} | {entry['n']} | " + " | ".join(cells) + " |")
     if "contamination" in results:
         lines += ["", "## Clean-subset analysis (GPT-3 Table C.1)", "",
                   "An example is dirty if it shares an N-gram with the training corpus.", "",

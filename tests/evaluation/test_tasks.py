@@ -44,6 +44,10 @@ def test_standard_tasks_run_end_to_end(std_data, tiny_lm, tmp_path):
     assert r["lambada_cloze"]["0"]["perplexity"] > 1
     md = (tmp_path / "results.md").read_text()
     assert "ARC (Easy)" in md and "★" in md
+    # one table per set of metrics: a generation task's row has no empty multiple-choice columns
+    row = next(line for line in md.splitlines() if line.startswith("| triviaqa (TriviaQA) | 1 | 0 |"))
+    assert row.count("|") == 4 + len(res["tasks"]["triviaqa"]["metrics"]) + 1 and "||" not in row.replace(" ", "")
+    assert md.count("| task | version | shots | n |") == len({tuple(t["metrics"]) for t in res["tasks"].values()})
 
 
 def test_prompts_follow_the_published_formats(std_data):
