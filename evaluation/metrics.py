@@ -55,6 +55,25 @@ def bootstrap_stderr(agg: Callable[[list], float], items: Sequence[Any], iters: 
     return float(np.std(vals, ddof=1))
 
 
+def group_bootstrap_stderr(agg: Callable[[list], float], items: Sequence[tuple], iters: int = 1000,
+                           seed: int = 1234) -> float:
+    """Bootstrap over groups: items are (group id, ...) tuples and a resample draws whole groups, each
+    drawn copy under a new id (MultiRC's per-question exact match resamples questions, not answers)."""
+    groups: dict[Any, list[tuple]] = {}
+    for it in items:
+        groups.setdefault(it[0], []).append(it)
+    members = list(groups.values())
+    n = len(members)
+    if n < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(iters):
+        picks = rng.integers(0, n, n)
+        vals.append(agg([(j, *it[1:]) for j, g in enumerate(picks) for it in members[g]]))
+    return float(np.std(vals, ddof=1))
+
+
 # ---------------------------------------------------------------------- answer comparison
 def normalize_answer(text: str, how: str = "squad") -> str:
     """'squad': lowercase, drop punctuation and articles, squeeze whitespace (SQuAD / TriviaQA)."""
@@ -133,7 +152,7 @@ def corpus_bleu(items: Sequence[tuple[str, Sequence[str]]], max_n: int = 4) -> f
 @dataclass(frozen=True)
 class Metric:
     aggregate: Callable[[list], float]
-    stderr: str                 # "mean" or "bootstrap"
+    stderr: str                 # "mean", "bootstrap", or "group_bootstrap" (items are (group id, ...) tuples)
     higher_is_better: bool = True
     percent: bool = False       # a fraction that reports show as a percentage
 
@@ -182,6 +201,8 @@ def aggregate(name: str, items: list, bootstrap_iters: int = 1000) -> tuple[floa
     value = m.aggregate(items)
     if m.stderr == "mean":
         return value, mean_stderr(items)
+    if m.stderr == "group_bootstrap":
+        return value, group_bootstrap_stderr(m.aggregate, items, iters=bootstrap_iters)
     return value, bootstrap_stderr(m.aggregate, items, iters=bootstrap_iters)
 
 

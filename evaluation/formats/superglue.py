@@ -185,9 +185,8 @@ def em_per_question(items: list[tuple[str, bool]]) -> float:
     return sum(questions.values()) / len(questions) if questions else float("nan")
 
 
-# Resampled per answer option for the standard error: an approximation for the per-question EM.
 register("f1a", Metric(f1a, "bootstrap", percent=True))
-register("em_question", Metric(em_per_question, "bootstrap", percent=True))
+register("em_question", Metric(em_per_question, "group_bootstrap", percent=True))  # resamples questions
 
 
 @scorer("multirc")

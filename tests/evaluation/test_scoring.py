@@ -129,3 +129,17 @@ def test_macro_f1_matches_scikit_learn_and_is_reported_beside_the_normalisations
     assert res["tasks"]["toy_mc"]["metrics"] == ["acc", "acc_norm_token", "acc_norm_char", "acc_uncond", "f1_macro"]
     md = (tmp_path / "out" / "results.md").read_text()
     assert f"{100 * entry['f1_macro']:.2f}" in md  # shown as a percentage like the accuracies
+
+
+def test_group_bootstrap_resamples_whole_groups():
+    from evaluation.formats.superglue import em_per_question
+    from evaluation.metrics import bootstrap_stderr, group_bootstrap_stderr, mean
+    xs = [float(i % 3 == 0) for i in range(30)]
+    # one item per group: the same draws as the plain bootstrap
+    assert group_bootstrap_stderr(lambda its: mean([x for _, x in its]), [(i, x) for i, x in enumerate(xs)], 200) == \
+        pytest.approx(bootstrap_stderr(mean, xs, 200))
+    # 40 questions of 5 answers, half of them all right: the per-question EM's error is that of 40 coin flips
+    items = [(q, q % 2 == 0) for q in range(40) for _ in range(5)]
+    v, se = aggregate("em_question", items, bootstrap_iters=500)
+    assert v == 0.5 and se == pytest.approx(math.sqrt(0.25 / 40), rel=0.2)
+    assert em_per_question([("a", True), ("a", False), ("b", True)]) == 0.5
