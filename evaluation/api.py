@@ -70,19 +70,19 @@ def _score(task: Task, doc: dict, answers: list[Any], meta: dict, lm: LM) -> dic
         lls = [a[0] for a in answers[:n]]
         toks = [lm.continuation_tokens(ctx, x) for ctx, x in meta["pairs"]]
         gold = meta["gold"]
-        items = {
-            "acc": tie_aware_argmax_accuracy(lls, gold),
-            "acc_norm_token": tie_aware_argmax_accuracy([l / t for l, t in zip(lls, toks)], gold),
-            "acc_norm_char": tie_aware_argmax_accuracy([l / max(1, ch) for l, ch in zip(lls, meta["chars"])], gold),
+        scores = {  # the score of each choice under each normalisation
+            "acc": lls,
+            "acc_norm_token": [l / t for l, t in zip(lls, toks)],
+            "acc_norm_char": [l / max(1, ch) for l, ch in zip(lls, meta["chars"])],
         }
         if meta["uncond"]:
-            un = [a[0] for a in answers[n:]]
-            items["acc_uncond"] = tie_aware_argmax_accuracy([l - u for l, u in zip(lls, un)], gold)
+            scores["acc_uncond"] = [l - a[0] for l, a in zip(lls, answers[n:])]
+        items: dict[str, Any] = {m: tie_aware_argmax_accuracy(v, gold) for m, v in scores.items()}
         pred = max(range(n), key=lambda i: lls[i])  # the raw argmax, first on ties
         if "f1_macro" in c.resolved_metrics():
             items["f1_macro"] = (pred, gold)
         if c.scorer:
-            items.update(SCORERS[c.scorer](task, doc, {"lls": lls, "pred": pred, "gold": gold,
+            items.update(SCORERS[c.scorer](task, doc, {"lls": lls, "pred": pred, "gold": gold, "scores": scores,
                                                       "choices": task.choices(doc)}))
         return items
     if c.output_type == "loglikelihood":

@@ -12,7 +12,7 @@ import math
 import re
 import string
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -206,12 +206,13 @@ def aggregate(name: str, items: list, bootstrap_iters: int = 1000) -> tuple[floa
     return value, bootstrap_stderr(m.aggregate, items, iters=bootstrap_iters)
 
 
-def tie_aware_argmax_accuracy(scores: Sequence[float], gold: int) -> float:
-    """1/k if the gold choice is among the k choices tied for the best score, else 0.
+def tie_aware_argmax_accuracy(scores: Sequence[float], gold: int | Collection[int]) -> float:
+    """The share of the choices tied for the best score that are right (gold: one index or several).
 
     The expected accuracy of picking uniformly among ties: a model that scores every choice alike gets
     exactly chance, not the accuracy of 'always the first choice'.
     """
     best = max(scores)
     winners = [i for i, s in enumerate(scores) if s == best]
-    return 1.0 / len(winners) if gold in winners else 0.0
+    right = {gold} if isinstance(gold, int) else set(gold)
+    return sum(1 for i in winners if i in right) / len(winners)

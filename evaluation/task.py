@@ -142,7 +142,8 @@ def scorer(name: str):
     """Register fn(task, doc, outcome) -> extra per-example metric items (`scorer: name`).
 
     outcome holds, for multiple choice: lls (log P(choice | context) per choice), pred (the raw argmax,
-    first on ties), gold, choices; for generation: prediction and answers.
+    first on ties), gold, choices, and scores (each normalisation's metric name -> per-choice scores);
+    for generation: prediction and answers.
     """
     def deco(fn):
         SCORERS[name] = fn

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from evaluation.metrics import Metric, exact_match, register, token_f1
+from evaluation.metrics import Metric, exact_match, register, tie_aware_argmax_accuracy, token_f1
 from evaluation.task import TaskError, loader, scorer
 
 
@@ -242,9 +242,12 @@ def load_record(files, spec, task):
 
 @scorer("record")
 def score_record(task, doc, outcome):
-    """The official ReCoRD evaluation: the predicted entity's text against every gold answer, best EM and F1."""
+    """The official ReCoRD evaluation: the predicted entity's text against every gold answer, best EM and F1.
+    The accuracies count every entity that matches an answer as right ("Obama" and "Barack Obama")."""
     entity = doc["entities"][outcome["pred"]]
-    return {"exact_match": exact_match(entity, doc["answers"], "squad"),
+    right = [i for i, e in enumerate(doc["entities"]) if exact_match(e, doc["answers"], "squad")]
+    items = {m: tie_aware_argmax_accuracy(v, right) for m, v in outcome["scores"].items()}
+    return {**items, "exact_match": exact_match(entity, doc["answers"], "squad"),
             "f1": token_f1(entity, doc["answers"], "squad")}
 
 

@@ -335,10 +335,16 @@ def test_record_official_em_and_f1_by_hand(data):
     assert res["exact_match"] == pytest.approx(0.5)
     assert res["f1"] == pytest.approx((2 / 3 + 1) / 2)
     from evaluation.formats.superglue import score_record
-    doc = {"entities": ["The Paris!", "Bob"], "answers": ["paris", "Bob Jones"]}
+    doc = {"entities": ["The Paris!", "Bob", "Paris"], "answers": ["paris", "Bob Jones"]}
     # the official script's normalisation: lower case, no punctuation, no articles
-    assert score_record(None, doc, {"pred": 0}) == {"exact_match": 1.0, "f1": 1.0}
-    assert score_record(None, doc, {"pred": 1}) == {"exact_match": 0.0, "f1": pytest.approx(2 / 3)}
+    first, second, third = ({"acc": [0.0 if i == k else -1.0 for i in range(3)]} for k in range(3))
+    assert score_record(None, doc, {"pred": 0, "scores": first}) == {"acc": 1.0, "exact_match": 1.0, "f1": 1.0}
+    assert score_record(None, doc, {"pred": 1, "scores": second}) == \
+        {"acc": 0.0, "exact_match": 0.0, "f1": pytest.approx(2 / 3)}
+    # both spellings of the answer are right: the accuracies count either
+    assert score_record(None, doc, {"pred": 2, "scores": third})["acc"] == 1.0
+    tie = {"acc": [0.0, 0.0, 0.0]}  # uniform: two of the three tied entities are right
+    assert score_record(None, doc, {"pred": 0, "scores": tie})["acc"] == pytest.approx(2 / 3)
 
 
 # ---------------------------------------------------------------------- bad data
