@@ -78,7 +78,9 @@ def _score(task: Task, doc: dict, answers: list[Any], meta: dict, lm: LM) -> dic
         if meta["uncond"]:
             scores["acc_uncond"] = [l - a[0] for l, a in zip(lls, answers[n:])]
         items: dict[str, Any] = {m: tie_aware_argmax_accuracy(v, gold) for m, v in scores.items()}
-        pred = max(range(n), key=lambda i: lls[i])  # the raw argmax, first on ties
+        # the task's pick: its GPT-3 normalisation, or per-token (GPT-3 Section 2.4's default); first on ties
+        decide = scores[c.main_metric()] if c.main_metric() in scores else scores["acc_norm_token"]
+        pred = max(range(n), key=lambda i: decide[i])
         if "f1_macro" in c.resolved_metrics():
             items["f1_macro"] = (pred, gold)
         if c.scorer:

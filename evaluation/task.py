@@ -141,8 +141,9 @@ def loader(name: str):
 def scorer(name: str):
     """Register fn(task, doc, outcome) -> extra per-example metric items (`scorer: name`).
 
-    outcome holds, for multiple choice: lls (log P(choice | context) per choice), pred (the raw argmax,
-    first on ties), gold, choices, and scores (each normalisation's metric name -> per-choice scores);
+    outcome holds, for multiple choice: lls (log P(choice | context) per choice), pred (the choice picked
+    under the task's gpt3_metric when that is a normalisation, else per-token normalised; first on ties),
+    gold, choices, and scores (each normalisation's metric name -> per-choice scores);
     for generation: prediction and answers.
     """
     def deco(fn):

@@ -121,7 +121,7 @@ def test_macro_f1_matches_scikit_learn_and_is_reported_beside_the_normalisations
     (tmp_path / "tasks" / "toy.yaml").write_text(MC_YAML + "metrics: [acc, f1_macro]\n")
     docs = [{"q": f"Q{i}", "choices": ["a", "bb", "ccc"], "gold": i % 3} for i in range(6)]
     (tmp_path / "toy.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    # the raw argmax is always "a" (fewest characters): predictions 0,0,0,0,0,0 against golds 0,1,2,0,1,2
+    # per token every choice scores -log V: all tie and the first, "a", is the pick, against golds 0,1,2,0,1,2
     res = run_eval(DummyLM("uniform"), ["toy_mc"], [0], tmp_path / "out", include=[tmp_path / "tasks"],
                    data_dir=tmp_path)
     entry = res["results"]["toy_mc"]["0"]

@@ -262,7 +262,7 @@ def _gold_continuations(task) -> set[str]:
     return {c.target_delimiter + task.choices(d)[task.gold(d)] for d in task.eval_docs()}
 
 
-MAIN = {"cb": ["acc", "f1_macro"], "rte": ["acc_norm_token"], "wic": ["acc_norm_token"], "wsc": ["acc_norm_token"],
+MAIN = {"cb": ["acc_norm_token", "f1_macro"], "rte": ["acc_norm_token"], "wic": ["acc_norm_token"], "wsc": ["acc_norm_token"],
         "multirc": ["f1a", "em_question"], "record": ["exact_match", "f1"], "anli_r1": ["acc_norm_token"],
         "anli_r2": ["acc_norm_token"], "anli_r3": ["acc_norm_token"], "winograd": ["acc_norm_token"]}
 
@@ -299,8 +299,9 @@ def test_oracle_scores_100_and_uniform_scores_chance(data):
         for k in ("0", "1"):
             assert uniform[name][k]["acc_norm_token"] == pytest.approx(p), name
     assert uniform["winograd"]["0"]["acc"] == pytest.approx(0.5)  # one shared continuation: always a tie
-    # the raw argmax of a uniform model is the shortest choice: "- [True] ..." for every MultiRC option
-    assert uniform["multirc"]["0"]["f1a"] == pytest.approx(2 * 3 / (2 * 3 + 2))
+    # per token a uniform model ties every choice and picks the first, "- [False] ...": no option is
+    # called true (F1a 0), and every question has a true option (EM 0)
+    assert uniform["multirc"]["0"]["f1a"] == 0.0
     assert uniform["multirc"]["0"]["em_question"] == 0.0
 
 
