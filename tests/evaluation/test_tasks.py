@@ -148,6 +148,21 @@ def test_iter_eval_texts(std_data, shared_data):
     assert len(released) == 10
 
 
+def test_ptb_scores_the_whole_file_per_word(tmp_path):
+    lines = [" aer banknote berlitz calloway centrust cluett fromstein gitano guterman", " pierre <unk> N years old will join",
+             " mr. <unk> is chairman of <unk> n.v. the dutch publishing group"]
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb/ptb.test.txt").write_text("\n".join(lines) + "\n")
+    task = get_task("ptb", tmp_path)
+    (doc,) = task.eval_docs()
+    assert task.text(doc).split() == " ".join(lines).split()  # one document, every sentence in it
+    res = run_eval(DummyLM("uniform"), ["ptb"], [0, 1], None, data_dir=tmp_path, bootstrap_iters=10)["results"]["ptb"]
+    assert res.keys() == {"0"}  # perplexity is zero-shot only
+    # a uniform model over 257 symbols: log-likelihood -len(text) log 257, per whitespace word of the file
+    words = len(" ".join(lines).split())
+    assert res["0"]["word_perplexity"] == pytest.approx(257 ** (len(task.text(doc)) / words))
+
+
 def test_text_datasets_skip_blank_lines_and_take_sample_by(tmp_path):
     """`loader: text` read blank lines as documents to score (n counted them); `kwargs.sample_by` cuts the
     text as `mnemos data` does (WikiText's one-space lines are blank)."""
