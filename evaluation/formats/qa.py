@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
+from evaluation.formats.files import single_file
 from evaluation.task import TaskError, loader
 
 
 def read_json_file(path: Any, task: str, jsonl: bool = False) -> Any:
     """The parsed contents of one published file; a TaskError names the task and file when it is unusable."""
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            raise TaskError(f"task {task}: expected one file per split, got {path}")
-        path = path[0]
-    p = Path(path)
-    if not p.is_file():
-        raise TaskError(f"task {task}: data file {p} does not exist")
+    p = single_file(path, task)
     text = p.read_text(encoding="utf-8")
     try:
         if jsonl:

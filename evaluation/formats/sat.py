@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from evaluation.formats.files import single_file
 from evaluation.task import TaskError, loader
 
 ANSWER_LETTERS = "abcde"
@@ -21,13 +22,7 @@ _PAIR = re.compile(r"(\S+)\s+(\S+)\s+([a-z]+:[a-z]+)")  # "lull trust v:n"
 
 
 def _read_text(files, task: str) -> tuple[Path, str]:
-    if isinstance(files, (list, tuple)):
-        if len(files) != 1:
-            raise TaskError(f"task {task}: expected one SAT-package file, got {files}")
-        files = files[0]
-    path = Path(files)
-    if not path.is_file():
-        raise TaskError(f"task {task}: data file {path} does not exist")
+    path = single_file(files, task, "SAT-package file")
     return path, path.read_text(encoding="utf-8", errors="replace")
 
 

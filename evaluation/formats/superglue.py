@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
+from evaluation.formats.files import existing_file
 from evaluation.metrics import Metric, exact_match, register, tie_aware_argmax_accuracy, token_f1
 from evaluation.task import TaskError, loader, scorer
 
@@ -39,8 +39,7 @@ class Record(dict):
 def read_jsonl(files: Any, task: str) -> Iterator[Record]:
     """Every record of one split's jsonl file(s); a missing file or a line that is no JSON object is a TaskError."""
     for path in files if isinstance(files, list) else [files]:
-        if not Path(path).is_file():
-            raise TaskError(f"task {task}: data file {path} does not exist")
+        existing_file(path, task)
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from evaluation.formats.files import existing_file
 from evaluation.metrics import Metric, register
 from evaluation.task import TaskError, loader, scorer
 
@@ -83,9 +84,7 @@ def _read_lines(path: Path, text: str) -> list[dict[str, Any]]:
 
 def read_segments(path: str, task: str) -> list[dict[str, Any]]:
     """The segments of one side of a test set, SGML or plain text, in file order."""
-    p = Path(path)
-    if not p.is_file():
-        raise TaskError(f"task {task}: data file {p} does not exist")
+    p = existing_file(path, task)
     try:
         text = p.read_text(encoding="utf-8")  # universal newlines: \r\n files read like \n ones
     except UnicodeDecodeError as err:
