@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 from evaluation.adapters import LM
