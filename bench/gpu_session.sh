@@ -14,6 +14,9 @@
 #   bash bench/gpu_session.sh 3   (next session) gpt3-xl with cuDNN attention (perf.sdpa_backend=cudnn), with
 #                                 selective activation checkpointing, and with GPT-3's alternating
 #                                 dense/banded layers (FlexAttention band)
+#   bash bench/gpu_session.sh 5   (H200 only) gpt3-xl at micro-batch 16 x 2048 for both peers: longer matmuls
+#                                 and half the optimizer steps per token; at 8 x 2048 mnemos used 49.7 GiB and
+#                                 HF 56.7 GiB, so 16 needs the H200's 141 GB (an H100 would run out of memory)
 #   bash bench/gpu_session.sh 4   issue #9: Slot Attention object discovery, seeds 0,1,2 of Tetrominoes and of
 #                                 sprites, all six trained side by side on the one GPU for SLOT_MIN minutes
 #                                 (--time-limit, default 6: the call must end within the device's 10-minute
@@ -70,6 +73,9 @@ elif [ "$part" = 3 ]; then  # not run yet: the next GPU session's first call
         --variants mnemos-fast mnemos-fast-cudnn mnemos-fast-sac hf-compile --out "$OUT/train_throughput_cuda_kernels.json"
     stage train-xl-alternating 200 python3 bench/train_throughput.py --sizes gpt3-xl --attn-pattern alternating \
         --variants mnemos-fast hf-compile --out "$OUT/train_throughput_cuda_alternating.json"
+elif [ "$part" = 5 ]; then  # not run yet: needs the H200's memory (run with kind nvidia-h200)
+    stage train-xl-mb16 420 python3 bench/train_throughput.py --sizes gpt3-xl --micro-batch 16 \
+        --variants mnemos-fast hf-compile --out "$OUT/train_throughput_cuda_mb16.json"
 elif [ "$part" = 4 ]; then
     mkdir -p "$OUT/slotruns"
     [ -d .slotruns ] && cp -r .slotruns/. "$OUT/slotruns/"
