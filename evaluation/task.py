@@ -94,6 +94,11 @@ class TaskConfig(_Strict):
     gpt3_metric: str | None = Field(None, description="The metric GPT-3 reports for this task (marked in reports).")
     contamination_ngram: int | None = Field(None, description="Fixed N for the clean/dirty report (2 for anagrams, reversed words).")
     limit_fewshot_pool: int | None = Field(None, description="Use only the first N documents of the few-shot split.")
+    fewshot_siblings: str | None = Field(None, description="Demonstrations from the example's own passage (GPT-3's "
+                                         "RACE, SQuAD 2.0, MultiRC): the document field listing the passage's other "
+                                         "questions; up to K of them, rendered by doc_to_sibling, fill `{{ demos }}` in "
+                                         "doc_to_text, and the few-shot split is not used.")
+    doc_to_sibling: str | None = Field(None, description="Jinja template of one demonstration from fewshot_siblings.")
 
     @field_validator("metrics")
     @classmethod
@@ -172,12 +177,16 @@ def _hellaswag(docs):
 
 @processor("race")
 def _race(docs):
-    """RACE (one article with several questions) -> one document per question."""
+    """RACE (one article with several questions) -> one document per question, carrying the article's
+    other questions with their answers (GPT-3's demonstrations, Figures G.1 and G.3)."""
     out = []
     for d in docs:
-        for q, opts, ans in zip(d["questions"], d["options"], d["answers"]):
-            out.append({"article": d["article"], "question": q, "options": list(opts),
-                        "gold": "ABCD".index(ans.strip())})
+        qs = [{"question": q, "options": list(opts), "gold": "ABCD".index(ans.strip())}
+              for q, opts, ans in zip(d["questions"], d["options"], d["answers"])]
+        for q in qs:
+            q["answer"] = q["options"][q["gold"]]
+        for i, q in enumerate(qs):
+            out.append({"article": d["article"], **q, "siblings": qs[:i] + qs[i + 1:]})
     return out
 
 
@@ -315,10 +324,13 @@ class Task:
             raise TaskError(f"task {c.task}: partial_scoring needs doc_to_continuation")
         if c.process_docs and c.process_docs not in PROCESSORS:
             raise TaskError(f"task {c.task}: unknown process_docs {c.process_docs!r}; known: {sorted(PROCESSORS)}")
+        if bool(c.fewshot_siblings) != bool(c.doc_to_sibling):
+            raise TaskError(f"task {c.task}: fewshot_siblings and doc_to_sibling go together")
         if c.scorer and c.scorer not in SCORERS:
             raise TaskError(f"task {c.task}: unknown scorer {c.scorer!r}; known: {sorted(SCORERS)}")
         self._text = _template(c.doc_to_text)
         self._text_zero_shot = _template(c.doc_to_text_zero_shot) if c.doc_to_text_zero_shot else None
+        self._sibling = _template(c.doc_to_sibling) if c.doc_to_sibling else None
         self._target = _template(c.doc_to_target)
         self._choice = _ENV.compile_expression(c.doc_to_choice) if c.doc_to_choice else None
         self._cont = _template(c.doc_to_continuation) if c.doc_to_continuation else None
@@ -356,6 +368,8 @@ class Task:
             raise TaskError(f"task {self.name}: {what} failed on a document with keys {sorted(doc)}: {e}") from None
 
     def text(self, doc: dict) -> str:
+        if self._sibling is not None and "demos" not in doc:
+            doc = {**doc, "demos": ""}  # the example on its own, as the contamination filter reads it
         return self._render(self._text, doc, "doc_to_text")
 
     def choices(self, doc: dict) -> list[str]:
@@ -414,6 +428,8 @@ class Task:
     def fewshot_context(self, doc_id: int, doc: dict, k: int, seed: int, prompt_text: str | None = None) -> str:
         """Description + k demonstrations (seeded per example, never the example itself) + prompt."""
         c = self.config
+        if self._sibling is not None and prompt_text is None:
+            return c.description + self._sibling_context(doc_id, doc, k, seed)
         if prompt_text is not None:
             prompt = prompt_text
         elif k == 0 and self._text_zero_shot is not None:
@@ -438,6 +454,19 @@ class Task:
             demos = [self._demos[i] for i in picks]
         body = c.fewshot_delimiter.join(demos + [prompt]) if demos else prompt
         return c.description + body
+
+    def _sibling_context(self, doc_id: int, doc: dict, k: int, seed: int) -> str:
+        """The example's prompt with up to k of its passage's other questions, answered, in passage order."""
+        c = self.config
+        siblings = doc.get(c.fewshot_siblings)
+        if not isinstance(siblings, list):
+            raise TaskError(f"task {self.name}: document field {c.fewshot_siblings!r} (fewshot_siblings) is "
+                            f"{type(siblings).__name__}, expected the list of the passage's other questions")
+        rng = random.Random(f"{seed}/{self.name}/{doc_id}/{k}")
+        picks = sorted(rng.sample(range(len(siblings)), min(k, len(siblings))))
+        demos = "".join(self._render(self._sibling, siblings[i], "doc_to_sibling") + c.fewshot_delimiter
+                        for i in picks)
+        return self._render(self._text, {**doc, "demos": demos}, "doc_to_text")
 
 
 from evaluation import formats  # noqa: E402,F401  (registers the other families' processors, loaders, scorers)

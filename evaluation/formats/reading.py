@@ -60,11 +60,14 @@ def load_squad_v2(files, spec, task: str) -> list[dict]:
     try:
         for article in data["data"]:
             for para in article["paragraphs"]:
+                qas = []
                 for qa in para["qas"]:
                     answers = [a["text"] for a in qa["answers"] if normalize_answer(a["text"])]
-                    docs.append({"title": article["title"], "context": para["context"], "question": qa["question"],
-                                 "id": qa["id"], "answers": answers, "is_impossible": not answers,
-                                 "target": answers[0] if answers else NO_ANSWER})
+                    qas.append({"question": qa["question"], "id": qa["id"], "answers": answers,
+                                "is_impossible": not answers, "target": answers[0] if answers else NO_ANSWER})
+                for i, qa in enumerate(qas):  # the paragraph's other questions are its demonstrations
+                    docs.append({"title": article["title"], "context": para["context"], **qa,
+                                 "siblings": qas[:i] + qas[i + 1:]})
     except (KeyError, TypeError) as e:
         raise TaskError(f"task {task}: {files}: not the SQuAD 2.0 layout data[title, paragraphs[context, "
                         f"qas[question, id, answers[text]]]] (missing or wrong {e})") from None

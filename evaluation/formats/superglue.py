@@ -155,16 +155,21 @@ def load_multirc(files, spec, task):
         p = rec["passage"]
         need(rec, p, "text", "questions")
         paragraph = clean_multirc_passage(p["text"])
+        questions = []  # each with all its options labelled: what a demonstration shows (GPT-3 Figure G.15)
         for qn, q in enumerate(p["questions"]):
             need(rec, q, "question", "answers")
             if not q["answers"]:
                 raise TaskError(f"{rec.where}: question {q.get('idx', qn)} has no answer options")
-            qid = f"{rec.get('idx', rec.where)}/{q.get('idx', qn)}"
             for a in q["answers"]:
                 need(rec, a, "text", "label")
-                out.append({"paragraph": paragraph, "question": q["question"], "answer": a["text"],
-                            "gold": _bool_label(Record(a, rec.where)),
-                            "question_id": qid})
+            questions.append({"question": q["question"], "question_id": f"{rec.get('idx', rec.where)}/{q.get('idx', qn)}",
+                              "answers": [{"text": a["text"], "label": _bool_label(Record(a, rec.where))}
+                                          for a in q["answers"]]})
+        for i, q in enumerate(questions):
+            siblings = questions[:i] + questions[i + 1:]
+            for a in q["answers"]:
+                out.append({"paragraph": paragraph, "question": q["question"], "answer": a["text"], "gold": a["label"],
+                            "question_id": q["question_id"], "siblings": siblings})
     return out
 
 

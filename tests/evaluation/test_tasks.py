@@ -77,6 +77,14 @@ def test_prompts_follow_the_published_formats(std_data):
     assert [sc.gold(s) for s in sc.eval_docs()] == [0, 1, 0]
     tq = get_task("triviaqa", std_data)
     assert "Planet Mars" in tq.answers(tq.eval_docs()[0])
+    race = get_task("race_high", std_data)
+    q0, q1 = race.eval_docs()
+    article = "Article: Bob went out. The car was blue.\n\n"
+    assert race.fewshot_context(1, q1, 0, seed=1) == article + "Q: What color was the car?\nA:"
+    # GPT-3 Figures G.1 and G.3: the article's other questions, answered, are the demonstrations
+    assert race.fewshot_context(1, q1, 1, seed=1) == race.fewshot_context(1, q1, 3, seed=1) == \
+        article + "Q: Did Bob go?\nA: yes\n\nQ: What color was the car?\nA:"
+    assert race.choices(q1)[race.gold(q1)] == "blue" and race.config.unconditional_context == "A:"
     piqa = get_task("piqa", std_data)
     assert [p["label"] for p in piqa.eval_docs()] == [0, 1, 0]
 
@@ -178,3 +186,17 @@ def test_text_datasets_skip_blank_lines_and_take_sample_by(tmp_path):
     assert len(docs(sample_by="document")) == 1
     with pytest.raises(TaskError, match=r"rule: a text dataset takes only sample_by"):
         docs(sample_by="sentence")
+
+
+def test_passage_demonstrations_need_their_template_and_their_list(tmp_path):
+    from evaluation.task import Task, TaskConfig
+    base = {"task": "t", "dataset": {"loader": "jsonl", "files": {"test": str(tmp_path / "t.jsonl")}},
+            "output_type": "generate_until", "doc_to_text": "{{ p }}\n{{ demos }}Q: {{ q }}"}
+    with pytest.raises(TaskError, match="fewshot_siblings and doc_to_sibling go together"):
+        Task(TaskConfig(**base, fewshot_siblings="others"))
+    task = Task(TaskConfig(**base, fewshot_siblings="others", doc_to_sibling="Q: {{ q }} A: {{ a }}"))
+    doc = {"p": "P", "q": "x", "others": [{"q": "y", "a": "1"}, {"q": "z", "a": "2"}]}
+    assert task.fewshot_context(0, doc, 0, seed=0) == "P\nQ: x"
+    assert task.fewshot_context(0, doc, 2, seed=0) == "P\nQ: y A: 1\n\nQ: z A: 2\n\nQ: x"
+    with pytest.raises(TaskError, match="'others' .* is NoneType, expected the list"):
+        task.fewshot_context(0, {"p": "P", "q": "x"}, 1, seed=0)

@@ -162,7 +162,7 @@ def test_later_examples_carry_their_own_answers(data):
     assert coqa.answers(third) == ["no", "No", "No"]
 
 
-@pytest.mark.parametrize("name", TASKS)
+@pytest.mark.parametrize("name", [t for t in TASKS if t != "squadv2"])
 def test_fewshot_contexts_hold_k_training_demonstrations(data, name):
     task = get_task(name, data)
     doc = task.eval_docs()[0]
@@ -179,8 +179,22 @@ def test_fewshot_contexts_hold_k_training_demonstrations(data, name):
         assert any(one.startswith(d + "\n\n") for d in ("Q: Who wrote hamlet?\n\nA: William Shakespeare",
                                                          "Q: What is the capital of japan?\n\nA: Tokyo",
                                                          "Q: How many legs does a spider have?\n\nA: eight"))
-    if name == "squadv2":  # an unanswerable training question is shown answered "unanswerable"
-        assert any(d.endswith("Q: What is the capital of Sweden?\n\nA: unanswerable") for d in demos)
+
+
+def test_squad_v2_demonstrations_are_the_paragraphs_other_questions(data):
+    # GPT-3 Figure G.28: the paragraph once, its other questions answered, then the question asked
+    task = get_task("squadv2", data)
+    docs = task.eval_docs()
+    head = f"Title: The Blitz\n\nBackground: {BLITZ}\n\n"
+    first = "Q: How many sorties were flown in March 1941?\n\nA: 4,000\n\n"
+    third = "Q: How many sorties were flown in March 1942?\n\nA: unanswerable\n\n"  # no answer: "unanswerable"
+    asked = "Q: When did the Luftwaffe fly inland missions?\n\nA:"
+    assert task.fewshot_context(1, docs[1], 0, seed=1234) == head + asked == task.text(docs[1])
+    one = task.fewshot_context(1, docs[1], 1, seed=1234)
+    assert one in (head + first + asked, head + third + asked)
+    assert task.fewshot_context(1, docs[1], 2, seed=1234) == head + first + third + asked  # passage order
+    assert task.fewshot_context(1, docs[1], 5, seed=1234) == head + first + third + asked  # all there are
+    assert all(d["question"] != docs[1]["question"] for d in docs[1]["siblings"])
 
 
 # ---------------------------------------------------------------------- scoring end to end
@@ -189,7 +203,9 @@ def _oracle(data) -> DummyLM:
     for name in TASKS:
         task = get_task(name, data)
         for doc in task.eval_docs():
-            answers[task.text(doc)] = task.target(doc)
+            # a SQuAD prompt has the paragraph's other questions before the one asked: key on its tail
+            tail = f"Q: {doc['question']}\n\nA:" if task.config.fewshot_siblings else task.text(doc)
+            answers[tail] = task.target(doc)
     return DummyLM("oracle", answers=answers)
 
 
