@@ -87,6 +87,8 @@ def test_prompts_follow_the_published_formats(std_data):
     assert race.choices(q1)[race.gold(q1)] == "blue" and race.config.unconditional_context == "A:"
     piqa = get_task("piqa", std_data)
     assert [p["label"] for p in piqa.eval_docs()] == [0, 1, 0]
+    first = piqa.eval_docs()[0]
+    assert piqa.text(first) == "To open a jar 0" and piqa.choices(first) == ["twist the lid.", "hit it with a fish."]
 
 
 def test_fewshot_sampling_is_reproducible_and_excludes_the_example():
