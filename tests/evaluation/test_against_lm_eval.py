@@ -153,8 +153,6 @@ SAME = {
     "lambada_cloze": ("std_data", "lambada_cloze/lambada_openai_cloze.yaml", _fields("text"), {"test": "test"}, [0]),
     "hellaswag": ("std_data", "hellaswag/hellaswag.yaml", hf_hellaswag,
                   {"train": "train", "validation": "validation"}, [0, 1, 2]),
-    "piqa": ("std_data", "piqa/piqa.yaml", _fields("goal", "sol1", "sol2", "label"),
-             {"train": "train", "validation": "validation"}, [0, 1, 2]),
     "winogrande": ("std_data", "winogrande/default.yaml", _fields("sentence", "option1", "option2", "answer"),
                    {"train": "train", "validation": "validation"}, [0, 1, 2]),
     "arc_easy": ("std_data", "arc/arc_easy.yaml", hf_arc,
@@ -218,6 +216,17 @@ def test_copa_lm_eval_doubles_the_space_before_each_choice(std_data):
                     ("The man broke his toe because", " he got a hole in his sock.")]
     # lm-eval's choices carry their own space and its target delimiter adds another (GPT-3 G.5: one)
     assert theirs == [(ctx, " " + cont) for ctx, cont in ours]
+
+
+def test_piqa_lm_eval_wraps_the_goal_in_question_and_answer(std_data):
+    t = get_task("piqa", std_data)
+    hf = _fields("goal", "sol1", "sol2", "label")
+    lm = lm_task("piqa/piqa.yaml", {"train": [hf(d) for d in t.docs("train")],
+                                    "validation": [hf(d) for d in t.eval_docs()]})
+    ours, theirs = first_requests(t, lm, hf)
+    # GPT-3 G.4: the goal alone is the context
+    assert ours == [("To open a jar 0", " twist the lid."), ("To open a jar 0", " hit it with a fish.")]
+    assert theirs == [("Question: To open a jar 0\nAnswer:", cont) for _, cont in ours]
 
 
 def test_lambada_demonstrations_differ_only_by_lm_eval_doubled_space(std_data):
