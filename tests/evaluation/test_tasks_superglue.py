@@ -313,7 +313,6 @@ def test_oracle_scores_100_and_uniform_scores_chance(data):
 # ---------------------------------------------------------------------- the metrics by hand
 def test_multirc_f1a_and_exact_match_by_hand(data):
     from sklearn.metrics import f1_score
-    t = get_task("multirc", data)
     # the model says True to Red, Blue, Ann and the girl, False to Tom
     says_true = {"Red", "Blue", "Ann", "A girl named Ann"}
 
