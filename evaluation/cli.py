@@ -157,9 +157,15 @@ def main(args) -> int:
         print(f"mnemos eval: {err}", file=sys.stderr)
         return 2
     if args.list_tasks:
+        from evaluation.registry import resolve_data_dir
+        from evaluation.task import data_status
+        data_dir = resolve_data_dir(args.data_dir)
         for name, cfg in configs.items():
             paper = f" ({cfg.paper_name})" if cfg.paper_name else ""
-            print(f"{name}{paper}  [{cfg.output_type}; groups: {', '.join(cfg.group) or '-'}]")
+            data = f"  data: {data_status(cfg, data_dir)}" if data_dir else ""
+            print(f"{name}{paper}  [{cfg.output_type}; groups: {', '.join(cfg.group) or '-'}]{data}")
+        if not data_dir:
+            print("(with --data-dir DIR: whether each task's files are in place, and the path it expects)")
         return 0
     if not args.tasks:
         print("mnemos eval: --tasks is required (see --list-tasks)", file=sys.stderr)

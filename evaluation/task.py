@@ -223,6 +223,45 @@ def _check_exists(paths: Any, task: str) -> None:
             raise TaskError(f"task {task}: data file {p} does not exist")
 
 
+def _paths(spec: Any) -> list[str]:
+    if isinstance(spec, str):
+        return [spec]
+    if isinstance(spec, dict):
+        return [p for v in spec.values() for p in _paths(v)]
+    if isinstance(spec, list):
+        return [p for v in spec for p in _paths(v)]
+    return []
+
+
+def data_status(cfg: TaskConfig, data_dir: str | None) -> str:
+    """Whether a task's files are in place, without reading them: 'ok', 'generated', 'hub', or the first
+    missing path (for `mnemos eval --list-tasks`)."""
+    spec = cfg.dataset
+    if spec.loader == "hub":
+        return f"hub: {spec.name}"
+    if spec.loader == "generator":  # the scrambles read a word list; arithmetic needs nothing
+        words = spec.kwargs.get("word_list")
+        if not words:
+            return "generated"
+        try:
+            words = _expand(words, data_dir)
+        except TaskError:
+            return "needs --data-dir"
+        return "generated" if os.path.exists(words) else f"missing {words} (mnemos eval-data words)"
+    splits = [cfg.eval_split] + ([cfg.fewshot_split] if cfg.fewshot_split and not cfg.fewshot_siblings else [])
+    for split in splits:
+        if split not in spec.files:
+            return f"no file for split {split!r}"
+        try:
+            paths = _paths(_expand(spec.files[split], data_dir))
+        except TaskError:
+            return "needs --data-dir"
+        for path in paths:
+            if not glob.glob(path) and not os.path.exists(path):
+                return f"missing {path}"
+    return "ok"
+
+
 def _datasets_load(builder: str, files: Any, field: str | None) -> list[dict]:
     import datasets
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled

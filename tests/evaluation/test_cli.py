@@ -161,3 +161,18 @@ def test_windows_default_to_the_runs_training_length(monkeypatch, tiny_gpt, byte
     assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["model"]["max_length"] == 64
     assert main(base + ["--out", str(tmp_path / "c"), "--max-length", "97"]) == 2
     assert "--max-length=97 (rule: at most the model's n_ctx, 96)" in capsys.readouterr().err
+
+
+def test_list_tasks_with_a_data_dir_says_which_files_are_in_place(std_data, shared_data, capsys, monkeypatch):
+    monkeypatch.delenv("MNEMOS_EVAL_DATA", raising=False)
+    assert main(["eval", "--list-tasks", "--data-dir", str(std_data)]) == 0
+    lines = {line.split(" ", 1)[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["hellaswag"].endswith("data: ok") and lines["race_high"].endswith("data: ok")
+    assert lines["arithmetic_2da"].endswith("data: generated")
+    assert lines["cb"].endswith(f"data: missing {std_data}/CB/val.jsonl")  # the path the user must fill
+    assert lines["word_scramble_cl"].endswith(f"data: missing {std_data}/wordlist.txt (mnemos eval-data words)")
+    assert main(["eval", "--list-tasks", "--data-dir", str(shared_data)]) == 0
+    lines = {line.split(" ", 1)[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["gpt3_arithmetic_1dc"].endswith("data: ok")  # the released files in ../shared/data
+    assert main(["eval", "--list-tasks"]) == 0
+    assert "data:" not in capsys.readouterr().out
