@@ -62,16 +62,11 @@ def group_bootstrap_stderr(agg: Callable[[list], float], items: Sequence[tuple],
     groups: dict[Any, list[tuple]] = {}
     for it in items:
         groups.setdefault(it[0], []).append(it)
-    members = list(groups.values())
-    n = len(members)
-    if n < 2:
-        return float("nan")
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(iters):
-        picks = rng.integers(0, n, n)
-        vals.append(agg([(j, *it[1:]) for j, g in enumerate(picks) for it in members[g]]))
-    return float(np.std(vals, ddof=1))
+
+    def agg_groups(drawn: list[list[tuple]]) -> float:
+        return agg([(j, *it[1:]) for j, group in enumerate(drawn) for it in group])
+
+    return bootstrap_stderr(agg_groups, list(groups.values()), iters=iters, seed=seed)
 
 
 # ---------------------------------------------------------------------- answer comparison
