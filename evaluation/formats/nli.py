@@ -8,7 +8,8 @@ per line with uid, context, hypothesis and label e (entailment), n (neutral) or 
 
 from __future__ import annotations
 
-from evaluation.formats.superglue import label_index, need, read_jsonl
+from evaluation.formats.files import need, read_jsonl
+from evaluation.formats.superglue import label_index
 from evaluation.task import loader
 
 ANLI_LABELS = ["e", "n", "c"]  # in the order of the YAML's choices True, Neither, False

@@ -12,35 +12,21 @@ first one (what a demonstration shows). GPT-3 scores both by exact match after S
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
 
-from evaluation.formats.files import single_file
+from evaluation.formats.files import read_json, read_jsonl
 from evaluation.task import TaskError, loader
-
-
-def read_json_file(path: Any, task: str, jsonl: bool = False) -> Any:
-    """The parsed contents of one published file; a TaskError names the task and file when it is unusable."""
-    p = single_file(path, task)
-    text = p.read_text(encoding="utf-8")
-    try:
-        if jsonl:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TaskError(f"task {task}: {p} is not valid JSON{' lines' if jsonl else ''}: {e}") from None
 
 
 @loader("nq_open")
 def load_nq_open(files, spec, task: str) -> list[dict]:
     docs = []
-    for i, rec in enumerate(read_json_file(files, task, jsonl=True)):
-        answers = rec.get("answer") if isinstance(rec, dict) else None
-        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(answers, list) \
+    for rec in read_jsonl(files, task):
+        answers = rec.get("answer")
+        if not isinstance(rec.get("question"), str) or not isinstance(answers, list) \
                 or not answers or not all(isinstance(a, str) for a in answers):
-            raise TaskError(f"task {task}: {files}: record {i} needs a string 'question' and a non-empty list "
-                            f"of strings 'answer', got {str(rec)[:200]}")
+            raise TaskError(f"{rec.where}: needs a string 'question' and a non-empty list of strings 'answer', "
+                            f"got {str(dict(rec))[:200]}")
         docs.append({"question": rec["question"], "answers": answers, "target": answers[0]})
     return docs
 
@@ -60,7 +46,7 @@ def parse_target_value(value: str) -> list[str]:
 
 @loader("webquestions")
 def load_webquestions(files, spec, task: str) -> list[dict]:
-    records = read_json_file(files, task)
+    records = read_json(files, task)
     if not isinstance(records, list):
         raise TaskError(f"task {task}: {files}: expected a JSON list of examples, got {type(records).__name__}")
     docs = []

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from evaluation.formats.qa import read_json_file
+from evaluation.formats.files import read_json
 from evaluation.formats.reading import coqa_scores
 from evaluation.metrics import Metric, mean, normalize_answer, register, token_f1
 from evaluation.task import TaskError, loader, scorer
@@ -84,7 +84,7 @@ def _strip_cannot(context: str) -> str:
 
 @loader("quac")
 def load_quac(files, spec, task: str) -> list[dict]:
-    data = read_json_file(files, task)
+    data = read_json(files, task)
     docs = []
     try:
         for article in data["data"]:

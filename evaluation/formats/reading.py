@@ -29,7 +29,7 @@ from typing import Sequence, Union
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from evaluation.formats.qa import read_json_file
+from evaluation.formats.files import read_json
 from evaluation.metrics import Metric, exact_match, mean, normalize_answer, register, token_f1
 from evaluation.task import TaskError, loader, scorer
 
@@ -55,7 +55,7 @@ def squad_v2_scores(prediction: str, answers: Sequence[str]) -> tuple[float, flo
 
 @loader("squad_v2")
 def load_squad_v2(files, spec, task: str) -> list[dict]:
-    data = read_json_file(files, task)
+    data = read_json(files, task)
     docs = []
     try:
         for article in data["data"]:
@@ -171,7 +171,7 @@ def drop_best(predicted: Union[str, Sequence[str]], golds: Sequence[Sequence[str
 
 @loader("drop")
 def load_drop(files, spec, task: str) -> list[dict]:
-    data = read_json_file(files, task)
+    data = read_json(files, task)
     if not isinstance(data, dict):
         raise TaskError(f"task {task}: {files}: expected {{passage_id: {{passage, qa_pairs}}}}, got a "
                         f"{type(data).__name__}")
@@ -218,7 +218,7 @@ def coqa_scores(prediction: str, references: Sequence[str]) -> tuple[float, floa
 
 @loader("coqa")
 def load_coqa(files, spec, task: str) -> list[dict]:
-    data = read_json_file(files, task)
+    data = read_json(files, task)
     docs = []
     try:
         for story in data["data"]:

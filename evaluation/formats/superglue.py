@@ -18,47 +18,15 @@ query); their scorers emit the items of MultiRC's F1a / exact match and ReCoRD's
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Iterator
+from typing import Any
 
-from evaluation.formats.files import existing_file
+from evaluation.formats.files import Record, need, read_jsonl
 from evaluation.metrics import Metric, exact_match, register, tie_aware_argmax_accuracy, token_f1
 from evaluation.task import TaskError, loader, scorer
 
 
-# ---------------------------------------------------------------------- reading and checking
-class Record(dict):
-    """One jsonl record (or a part of one) that knows where it came from, for error messages."""
-
-    def __init__(self, data: dict, where: str):
-        super().__init__(data)
-        self.where = where
-
-
-def read_jsonl(files: Any, task: str) -> Iterator[Record]:
-    """Every record of one split's jsonl file(s); a missing file or a line that is no JSON object is a TaskError."""
-    for path in files if isinstance(files, list) else [files]:
-        existing_file(path, task)
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskError(f"task {task}: {path} line {n} is not JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise TaskError(f"task {task}: {path} line {n} is not a JSON object")
-                yield Record(obj, f"task {task}: {path} line {n}")
-
-
-def need(rec: Record, obj: dict, *fields: str) -> None:
-    missing = [f for f in fields if f not in obj]
-    if missing:
-        raise TaskError(f"{rec.where}: missing field {', '.join(missing)} (has {', '.join(sorted(obj))})")
-
-
+# ---------------------------------------------------------------------- labels
 def label_index(rec: Record, value: Any, labels: list) -> int:
     """Position of `value` among the published label values; anything else is bad data."""
     for i, lab in enumerate(labels):

@@ -361,7 +361,7 @@ def test_bad_data_is_named(tmp_path):
     with pytest.raises(TaskError, match=r"task nq_open: data file .*NQ-open.dev.jsonl does not exist"):
         get_task("nq_open", tmp_path / "nowhere").eval_docs()
     _jsonl(root / "nq_open/NQ-open.dev.jsonl", [{"question": "who?", "answer": "Bob"}])
-    with pytest.raises(TaskError, match=r"task nq_open: .*NQ-open.dev.jsonl: record 0 needs .* list of strings"):
+    with pytest.raises(TaskError, match=r"task nq_open: .*NQ-open.dev.jsonl line 1: needs .* list of strings"):
         get_task("nq_open", root).eval_docs()
     _write(root / "webquestions/webquestions.examples.test.json",
            json.dumps([{"url": "u", "targetValue": "(list)", "utterance": "who?"}]))
