@@ -77,7 +77,8 @@ def _fingerprint(g: torch.Tensor, name: str) -> dict:
         return {"values": g.clone()}
     gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     idx = torch.randint(0, g.numel(), (2048,), generator=gen)
-    return {"rows": g.norm(dim=1), "cols": g.norm(dim=0), "sample": g.reshape(-1)[idx].clone()}
+    # Column norms as a sum of squares over rows: norm(dim=0) takes a strided path ~8x slower on CPU.
+    return {"rows": g.norm(dim=1), "cols": g.square().sum(0).sqrt(), "sample": g.reshape(-1)[idx].clone()}
 
 
 def _wide_run(topo: Topology, shards: dict[int, dict] | None) -> dict:
