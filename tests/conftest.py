@@ -15,9 +15,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def _is_xdist_controller(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config):
     import torch
     torch.set_num_threads(1)
+    if _is_xdist_controller(config):  # the workers inherit the variable (tests/downstream/slots_ci.py)
+        from tests.downstream.slots_ci import SHARED_DIR_ENV
+        os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="mnemos_slots_ci_")
+
+
+def pytest_unconfigure(config):
+    if _is_xdist_controller(config):
+        from tests.downstream.slots_ci import SHARED_DIR_ENV, BackgroundRun
+        BackgroundRun(Path(os.environ.pop(SHARED_DIR_ENV))).stop()
 
 
 @pytest.fixture(scope="session")

@@ -139,13 +139,14 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
 def test_two_node_training_is_preempted_requeued_and_matches_uninterrupted(slurm_cluster, tmp_path, shared_data):
     from tests.launcher.conftest import build_shards, write_config
     data = build_shards(shared_data, tmp_path / "data", train_bytes=100_000)
-    steps = 400
+    steps = 200
     runs = {}
     for name in ("preempted", "straight"):
         cfg = write_config(tmp_path / f"{name}.yaml", tmp_path / name, data,
                            train={"max_steps": steps, "log_every_steps": 50},
                            checkpoint={"every_steps": 0, "save_at_end": True})
-        # 0.1 s per step: the run lasts ~40 s however idle the machine, so the signal lands mid-run
+        # 0.1 s per step: the run lasts ~20 s however idle the machine, so the signal (sent at step 20)
+        # lands mid-run
         res = _mnemos("submit", str(cfg), "--nodes", "2", "--max-restarts", "2", "--time", "20",
                       "--python", PY, "--env", "OMP_NUM_THREADS=1", "--env", "MNEMOS_FAULT_STEP_DELAY_S=0.1")
         assert res.returncode == 0, res.stderr

@@ -5,17 +5,22 @@ from tests.downstream.slots_ci import BackgroundRun
 SLOTS_CI_RUN = pytest.StashKey[BackgroundRun]()
 
 
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: start the run only if a selected test needs it
 def pytest_collection_modifyitems(config, items):
     if config.option.collectonly:
         return
     if any("ci_run" in getattr(item, "fixturenames", ()) for item in items):
-        config.stash[SLOTS_CI_RUN] = BackgroundRun()
+        run = config.stash[SLOTS_CI_RUN] = BackgroundRun.shared_or_private()
+        run.claim_and_start()
 
 
 def pytest_unconfigure(config):
     run = config.stash.get(SLOTS_CI_RUN, None)
-    if run is not None:
+    if run is not None and not _is_xdist_worker(config):  # under xdist the controller cleans up
         run.stop()
 
 
@@ -23,5 +28,6 @@ def pytest_unconfigure(config):
 def slots_ci_run(request) -> BackgroundRun:
     run = request.config.stash.get(SLOTS_CI_RUN, None)
     if run is None:  # requested in a way collection did not show: start it now
-        run = request.config.stash[SLOTS_CI_RUN] = BackgroundRun()
+        run = request.config.stash[SLOTS_CI_RUN] = BackgroundRun.shared_or_private()
+        run.claim_and_start()
     return run

@@ -1,20 +1,28 @@
 """The Slot Attention CI run (`mnemos downstream slots`, 10,000 steps on one core) as a background process.
 
-The pytest process computes on one thread (tests/conftest.py), so a 2-core CI machine leaves a core idle
-through most of the suite. `tests/downstream/conftest.py` starts this run right after collection when a
-selected test needs it, and the `ci_run` fixture waits for it: the run's minutes overlap the other tests.
+Most of the suite computes on one thread (tests/conftest.py), so this run, started right after collection
+when a selected test needs it, overlaps the other tests; the `ci_run` fixture waits for it.
+
+Under pytest-xdist the run must start once, not once per worker: the controller names a shared directory
+(MNEMOS_SLOTS_CI_DIR, tests/conftest.py), the first worker whose selection needs the run claims it there
+and starts it, any worker waits for its exit-code file, and the controller stops and removes it at the
+end. Without xdist the one pytest process plays both parts.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+SHARED_DIR_ENV = "MNEMOS_SLOTS_CI_DIR"
 
 # The CI recipe: the tiny preset on 14x14 Tetrominoes, gradient through the last slot-attention iteration
 # only (Chang et al. 2022) with a clipped gradient norm, evaluated with twice the training iterations.
@@ -27,30 +35,52 @@ CI_ARGS = ["--dataset", "tetrominoes-mini", "--task", "discovery", "--preset", "
 
 
 class BackgroundRun:
-    """`python -m launcher.cli downstream slots CI_ARGS --out DIR/run`, output in DIR/output.log."""
+    """`python -m launcher.cli downstream slots CI_ARGS --out DIR/run` in its own process group; its output
+    goes to DIR/output.log and its exit status to DIR/rc when it ends."""
 
-    def __init__(self):
-        self.dir = Path(tempfile.mkdtemp(prefix="mnemos_slots_ci_"))
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
         self.out = self.dir / "run"
-        self._log = open(self.dir / "output.log", "wb")
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "downstream", "slots", *CI_ARGS,
-                                      "--out", str(self.out)], cwd=ROOT, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    @classmethod
+    def shared_or_private(cls) -> "BackgroundRun":
+        """The run in the directory the xdist controller named, else in a new private directory."""
+        shared = os.environ.get(SHARED_DIR_ENV)
+        return cls(Path(shared) if shared else Path(tempfile.mkdtemp(prefix="mnemos_slots_ci_")))
+
+    def claim_and_start(self) -> None:
+        """Starts the run unless another process already has (mkdir is the atomic claim)."""
+        try:
+            (self.dir / "claimed").mkdir(parents=True)
+        except FileExistsError:
+            return
+        cmd = shlex.join([sys.executable, "-m", "launcher.cli", "downstream", "slots", *CI_ARGS,
+                          "--out", str(self.out)])
+        log, rc = shlex.quote(str(self.dir / "output.log")), shlex.quote(str(self.dir / "rc"))
+        script = f"{cmd} > {log} 2>&1; echo $? > {rc}.tmp && mv {rc}.tmp {rc}"
+        proc = subprocess.Popen(["sh", "-c", script], cwd=ROOT, start_new_session=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        (self.dir / "pid").write_text(str(proc.pid))
 
     def wait(self, timeout: float = 3600) -> Path:
         """The run directory once the run has ended; AssertionError with the output's tail if it failed."""
-        rc = self.proc.wait(timeout=timeout)
-        self._log.close()
+        rc_file, deadline = self.dir / "rc", time.monotonic() + timeout
+        while not rc_file.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the Slot Attention CI run did not end within {timeout:.0f} s")
+            time.sleep(1.0)
+        rc = int(rc_file.read_text())
         if rc != 0:
             tail = (self.dir / "output.log").read_text(errors="replace")[-4000:]
             raise AssertionError(f"the Slot Attention CI run exited {rc}:\n{tail}")
         return self.out
 
     def stop(self) -> None:
-        """Ends the process if it still runs (a session that stopped early) and removes its files."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        """Ends the run if it still goes (a session that stopped early) and removes its files."""
+        pid_file = self.dir / "pid"
+        if pid_file.exists() and not (self.dir / "rc").exists():
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(self.dir, ignore_errors=True)
