@@ -1,0 +1,52 @@
+"""`mnemos` dispatch: a command line imports only the module of the command it names, and the table that
+says which module registers which command stays true."""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.cli import COMMAND_MODULES, build_parser, requested_command
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    return {name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices}
+
+
+def test_each_module_registers_exactly_the_commands_the_table_names():
+    for module, commands in COMMAND_MODULES.items():
+        for command in commands:
+            assert _commands(build_parser(command)) == set(commands), module
+    assert _commands(build_parser()) == {c for cs in COMMAND_MODULES.values() for c in cs}
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["train", "cfg.yaml", "--nproc", "2"], "train"),
+    (["--log-level", "DEBUG", "jobs", "status", "12"], "jobs"),
+    (["--log-level=DEBUG", "eval-data", "--help"], "eval-data"),
+    (["--help"], None),
+    ([], None),
+])
+def test_requested_command_skips_the_global_options(argv, command):
+    assert requested_command(argv) == command
+
+
+def test_a_command_line_does_not_import_the_other_commands_modules():
+    """`mnemos jobs ...` and `mnemos submit ...` stay free of torch (seconds of start-up on every call)."""
+    code = ("import sys; from launcher.cli import build_parser; build_parser('jobs').parse_args(['jobs', 'status', '1']); "
+            "print(sorted(m for m in ('torch', 'scipy', 'launcher.finetune', 'evaluation.downstream.slots') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unknown_command_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "launcher.cli", "trian"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    for commands in COMMAND_MODULES.values():
+        for command in commands:
+            assert f"'{command}'" in out.stderr
