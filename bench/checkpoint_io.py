@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     from launcher.config import RunConfig
     from launcher.train import init_distributed
     from parallel.build import build_model
-    from parallel.checkpoint import CheckpointManager, file_digest, verify
+    from parallel.checkpoint import CheckpointManager
+    from parallel.manifest import file_digest, verify
     from parallel.engine import make_engine
     from parallel.reshard import read_full_state, safe_load
     from parallel.topology import Topology

@@ -15,7 +15,7 @@ class CheckpointNotFound(FileNotFoundError):
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory, its checkpoints/ folder, or one step_N checkpoint -> the checkpoint directory."""
-    from parallel.checkpoint import MANIFEST, newest_valid, verify
+    from parallel.manifest import MANIFEST, newest_valid, verify
 
     p = Path(path)
     if (p / MANIFEST).exists():
@@ -39,7 +39,7 @@ def _model_states_file(ckpt: Path) -> Path:
 
 
 def read_run_config(ckpt: Path) -> RunConfig:
-    from parallel.checkpoint import read_manifest
+    from parallel.manifest import read_manifest
     from parallel.reshard import UNIVERSAL_FORMAT, UNIVERSAL_STATE
     if read_manifest(ckpt).get("format") == UNIVERSAL_FORMAT:
         import json
@@ -53,7 +53,7 @@ def consolidated_state_dict(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], 
 
     Everything is read with torch.load(weights_only=True) or safetensors (DeepSpeed's zero_to_fp32
     unpickles arbitrary objects, so it is not used)."""
-    from parallel.checkpoint import read_manifest
+    from parallel.manifest import read_manifest
 
     ckpt = resolve_checkpoint(ckpt)
     manifest = read_manifest(ckpt)

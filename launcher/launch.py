@@ -154,6 +154,9 @@ def rank_environment(run_dir: str | os.PathLike | None, base: dict[str, str] | N
 
 
 def _cuda_available() -> bool:
+    # Without a GPU device node there is no CUDA, and no need to import torch (1-2 s) to learn it.
+    if not any(any(Path("/dev").glob(pattern)) for pattern in ("nvidia[0-9]*", "kfd", "dxg")):
+        return False
     try:
         import torch
         return bool(torch.cuda.is_available())

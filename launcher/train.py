@@ -250,7 +250,8 @@ class Trainer:
             log.info("saved checkpoint %s in %.1fs", path, time.time() - t0)
 
     def maybe_resume(self) -> None:
-        from parallel.checkpoint import newest_valid, read_manifest, set_rng_state
+        from parallel.checkpoint import set_rng_state
+        from parallel.manifest import newest_valid, read_manifest
         ckpt = None
         if self.is_main:
             ckpt = newest_valid(self.ckpt.root)
@@ -387,7 +388,7 @@ class Trainer:
 
     def rollback(self) -> None:
         """Reload the newest valid checkpoint, keep the data position (skipping the window since)."""
-        from parallel.checkpoint import newest_valid
+        from parallel.manifest import newest_valid
         self.ckpt.wait()
         position = self.sampler.state_dict()
         box = [str(newest_valid(self.ckpt.root)) if self.is_main else None]
@@ -556,7 +557,7 @@ class Trainer:
             if every_eval and self.state.step % every_eval != 0:
                 self.evaluate()
             if cfg.checkpoint.save_at_end:
-                from parallel.checkpoint import list_checkpoints, step_dirname
+                from parallel.manifest import list_checkpoints, step_dirname
                 done = [p.name for p in list_checkpoints(self.ckpt.root)]
                 if step_dirname(self.state.step) not in done:
                     self.save()

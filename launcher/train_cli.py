@@ -45,7 +45,7 @@ def check_resumable(cfg: RunConfig) -> None:
     another shape or other training data (the sampler could not continue its order). The ranks check the
     same again against the checkpoint they load."""
     from launcher.config import SAMPLE_ORDER_FIELDS, check_same_architecture, check_same_data_files
-    from parallel.checkpoint import list_checkpoints, read_manifest
+    from parallel.manifest import list_checkpoints, read_manifest
     for ckpt in list_checkpoints(Path(cfg.run_dir) / "checkpoints"):
         try:
             manifest = read_manifest(ckpt)

@@ -31,7 +31,6 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 Tensor = torch.Tensor
 

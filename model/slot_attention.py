@@ -25,7 +25,6 @@ the trainer in evaluation/downstream/slots.py.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn

@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 
 def _checkpoints(path: Path) -> list[Path]:
-    from parallel.checkpoint import MANIFEST, STEP_DIR, list_checkpoints
+    from parallel.manifest import MANIFEST, STEP_DIR, list_checkpoints
     if (path / MANIFEST).exists() or STEP_DIR.match(path.name):
         return [path]
     for root in (path / "checkpoints", path):
@@ -77,7 +77,7 @@ def _human(n: int) -> str:
 
 def describe(ckpt: Path) -> dict:
     """What `inspect` shows for one checkpoint directory (never loads tensors)."""
-    from parallel.checkpoint import MANIFEST, read_manifest, verify
+    from parallel.manifest import MANIFEST, read_manifest, verify
     ok, reason = verify(ckpt)
     info = {"path": str(ckpt), "checksum_ok": ok, "checksum_status": reason}
     if not (ckpt / MANIFEST).exists():
@@ -151,7 +151,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from parallel.checkpoint import verify
+    from parallel.manifest import verify
     ckpts = _checkpoints(Path(args.dir))
     if not ckpts:
         print(f"mnemos ckpt verify: no checkpoint under {args.dir}", file=sys.stderr)
@@ -173,7 +173,7 @@ def _resolve_valid(path: str) -> Path:
 
 
 def cmd_reshard(args) -> int:
-    from parallel.checkpoint import _write_latest, read_manifest
+    from parallel.manifest import write_latest, read_manifest
     from parallel.reshard import read_full_state, write_universal
     src = _resolve_valid(args.dir)
     target = Path(args.out) / "checkpoints" / src.name
@@ -197,7 +197,7 @@ def cmd_reshard(args) -> int:
     out = write_universal(state, target,
                           meta={"resharded_from": str(src), "target_layout": {"tp": args.tp, "dp": args.dp,
                                                                                "zero_stage": args.zero}})
-    _write_latest(root, out.name)
+    write_latest(root, out.name)
     lay = state.layout
     print(f"wrote {out} (universal: loads on any tp/dp/zero) from {src} "
           f"(tp={lay['tp']} dp={lay['dp']} zero={lay['zero_stage']}), step {read_manifest(out)['step']}")

@@ -231,7 +231,7 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
     starts from them (same data stream, fresh optimizer). The run config's model must match the HF one,
     and its tokenizer the weights' (`check_same_tokenizer`)."""
     from launcher.config import ConfigError
-    from parallel.checkpoint import _write_latest, step_dirname
+    from parallel.manifest import write_latest, step_dirname
     from parallel.reshard import FullState, write_universal
 
     check_same_tokenizer(Path(hf_dir), cfg.data.tokenizer, new_tokenizer)
@@ -261,5 +261,5 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
         raise ExportError(f"{out} exists; import into a fresh run directory")
     write_universal(FullState(fp32={n: sd[n] for n in names}, client=client), out,
                     meta={"imported_from": str(hf_dir)})
-    _write_latest(root, out.name)
+    write_latest(root, out.name)
     return out

@@ -20,7 +20,6 @@ import logging
 import re
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
 from parallel import comm

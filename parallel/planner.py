@@ -26,7 +26,6 @@ recompute); the GPUs execute 4/3 of that with activation checkpointing (one extr
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 GB = 1e9

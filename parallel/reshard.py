@@ -269,7 +269,7 @@ def _scaler_state(optimizer_state: dict) -> dict | None:
 
 def read_full_state(ckpt: str | Path, cfg=None, with_optimizer: bool = True) -> FullState:
     """The layout-free state of a checkpoint directory (DeepSpeed sharded or universal)."""
-    from parallel.checkpoint import read_manifest
+    from parallel.manifest import read_manifest
     from parallel.layers import Shard
 
     ckpt = Path(ckpt)
@@ -333,7 +333,7 @@ def merge_tensor_parallel_state(ckpt: str | Path, cfg=None) -> dict[str, torch.T
 def write_universal(state: FullState, out_dir: str | Path, meta: dict | None = None) -> Path:
     """Write `state` as safetensors + JSON into out_dir (created; must not exist), manifest last."""
     from safetensors.torch import save_file
-    from parallel.checkpoint import write_manifest
+    from parallel.manifest import write_manifest
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=False)
@@ -500,7 +500,7 @@ def _apply_scaler(engine, saved: dict | None) -> None:
 def load_resharded(engine, ckpt_dir: str | Path, topology, cfg) -> dict:
     """Load a checkpoint of another layout into this rank's engine. Returns the client state
     (trainer counters, sampler position, config, history), as `CheckpointManager.load` does."""
-    from parallel.checkpoint import read_manifest
+    from parallel.manifest import read_manifest
     ckpt_dir = Path(ckpt_dir)
     universal = read_manifest(ckpt_dir).get("format") == UNIVERSAL_FORMAT
     state = read_universal_local(ckpt_dir, engine.module) if universal else read_full_state(ckpt_dir)

@@ -86,7 +86,7 @@ def test_async_metrics_with_zero2_and_a_checkpoint_on_two_ranks(tiny_data, tmp_p
         assert step_losses(asyn, key) == step_losses(sync, key)
     import torch
 
-    from parallel.checkpoint import list_checkpoints
+    from parallel.manifest import list_checkpoints
     # the checkpoint written mid-interval (steps 4 and 5 not read yet) holds every step before it
     ckpt = [p for p in list_checkpoints(asyn / "checkpoints") if p.name == "step_00000005"][0]
     client = torch.load(next(ckpt.rglob("mp_rank_00_model_states.pt")), weights_only=True)

@@ -3,12 +3,11 @@
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from parallel.checkpoint import list_checkpoints, verify
+from parallel.manifest import list_checkpoints, verify
 from tests.launcher.conftest import run_train, step_losses, write_config
 
 

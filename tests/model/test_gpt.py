@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from launcher.config import ModelConfig, load_config
 from model.gpt import GPT, CausalSelfAttention, build_gpt, local_band_mask

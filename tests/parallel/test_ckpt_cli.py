@@ -75,7 +75,7 @@ def test_inspect_shows_layout_step_tokens_sizes_and_checksums(run):
 
 @pytest.mark.parametrize("damage", [_truncate, _flip, _drop_manifest], ids=["truncated", "flipped", "no-manifest"])
 def test_corruption_is_detected_and_the_previous_checkpoint_used(run, tmp_path, damage):
-    from parallel.checkpoint import newest_valid
+    from parallel.manifest import newest_valid
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     expected = damage(copy / "checkpoints" / "step_00000004")

@@ -24,7 +24,8 @@ def _async_save_then_load(rank, world_size, root):
     from pathlib import Path
     from deepspeed.utils import safe_get_full_fp32_param
     from parallel.build import build_model
-    from parallel.checkpoint import CheckpointManager, list_checkpoints, verify
+    from parallel.checkpoint import CheckpointManager
+    from parallel.manifest import list_checkpoints, verify
     from parallel.engine import make_engine
     from parallel.topology import Topology
 

@@ -1,7 +1,6 @@
 """Export to / import from the Hugging Face ecosystem and plain PyTorch (CPU, fp32)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
