@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .ngrams import ngram_hashes, tokenize_spans
+from .ngrams import ngram_hashes, tokenize_many, tokenize_spans
 from .pipeline import Document, PipelineStep
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,26 @@ def registry_eval_texts(tasks: Sequence[str] | None = None, data_dir: str | None
     yield from iter_eval_texts(tasks, data_dir=data_dir, skipped_names=skipped)
 
 
+_BATCH_CHARS = 1 << 23  # texts hashed per vectorized pass in from_texts (~8M characters)
+
+
+def _text_ngrams(texts: Sequence[str], n: int, min_n: int | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(m, hashes, text of each hash) for a batch of texts, in text order: every n-gram inside one text,
+    and the whole word sequence of a text with min_n <= m < n words as one m-gram."""
+    wh, text_of_word = tokenize_many(texts)
+    if wh.size >= n:
+        g = ngram_hashes(wh, n)
+        inside = np.flatnonzero(text_of_word[:g.size] == text_of_word[n - 1:])
+        yield n, g[inside], text_of_word[inside]
+    if min_n is None:
+        return
+    counts = np.bincount(text_of_word, minlength=len(texts))
+    first_word = np.cumsum(counts) - counts
+    for m in np.unique(counts[(counts >= min_n) & (counts < n)]).tolist():
+        short = np.flatnonzero(counts == m)
+        yield m, ngram_hashes(wh, m)[first_word[short]], short
+
+
 class ContaminationIndex:
     """Sorted unique benchmark n-gram hashes (per n), which task each came from, and a bitmap
     prefilter so most training n-grams are rejected with one gather."""
@@ -126,16 +146,26 @@ class ContaminationIndex:
         per_n: dict[int, list[np.ndarray]] = {}
         src_per_n: dict[int, list[np.ndarray]] = {}
         names: dict[str, int] = {}
+        batch: list[str] = []
+        batch_sources: list[int] = []
+
+        def add_batch():
+            for m, g, text in _text_ngrams(batch, n, min_n):
+                per_n.setdefault(m, []).append(g)
+                src_per_n.setdefault(m, []).append(np.asarray(batch_sources, np.int32)[text])
+            batch.clear()
+            batch_sources.clear()
+
+        chars = 0
         for item in texts:
             source, text = item if isinstance(item, tuple) else ("texts", item)
-            sid = names.setdefault(source, len(names))
-            wh = tokenize_spans(text)[0]
-            m = n if wh.size >= n else (wh.size if min_n is not None and wh.size >= min_n else 0)
-            if m == 0:
-                continue
-            g = ngram_hashes(wh, m)
-            per_n.setdefault(m, []).append(g)
-            src_per_n.setdefault(m, []).append(np.full(g.size, sid, np.int32))
+            batch.append(text)
+            batch_sources.append(names.setdefault(source, len(names)))
+            chars += len(text)
+            if chars >= _BATCH_CHARS:
+                add_batch()
+                chars = 0
+        add_batch()
         hashes, sources = {}, {}
         for m in per_n:
             h = np.concatenate(per_n[m])
@@ -210,10 +240,7 @@ class ContaminationIndex:
         document boundary are discarded."""
         if not texts:
             return []
-        lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-        starts = np.r_[0, np.cumsum(lens + 1)[:-1]]
-        wh, ws, _ = tokenize_spans("\n".join(texts))
-        doc_of_word = np.searchsorted(starts, ws, side="right") - 1
+        wh, doc_of_word = tokenize_many(texts)
         res = []
         for n in self.ns:
             m = self.match(n, ngram_hashes(wh, n))

@@ -149,6 +149,18 @@ def tokenize_spans(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hashes, starts[words_tok].astype(np.int64), ends[words_tok].astype(np.int64)
 
 
+def tokenize_many(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The words of many texts in one vectorized pass: (word hashes of all texts in order, the text each
+    word belongs to). The texts are joined by newlines, which no word spans, so each word's hash equals
+    the one `tokenize_spans` gives for its own text."""
+    if not texts:
+        return np.zeros(0, _U64), np.zeros(0, np.int64)
+    lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    starts = np.r_[0, np.cumsum(lens + 1)[:-1]]
+    wh, word_start, _ = tokenize_spans("\n".join(texts))
+    return wh, np.searchsorted(starts, word_start, side="right") - 1
+
+
 def normalize_words(text: str) -> list[str]:
     """GPT-3 App. C words: lowercase, strip punctuation, split on whitespace (empty words dropped)."""
     stripped = _lower_same_length(text).translate(_punct_translation())

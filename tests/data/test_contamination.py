@@ -141,3 +141,25 @@ def test_eval_files_with_a_byte_order_mark_are_read_as_json(tmp_path):
     (tmp_path / "dev.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(doc["data"][0]).encode() + b"\n")
     for name in ("dev.json", "dev.jsonl"):
         assert [t for _, t in eval_texts_from_files([str(tmp_path / name)])] == [doc["data"][0]["question"]], name
+
+
+def test_from_texts_hashes_in_batches_exactly_what_each_text_gives_alone(shared_data, monkeypatch):
+    """from_texts hashes many texts per vectorized pass; its index (hashes, and the first source of each)
+    equals the definition applied text by text, across batch boundaries and with texts that hold no word."""
+    import data.contamination as contamination
+    from data.ngrams import ngram_hashes, tokenize_spans
+    lines = (shared_data / "corpus" / "wikitext2_test.txt").read_text(encoding="utf-8").splitlines()[:400]
+    texts = [(f"src{i % 3}", line) for i, line in enumerate(lines)] + [("src9", "?! ..."), ("src9", "")]
+    texts += [("short", "One two three four five six seven eight nine."), ("short", "Ten words, no more: a b c d e f")]
+    expect: dict[int, dict[int, str]] = {}
+    for source, text in texts:  # the definition: first text in order wins the n-gram
+        wh = tokenize_spans(text)[0]
+        m = 13 if wh.size >= 13 else (wh.size if wh.size >= 8 else 0)
+        for h in (ngram_hashes(wh, m).tolist() if m else []):
+            expect.setdefault(m, {}).setdefault(h, source)
+    monkeypatch.setattr(contamination, "_BATCH_CHARS", 2000)  # many batches
+    index = ContaminationIndex.from_texts(texts, min_n=8)
+    assert sorted(index.hashes) == sorted(expect) and {9, 10, 13} <= set(expect)
+    for m, first in expect.items():
+        assert index.hashes[m].tolist() == sorted(first)
+        assert [index.source_names[s] for s in index.sources[m]] == [first[h] for h in sorted(first)]
