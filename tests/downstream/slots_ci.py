@@ -68,12 +68,26 @@ class BackgroundRun:
         while not rc_file.exists():
             if time.monotonic() > deadline:
                 raise AssertionError(f"the Slot Attention CI run did not end within {timeout:.0f} s")
+            if not self._alive() and not rc_file.exists():  # killed before it could write its exit status
+                tail = (self.dir / "output.log").read_text(errors="replace")[-4000:]
+                raise AssertionError(f"the Slot Attention CI run ended without an exit status:\n{tail}")
             time.sleep(1.0)
         rc = int(rc_file.read_text())
         if rc != 0:
             tail = (self.dir / "output.log").read_text(errors="replace")[-4000:]
             raise AssertionError(f"the Slot Attention CI run exited {rc}:\n{tail}")
         return self.out
+
+    def _alive(self) -> bool:
+        """Whether the run's shell still runs (a zombie, not yet reaped by the worker that started it, has ended)."""
+        pid_file = self.dir / "pid"
+        if not pid_file.exists():
+            return True  # claimed, the pid about to be written
+        try:
+            state = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            return False
+        return state != "Z"
 
     def stop(self) -> None:
         """Ends the run if it still goes (a session that stopped early) and removes its files."""
