@@ -146,26 +146,13 @@ class ContaminationIndex:
         per_n: dict[int, list[np.ndarray]] = {}
         src_per_n: dict[int, list[np.ndarray]] = {}
         names: dict[str, int] = {}
-        batch: list[str] = []
-        batch_sources: list[int] = []
-
-        def add_batch():
-            for m, g, text in _text_ngrams(batch, n, min_n):
+        pairs = (item if isinstance(item, tuple) else ("texts", item) for item in texts)
+        numbered = ((names.setdefault(source, len(names)), text) for source, text in pairs)
+        for batch in _batches(numbered, _BATCH_CHARS, key=lambda pair: pair[1], max_items=1 << 20):
+            batch_sources = np.fromiter((sid for sid, _ in batch), np.int32, len(batch))
+            for m, g, text in _text_ngrams([t for _, t in batch], n, min_n):
                 per_n.setdefault(m, []).append(g)
-                src_per_n.setdefault(m, []).append(np.asarray(batch_sources, np.int32)[text])
-            batch.clear()
-            batch_sources.clear()
-
-        chars = 0
-        for item in texts:
-            source, text = item if isinstance(item, tuple) else ("texts", item)
-            batch.append(text)
-            batch_sources.append(names.setdefault(source, len(names)))
-            chars += len(text)
-            if chars >= _BATCH_CHARS:
-                add_batch()
-                chars = 0
-        add_batch()
+                src_per_n.setdefault(m, []).append(batch_sources[text])
         hashes, sources = {}, {}
         for m in per_n:
             h = np.concatenate(per_n[m])
