@@ -5,10 +5,6 @@ from tests.downstream.slots_ci import BackgroundRun
 SLOTS_CI_RUN = pytest.StashKey[BackgroundRun]()
 
 
-def _is_xdist_worker(config) -> bool:
-    return hasattr(config, "workerinput")
-
-
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: start the run only if a selected test needs it
 def pytest_collection_modifyitems(config, items):
     if config.option.collectonly:
@@ -20,7 +16,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_unconfigure(config):
     run = config.stash.get(SLOTS_CI_RUN, None)
-    if run is not None and not _is_xdist_worker(config):  # under xdist the controller cleans up
+    if run is not None and not run.shared:  # a shared run is the xdist controller's to stop
         run.stop()
 
 

@@ -38,15 +38,18 @@ class BackgroundRun:
     """`python -m launcher.cli downstream slots CI_ARGS --out DIR/run` in its own process group; its output
     goes to DIR/output.log and its exit status to DIR/rc when it ends."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, shared: bool = False):
         self.dir = Path(directory)
         self.out = self.dir / "run"
+        self.shared = shared  # in the xdist controller's directory: the controller stops it
 
     @classmethod
     def shared_or_private(cls) -> "BackgroundRun":
         """The run in the directory the xdist controller named, else in a new private directory."""
         shared = os.environ.get(SHARED_DIR_ENV)
-        return cls(Path(shared) if shared else Path(tempfile.mkdtemp(prefix="mnemos_slots_ci_")))
+        if shared:
+            return cls(Path(shared), shared=True)
+        return cls(Path(tempfile.mkdtemp(prefix="mnemos_slots_ci_")))
 
     def claim_and_start(self) -> None:
         """Starts the run unless another process already has (mkdir is the atomic claim)."""
