@@ -10,26 +10,34 @@ import sys
 
 from launcher.argtypes import HelpFormatter
 
-# Modules that contribute subcommands, with the commands each registers (register(subparsers) sets `func`
-# on its parsers). A command line that names a command imports only that command's module: `mnemos jobs`
-# or `mnemos submit` start in a fraction of a second instead of importing torch, scipy and the models.
-COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "launcher.train_cli": ("train",),
-    "parallel.cli": ("plan",),
-    "cluster.cli": ("submit", "jobs"),
-    "data.cli": ("data",),  # train-tokenizer/tokenize/dedup/decontaminate/blend/stats
-    "evaluation.cli": ("eval", "eval-data"),
-    "parallel.ckpt_cli": ("ckpt",),  # inspect/verify/reshard/export-hf/import-hf/export-torch
-    "launcher.finetune": ("finetune",),  # BERT
-    "evaluation.downstream.cli": ("downstream",),  # mil/repertoire/bert-heads/slots/toy
-    "launcher.quickstart": ("quickstart",),
+# Modules that contribute subcommands, with the commands each registers and their one-line help
+# (register(subparsers) sets `func` on its parsers). A command line that names a command imports only that
+# command's module: `mnemos jobs` or `mnemos submit` start in a fraction of a second instead of importing
+# torch, scipy and the models. `mnemos --help` (and an unknown command word) lists the commands from this
+# table alone; tests/launcher/test_cli.py keeps the help here equal to what each module registers.
+COMMAND_MODULES: dict[str, dict[str, str]] = {
+    "launcher.train_cli": {"train": "train a model (resumes from the newest valid checkpoint)"},
+    "parallel.cli": {"plan": "memory per GPU and expected step time of a layout, before launch"},
+    "cluster.cli": {"submit": "submit a multi-node training job to Slurm or Kubernetes",
+                    "jobs": "follow and control submitted jobs"},
+    "data.cli": {"data": "data pipeline: tokenizer, tokenize, dedup, decontaminate, blend, stats"},
+    "evaluation.cli": {"eval": "zero/one/few-shot evaluation of a checkpoint (JSON + Markdown + plots)",
+                       "eval-data": "build task data: word lists and GPT-3 synthetic task files"},
+    "parallel.ckpt_cli": {"ckpt": "inspect, verify, reshard and export checkpoints"},
+    "launcher.finetune": {"finetune": "fine-tune a BERT checkpoint on a classification/regression/span task"},
+    "evaluation.downstream.cli": {"downstream": "Hopfield-layer and Slot Attention downstream tasks"},
+    "launcher.quickstart": {"quickstart": "the embedded default: data -> tokenizer -> 2-rank ZeRO-2 training with "
+                                          "resume -> few-shot evaluation, on CPU"},
 }
 
 
 def requested_command(argv: list[str]) -> str | None:
-    """The command word of a command line (the first argument that is no option or option value)."""
+    """The command word of a command line (the first argument that is no option or option value); None when a
+    help option comes first, because `mnemos --help train` shows the top-level help."""
     args = iter(argv)
     for arg in args:
+        if arg in ("-h", "--help"):
+            return None
         if arg == "--log-level":
             next(args, None)
         elif not arg.startswith("-"):
@@ -38,17 +46,32 @@ def requested_command(argv: list[str]) -> str | None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The `mnemos` parser; given a known `command`, with only the module that registers it."""
-    parser = argparse.ArgumentParser(
-        prog="mnemos",
-        description="Train and evaluate GPT-3-class and BERT models across many machines.")
-    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    """The whole `mnemos` parser; given a known `command`, with only the module that registers it."""
+    parser, sub = _top_level()
     modules = [m for m, commands in COMMAND_MODULES.items() if command in commands] or list(COMMAND_MODULES)
     for name in modules:
         importlib.import_module(name).register(sub)
     _use_formatter(parser, HelpFormatter)
     return parser
+
+
+def overview_parser() -> argparse.ArgumentParser:
+    """What `mnemos`, `mnemos --help` and an unknown command word need: every command with its one-line help,
+    importing none of the modules (the whole parser imports torch, seconds of start-up)."""
+    parser, sub = _top_level()
+    for commands in COMMAND_MODULES.values():
+        for command, help_line in commands.items():
+            sub.add_parser(command, help=help_line)
+    _use_formatter(parser, HelpFormatter)
+    return parser
+
+
+def _top_level() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = argparse.ArgumentParser(
+        prog="mnemos",
+        description="Train and evaluate GPT-3-class and BERT models across many machines.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
 
 
 def _use_formatter(parser: argparse.ArgumentParser, formatter) -> None:
@@ -62,7 +85,9 @@ def _use_formatter(parser: argparse.ArgumentParser, formatter) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(requested_command(argv))
+    command = requested_command(argv)
+    known = any(command in commands for commands in COMMAND_MODULES.values())
+    parser = build_parser(command) if known else overview_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -8,20 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli import COMMAND_MODULES, build_parser, requested_command
+from launcher.cli import COMMAND_MODULES, build_parser, overview_parser, requested_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _commands(parser: argparse.ArgumentParser) -> set[str]:
-    return {name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices}
+def _commands(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Command word -> its one-line help, as `mnemos --help` lists them."""
+    return {choice.dest: choice.help for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+            for choice in a._choices_actions}
 
 
-def test_each_module_registers_exactly_the_commands_the_table_names():
+def test_each_module_registers_exactly_the_commands_and_help_the_table_names():
     for module, commands in COMMAND_MODULES.items():
         for command in commands:
-            assert _commands(build_parser(command)) == set(commands), module
-    assert _commands(build_parser()) == {c for cs in COMMAND_MODULES.values() for c in cs}
+            assert _commands(build_parser(command)) == commands, module
+    every = {c: h for cs in COMMAND_MODULES.values() for c, h in cs.items()}
+    assert _commands(build_parser()) == every
+    assert _commands(overview_parser()) == every
 
 
 @pytest.mark.parametrize("argv, command", [
@@ -29,6 +33,7 @@ def test_each_module_registers_exactly_the_commands_the_table_names():
     (["--log-level", "DEBUG", "jobs", "status", "12"], "jobs"),
     (["--log-level=DEBUG", "eval-data", "--help"], "eval-data"),
     (["--help"], None),
+    (["-h", "train"], None),
     ([], None),
 ])
 def test_requested_command_skips_the_global_options(argv, command):
@@ -42,6 +47,18 @@ def test_a_command_line_does_not_import_the_other_commands_modules():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_top_level_help_imports_no_command_module():
+    """`mnemos --help` lists every command without the seconds of importing torch for finetune/downstream."""
+    code = ("import contextlib, io, sys; from launcher.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try: main(['--help'])\n"
+            "    except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'launcher.finetune', 'evaluation.downstream.cli', 'data.cli') "
+            "if m in sys.modules), 'downstream' in out.getvalue())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] True"
 
 
 def test_an_unknown_command_lists_every_command():
