@@ -33,7 +33,7 @@ def clean_corpus(inputs: Sequence[str], out_dir: str, eval_texts: Sequence[str |
     LocalExecutor([reader(), TextNormalizer(), DedupSignatures(os.path.join(work, "minhash"))],
                   os.path.join(work, "logs", "signatures"), tasks=tasks, workers=workers).run()
     dup = find_duplicates(os.path.join(work, "minhash"), tasks, bands, rows)
-    dstats = LocalExecutor([reader(), TextNormalizer(), DedupFilter(os.path.join(work, "minhash")),
+    dstats = LocalExecutor([reader(), TextNormalizer(), DedupFilter(os.path.join(work, "minhash"), dup["removal_digest"]),
                             JsonlWriter(dedup_dir)], os.path.join(work, "logs", "dedup"), tasks=tasks,
                            workers=workers).run()
 

@@ -407,9 +407,9 @@ def cmd_dedup(a) -> int:
         return _pending(a)
     report = find_duplicates(work, a.tasks, a.bands, a.rows, exact=not a.no_exact, fuzzy=not a.no_fuzzy)
     a2 = argparse.Namespace(**{**vars(a), "rank": None})
-    res = _execute([_reader(a), DedupFilter(work, rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"))),
-                    JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
-    extra = {k: v for k, v in report.items() if not k.endswith("_clusters")}
+    dedup = DedupFilter(work, report["removal_digest"], rejects_writer=JsonlWriter(os.path.join(a.out, "rejects")))
+    res = _execute([_reader(a), dedup, JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
+    extra = {k: v for k, v in report.items() if not k.endswith("_clusters") and k != "removal_digest"}
     extra["clusters_file"] = os.path.join(work, "clusters.json")
     summary = _report("dedup", res, a.out, {**extra, "text_field": a.text_field})
     print(f"exact duplicates removed: {report['exact_duplicates']} ({report['num_exact_clusters']} clusters); "

@@ -351,25 +351,32 @@ def find_duplicates(work_dir: str, tasks: int, bands: int, rows: int, exact: boo
     report["largest_fuzzy_cluster"] = max(sizes, default=0)
     report["exact_clusters"] = report["exact_clusters"][:max_report_clusters]
     report["fuzzy_clusters"] = report["fuzzy_clusters"][:max_report_clusters]
+    decision = hashlib.sha1()
     for r in range(tasks):
         m = (rank_of == r) & (reason > 0)
+        decision.update(np.ascontiguousarray(ord_of[m]).tobytes() + b"|" + reason[m].tobytes() + b"/")
         tmp = os.path.join(work_dir, f"remove_{r:05d}.tmp{os.getpid()}.npz")
         np.savez(tmp, ordinals=ord_of[m], reasons=reason[m])
         os.replace(tmp, os.path.join(work_dir, f"remove_{r:05d}.npz"))
     with open(os.path.join(work_dir, "clusters.json.tmp"), "w") as f:
         json.dump(report, f, indent=1)
     os.replace(os.path.join(work_dir, "clusters.json.tmp"), os.path.join(work_dir, "clusters.json"))
+    report["removal_digest"] = decision.hexdigest()  # not in clusters.json: it names the decision for pass 3
     return report
 
 
 class DedupFilter(BaseFilter):
-    """Pass 3 (per task): drops the documents pass 2 marked, by their ordinal in this task's input."""
+    """Pass 3 (per task): drops the documents pass 2 marked, by their ordinal in this task's input.
+    `removal_digest` (find_duplicates' report) names what pass 2 decided: it is part of the pipeline's
+    fingerprint, so a re-run with other --bands/--rows/--no-exact/--no-fuzzy filters again instead of
+    finding the task completed and keeping the earlier output."""
 
     name = "dedup"
 
-    def __init__(self, work_dir: str, **kw):
+    def __init__(self, work_dir: str, removal_digest: str, **kw):
         super().__init__(**kw)
         self.work_dir = work_dir
+        self.removal_digest = removal_digest
         self._remove: dict[int, int] = {}
         self._ordinal = 0
 

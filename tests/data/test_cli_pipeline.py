@@ -68,6 +68,13 @@ def test_full_pipeline(shared_data, tmp_path, capsys):
     assert filt["dropped:exact_duplicate"] == 5 and filt["dropped:near_duplicate"] == 5
     kept = _texts(tmp_path / "dedup")
     assert set(kept) == set(docs)
+    # the same OUT with other settings filters again: the earlier output and stats are not kept as "completed"
+    assert mnemos_data("dedup", "-i", raw, "-o", tmp_path / "dedup", "--tasks", 2, "--no-exact", "--no-fuzzy") == 0
+    filt = json.load(open(tmp_path / "dedup" / "stats.json"))["steps"][1]
+    assert filt["kept"] == len(docs) + 10 and "dropped:exact_duplicate" not in filt
+    assert sum(1 for _ in DocumentReader([str(tmp_path / "dedup")]).run()) == len(docs) + 10
+    assert mnemos_data("dedup", "-i", raw, "-o", tmp_path / "dedup", "--tasks", 2) == 0
+    assert _texts(tmp_path / "dedup") == kept
 
     # decontaminate (a second run resumes from the completion markers and changes nothing)
     args = ["decontaminate", "-i", tmp_path / "dedup", "-o", tmp_path / "clean", "--tasks-from-registry", "none",
