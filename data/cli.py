@@ -10,7 +10,7 @@ import os
 import sys
 
 from data.io import TXT_SAMPLE_BY
-from launcher.argtypes import comma_list, integer, number
+from launcher.argtypes import comma_list, integer, number, output_dir, output_file
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
         q.add_argument("--input", "-i", nargs="+", required=True,
                        help="files, globs or directories (jsonl/parquet/txt, optionally .gz/.zst)")
         if out:
-            q.add_argument("--out", "-o", required=True, help="output directory")
+            q.add_argument("--out", "-o", type=output_dir, required=True, help="output directory")
         q.add_argument("--text-field", default="text", help="record field holding the text")
         q.add_argument("--txt-sample-by", default="auto", choices=list(TXT_SAMPLE_BY),
                        help="what one document is in plain-text inputs: a line, a paragraph (lines between blank "
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
                    help="text files, globs or directories to train on (jsonl/parquet/txt, optionally .gz/.zst)")
     q.add_argument("--text-field", default="text", help="record field holding the text")
     doc_separator_option(q)
-    q.add_argument("--model-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab, PREFIX.json")
+    q.add_argument("--model-prefix", type=output_file, required=True, help="writes PREFIX.model, PREFIX.vocab, PREFIX.json")
     q.add_argument("--vocab-size", type=integer(1), required=True, help="pieces in the vocabulary (GPT-3: 50257)")
     q.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"], help="sentencepiece algorithm")
     q.add_argument("--no-byte-fallback", action="store_true",
@@ -115,7 +115,7 @@ def register(subparsers) -> None:
                    help="pieces of a cut document shorter than this are dropped")
     q.add_argument("--max-pieces", type=integer(0), default=10,
                    help="a document cut into more pieces than this is dropped whole")
-    q.add_argument("--write-index", help="also write the training corpus NgramIndex here (for `mnemos eval`)")
+    q.add_argument("--write-index", type=output_file, help="also write the training corpus NgramIndex here (for `mnemos eval`)")
     q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default="8,9,10,11,12,13",
                    help="n values of that index")
     q.set_defaults(func=cmd_decontaminate)
@@ -123,7 +123,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("blend", help="weighted blend + train/valid/test splits + cached indices")
     q.add_argument("--dataset", action="append", required=True, metavar="NAME=WEIGHT:PATH[,PATH]",
                    help="repeat per dataset (e.g. wiki=0.03:shards/wiki)")
-    q.add_argument("--out", "-o", required=True, help="output directory for the blend's index files")
+    q.add_argument("--out", "-o", type=output_dir, required=True, help="output directory for the blend's index files")
     q.add_argument("--seq-len", type=integer(1), required=True, help="tokens per training sample")
     q.add_argument("--eos-id", type=integer(0), default=None,
                    help="end-of-document token id, for shards without a shards.json (default: their tokenizer's)")
@@ -136,7 +136,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("stats", help="documents, tokens, bytes of shards or jsonl/text files")
     q.add_argument("paths", nargs="*", help="shard prefixes, directories of shards, or jsonl/text files")
     q.add_argument("--input", "-i", nargs="+", default=[], help="the same, as the other stages take them")
-    q.add_argument("--json-out", help="write the stats JSON here")
+    q.add_argument("--json-out", type=output_file, help="write the stats JSON here")
     q.set_defaults(func=cmd_stats)
 
 

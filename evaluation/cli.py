@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from launcher.argtypes import existing_path, integer
+from launcher.argtypes import existing_path, integer, output_dir, output_file
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", help="with --hf-model: the sentencepiece .model file (default: DIR/tokenizer.model)")
     p.add_argument("--tasks", help="comma-separated task or group names (see --list-tasks)")
     p.add_argument("--shots", type=_int_list, default=[0, 1, 10], help="comma-separated K values (default 0,1,10)")
-    p.add_argument("--out", help="output directory (default: RUN/results/eval, or ./eval_results)")
+    p.add_argument("--out", type=output_dir, help="output directory (default: RUN/results/eval, or ./eval_results)")
     p.add_argument("--contamination", metavar="INDEX", help="training-corpus n-gram index: adds the clean/dirty report")
     p.add_argument("--limit", type=integer(1), help="evaluate only the first N examples of each task")
     p.add_argument("--batch-size", type=_batch_size, default=16, help="sequences per forward, or 'auto' (default 16)")
@@ -77,11 +77,11 @@ def register(subparsers) -> None:
     w.add_argument("corpus", nargs="*", help="corpus files (txt/jsonl/parquet, optionally compressed), globs or "
                    "directories, read as the data stages read them")
     w.add_argument("--input", "-i", nargs="+", default=[], help="the same, as the data stages take them")
-    w.add_argument("--out", "-o", required=True, help="output file, one word per line")
+    w.add_argument("--out", "-o", type=output_file, required=True, help="output file, one word per line")
     w.add_argument("--n", type=integer(1), default=10000, help="words to write")
     w.set_defaults(func=_words)
     a = dsub.add_parser("synthetic", help="write the generated GPT-3 arithmetic (and, with --word-list, scramble) files")
-    a.add_argument("--out", "-o", required=True, help="output directory")
+    a.add_argument("--out", "-o", type=output_dir, required=True, help="output directory")
     a.add_argument("--word-list", help="word list for the scramble tasks")
     a.add_argument("--n", type=integer(1), default=2000, help="examples to write")
     a.add_argument("--seed", type=integer(0), default=1234, help="seed of the generated examples")

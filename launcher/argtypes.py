@@ -1,4 +1,4 @@
-"""argparse types for the command line's numbers and input paths.
+"""argparse types for the command line's numbers, input paths and output paths.
 
 A bad value stops the command while its arguments are parsed, before anything is read, written or spawned,
 and argparse prints the option with the rule and the value: "argument --batch-size: must be an integer
@@ -86,6 +86,32 @@ def existing_path(text: str) -> str:
     if not os.path.exists(text):
         raise argparse.ArgumentTypeError(f"no such file or directory: {text!r}")
     return text
+
+
+def output_dir(text: str) -> str:
+    """A directory to write into: there already, or to be made, but not a file and not below one (the
+    mkdir would fail half-way through the command)."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be a directory, but {text!r} is a file")
+    _no_file_above(text)
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write (or a file-name prefix): not a directory, and no file where a directory of its path
+    must be."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be a file name, but {text!r} is a directory")
+    _no_file_above(text)
+    return text
+
+
+def _no_file_above(text: str) -> None:
+    parent = os.path.dirname(os.path.abspath(text))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"cannot be written: {parent!r} in its path is a file, not a directory")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from launcher.argtypes import integer, number
+from launcher.argtypes import integer, number, output_dir
 from launcher.config import ConfigError
 
 log = logging.getLogger("mnemos.finetune")
@@ -548,7 +548,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to train (auto: CUDA when available)")
     p.add_argument("--log-every", type=integer(1), default=20, help="progress line every N steps")
     p.add_argument("--save-model", action="store_true", help="also write OUT/model.pt")
-    p.add_argument("--out", default="runs/finetune", help="directory for results.json / results.md")
+    p.add_argument("--out", type=output_dir, default="runs/finetune", help="directory for results.json / results.md")
 
 
 def _cmd(args) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from data.io import TXT_SAMPLE_BY
-from launcher.argtypes import existing_path, integer
+from launcher.argtypes import existing_path, integer, output_dir
 
 log = logging.getLogger("mnemos.quickstart")
 
@@ -29,7 +29,7 @@ SHOTS = [0, 1, 4]
 def register(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="the embedded default: data -> tokenizer -> 2-rank ZeRO-2 "
                                                  "training with resume -> few-shot evaluation, on CPU")
-    p.add_argument("--out", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
+    p.add_argument("--out", type=output_dir, default="runs/quickstart", help="where everything goes (default runs/quickstart)")
     p.add_argument("--corpus", nargs="+", type=existing_path,
                    help="text/jsonl files to use instead of the generated corpus")
     p.add_argument("--steps", type=integer(2), default=300, help="training steps (default 300; resumes at half)")

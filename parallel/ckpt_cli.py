@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from launcher.argtypes import integer
+from launcher.argtypes import integer, output_dir, output_file
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("reshard", help="write a layout-free (universal) copy that any TP/DP/ZeRO layout loads")
     p.add_argument("dir", help="checkpoint directory (e.g. RUN/checkpoints/step_00001000)")
-    p.add_argument("--out", required=True, help="run directory to write OUT/checkpoints/step_N into")
+    p.add_argument("--out", type=output_dir, required=True, help="run directory to write OUT/checkpoints/step_N into")
     p.add_argument("--tp", type=integer(1), help="check the target layout now: tensor-parallel degree")
     p.add_argument("--dp", type=integer(1), help="check the target layout now: data-parallel degree")
     p.add_argument("--zero", type=int, choices=[0, 1, 2, 3], help="target ZeRO stage (any works)")
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("export-hf", help="transformers directory (safetensors + config.json + tokenizer)")
     p.add_argument("dir", help="run directory (its latest checkpoint) or one checkpoint directory")
-    p.add_argument("--out", required=True, help="directory for the transformers model and tokenizer")
+    p.add_argument("--out", type=output_dir, required=True, help="directory for the transformers model and tokenizer")
     p.add_argument("--tokenizer", help="sentencepiece model (default: the run config's data.tokenizer)")
     p.set_defaults(func=cmd_export_hf)
 
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("export-torch", help="consolidated fp32 state dict for plain PyTorch")
     p.add_argument("dir", help="run directory (its latest checkpoint) or one checkpoint directory")
-    p.add_argument("--out", required=True, help="output .pt file")
+    p.add_argument("--out", type=output_file, required=True, help="output .pt file")
     p.set_defaults(func=cmd_export_torch)
 
     ckpt.set_defaults(func=lambda args: (ckpt.print_help(), 2)[1])

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from evaluation.downstream.hopfield_common import Progress, RunDir, set_threads, write_results
-from launcher.argtypes import existing_path, integer, number
+from launcher.argtypes import existing_path, integer, number, output_dir
 
 log = logging.getLogger("mnemos.downstream.bert_heads")
 
@@ -246,7 +246,7 @@ def register(subparsers) -> None:
     p.add_argument("--mass", type=number(0, 1, low_open=True), default=0.9,
                    help="attention mass that k must reach (paper: 0.9)")
     p.add_argument("--statistic", choices=["median", "mean"], default="median", help="k of a head over its tokens")
-    p.add_argument("--out", default="runs/bert_heads", help="run directory")
+    p.add_argument("--out", type=output_dir, default="runs/bert_heads", help="run directory")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of a random model and the window sampling")
     p.add_argument("--threads", type=integer(1), default=1, help="CPU threads")
     p.set_defaults(func=main)

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
                                                    write_results)
-from launcher.argtypes import existing_path, integer
+from launcher.argtypes import existing_path, integer, output_dir
 from model.hopfield import HopfieldPooling
 
 log = logging.getLogger("mnemos.downstream.mil")
@@ -267,7 +267,7 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, nargs="+", type=existing_path,
                    help="bag npz file(s) (instances, bag_id, bag_label, folds)")
-    p.add_argument("--out", default="runs/mil", help="run directory (results/, tensorboard/, config.yaml)")
+    p.add_argument("--out", type=output_dir, default="runs/mil", help="run directory (results/, tensorboard/, config.yaml)")
     p.add_argument("--repetitions", type=integer(1), default=5, help="CV repetitions (paper: 5)")
     p.add_argument("--folds", type=integer(2), default=10, help="outer folds per repetition (paper: 10)")
     p.add_argument("--inner-folds", type=integer(2), default=3, help="inner CV folds for hyperparameter selection")

@@ -83,7 +83,7 @@ import torch.nn.functional as F
 
 from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
                                                    write_results)
-from launcher.argtypes import comma_list, existing_path, integer, number
+from launcher.argtypes import comma_list, existing_path, integer, number, output_dir
 from model.hopfield import HopfieldPooling
 from parallel import comm
 
@@ -718,7 +718,7 @@ def register(subparsers) -> None:
                    help="only k-mers enriched beyond this Welch t seed a kernel")
     m.add_argument("--kmer", type=integer(1), default=4, help="k of the k-mer baseline")
     m.add_argument("--no-baseline", action="store_true", help="skip the k-mer logistic-regression baseline")
-    p.add_argument("--out", default="runs/repertoire", help="run directory")
+    p.add_argument("--out", type=output_dir, default="runs/repertoire", help="run directory")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of the simulation, the folds and the model")
     p.add_argument("--threads", type=integer(1), default=1, help="CPU threads per process")
     p.add_argument("--nproc", type=integer(1), default=1,

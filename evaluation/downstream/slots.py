@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from evaluation.downstream import scenes as scenes_mod
 from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
-from launcher.argtypes import comma_list, integer, number
+from launcher.argtypes import comma_list, integer, number, output_dir
 from launcher.prefetch import StepPrefetcher
 from model.slot_attention import UPDATE_NORMS, SlotAttentionAutoEncoder, SlotAttentionSetPredictor
 
@@ -84,7 +84,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=integer(1), default=1000, help="optimiser steps per seed")
     p.add_argument("--seeds", type=comma_list(integer(0), distinct=True), default="0",
                    help="comma-separated training seeds, e.g. 0,1,2")
-    p.add_argument("--out", type=Path, default=Path("runs/slots"), help="run directory (default runs/slots)")
+    p.add_argument("--out", type=output_dir, default="runs/slots", help="run directory (default runs/slots)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="architecture widths")
     p.add_argument("--batch-size", type=integer(1), default=64, help="global batch (split across ranks)")
     p.add_argument("--lr", type=number(0, low_open=True), default=4e-4, help="peak Adam learning rate (the paper's)")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from evaluation.downstream.hopfield_common import Progress, RunDir, seed_everything, set_threads, write_results
-from launcher.argtypes import integer
+from launcher.argtypes import integer, output_dir
 from model.hopfield import Hopfield, HopfieldPooling
 
 log = logging.getLogger("mnemos.downstream.toy")
@@ -130,7 +130,7 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["bit-pattern", "latch", "all"], default="all", help="which toy task to run")
     p.add_argument("--steps", type=integer(1), default=300, help="training steps per task")
-    p.add_argument("--out", default="runs/toy", help="run directory")
+    p.add_argument("--out", type=output_dir, default="runs/toy", help="run directory")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of the data and the model")
     p.add_argument("--threads", type=integer(1), default=1, help="CPU threads")
     p.set_defaults(func=main)

@@ -44,12 +44,30 @@ def test_a_missing_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"mnemos: input '{missing}' does not exist"
 
 
-def test_an_out_that_is_a_file_is_one_line_and_exit_code_2(tmp_path, capsys):
+@pytest.mark.parametrize("argv", [
+    ["downstream", "toy", "--steps", "2", "--out", "{file}"],
+    ["downstream", "slots", "--out", "{file}"],
+    ["quickstart", "--out", "{file}/sub"],
+    ["data", "dedup", "-i", "{src}", "-o", "{file}"],
+    ["data", "tokenize", "-i", "{src}", "-o", "{file}", "--tokenizer", "spm.model"],
+    ["data", "train-tokenizer", "-i", "{src}", "--model-prefix", "{file}/spm", "--vocab-size", "300"],
+    ["data", "decontaminate", "-i", "{src}", "-o", "{dir}/clean", "--write-index", "{dir}"],
+    ["eval", "--checkpoint", "{dir}", "--tasks", "arithmetic_2da", "--out", "{file}"],
+    ["eval-data", "synthetic", "--out", "{file}"],
+    ["ckpt", "export-torch", "{dir}", "--out", "{dir}"],
+])
+def test_an_output_path_a_file_or_directory_is_in_the_way_of_stops_at_parse_time(tmp_path, capsys, argv):
+    """Before any input is read: the mkdir would otherwise fail half-way, with a traceback."""
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")
-    assert mnemos(["downstream", "toy", "--steps", "2", "--out", str(taken)]) == 2
-    assert capsys.readouterr().err.startswith("mnemos: [Errno 20] Not a directory")
-    assert taken.read_text() == "mine"
+    (tmp_path / "src.txt").write_text("a document\n")
+    argv = [a.format(file=taken, dir=tmp_path, src=tmp_path / "src.txt") for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        mnemos(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err or "is a directory" in err, err
+    assert taken.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "src.txt"]
 
 
 def _commands(parser, path=("mnemos",)):
