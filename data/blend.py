@@ -1,8 +1,10 @@
 """Weighted blends of tokenized datasets with train/valid/test splits and cached indices.
 
 A dataset is a name, a sampling weight and one or more shard prefixes (a tokenize output
-directory); its weight is shared among its shards by token count, so a dataset's shards together
-get its share. `build_blend` builds (and caches) the packed-sample indices of every split, reports
+directory). Each split of a dataset is one shard (`BLEND/train/NAME`, `valid/NAME`, `test/NAME`) holding
+that split's documents of every source shard, so samples pack across the source shards: a split of many
+small shards (`mnemos data tokenize --tasks 64`) loses no data to shards shorter than a sample.
+`build_blend` builds (and caches) the packed-sample indices of every split, reports
 how many epochs of each dataset the blend takes (GPT-3 Table 2.2: Wikipedia 3.4, Common Crawl 0.44),
 and writes `blend.json` holding the resolved prefixes and weights that a training config uses
 (`data.train`, `data.weights`, `data.valid`).
@@ -98,12 +100,12 @@ def check_one_tokenizer(specs: Sequence[DatasetSpec], tokenizer: str | None = No
     return os.path.abspath(next(iter(made_by.values()))[0]) if made_by else None
 
 
-def resolve(specs: Sequence[DatasetSpec]) -> tuple[list[str], list[float], list[str]]:
-    """(prefixes, weight per prefix, dataset name per prefix): dataset weight split by shard tokens."""
-    total_w = sum(s.weight for s in specs)
-    if total_w <= 0:
+def check_datasets(specs: Sequence[DatasetSpec]) -> None:
+    """A name or a shard given twice would be sampled at twice its weight: refuse it, and weights that sum to
+    nothing."""
+    if sum(s.weight for s in specs) <= 0:
         raise ValueError("dataset weights must have a positive sum")
-    owner: dict[str, str] = {}  # a name or a shard given twice would be sampled at twice its weight
+    owner: dict[str, str] = {}
     for i, s in enumerate(specs):
         if s.name in (t.name for t in specs[:i]):
             raise ValueError(f"dataset {s.name!r} is given twice (rule: one --dataset per name; list several "
@@ -113,41 +115,39 @@ def resolve(specs: Sequence[DatasetSpec]) -> tuple[list[str], list[float], list[
                 raise ValueError(f"shard {p} is in datasets {owner[p]!r} and {s.name!r} (rule: a shard belongs "
                                  f"to one dataset)")
             owner[p] = s.name
-    prefixes = [p for s in specs for p in s.prefixes]
-    names = [s.name for s in specs for _ in s.prefixes]
-    return prefixes, share_by_tokens(specs, prefixes, names), names
 
 
-def share_by_tokens(specs: Sequence[DatasetSpec], prefixes: Sequence[str], names: Sequence[str]) -> list[float]:
-    """Each prefix's weight: its dataset's share of all weight, split among the dataset's prefixes by tokens."""
-    total_w = sum(s.weight for s in specs)
-    tokens = np.array([IndexedDataset(p).num_tokens for p in prefixes], dtype=np.float64)
-    weights = []
-    for p, name, n in zip(prefixes, names, tokens):
-        spec = next(s for s in specs if s.name == name)
-        own = tokens[[k for k, other in enumerate(names) if other == name]]
-        share = n / own.sum() if own.sum() > 0 else 1 / len(own)
-        weights.append(spec.weight / total_w * float(share))
-    return weights
+Ranges = list[tuple[IndexedDataset, int, int]]  # (source shard, first document, end document)
 
 
-def materialize_splits(prefixes: Sequence[str], names: Sequence[str], out_dir: str,
-                       split: Sequence[float]) -> dict[str, list[str]]:
-    """Copy each shard's document ranges into `OUT_DIR/{train,valid,test}/` shards (held-out documents
-    never reach training, whatever reads the prefixes). Returns split -> prefixes (aligned with input)."""
+def plan_splits(specs: Sequence[DatasetSpec], split: Sequence[float]) -> dict[str, list[Ranges]]:
+    """split -> per dataset (in `specs` order) the document ranges of its source shards that the split takes:
+    the same fraction of every source shard, in order."""
+    sources = [[IndexedDataset(p) for p in s.prefixes] for s in specs]
+    return {name: [[(ds, int(round(lo * len(ds))), int(round(hi * len(ds)))) for ds in shards] for shards in sources]
+            for name, (lo, hi) in split_ranges(split).items()}
+
+
+def range_tokens(ranges: Ranges) -> int:
+    return int(sum(int(ds.sizes[lo:hi].sum()) for ds, lo, hi in ranges))
+
+
+def materialize_splits(plan: dict[str, list[Ranges]], names: Sequence[str], out_dir: str) -> dict[str, list[str]]:
+    """Write each dataset's ranges of each split into one shard, `OUT_DIR/{train,valid,test}/NAME` (held-out
+    documents never reach training, whatever reads the prefixes). Returns split -> prefixes, one per dataset."""
     from .indexed import IndexedDatasetBuilder, exists
     out: dict[str, list[str]] = {}
-    for split_name, (lo_f, hi_f) in split_ranges(split).items():
+    for split_name, per_dataset in plan.items():
         out[split_name] = []
-        for k, (p, name) in enumerate(zip(prefixes, names)):
-            ds = IndexedDataset(p)
-            lo, hi = int(round(lo_f * len(ds))), int(round(hi_f * len(ds)))
-            dst = os.path.join(out_dir, split_name, f"{name}_{k:04d}")
+        for name, ranges in zip(names, per_dataset):
+            sizes = np.concatenate([ds.sizes[lo:hi] for ds, lo, hi in ranges])
+            dst = os.path.join(out_dir, split_name, name)
             # a copy from an earlier run is kept only while it holds the same documents (a source tokenized
             # again into its old directory must not leave the old ids here)
-            if not exists(dst) or not np.array_equal(IndexedDataset(dst).sizes, ds.sizes[lo:hi]):
-                with IndexedDatasetBuilder(dst, ds.dtype) as b:
-                    b.add_range(ds, lo, hi)
+            if not exists(dst) or not np.array_equal(IndexedDataset(dst).sizes, sizes):
+                with IndexedDatasetBuilder(dst, ranges[0][0].dtype) as b:
+                    for ds, lo, hi in ranges:
+                        b.add_range(ds, lo, hi)
             out[split_name].append(dst)
     return out
 
@@ -156,39 +156,44 @@ def build_blend(specs: Sequence[DatasetSpec], seq_len: int, eos_id: int, out_dir
                 num_samples: int | None = None, split: Sequence[float] = (98, 1, 1), seed: int = 1234,
                 tokenizer: str | None = None) -> dict:
     """Materialize the splits, build and cache the blended index of each; held-out splits are
-    one pass over their documents (weights by size), the train split follows the weights."""
+    one pass over their documents (weights by size), the train split follows the weights. A dataset whose
+    split holds no whole sample is left out of that split and listed under `too_small`; a train split
+    without any sample is refused."""
     tokenizer = check_one_tokenizer(specs, tokenizer)
-    prefixes, weights, names = resolve(specs)
-    split_prefixes = materialize_splits(prefixes, names, out_dir, split)
-    # split by the train shards' own sizes (documents round differently per shard): a dataset's train shards
-    # are then sampled by size, as BERT, which reads them as one corpus, also does
-    weights = share_by_tokens(specs, split_prefixes["train"], names)
+    check_datasets(specs)
+    names = [s.name for s in specs]
+    weights = [s.weight for s in specs]
+    plan = plan_splits(specs, split)
+    train_tokens = [range_tokens(ranges) for ranges in plan["train"]]
+    if max(train_tokens) <= seq_len:  # refused before anything is written
+        held = ", ".join(f"{name} {n} tokens" for name, n in zip(names, train_tokens))
+        raise ValueError(f"no dataset's train split holds a sample of --seq-len + 1 = {seq_len + 1} tokens "
+                         f"({held}) (rule: lower --seq-len, or give the blend more data)")
+    split_prefixes = materialize_splits(plan, names, out_dir)
     cache = os.path.join(out_dir, "index_cache")
     summary: dict = {"seq_len": seq_len, "eos_id": eos_id, "tokenizer": tokenizer, "seed": seed, "split": list(split),
                      "splits": {}}
     for split_name, sp in split_prefixes.items():
         sizes = [IndexedDataset(p).num_tokens for p in sp]
-        keep = [k for k, n in enumerate(sizes) if n > seq_len]   # shards with at least one sample
-        if not keep:
-            summary["splits"][split_name] = {"error": f"no shard holds a sample of {seq_len + 1} tokens"}
+        keep = [k for k, n in enumerate(sizes) if n > seq_len]
+        too_small = {names[k]: sizes[k] for k, n in enumerate(sizes) if 0 < n <= seq_len}
+        if not keep:  # a held-out split (train was checked above)
+            summary["splits"][split_name] = {"error": f"no dataset's split holds a sample of {seq_len + 1} tokens",
+                                             "too_small": too_small}
             continue
         is_train = split_name == "train"
         ds = PackedGPTDataset([sp[k] for k in keep], seq_len, eos_id,
                               weights=[weights[k] for k in keep] if is_train else None, seed=seed,
                               num_samples=num_samples if is_train else None, cache_dir=cache)
         per_dataset: dict[str, dict] = {}
-        for k, d in zip(keep, ds.describe()["datasets"]):
-            e = per_dataset.setdefault(names[k], {"weight": 0.0, "samples": 0, "samples_per_epoch": 0})
-            e["weight"] += d["weight"]
-            e["samples"] += d["samples"]
-        for j, k in enumerate(keep):
-            if ds.epochs[j] > 0:
-                per_dataset[names[k]]["samples_per_epoch"] += ds.streams[j].num_samples // int(ds.epochs[j])
-        for e in per_dataset.values():
-            e["epochs"] = round(e["samples"] / e["samples_per_epoch"], 4) if e["samples_per_epoch"] else 0.0
+        for k, d, stream, epochs in zip(keep, ds.describe()["datasets"], ds.streams, ds.epochs):
+            per_epoch = stream.num_samples // int(epochs) if epochs > 0 else 0  # the stream holds `epochs` passes
+            per_dataset[names[k]] = {"weight": d["weight"], "samples": d["samples"],
+                                     "epochs": round(d["samples"] / per_epoch, 4) if per_epoch else 0.0}
         summary["splits"][split_name] = {"samples": len(ds), "tokens": len(ds) * seq_len,
                                          "prefixes": [sp[k] for k in keep],
-                                         "weights": [float(w) for w in ds.weights], "datasets": per_dataset}
+                                         "weights": [float(w) for w in ds.weights], "datasets": per_dataset,
+                                         "too_small": too_small}
     summary["datasets"] = [{"name": s.name, "weight": s.weight, "prefixes": s.prefixes} for s in specs]
     tr = summary["splits"].get("train", {})
     va = summary["splits"].get("valid", {})
@@ -200,11 +205,16 @@ def build_blend(specs: Sequence[DatasetSpec], seq_len: int, eos_id: int, out_dir
 
 
 def format_blend(summary: dict) -> str:
+    """The split table, then one warning line per dataset a split left out (its documents hold no sample)."""
     lines = ["| split | dataset | weight | samples | epochs |", "| --- | --- | --- | --- | --- |"]
+    warnings = []
     for split_name, s in summary["splits"].items():
         if "error" in s:
             lines.append(f"| {split_name} | (none: {s['error']}) | | | |")
-            continue
-        for name, d in s["datasets"].items():
-            lines.append(f"| {split_name} | {name} | {d['weight']:.3f} | {d['samples']} | {d['epochs']:.2f} |")
-    return "\n".join(lines)
+        else:
+            for name, d in s["datasets"].items():
+                lines.append(f"| {split_name} | {name} | {d['weight']:.3f} | {d['samples']} | {d['epochs']:.2f} |")
+        for name, n in s.get("too_small", {}).items():
+            warnings.append(f"warning: {split_name} leaves out {name}: its {n} tokens hold no sample of "
+                            f"{summary['seq_len'] + 1} tokens")
+    return "\n".join(lines + warnings)

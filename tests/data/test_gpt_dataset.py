@@ -79,16 +79,43 @@ def test_sampler_deterministic_and_exact_resume():
 
 
 def test_blend_refuses_a_dataset_or_shard_given_twice(tmp_path):
-    from data.blend import DatasetSpec, resolve
+    from data.blend import DatasetSpec, check_datasets
     a = _shard(tmp_path / "a", [np.arange(10, 20)])
     b = _shard(tmp_path / "b", [np.arange(10, 30)])
-    assert resolve([DatasetSpec("web", 0.5, [a]), DatasetSpec("books", 0.5, [b])])[1] == [0.5, 0.5]
+    check_datasets([DatasetSpec("web", 0.5, [a]), DatasetSpec("books", 0.5, [b])])
     with pytest.raises(ValueError, match="dataset 'web' is given twice"):
-        resolve([DatasetSpec("web", 0.5, [a]), DatasetSpec("web", 0.5, [b])])
+        check_datasets([DatasetSpec("web", 0.5, [a]), DatasetSpec("web", 0.5, [b])])
     with pytest.raises(ValueError, match=r"shard .*a is in datasets 'web' and 'books' \(rule: a shard belongs"):
-        resolve([DatasetSpec("web", 0.5, [a]), DatasetSpec("books", 0.5, [a, b])])
+        check_datasets([DatasetSpec("web", 0.5, [a]), DatasetSpec("books", 0.5, [a, b])])
     with pytest.raises(ValueError, match=r"split fractions \[0.0, 0.0, 0.0\] \(rule: three non-negative numbers"):
         split_ranges([0.0, 0.0, 0.0])
+
+
+def test_blend_packs_a_split_across_many_small_shards(tmp_path):
+    """`mnemos data tokenize --tasks 64` writes many shards: each one's 1% of held-out documents is shorter
+    than a sample, and packed shard by shard they were all dropped, the valid split kept one shard of 65."""
+    from data.blend import DatasetSpec, build_blend, format_blend
+    from data.indexed import IndexedDataset
+    rng = np.random.default_rng(0)
+    web = [_shard(tmp_path / "web" / f"shard_{k:05d}", [rng.integers(10, 100, 40) for _ in range(10)])
+           for k in range(20)]  # 400 tokens a shard: its 10% valid, 40 tokens, holds no sample of 65
+    books = [_shard(tmp_path / "books" / "shard_00000", [rng.integers(10, 100, 30) for _ in range(5)])]
+    specs = [DatasetSpec("web", 0.9, web), DatasetSpec("books", 0.1, books)]
+    summary = build_blend(specs, 64, EOS, str(tmp_path / "blend"), split=(90, 10, 0))
+    valid = summary["splits"]["valid"]
+    assert valid["prefixes"] == [str(tmp_path / "blend" / "valid" / "web")]
+    held = IndexedDataset(valid["prefixes"][0])
+    assert len(held) == 20 and held.num_tokens == 20 * 40  # every shard's last document, in shard order
+    assert np.array_equal(held[1], IndexedDataset(web[1])[9])
+    assert valid["samples"] == (20 * 41 - 1) // 64
+    train = summary["splits"]["train"]
+    assert IndexedDataset(train["prefixes"][0]).num_tokens == 20 * 9 * 40 and train["weights"] == [0.9, 0.1]
+    assert valid["too_small"] == {"books": 30} and summary["splits"]["test"]["too_small"] == {}
+    assert "warning: valid leaves out books: its 30 tokens hold no sample of 65 tokens" in format_blend(summary)
+    with pytest.raises(ValueError, match=r"no dataset's train split holds a sample of --seq-len \+ 1 = 16001 "
+                                         r"tokens \(web 7200 tokens, books 120 tokens\)"):
+        build_blend(specs, 16000, EOS, str(tmp_path / "blend2"), split=(90, 10, 0))
+    assert not (tmp_path / "blend2").exists()
 
 
 def test_blend_refuses_datasets_from_different_tokenizers(tmp_path):

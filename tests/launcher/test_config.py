@@ -120,7 +120,7 @@ def test_data_blend_made_elsewhere_is_found_from_another_directory(tmp_path, mon
     _blend(tmp_path / "shards", "blend", tokenizer=tiny_data["tokenizer"])  # relative: prefixes read blend/train/..
     monkeypatch.chdir(tmp_path)
     cfg = _load("data.blend=work/blend/blend.json", "data.seq_len=16")
-    assert cfg.data.train == ["work/blend/train/web_0000", "work/blend/train/books_0001"]
+    assert cfg.data.train == ["work/blend/train/web", "work/blend/train/books"]
     cfg.check_cross_sections(1)
 
 
