@@ -201,7 +201,9 @@ def make_plan(inp: PlanInput) -> PlanReport:
         tokens = gpt3_hparams(inp.model)["batch_tokens"] if inp.model in GPT3_TABLE else per_step * s
         gb = max(per_step, (tokens // s) // per_step * per_step)
     if gb % (inp.micro_batch * dp):
-        raise PlanError(f"--global-batch={gb} must be a multiple of micro batch x dp = {inp.micro_batch * dp}")
+        raise PlanError(f"global batch {gb} (--global-batch or the config's train.global_batch_size) must be a "
+                        f"multiple of micro batch {inp.micro_batch} x data-parallel ranks {dp} = "
+                        f"{inp.micro_batch * dp} (rule: global batch = micro batch x dp x accumulation steps)")
     tokens_per_step = gb * s
     model_flops = 6 * total + 12 * L * h * s
     hw_flops = model_flops * (4 / 3 if inp.activation_checkpointing else 1)
