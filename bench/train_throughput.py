@@ -231,7 +231,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU: checks that the script works")
     ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     ap.add_argument("--sizes", nargs="+", default=["gpt3-small", "gpt3-medium", "gpt3-xl", "gpt3-2.7b"])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=None, choices=VARIANTS,
+                    help="default: all; on a CPU all but mnemos-fast-cudnn (cuDNN attention needs CUDA)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (GPU 45, smoke 10)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed first steps, compilation included (GPU 5, smoke 2)")
     ap.add_argument("--micro-batch", type=int, default=None, help="sequences per step (default per size)")
@@ -250,6 +251,8 @@ def main(argv=None) -> int:
             device = torch.device("cpu")
     elif device.type != "cuda":
         ap.error("the GPT-3 sizes are for a GPU; on a CPU use --smoke")
+    if args.variants is None:
+        args.variants = [v for v in VARIANTS if device.type == "cuda" or not v.endswith("cudnn")]
     args.steps = args.steps or (10 if args.smoke else 45)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 5)
     args.loss_chunk_tokens = args.loss_chunk_tokens or (96 if args.smoke else 8192)

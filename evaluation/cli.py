@@ -221,6 +221,9 @@ def main(args) -> int:
         run_dir = ck if (ck / "config.yaml").exists() else ck.parent.parent if (ck.parent.parent / "config.yaml").exists() else None
         default_out = (run_dir / "results" / "eval") if run_dir else Path("eval_results")
     out = Path(args.out) if args.out else default_out
+    if (out / "results.json").exists():
+        print(f"mnemos eval: {out} holds an earlier evaluation; its report is replaced (--out DIR keeps it)",
+              file=sys.stderr)
     max_length = args.max_length
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     trained = run_config.data.seq_len if run_config is not None else None

@@ -140,8 +140,10 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
     pct = {n: s for n, s in series.items() if _percent(s[3])}
     if pct:
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+        labels = {name: results["tasks"][name].get("paper_name") or name for name in pct}
+        shared = {label for label in labels.values() if list(labels.values()).count(label) > 1}
         for name, (ks, vals, errs, m) in pct.items():
-            label = results["tasks"][name].get("paper_name") or name
+            label = f"{labels[name]} ({name})" if labels[name] in shared else labels[name]  # two tasks, one paper name
             ax.errorbar(ks, vals, yerr=errs, marker="o", capsize=3, label=label)
         allk = sorted({k for s in pct.values() for k in s[0]})
         _shots_axis(ax, allk)
@@ -160,20 +162,35 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
 
 
 def write_reports(results: dict, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write results.json, results.md, plots/ and samples_*.jsonl into `out_dir`, replacing an earlier report
+    there whole: its plots and samples of tasks this one lacks are removed, so every file in OUT describes
+    the one evaluation results.json records (the request cache stays)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = set(out.glob("samples_*.jsonl")) | set((out / "plots").glob("*.png"))
     res = dict(results)
     samples = res.pop("samples", None)
+    written = []
     if samples:
         for task, by_k in samples.items():
-            with open(out / f"samples_{task}.jsonl", "w", encoding="utf-8") as f:
+            written.append(out / f"samples_{task}.jsonl")
+            with open(written[-1], "w", encoding="utf-8") as f:
                 for k, rows in by_k.items():
                     for r in rows:
                         f.write(json.dumps({"shots": k, **r}, default=_json_default) + "\n")
     plots = plot(res, out)
+    for stale in earlier - set(written) - set(plots):
+        stale.unlink()
     res["files"] = {"json": str(out / "results.json"), "markdown": str(out / "results.md"),
                     "plots": [str(p) for p in plots]}
-    (out / "results.json").write_text(json.dumps(_clean_nans(res), indent=2, default=_json_default) + "\n")
-    (out / "results.md").write_text(markdown(res))
+    _write_text(out / "results.json", json.dumps(_clean_nans(res), indent=2, default=_json_default) + "\n")
+    _write_text(out / "results.md", markdown(res))
     results["files"] = res["files"]
     return res["files"]
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Through a temporary name, so an interrupted write leaves the earlier file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

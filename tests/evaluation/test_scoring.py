@@ -29,6 +29,22 @@ def test_released_arithmetic_oracle_100_uniform_chance(shared_data, tmp_path):
     assert "2D+" in (tmp_path / "oracle" / "results.md").read_text()
 
 
+def test_a_second_evaluation_into_the_same_out_replaces_the_report_whole(shared_data, tmp_path):
+    """Plots and samples of tasks the new report lacks were left beside it, describing another evaluation."""
+    out = tmp_path / "eval"
+    run_eval(DummyLM("oracle"), ["gpt3_arithmetic_2da", "gpt3_arithmetic_2ds"], [0], out, data_dir=shared_data,
+             limit=5, log_samples=True)
+    assert (out / "plots" / "gpt3_arithmetic_2ds.png").exists() and (out / "samples_gpt3_arithmetic_2ds.jsonl").exists()
+    (out / "notes.txt").write_text("mine")
+    files = run_eval(DummyLM("oracle"), ["gpt3_arithmetic_2da", "arithmetic_2da"], [0], out, data_dir=shared_data,
+                     limit=5)["files"]
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["arithmetic_2da.png", "gpt3_arithmetic_2da.png",
+                                                                "overview.png"]
+    assert sorted(map(str, (out / "plots").iterdir())) == sorted(files["plots"])
+    assert not list(out.glob("samples_*.jsonl")) and (out / "notes.txt").read_text() == "mine"
+    assert set(json.loads((out / "results.json").read_text())["results"]) == {"gpt3_arithmetic_2da", "arithmetic_2da"}
+
+
 def test_generated_arithmetic_by_generation_exact_match(tiny_lm):
     oracle = run_eval(DummyLM("oracle"), ["arithmetic_gen"], [0, 2], None, limit=100)
     assert all(e["exact_match"] == 1.0 for by_k in oracle["results"].values() for e in by_k.values())
