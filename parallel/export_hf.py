@@ -6,7 +6,8 @@ consolidated PyTorch state dict.
   `tokenizer_config.json`, which `AutoTokenizer` loads with the ids mnemos trained on (BERT: with
   `[CLS] A [SEP] B [SEP]` and token type ids), and `tokenizer.model`, the sentencepiece file.
 - `import_hf(hf_dir, cfg)`: an HF GPT-2 / BERT directory -> a step-0 universal checkpoint in
-  `cfg.run_dir/checkpoints`, so `mnemos train` starts from those weights (fresh optimizer).
+  `cfg.run_dir/checkpoints`, so `mnemos train` starts from those weights (fresh optimizer). The run
+  directory must hold no checkpoint yet: training resumes from the newest one, never from step 0.
 - `export_torch(ckpt, out_file)`: `{name: fp32 tensor}` for `torch.load(weights_only=True)` +
   `load_state_dict` on mnemos' own model classes, no DeepSpeed needed.
 
@@ -231,9 +232,16 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
     starts from them (same data stream, fresh optimizer). The run config's model must match the HF one,
     and its tokenizer the weights' (`check_same_tokenizer`)."""
     from launcher.config import ConfigError
-    from parallel.manifest import write_latest, step_dirname
+    from parallel.manifest import list_checkpoints, write_latest, step_dirname
     from parallel.reshard import FullState, write_universal
 
+    root = Path(cfg.run_dir) / "checkpoints"
+    held = list_checkpoints(root)
+    if held:  # `mnemos train` resumes from the newest of them and would never read the imported step 0
+        names = ", ".join(p.name for p in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ConfigError(f"run_dir={cfg.run_dir!r} already holds checkpoints ({names} in {root}); `mnemos train` "
+                          f"would resume from the newest, not from the imported weights (rule: import into a fresh "
+                          f"run directory: --set run_dir=NEW_DIR)")
     check_same_tokenizer(Path(hf_dir), cfg.data.tokenizer, new_tokenizer)
     sd, fields = read_hf_dir(hf_dir)
     now = cfg.model.model_dump(mode="json")
@@ -255,10 +263,7 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
     client = {"trainer": {"step": 0, "consumed_samples": 0, "consumed_tokens": 0},
               "sampler": {"consumed_samples": 0, "num_samples": n_samples, "seed": cfg.data.seed},
               "config": cfg.model_dump(mode="json"), "history": {"train_loss": [], "valid": []}}
-    root = Path(cfg.run_dir) / "checkpoints"
     out = root / step_dirname(0)
-    if out.exists():
-        raise ExportError(f"{out} exists; import into a fresh run directory")
     write_universal(FullState(fp32={n: sd[n] for n in names}, client=client), out,
                     meta={"imported_from": str(hf_dir)})
     write_latest(root, out.name)

@@ -133,6 +133,40 @@ def test_import_refuses_weights_of_another_tokenizer(tmp_path, shards, bert_toke
     assert (tmp_path / "run" / "checkpoints" / "step_00000000").is_dir()
 
 
+def _gpt2_dir(path, vocab_size):
+    """A transformers GPT-2 directory shaped like write_config's model (n_ctx 32), without a tokenizer."""
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32,
+                                                         vocab_size=vocab_size)).save_pretrained(path)
+    return path
+
+
+def test_import_refuses_a_run_dir_that_holds_checkpoints(tmp_path, shards, capsys):
+    """`mnemos train` resumes from the newest checkpoint: a step 0 imported beside steps 30..40 would never be
+    read, so import-hf stops in one line and writes nothing."""
+    from launcher.cli import main
+    hf_dir = _gpt2_dir(tmp_path / "hf", shards["vocab_size"])
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "yaml_run", shards, model={"n_ctx": 32}, data={"seq_len": 32})
+    ckpts = tmp_path / "run" / "checkpoints"
+    for step in (30, 35, 40):
+        (ckpts / f"step_{step:08d}").mkdir(parents=True)
+    (ckpts / "latest").write_text("step_00000040\n")
+    before = sorted(p.name for p in ckpts.iterdir())
+    capsys.readouterr()
+    rc = main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg), "--set", f"run_dir={tmp_path / 'run'}"])
+    out = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in out.err and out.out == ""
+    err = [line for line in out.err.splitlines() if line.startswith("mnemos:")]
+    assert len(err) == 1, out.err
+    assert "already holds checkpoints (step_00000040, step_00000035, step_00000030" in err[0]
+    assert "rule: import into a fresh run directory" in err[0]
+    assert sorted(p.name for p in ckpts.iterdir()) == before
+    assert (ckpts / "latest").read_text() == "step_00000040\n"
+    # an import that succeeded is a checkpoint too: importing again is refused the same way
+    assert main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg)]) == 0
+    assert main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg)]) == 2
+    assert "already holds checkpoints (step_00000000" in capsys.readouterr().err
+
+
 def test_bert_export_loads_as_bert_for_pretraining_with_same_logits(tmp_path, shards, bert_tokenizer):
     from parallel.export_hf import export_hf, read_hf_dir
     model, ckpt = _bert_checkpoint(tmp_path, shards, bert_tokenizer)
