@@ -220,8 +220,16 @@ def cmd_import_hf(args) -> int:
     from parallel.export_hf import import_hf
     cfg = load_config(args.config, args.overrides)
     out = import_hf(args.hf_dir, cfg, args.new_tokenizer)
-    print(f"wrote {out}; `mnemos train {args.config}` starts from these weights")
+    print(f"wrote {out}; `{train_command(args.config, args.overrides)}` starts from these weights")
     return 0
+
+
+def train_command(config: str, overrides: list[str]) -> str:
+    """The `mnemos train` line that trains the run import-hf wrote: the same config and --set overrides (run_dir
+    among them), shell-quoted so it can be pasted as printed."""
+    import shlex
+    words = ["mnemos", "train", config] + [w for o in overrides for w in ("--set", o)]
+    return shlex.join(words)
 
 
 def cmd_export_torch(args) -> int:

@@ -167,6 +167,31 @@ def test_import_refuses_a_run_dir_that_holds_checkpoints(tmp_path, shards, capsy
     assert "already holds checkpoints (step_00000000" in capsys.readouterr().err
 
 
+def test_import_prints_the_train_command_with_the_overrides(tmp_path, shards, capsys):
+    """The printed next step trains the run that was written: --set run_dir=X (and every other override) kept,
+    shell-quoted, so pasting it does not train the YAML's own run_dir."""
+    import shlex
+
+    from launcher.cli import main
+    from launcher.config import load_config
+    hf_dir = _gpt2_dir(tmp_path / "hf", shards["vocab_size"])
+    cfg = write_config(tmp_path / "my run.yaml", tmp_path / "yaml_run", shards, model={"n_ctx": 32},
+                       data={"seq_len": 32})
+    run_dir = tmp_path / "imported run"
+    sets = [f"run_dir={run_dir}", "optim.lr=3e-4"]
+    capsys.readouterr()
+    assert main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg), *[w for s in sets for w in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    want = shlex.join(["mnemos", "train", str(cfg), "--set", sets[0], "--set", sets[1]])
+    assert f"wrote {run_dir / 'checkpoints' / 'step_00000000'}; `{want}` starts from these weights" in out, out
+    # the printed words, parsed back as a shell would, configure exactly the run that was written
+    words = shlex.split(out.split("`")[1])
+    assert words[:2] == ["mnemos", "train"]
+    again = load_config(words[2], words[4::2])
+    assert again.run_dir == str(run_dir) and again.optim.lr == 3e-4
+    assert not (tmp_path / "yaml_run").exists()
+
+
 def test_bert_export_loads_as_bert_for_pretraining_with_same_logits(tmp_path, shards, bert_tokenizer):
     from parallel.export_hf import export_hf, read_hf_dir
     model, ckpt = _bert_checkpoint(tmp_path, shards, bert_tokenizer)
