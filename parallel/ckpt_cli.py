@@ -233,7 +233,8 @@ def train_command(config: str, overrides: list[str]) -> str:
 
 
 def cmd_export_torch(args) -> int:
-    from parallel.export_hf import export_torch
+    from parallel.export_hf import export_torch, torch_config_path
     out = export_torch(_resolve_valid(args.dir), args.out)
-    print(f"wrote {out} (torch.load(..., weights_only=True) + model.load_state_dict)")
+    print(f"wrote {out} (model.load_state_dict(torch.load(..., weights_only=True))) and {torch_config_path(out)} "
+          f"(the run config: its \"model\" section is the ModelConfig to build the model with)")
     return 0

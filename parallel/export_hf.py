@@ -9,7 +9,10 @@ consolidated PyTorch state dict.
   `cfg.run_dir/checkpoints`, so `mnemos train` starts from those weights (fresh optimizer). The run
   directory must hold no checkpoint yet: training resumes from the newest one, never from step 0.
 - `export_torch(ckpt, out_file)`: `{name: fp32 tensor}` for `torch.load(weights_only=True)` +
-  `load_state_dict` on mnemos' own model classes, no DeepSpeed needed.
+  `load_state_dict` (strict) on mnemos' own model classes, no DeepSpeed needed: every key of the
+  model's `state_dict()`, the tied output weights (`lm_head.weight`, BERT's `mlm.decoder.weight`)
+  included as the embedding tensor itself (stored once). Beside it, `OUT.config.json`: the run config,
+  whose `model` section builds the model.
 
 Weight maps: GPT uses `evaluation.hf` (Linear weights transposed to GPT-2's Conv1D, q|k|v order kept);
 BERT uses `model.bert.to_hf_state_dict` / `from_hf_state_dict`.
@@ -156,17 +159,49 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer: str | Path | Non
     return out
 
 
+def torch_config_path(out_file: str | Path) -> Path:
+    """Where `export_torch` writes the run config beside OUT (model.pt -> model.config.json)."""
+    return Path(out_file).with_suffix(".config.json")
+
+
+def model_state_dict(sd: dict[str, torch.Tensor], model_cfg) -> dict[str, torch.Tensor]:
+    """`sd` (checkpoints store a tied weight once, under the embedding's name) keyed exactly as the model's own
+    `state_dict()`, so `model.load_state_dict(...)` loads it with strict=True: a tied name gets the very tensor
+    of the name it shares its parameter with (torch.save then stores it once)."""
+    from parallel.build import model_class
+    with torch.device("meta"):
+        model = model_class(model_cfg.arch)(model_cfg)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out, missing = {}, []
+    for name in model.state_dict():
+        # the names of one parameter, first-registered first (wte.weight before lm_head.weight)
+        names = [n for n, p in params.items() if p is params[name]] if name in params else [name]
+        source = next((n for n in names if n in sd), None)
+        if source is None:
+            missing.append(name)
+        else:
+            out[name] = sd[source]
+    unexpected = sorted(set(sd) - set(out))
+    if missing or unexpected:
+        raise ExportError(f"checkpoint does not match the {type(model).__name__} model: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+    return out
+
+
 def export_torch(ckpt: str | Path, out_file: str | Path) -> Path:
-    """Consolidated fp32 state dict (`torch.load(weights_only=True)`-loadable) + its config as JSON."""
+    """Consolidated fp32 state dict (`torch.load(weights_only=True)` + strict `load_state_dict`) + the run config
+    as JSON beside it (`torch_config_path`)."""
     from launcher.inference import consolidated_state_dict
     sd, cfg = consolidated_state_dict(ckpt)
+    full = model_state_dict(sd, cfg.model)
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     # temporary names, then renames: a failed export leaves a file already at OUT as it was
-    config = out.with_suffix(".config.json")
+    config = torch_config_path(out)
     tmp, config_tmp = out.with_name(f".{out.name}.tmp"), config.with_name(f".{config.name}.tmp")
+    copies: dict[int, torch.Tensor] = {}  # one copy per tensor: a tied weight stays one tensor in the file
     try:
-        torch.save({k: v.contiguous().clone() for k, v in sd.items()}, tmp)
+        torch.save({k: copies.setdefault(id(v), v.contiguous().clone()) for k, v in full.items()}, tmp)
         config_tmp.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
         tmp.replace(out)
         config_tmp.replace(config)

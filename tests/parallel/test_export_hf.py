@@ -236,11 +236,64 @@ def test_consolidated_torch_export_loads_without_deepspeed(tp2_run, tmp_path):
     assert main(["ckpt", "export-torch", str(tp2_run), "--out", str(out)]) == 0
     sd = torch.load(out, weights_only=True)
     cfg = json.loads(out.with_suffix(".config.json").read_text())
-    model = GPT(ModelConfig(**cfg["model"]))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    assert unexpected == [] and set(missing) <= {"lm_head.weight"}
+    model = GPT(ModelConfig(**cfg["model"])).eval()
+    model.load_state_dict(sd)  # strict: the tied lm_head.weight is in the file
     assert all(v.dtype == torch.float32 for v in sd.values())
     assert sd["blocks.0.attn.qkv.weight"].shape == (3 * 64, 64)  # full, not a TP shard
+    from launcher.inference import load_for_eval
+    ours, _, _ = load_for_eval(tp2_run)
+    idx = torch.randint(0, cfg["model"]["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(idx), ours(idx))
+
+
+def _gpt_checkpoint(tmp_path, shards):
+    """A GPT universal checkpoint straight from the model, the tied lm_head stored once as a training save does."""
+    from launcher.config import RunConfig
+    from model.gpt import build_gpt
+    from parallel.reshard import FullState, write_universal
+    cfg = RunConfig(run_dir=str(tmp_path / "gpt"),
+                    model=dict(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=512),
+                    data=dict(tokenizer=shards["tokenizer"], train=[shards["train"]], seq_len=32))
+    model = build_gpt(cfg.model, seed=5)
+    sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    ckpt = write_universal(FullState(fp32=sd, client={"config": cfg.model_dump(mode="json"), "trainer": {"step": 0}}),
+                           tmp_path / "gpt" / "checkpoints" / "step_00000000")
+    return model.eval(), ckpt
+
+
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_torch_export_loads_strictly_into_a_fresh_model_with_identical_logits(tmp_path, shards, bert_tokenizer,
+                                                                             arch, capsys):
+    """What export-torch prints is what works: torch.load(weights_only=True) + a strict load_state_dict into a
+    model built from the model.config.json beside it; the tied output weight is one tensor in the file."""
+    from launcher.cli import main
+    from launcher.config import ModelConfig
+    from parallel.build import model_class
+    ref, ckpt = _gpt_checkpoint(tmp_path, shards) if arch == "gpt" else _bert_checkpoint(tmp_path, shards,
+                                                                                          bert_tokenizer)
+    out = tmp_path / "model.pt"
+    capsys.readouterr()
+    assert main(["ckpt", "export-torch", str(ckpt.parents[1]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (model.load_state_dict(torch.load(..., weights_only=True)))" in printed, printed
+    assert f"and {tmp_path / 'model.config.json'} (the run config" in printed, printed
+    sd = torch.load(out, weights_only=True)
+    cfg = json.loads((tmp_path / "model.config.json").read_text())
+    model = model_class(arch)(ModelConfig(**cfg["model"]))
+    model.load_state_dict(sd)  # strict=True
+    model.eval()
+    tied, embedding = (("lm_head.weight", "wte.weight") if arch == "gpt"
+                       else ("mlm.decoder.weight", "bert.wte.weight"))
+    assert sd[tied].data_ptr() == sd[embedding].data_ptr()  # stored once
+    ids = torch.randint(5, 512, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        if arch == "gpt":
+            assert torch.equal(model(ids), ref(ids))
+        else:
+            types, mask = torch.zeros_like(ids), torch.ones_like(ids)
+            for a, b in zip(model(ids, types, mask), ref(ids, types, mask)):
+                assert torch.equal(a, b)
 
 
 def test_a_bert_tokenizer_without_bert_pieces_is_refused_before_writing(tmp_path, shards, capsys):
