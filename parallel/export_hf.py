@@ -31,7 +31,9 @@ log = logging.getLogger("mnemos.export")
 
 
 class ExportError(RuntimeError):
-    pass
+    """What the user asked to export or import cannot be (an HF directory mnemos cannot read, weights that do not
+    fit the run's model): `mnemos ckpt` prints it in one line and exits 2. A checkpoint that does not match its own
+    model is a bug instead, raised as a plain RuntimeError."""
 
 
 # ---- GPT <-> GPT-2 --------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ def hf_model_from_state(sd: dict[str, torch.Tensor], model_cfg):
     missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
     missing = [k for k in missing if not k.endswith(ignore)]
     if missing or unexpected:
-        raise ExportError(f"{type(hf).__name__} export mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(f"{type(hf).__name__} export mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     hf.tie_weights()
     return hf.eval()
 
@@ -183,8 +185,8 @@ def model_state_dict(sd: dict[str, torch.Tensor], model_cfg) -> dict[str, torch.
             out[name] = sd[source]
     unexpected = sorted(set(sd) - set(out))
     if missing or unexpected:
-        raise ExportError(f"checkpoint does not match the {type(model).__name__} model: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}")
+        raise RuntimeError(f"checkpoint does not match the {type(model).__name__} model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
     return out
 
 
@@ -213,16 +215,34 @@ def export_torch(ckpt: str | Path, out_file: str | Path) -> Path:
 
 # ---- import ----------------------------------------------------------------------------------------
 
+def read_hf_config(hf_dir: str | Path) -> dict:
+    """The config.json of a transformers directory with safetensors weights; FileNotFoundError / ExportError in one
+    line when `hf_dir` is none (a mnemos run or checkpoint directory is not: export-hf makes one from it)."""
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        error = NotADirectoryError if hf_dir.exists() else FileNotFoundError
+        raise error(f"{hf_dir}: {'not a' if hf_dir.exists() else 'no such'} directory (expected a transformers GPT-2 "
+                    f"or BERT directory)")
+    if not (hf_dir / "config.json").is_file():
+        mnemos = any((hf_dir / name).exists() for name in ("checkpoints", "manifest.json"))
+        raise ExportError(f"{hf_dir} is not a transformers directory (no config.json)"
+                          + ("; it is a mnemos run or checkpoint: `mnemos ckpt export-hf` turns it into one"
+                             if mnemos else ""))
+    if not any(hf_dir.glob("*.safetensors")):
+        raise ExportError(f"{hf_dir}: no *.safetensors weights (pickled pytorch_model.bin is not loaded: it could "
+                          f"execute code; convert it to safetensors first)")
+    try:
+        return json.loads((hf_dir / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{hf_dir / 'config.json'} is not valid JSON: {err}") from None
+
+
 def read_hf_dir(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(mnemos-named fp32 state dict, mnemos model fields) from an HF GPT-2 / BERT directory."""
     from safetensors.torch import load_file
     hf_dir = Path(hf_dir)
-    config = json.loads((hf_dir / "config.json").read_text())
-    fields = model_fields_from_hf(config)
+    fields = model_fields_from_hf(read_hf_config(hf_dir))
     files = sorted(hf_dir.glob("*.safetensors"))
-    if not files:
-        raise ExportError(f"{hf_dir}: no *.safetensors weights (pickled pytorch_model.bin is not loaded: it could "
-                          f"execute code; convert it to safetensors first)")
     hf = {}
     for f in files:
         hf.update(load_file(str(f)))
@@ -277,6 +297,7 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
         raise ConfigError(f"run_dir={cfg.run_dir!r} already holds checkpoints ({names} in {root}); `mnemos train` "
                           f"would resume from the newest, not from the imported weights (rule: import into a fresh "
                           f"run directory: --set run_dir=NEW_DIR)")
+    model_fields_from_hf(read_hf_config(hf_dir))  # an HF directory mnemos can read, before the tokenizer check
     check_same_tokenizer(Path(hf_dir), cfg.data.tokenizer, new_tokenizer)
     sd, fields = read_hf_dir(hf_dir)
     now = cfg.model.model_dump(mode="json")
