@@ -320,4 +320,8 @@ def test_a_model_transformers_cannot_hold_is_refused_in_one_line(tmp_path, shard
     assert main(["ckpt", "export-hf", str(tmp_path / "gpt"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mnemos ckpt export-hf: model.attn_pattern='alternating'") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    # how to get a model that exports: the setting to train with, and what works for this checkpoint
+    assert "train a run that is to be exported with model.attn_pattern=dense (--set model.attn_pattern=dense" in err
+    assert "`mnemos ckpt export-torch`" in err
     assert not (tmp_path / "hf").exists()
