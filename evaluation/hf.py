@@ -23,8 +23,12 @@ log = logging.getLogger(__name__)
 def hf_config(cfg) -> Any:
     from transformers import GPT2Config
     if cfg.attn_pattern == "alternating" and cfg.local_window < cfg.n_ctx:
-        raise ValueError("model.attn_pattern='alternating' (locally banded layers) has no GPT-2 equivalent in "
-                         "transformers; export only dense-attention models (or local_window >= n_ctx)")
+        raise ValueError(f"model.attn_pattern='alternating' with model.local_window={cfg.local_window} < "
+                         f"n_ctx={cfg.n_ctx} (locally banded layers, the GPT-3 presets' default) has no GPT-2 "
+                         f"equivalent in transformers (rule: only dense-attention models export to GPT2LMHeadModel); "
+                         f"the pattern is fixed when training starts, so train a run that is to be exported with "
+                         f"model.attn_pattern=dense (--set model.attn_pattern=dense, also on a GPT-3 preset). This "
+                         f"checkpoint still works with `mnemos eval` and `mnemos ckpt export-torch`")
     return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layer,
                       n_head=cfg.n_head, n_inner=cfg.ff_width, activation_function="gelu_new",
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.layer_norm_eps,

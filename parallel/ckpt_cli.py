@@ -1,7 +1,11 @@
 """`mnemos ckpt inspect|verify|reshard|export-hf|import-hf|export-torch`: checkpoint tools.
 
 DIR may be a run directory, its checkpoints/ folder or one step_N checkpoint; a run or checkpoints
-folder means its newest checkpoint (inspect and verify look at all of them)."""
+folder means its newest checkpoint (inspect and verify look at all of them).
+
+Errors in what was asked (a DIR that is not there or holds no checkpoint, a --tp the model cannot split, an HF
+directory mnemos cannot read) are one line on stderr and exit code 2, nothing written; verify exits 1 when a
+checkpoint fails its checks."""
 
 from __future__ import annotations
 
@@ -55,17 +59,46 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_export_torch)
 
     ckpt.set_defaults(func=lambda args: (ckpt.print_help(), 2)[1])
+    for action in sub.choices.values():
+        action.set_defaults(func=_one_line_errors(action.get_default("func")))
+
+
+def _one_line_errors(func):
+    """`func` with the ckpt tools' own user errors as one line and exit code 2, no traceback: a target layout the
+    model cannot take (TopologyError) and an export/import that cannot be (ExportError). The errors every command
+    shares (a missing checkpoint, a bad config) are launcher.cli's."""
+    def run(args) -> int:
+        try:
+            return func(args)
+        except _ckpt_errors() as err:  # evaluated only when an exception arrives: no import on success
+            print(f"mnemos ckpt {args.ckpt_command}: {err}", file=sys.stderr)
+            return 2
+    run.__wrapped__ = func
+    return run
+
+
+def _ckpt_errors() -> tuple[type[Exception], ...]:
+    from parallel.export_hf import ExportError
+    from parallel.topology import TopologyError
+    return ExportError, TopologyError
 
 
 def _checkpoints(path: Path) -> list[Path]:
+    """The checkpoints DIR names, newest first; CheckpointNotFound (exit 2, as for the other ckpt commands) when
+    there is none."""
+    from launcher.inference import CheckpointNotFound
     from parallel.manifest import MANIFEST, STEP_DIR, list_checkpoints
+    if not path.is_dir():
+        error = NotADirectoryError if path.exists() else CheckpointNotFound
+        raise error(f"{path}: {'not a' if path.exists() else 'no such'} directory (expected a run directory, its "
+                    f"checkpoints/ or a step_N checkpoint)")
     if (path / MANIFEST).exists() or STEP_DIR.match(path.name):
         return [path]
     for root in (path / "checkpoints", path):
         found = list_checkpoints(root)
         if found:
             return found
-    return []
+    raise CheckpointNotFound(f"no checkpoint under {path} (expected RUN/checkpoints/step_N directories)")
 
 
 def _human(n: int) -> str:
@@ -124,9 +157,6 @@ def _count_params(model_cfg: dict) -> int | None:
 
 def cmd_inspect(args) -> int:
     ckpts = _checkpoints(Path(args.dir))
-    if not ckpts:
-        print(f"mnemos ckpt: no checkpoint under {args.dir}", file=sys.stderr)
-        return 1
     infos = [describe(c) for c in ckpts]
     if args.json:
         print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
@@ -153,9 +183,6 @@ def cmd_inspect(args) -> int:
 def cmd_verify(args) -> int:
     from parallel.manifest import verify
     ckpts = _checkpoints(Path(args.dir))
-    if not ckpts:
-        print(f"mnemos ckpt verify: no checkpoint under {args.dir}", file=sys.stderr)
-        return 1
     bad = 0
     for c in ckpts:
         ok, reason = verify(c)
@@ -181,18 +208,18 @@ def cmd_reshard(args) -> int:
         print(f"mnemos ckpt reshard: {target} exists (rule: the target checkpoint must be new; pick another --out "
               f"or remove it)", file=sys.stderr)
         return 2
-    state = read_full_state(src)
-    if args.tp or args.dp:
-        from launcher.config import build_config
+    if args.tp or args.dp:  # before the (large) read: a layout the model cannot take stops here
+        from launcher.inference import read_run_config
         from parallel.topology import Topology
-        cfg = build_config(state.client["config"])
+        cfg = read_run_config(src)
         tp, dp = args.tp or 1, args.dp or 1
-        Topology(world_size=tp * dp, rank=0, tp=tp).check_model(cfg.model)
+        Topology(world_size=tp * dp, rank=0, tp=tp).check_model(cfg.model)  # TopologyError: one line, exit 2
         per_step = cfg.train.micro_batch_size * dp
         if cfg.train.global_batch_size % per_step:
             print(f"note: train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
                   f"micro_batch_size {cfg.train.micro_batch_size} x dp {dp}; set train.micro_batch_size when "
                   f"resuming (the global batch must stay {cfg.train.global_batch_size} to keep the data stream)")
+    state = read_full_state(src)
     root = target.parent
     out = write_universal(state, target,
                           meta={"resharded_from": str(src), "target_layout": {"tp": args.tp, "dp": args.dp,
@@ -220,12 +247,21 @@ def cmd_import_hf(args) -> int:
     from parallel.export_hf import import_hf
     cfg = load_config(args.config, args.overrides)
     out = import_hf(args.hf_dir, cfg, args.new_tokenizer)
-    print(f"wrote {out}; `mnemos train {args.config}` starts from these weights")
+    print(f"wrote {out}; `{train_command(args.config, args.overrides)}` starts from these weights")
     return 0
 
 
+def train_command(config: str, overrides: list[str]) -> str:
+    """The `mnemos train` line that trains the run import-hf wrote: the same config and --set overrides (run_dir
+    among them), shell-quoted so it can be pasted as printed."""
+    import shlex
+    words = ["mnemos", "train", config] + [w for o in overrides for w in ("--set", o)]
+    return shlex.join(words)
+
+
 def cmd_export_torch(args) -> int:
-    from parallel.export_hf import export_torch
+    from parallel.export_hf import export_torch, torch_config_path
     out = export_torch(_resolve_valid(args.dir), args.out)
-    print(f"wrote {out} (torch.load(..., weights_only=True) + model.load_state_dict)")
+    print(f"wrote {out} (model.load_state_dict(torch.load(..., weights_only=True))) and {torch_config_path(out)} "
+          f"(the run config: its \"model\" section is the ModelConfig to build the model with)")
     return 0

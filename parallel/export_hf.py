@@ -6,9 +6,13 @@ consolidated PyTorch state dict.
   `tokenizer_config.json`, which `AutoTokenizer` loads with the ids mnemos trained on (BERT: with
   `[CLS] A [SEP] B [SEP]` and token type ids), and `tokenizer.model`, the sentencepiece file.
 - `import_hf(hf_dir, cfg)`: an HF GPT-2 / BERT directory -> a step-0 universal checkpoint in
-  `cfg.run_dir/checkpoints`, so `mnemos train` starts from those weights (fresh optimizer).
+  `cfg.run_dir/checkpoints`, so `mnemos train` starts from those weights (fresh optimizer). The run
+  directory must hold no checkpoint yet: training resumes from the newest one, never from step 0.
 - `export_torch(ckpt, out_file)`: `{name: fp32 tensor}` for `torch.load(weights_only=True)` +
-  `load_state_dict` on mnemos' own model classes, no DeepSpeed needed.
+  `load_state_dict` (strict) on mnemos' own model classes, no DeepSpeed needed: every key of the
+  model's `state_dict()`, the tied output weights (`lm_head.weight`, BERT's `mlm.decoder.weight`)
+  included as the embedding tensor itself (stored once). Beside it, `OUT.config.json`: the run config,
+  whose `model` section builds the model.
 
 Weight maps: GPT uses `evaluation.hf` (Linear weights transposed to GPT-2's Conv1D, q|k|v order kept);
 BERT uses `model.bert.to_hf_state_dict` / `from_hf_state_dict`.
@@ -27,7 +31,9 @@ log = logging.getLogger("mnemos.export")
 
 
 class ExportError(RuntimeError):
-    pass
+    """What the user asked to export or import cannot be (an HF directory mnemos cannot read, weights that do not
+    fit the run's model): `mnemos ckpt` prints it in one line and exits 2. A checkpoint that does not match its own
+    model is a bug instead, raised as a plain RuntimeError."""
 
 
 # ---- GPT <-> GPT-2 --------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ def hf_model_from_state(sd: dict[str, torch.Tensor], model_cfg):
     missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
     missing = [k for k in missing if not k.endswith(ignore)]
     if missing or unexpected:
-        raise ExportError(f"{type(hf).__name__} export mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(f"{type(hf).__name__} export mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     hf.tie_weights()
     return hf.eval()
 
@@ -155,17 +161,49 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, tokenizer: str | Path | Non
     return out
 
 
+def torch_config_path(out_file: str | Path) -> Path:
+    """Where `export_torch` writes the run config beside OUT (model.pt -> model.config.json)."""
+    return Path(out_file).with_suffix(".config.json")
+
+
+def model_state_dict(sd: dict[str, torch.Tensor], model_cfg) -> dict[str, torch.Tensor]:
+    """`sd` (checkpoints store a tied weight once, under the embedding's name) keyed exactly as the model's own
+    `state_dict()`, so `model.load_state_dict(...)` loads it with strict=True: a tied name gets the very tensor
+    of the name it shares its parameter with (torch.save then stores it once)."""
+    from parallel.build import model_class
+    with torch.device("meta"):
+        model = model_class(model_cfg.arch)(model_cfg)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out, missing = {}, []
+    for name in model.state_dict():
+        # the names of one parameter, first-registered first (wte.weight before lm_head.weight)
+        names = [n for n, p in params.items() if p is params[name]] if name in params else [name]
+        source = next((n for n in names if n in sd), None)
+        if source is None:
+            missing.append(name)
+        else:
+            out[name] = sd[source]
+    unexpected = sorted(set(sd) - set(out))
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint does not match the {type(model).__name__} model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return out
+
+
 def export_torch(ckpt: str | Path, out_file: str | Path) -> Path:
-    """Consolidated fp32 state dict (`torch.load(weights_only=True)`-loadable) + its config as JSON."""
+    """Consolidated fp32 state dict (`torch.load(weights_only=True)` + strict `load_state_dict`) + the run config
+    as JSON beside it (`torch_config_path`)."""
     from launcher.inference import consolidated_state_dict
     sd, cfg = consolidated_state_dict(ckpt)
+    full = model_state_dict(sd, cfg.model)
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     # temporary names, then renames: a failed export leaves a file already at OUT as it was
-    config = out.with_suffix(".config.json")
+    config = torch_config_path(out)
     tmp, config_tmp = out.with_name(f".{out.name}.tmp"), config.with_name(f".{config.name}.tmp")
+    copies: dict[int, torch.Tensor] = {}  # one copy per tensor: a tied weight stays one tensor in the file
     try:
-        torch.save({k: v.contiguous().clone() for k, v in sd.items()}, tmp)
+        torch.save({k: copies.setdefault(id(v), v.contiguous().clone()) for k, v in full.items()}, tmp)
         config_tmp.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
         tmp.replace(out)
         config_tmp.replace(config)
@@ -177,16 +215,34 @@ def export_torch(ckpt: str | Path, out_file: str | Path) -> Path:
 
 # ---- import ----------------------------------------------------------------------------------------
 
+def read_hf_config(hf_dir: str | Path) -> dict:
+    """The config.json of a transformers directory with safetensors weights; FileNotFoundError / ExportError in one
+    line when `hf_dir` is none (a mnemos run or checkpoint directory is not: export-hf makes one from it)."""
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        error = NotADirectoryError if hf_dir.exists() else FileNotFoundError
+        raise error(f"{hf_dir}: {'not a' if hf_dir.exists() else 'no such'} directory (expected a transformers GPT-2 "
+                    f"or BERT directory)")
+    if not (hf_dir / "config.json").is_file():
+        mnemos = any((hf_dir / name).exists() for name in ("checkpoints", "manifest.json"))
+        raise ExportError(f"{hf_dir} is not a transformers directory (no config.json)"
+                          + ("; it is a mnemos run or checkpoint: `mnemos ckpt export-hf` turns it into one"
+                             if mnemos else ""))
+    if not any(hf_dir.glob("*.safetensors")):
+        raise ExportError(f"{hf_dir}: no *.safetensors weights (pickled pytorch_model.bin is not loaded: it could "
+                          f"execute code; convert it to safetensors first)")
+    try:
+        return json.loads((hf_dir / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{hf_dir / 'config.json'} is not valid JSON: {err}") from None
+
+
 def read_hf_dir(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(mnemos-named fp32 state dict, mnemos model fields) from an HF GPT-2 / BERT directory."""
     from safetensors.torch import load_file
     hf_dir = Path(hf_dir)
-    config = json.loads((hf_dir / "config.json").read_text())
-    fields = model_fields_from_hf(config)
+    fields = model_fields_from_hf(read_hf_config(hf_dir))
     files = sorted(hf_dir.glob("*.safetensors"))
-    if not files:
-        raise ExportError(f"{hf_dir}: no *.safetensors weights (pickled pytorch_model.bin is not loaded: it could "
-                          f"execute code; convert it to safetensors first)")
     hf = {}
     for f in files:
         hf.update(load_file(str(f)))
@@ -231,9 +287,17 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
     starts from them (same data stream, fresh optimizer). The run config's model must match the HF one,
     and its tokenizer the weights' (`check_same_tokenizer`)."""
     from launcher.config import ConfigError
-    from parallel.manifest import write_latest, step_dirname
+    from parallel.manifest import list_checkpoints, write_latest, step_dirname
     from parallel.reshard import FullState, write_universal
 
+    root = Path(cfg.run_dir) / "checkpoints"
+    held = list_checkpoints(root)
+    if held:  # `mnemos train` resumes from the newest of them and would never read the imported step 0
+        names = ", ".join(p.name for p in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ConfigError(f"run_dir={cfg.run_dir!r} already holds checkpoints ({names} in {root}); `mnemos train` "
+                          f"would resume from the newest, not from the imported weights (rule: import into a fresh "
+                          f"run directory: --set run_dir=NEW_DIR)")
+    model_fields_from_hf(read_hf_config(hf_dir))  # an HF directory mnemos can read, before the tokenizer check
     check_same_tokenizer(Path(hf_dir), cfg.data.tokenizer, new_tokenizer)
     sd, fields = read_hf_dir(hf_dir)
     now = cfg.model.model_dump(mode="json")
@@ -255,10 +319,7 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
     client = {"trainer": {"step": 0, "consumed_samples": 0, "consumed_tokens": 0},
               "sampler": {"consumed_samples": 0, "num_samples": n_samples, "seed": cfg.data.seed},
               "config": cfg.model_dump(mode="json"), "history": {"train_loss": [], "valid": []}}
-    root = Path(cfg.run_dir) / "checkpoints"
     out = root / step_dirname(0)
-    if out.exists():
-        raise ExportError(f"{out} exists; import into a fresh run directory")
     write_universal(FullState(fp32={n: sd[n] for n in names}, client=client), out,
                     meta={"imported_from": str(hf_dir)})
     write_latest(root, out.name)

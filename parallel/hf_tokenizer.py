@@ -33,14 +33,21 @@ BERT_INPUT_NAMES = ["input_ids", "token_type_ids", "attention_mask"]
 
 def fast_tokenizer(sp_model: str | Path, bert: bool = False):
     """A `tokenizers.Tokenizer` with the sentencepiece model's ids (see the module docstring)."""
+    from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE, Unigram
     from tokenizers.processors import TemplateProcessing
 
     proto = pb.ModelProto()
-    proto.ParseFromString(Path(sp_model).read_bytes())
+    try:
+        proto.ParseFromString(Path(sp_model).read_bytes())
+    except DecodeError:
+        proto.Clear()
     kinds = pb.ModelProto.SentencePiece
+    if not any(p.type == kinds.UNKNOWN for p in proto.pieces):
+        raise ValueError(f"{sp_model} is not a sentencepiece model (no pieces, or no <unk>); pass the run's "
+                         f"tokenizer.model")
     pieces = [(p.piece, p.score, p.type) for p in proto.pieces]
     unk = next(i for i, (_, _, kind) in enumerate(pieces) if kind == kinds.UNKNOWN)
     byte_fallback = proto.trainer_spec.byte_fallback

@@ -145,3 +145,62 @@ def test_a_failed_torch_export_leaves_the_file_at_out_as_it_was(run, tmp_path, m
         _cli("export-torch", run, "--out", out)
     assert out.read_bytes() == b"an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left behind
+
+
+def _one_line_error(proc, want: str) -> None:
+    """Exit code 2, the reason in one `mnemos...` line, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mnemos")]
+    assert len(lines) == 1 and want in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify", "reshard", "export-hf", "export-torch"])
+@pytest.mark.parametrize("where", ["missing", "missing-step", "file"])
+def test_a_checkpoint_path_that_is_not_there_is_one_line_and_exit_code_2(run, tmp_path, command, where):
+    """Every ckpt command answers a wrong DIR the same way (inspect and verify used to exit 1, and took a
+    step_N name that does not exist for a corrupt checkpoint)."""
+    path = {"missing": tmp_path / "nope", "missing-step": run / "checkpoints" / "step_00000099",
+            "file": run / "checkpoints" / "latest"}[where]
+    out = [] if command in ("inspect", "verify") else ["--out", tmp_path / ("out.pt" if command == "export-torch"
+                                                                           else "out")]
+    proc = _cli(command, path, *out)
+    _one_line_error(proc, str(path))
+    assert proc.stdout == "" and not (tmp_path / "out").exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_inspect_and_verify_of_a_directory_without_checkpoints_exit_2(run, tmp_path):
+    for command in ("inspect", "verify"):
+        _one_line_error(_cli(command, tmp_path), f"no checkpoint under {tmp_path}")
+
+
+@pytest.mark.parametrize("tp", [3, 8])
+def test_reshard_to_a_tp_the_model_cannot_split_is_one_line_and_writes_nothing(run, tmp_path, tp):
+    proc = _cli("reshard", run / "checkpoints" / "step_00000004", "--out", tmp_path / "universal", "--tp", tp)
+    _one_line_error(proc, f"mnemos ckpt reshard: parallel.tp={tp} must divide model.n_head=4 (rule: attention heads")
+    assert not (tmp_path / "universal").exists()
+
+
+def test_import_hf_of_what_is_no_transformers_directory_is_one_line(run, tmp_path):
+    """A mnemos run, a file, a directory without safetensors or of another model type: exit 2, nothing written."""
+    config = run.parent / "c.yaml"
+    target = ["--config", config, "--set", f"run_dir={tmp_path / 'new_run'}"]
+    _one_line_error(_cli("import-hf", run, *target),
+                    f"{run} is not a transformers directory (no config.json); it is a mnemos run or checkpoint")
+    _one_line_error(_cli("import-hf", config, *target), f"{config}: not a directory")
+    _one_line_error(_cli("import-hf", tmp_path / "nope", *target), f"{tmp_path / 'nope'}: no such directory")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"pickled")
+    _one_line_error(_cli("import-hf", tmp_path / "bin", *target), "no *.safetensors weights")
+    (tmp_path / "bin" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "bin" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    _one_line_error(_cli("import-hf", tmp_path / "bin", *target),
+                    "mnemos ckpt import-hf: model_type='llama': only gpt2 and bert directories can be imported")
+    assert not (tmp_path / "new_run").exists()
+
+
+def test_export_hf_with_a_tokenizer_that_is_no_sentencepiece_model_is_one_line(run, tmp_path):
+    proc = _cli("export-hf", run, "--out", tmp_path / "hf", "--tokenizer", run.parent / "c.yaml")
+    _one_line_error(proc, "c.yaml is not a sentencepiece model")
+    assert not (tmp_path / "hf").exists()

@@ -133,6 +133,65 @@ def test_import_refuses_weights_of_another_tokenizer(tmp_path, shards, bert_toke
     assert (tmp_path / "run" / "checkpoints" / "step_00000000").is_dir()
 
 
+def _gpt2_dir(path, vocab_size):
+    """A transformers GPT-2 directory shaped like write_config's model (n_ctx 32), without a tokenizer."""
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32,
+                                                         vocab_size=vocab_size)).save_pretrained(path)
+    return path
+
+
+def test_import_refuses_a_run_dir_that_holds_checkpoints(tmp_path, shards, capsys):
+    """`mnemos train` resumes from the newest checkpoint: a step 0 imported beside steps 30..40 would never be
+    read, so import-hf stops in one line and writes nothing."""
+    from launcher.cli import main
+    hf_dir = _gpt2_dir(tmp_path / "hf", shards["vocab_size"])
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "yaml_run", shards, model={"n_ctx": 32}, data={"seq_len": 32})
+    ckpts = tmp_path / "run" / "checkpoints"
+    for step in (30, 35, 40):
+        (ckpts / f"step_{step:08d}").mkdir(parents=True)
+    (ckpts / "latest").write_text("step_00000040\n")
+    before = sorted(p.name for p in ckpts.iterdir())
+    capsys.readouterr()
+    rc = main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg), "--set", f"run_dir={tmp_path / 'run'}"])
+    out = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in out.err and out.out == ""
+    err = [line for line in out.err.splitlines() if line.startswith("mnemos:")]
+    assert len(err) == 1, out.err
+    assert "already holds checkpoints (step_00000040, step_00000035, step_00000030" in err[0]
+    assert "rule: import into a fresh run directory" in err[0]
+    assert sorted(p.name for p in ckpts.iterdir()) == before
+    assert (ckpts / "latest").read_text() == "step_00000040\n"
+    # an import that succeeded is a checkpoint too: importing again is refused the same way
+    assert main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg)]) == 0
+    assert main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg)]) == 2
+    assert "already holds checkpoints (step_00000000" in capsys.readouterr().err
+
+
+def test_import_prints_the_train_command_with_the_overrides(tmp_path, shards, capsys):
+    """The printed next step trains the run that was written: --set run_dir=X (and every other override) kept,
+    shell-quoted, so pasting it does not train the YAML's own run_dir."""
+    import shlex
+
+    from launcher.cli import main
+    from launcher.config import load_config
+    hf_dir = _gpt2_dir(tmp_path / "hf", shards["vocab_size"])
+    cfg = write_config(tmp_path / "my run.yaml", tmp_path / "yaml_run", shards, model={"n_ctx": 32},
+                       data={"seq_len": 32})
+    run_dir = tmp_path / "imported run"
+    sets = [f"run_dir={run_dir}", "optim.lr=3e-4"]
+    capsys.readouterr()
+    assert main(["ckpt", "import-hf", str(hf_dir), "--config", str(cfg), *[w for s in sets for w in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    want = shlex.join(["mnemos", "train", str(cfg), "--set", sets[0], "--set", sets[1]])
+    assert f"wrote {run_dir / 'checkpoints' / 'step_00000000'}; `{want}` starts from these weights" in out, out
+    # the printed words, parsed back as a shell would, configure exactly the run that was written
+    words = shlex.split(out.split("`")[1])
+    assert words[:2] == ["mnemos", "train"]
+    again = load_config(words[2], words[4::2])
+    assert again.run_dir == str(run_dir) and again.optim.lr == 3e-4
+    assert not (tmp_path / "yaml_run").exists()
+
+
 def test_bert_export_loads_as_bert_for_pretraining_with_same_logits(tmp_path, shards, bert_tokenizer):
     from parallel.export_hf import export_hf, read_hf_dir
     model, ckpt = _bert_checkpoint(tmp_path, shards, bert_tokenizer)
@@ -177,11 +236,64 @@ def test_consolidated_torch_export_loads_without_deepspeed(tp2_run, tmp_path):
     assert main(["ckpt", "export-torch", str(tp2_run), "--out", str(out)]) == 0
     sd = torch.load(out, weights_only=True)
     cfg = json.loads(out.with_suffix(".config.json").read_text())
-    model = GPT(ModelConfig(**cfg["model"]))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    assert unexpected == [] and set(missing) <= {"lm_head.weight"}
+    model = GPT(ModelConfig(**cfg["model"])).eval()
+    model.load_state_dict(sd)  # strict: the tied lm_head.weight is in the file
     assert all(v.dtype == torch.float32 for v in sd.values())
     assert sd["blocks.0.attn.qkv.weight"].shape == (3 * 64, 64)  # full, not a TP shard
+    from launcher.inference import load_for_eval
+    ours, _, _ = load_for_eval(tp2_run)
+    idx = torch.randint(0, cfg["model"]["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(idx), ours(idx))
+
+
+def _gpt_checkpoint(tmp_path, shards):
+    """A GPT universal checkpoint straight from the model, the tied lm_head stored once as a training save does."""
+    from launcher.config import RunConfig
+    from model.gpt import build_gpt
+    from parallel.reshard import FullState, write_universal
+    cfg = RunConfig(run_dir=str(tmp_path / "gpt"),
+                    model=dict(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=512),
+                    data=dict(tokenizer=shards["tokenizer"], train=[shards["train"]], seq_len=32))
+    model = build_gpt(cfg.model, seed=5)
+    sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    ckpt = write_universal(FullState(fp32=sd, client={"config": cfg.model_dump(mode="json"), "trainer": {"step": 0}}),
+                           tmp_path / "gpt" / "checkpoints" / "step_00000000")
+    return model.eval(), ckpt
+
+
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_torch_export_loads_strictly_into_a_fresh_model_with_identical_logits(tmp_path, shards, bert_tokenizer,
+                                                                             arch, capsys):
+    """What export-torch prints is what works: torch.load(weights_only=True) + a strict load_state_dict into a
+    model built from the model.config.json beside it; the tied output weight is one tensor in the file."""
+    from launcher.cli import main
+    from launcher.config import ModelConfig
+    from parallel.build import model_class
+    ref, ckpt = _gpt_checkpoint(tmp_path, shards) if arch == "gpt" else _bert_checkpoint(tmp_path, shards,
+                                                                                          bert_tokenizer)
+    out = tmp_path / "model.pt"
+    capsys.readouterr()
+    assert main(["ckpt", "export-torch", str(ckpt.parents[1]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (model.load_state_dict(torch.load(..., weights_only=True)))" in printed, printed
+    assert f"and {tmp_path / 'model.config.json'} (the run config" in printed, printed
+    sd = torch.load(out, weights_only=True)
+    cfg = json.loads((tmp_path / "model.config.json").read_text())
+    model = model_class(arch)(ModelConfig(**cfg["model"]))
+    model.load_state_dict(sd)  # strict=True
+    model.eval()
+    tied, embedding = (("lm_head.weight", "wte.weight") if arch == "gpt"
+                       else ("mlm.decoder.weight", "bert.wte.weight"))
+    assert sd[tied].data_ptr() == sd[embedding].data_ptr()  # stored once
+    ids = torch.randint(5, 512, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        if arch == "gpt":
+            assert torch.equal(model(ids), ref(ids))
+        else:
+            types, mask = torch.zeros_like(ids), torch.ones_like(ids)
+            for a, b in zip(model(ids, types, mask), ref(ids, types, mask)):
+                assert torch.equal(a, b)
 
 
 def test_a_bert_tokenizer_without_bert_pieces_is_refused_before_writing(tmp_path, shards, capsys):
@@ -208,4 +320,8 @@ def test_a_model_transformers_cannot_hold_is_refused_in_one_line(tmp_path, shard
     assert main(["ckpt", "export-hf", str(tmp_path / "gpt"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mnemos ckpt export-hf: model.attn_pattern='alternating'") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    # how to get a model that exports: the setting to train with, and what works for this checkpoint
+    assert "train a run that is to be exported with model.attn_pattern=dense (--set model.attn_pattern=dense" in err
+    assert "`mnemos ckpt export-torch`" in err
     assert not (tmp_path / "hf").exists()
