@@ -181,6 +181,9 @@ class Trainer:
                                       keep_every_steps=cfg.checkpoint.keep_every_steps,
                                       async_finalize=cfg.checkpoint.async_finalize)
         self.state = TrainState()
+        # The step of the newest checkpoint this process saved or loaded (its manifest verified): a step
+        # directory merely present may be a corrupt one that the resume skipped.
+        self.checkpointed_step: int | None = None
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.logging.tensorboard, cfg.train.max_steps,
                                 progress=cfg.logging.progress == "line")
         self.stop = _StopFlag()
@@ -245,6 +248,7 @@ class Trainer:
                            "data": self.cfg.data.model_dump(mode="json", include=set(SAMPLE_ORDER_FIELDS))},
                 "data_files": self.data_files}
         path = self.ckpt.save(self.engine, self.state.step, self.client_state(), self.rank_state(), meta)
+        self.checkpointed_step = self.state.step
         self.bad_since_checkpoint = 0
         if self.is_main:
             log.info("saved checkpoint %s in %.1fs", path, time.time() - t0)
@@ -278,6 +282,7 @@ class Trainer:
         self.history = client.get("history", self.history)
         self.guard.load_state_dict(client.get("loss_guard", {}))
         self.faults_seen = dict(client.get("faults", {}))
+        self.checkpointed_step = self.state.step
         same_layout = manifest.get("world_size") == self.world and manifest.get("tp") == self.topology.tp
         if rank_state is not None and same_layout:
             set_rng_state(rank_state["rng"])
@@ -399,6 +404,7 @@ class Trainer:
         client, _ = self.ckpt.load(self.engine, Path(box[0]))
         skipped = position["consumed_samples"] - client["sampler"]["consumed_samples"]
         self.state = TrainState(**client["trainer"])
+        self.checkpointed_step = self.state.step
         self.sampler.load_state_dict(position)
         self.bad_since_checkpoint = 0
         self.faults_seen["rollbacks"] = self.faults_seen.get("rollbacks", 0) + 1
@@ -556,11 +562,10 @@ class Trainer:
         if status == "finished":
             if every_eval and self.state.step % every_eval != 0:
                 self.evaluate()
-            if cfg.checkpoint.save_at_end:
-                from parallel.manifest import list_checkpoints, step_dirname
-                done = [p.name for p in list_checkpoints(self.ckpt.root)]
-                if step_dirname(self.state.step) not in done:
-                    self.save()
+            # Not when this step's checkpoint was just saved or resumed from. A directory of this step that
+            # the resume skipped (corrupt, partial) does not count: the save replaces it.
+            if cfg.checkpoint.save_at_end and self.checkpointed_step != self.state.step:
+                self.save()
         self.ckpt.wait()  # an asynchronous finalize must complete before the run reports itself done
         self.write_summary(status)
         return status

@@ -90,21 +90,37 @@ def test_rank_killed_during_save_resumes_from_previous_checkpoint(tiny_data, tmp
 
 
 def test_corrupt_checkpoint_is_reported_and_skipped(tiny_data, tmp_path):
-    proc, run = _train(tmp_path, tiny_data, "c", extra=("--set", "train.max_steps=4"),
-                       checkpoint={"every_steps": 2, "save_at_end": True, "keep_last": 3})
+    """The final checkpoint of a finished run is corrupt: the rerun skips it, resumes from the one before,
+    trains to the end again and saves a final checkpoint that verifies in place of the corrupt one."""
+    proc, run = _train(tmp_path, tiny_data, "c", nproc=2, extra=("--set", "train.max_steps=4"),
+                       checkpoint={"every_steps": 2, "save_at_end": True, "keep_last": 3},
+                       parallel={"zero_stage": 2})
     _ok(proc)
     ckpts = list_checkpoints(run / "checkpoints")
     assert [p.name for p in ckpts] == ["step_00000004", "step_00000002"]
-    victim = max((p for p in ckpts[0].rglob("*.pt")), key=lambda p: p.stat().st_size)
+    victim = max((p for p in ckpts[0].rglob("*optim_states.pt")), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     ok, reason = verify(ckpts[0])
     assert not ok and "checksum" in reason
-    again = run_train(run / "config.yaml", "--set", "train.max_steps=6")
+    again = run_train(run / "config.yaml", nproc=2)  # the same max_steps: step 4 is trained again
     _ok(again)
     out = again.stdout + again.stderr
-    assert "skipping checkpoint" in out and "step_00000002" in out
+    assert "skipping checkpoint" in out and "resumed from" in out and "step_00000002" in out
+    ckpts = list_checkpoints(run / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000004", "step_00000002"]
+    assert verify(ckpts[0]) == (True, "ok")  # the corrupt directory was replaced by a new save
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert not [p for p in (run / "checkpoints" / ".tmp").iterdir() if p.is_dir()]  # nothing left aside
+    summary = json.loads((run / "results" / "train_summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 4
+    # and the next start finds nothing left to do
+    third = run_train(run / "config.yaml", nproc=2)
+    _ok(third)
+    out = third.stdout + third.stderr
+    assert "skipping checkpoint" not in out and "resumed from" in out and "step_00000004" in out
+    assert "saved checkpoint" not in out
 
 
 def test_resume_refuses_a_different_architecture(tiny_data, tmp_path):
