@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -264,6 +264,15 @@ class PerfConfig(_Section):
     sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field("auto", description="GPT's dense causal attention: 'auto' lets torch pick the SDPA kernel; 'cudnn' (Hopper GPUs: cuDNN's fused attention), 'flash', 'efficient' or 'math' force one and fail if it cannot run. 'cudnn' and 'efficient' need CUDA.")
     prefetch: bool = Field(False, description="GPT: a background thread reads, collates and (on CUDA, on a side stream through page-locked memory) copies the next step's micro-batches while the current step computes; the batches are the same as without it.")
     loss_check: Literal["micro_batch", "off"] = Field("micro_batch", description="'micro_batch': all ranks agree on NaN/inf/spiking losses before each backward (one host-device sync per micro-batch); 'off': no check and no sync, a bad loss then reaches the optimizer.")
+
+    @field_validator("loss_check", mode="before")
+    @classmethod
+    def _loss_check_from_yaml_bool(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (also no/false) as False and `on` (yes/true) as True: the README's
+        # `perf.loss_check: off` and `--set perf.loss_check=off` must mean 'off'.
+        if isinstance(value, bool):
+            return "micro_batch" if value else "off"
+        return value
 
 
 class BertPretrainConfig(_Section):
