@@ -217,7 +217,7 @@ class TrainConfig(_Section):
     global_batch_size: int = Field(8, gt=0, description="Sequences per optimizer step over all data-parallel ranks.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per rank per forward/backward.")
     eval_every_steps: int = Field(50, ge=0, description="Validation every N steps; 0 disables.")
-    eval_batches: int = Field(8, gt=0, description="Validation micro-batches per evaluation.")
+    eval_batches: int = Field(8, gt=0, description="Validation batches of train.global_batch_size samples per evaluation (Megatron's --eval-iters): the first eval_batches x global_batch_size validation samples (all of them if fewer), whatever the parallel layout or micro batch size.")
     log_every_steps: int = Field(10, gt=0, description="Progress line every N steps.")
 
 

@@ -437,19 +437,27 @@ class Trainer:
         self.engine.eval()
         if hasattr(self.objective, "begin_step"):
             self.objective.begin_step(max(0, self.state.step - 1))
+        # The validation set is the first eval_batches x global_batch_size samples, whatever the layout: the
+        # same weights give the same loss at any dp, tp or micro batch size. Its micro-batches, numbered in
+        # sample order, go round-robin to the data-parallel ranks; every rank runs as many forwards (ZeRO-3
+        # gathers parameters in each), a rank past the end one that counts for nothing.
         micro, dp = self.cfg.train.micro_batch_size, self.topology.dp
-        n = min(len(self.valid_data), self.cfg.train.eval_batches * micro * dp)
+        n = min(len(self.valid_data), self.cfg.train.eval_batches * self.cfg.train.global_batch_size)
+        rounds = math.ceil(math.ceil(n / micro) / dp)
         # Token-weighted sums of the loss and of every metric the objective reports (BERT: MLM/NSP accuracy).
         names: list[str] = []
         totals = None
-        for start in range(self.topology.dp_rank * micro, n, micro * dp):
-            rows = range(start, min(start + micro, n))
+        for j in range(rounds):
+            start = (j * dp + self.topology.dp_rank) * micro
+            rows = range(start, min(start + micro, n)) if start < n else range(min(micro, n))
             batch = self.objective.collate([self.valid_data[i] for i in rows], self.device)
             loss, metrics = self.objective.loss(self.engine, batch)
             names = [k for k in sorted(metrics) if k not in COUNT_METRICS]
             w = float(metrics["tokens"])
             row = torch.tensor([w, loss.item() * w] + [float(metrics[k]) * w for k in names], dtype=torch.float64,
                                device=self.device)  # NCCL reduces device tensors only
+            if start >= n:
+                row.zero_()
             totals = row if totals is None else totals + row
         if self.topology.dp > 1:
             dist.all_reduce(totals, group=self.topology.dp_group)

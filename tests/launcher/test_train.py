@@ -151,6 +151,38 @@ def test_run_directory_layout_and_logs(tiny_data, tmp_path):
     assert "ETA" in proc.stdout + proc.stderr
 
 
+def test_validation_loss_does_not_depend_on_the_layout(tiny_data, tmp_path):
+    """The same weights give the same validation loss at dp=2, at tp=2 (dp=1) and on one rank with another
+    micro batch size: the validation set is eval_batches x global_batch_size samples, not a count of
+    per-rank micro-batches. The set here is shorter than that, and not a whole number of micro-batches."""
+    import shutil
+    from data.gpt_dataset import PackedGPTDataset
+    from data.tokenizer import Tokenizer
+    n_valid = len(PackedGPTDataset([tiny_data["valid"]], seq_len=64, eos_id=Tokenizer(tiny_data["tokenizer"]).eos_id))
+    assert n_valid % 4 and n_valid > 16
+    eval_batches = n_valid // 6  # per-rank micro-batch counts would read 4x, 8x or 2x eval_batches samples
+    common = dict(train={"max_steps": 4, "eval_every_steps": 4, "eval_batches": eval_batches},
+                  checkpoint={"save_at_end": True})
+    proc, run = _train(tmp_path, tiny_data, "dp2", nproc=2, parallel={"zero_stage": 2}, **common)
+    _ok(proc)
+    losses = {"dp2": json.loads((run / "results" / "train_summary.json").read_text())["validation"][-1]}
+    for name, nproc, sections in (("tp2", 2, {"parallel": {"tp": 2}}),
+                                  ("dp1_micro2", 1, {"train": {**common["train"], "micro_batch_size": 2}})):
+        other = tmp_path / name
+        shutil.copytree(run / "checkpoints", other / "checkpoints")  # the same weights, read in another layout
+        cfg = write_config(tmp_path / f"{name}.yaml", other, tiny_data, **{**common, **sections})
+        # eval_every_steps=3: the resumed run (already at max_steps) evaluates once at the end, trains nothing
+        proc = run_train(cfg, "--set", "train.eval_every_steps=3", nproc=nproc)
+        _ok(proc)
+        summary = json.loads((other / "results" / "train_summary.json").read_text())
+        assert summary["step"] == 4 and "saved checkpoint" not in proc.stdout + proc.stderr
+        losses[name] = summary["validation"][-1]
+    assert {v["step"] for v in losses.values()} == {4}
+    ref = losses["dp2"]["loss"]
+    for name, v in losses.items():
+        assert v["loss"] == pytest.approx(ref, rel=1e-5), (name, losses)
+
+
 def _unigram_perplexity(train_prefix, valid_prefix, vocab):
     from data.indexed import IndexedDataset
     tr = np.concatenate([IndexedDataset(train_prefix)[i] for i in range(len(IndexedDataset(train_prefix)))])
