@@ -362,6 +362,21 @@ class RunConfig(_Section):
                 f"{unused * self.model.d_model / 1e6:.1f}M parameters trained for nothing; "
                 f"--set model.vocab_size={enough} fits the tokenizer")
 
+    def check_device(self, device_type: str) -> None:
+        """Rules that depend on where the ranks compute ('cuda' or 'cpu'). `mnemos train` checks them before
+        it spawns local ranks (launcher.train_cli.check_local_device), each rank again on its device."""
+        if device_type == "cuda":
+            return
+        if self.precision.dtype != "fp32":
+            raise ConfigError(f"precision.dtype={self.precision.dtype!r} needs a CUDA GPU; this run is on "
+                              f"{device_type} (rule: bf16/fp16 only where the hardware supports it; use fp32)")
+        if self.perf.band_kernel == "flex":
+            raise ConfigError(f"perf.band_kernel='flex' on {device_type} (rule: torch has no FlexAttention "
+                              f"backward off CUDA; use band_kernel='dense')")
+        if self.perf.sdpa_backend in ("cudnn", "efficient"):
+            raise ConfigError(f"perf.sdpa_backend={self.perf.sdpa_backend!r} on {device_type} (rule: that kernel "
+                              f"is CUDA's; use 'auto', 'flash' or 'math')")
+
     def check_cross_sections(self, world_size: int) -> None:
         """Rules that span sections; needs the number of ranks the run will use."""
         tp = self.parallel.tp

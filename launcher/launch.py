@@ -28,6 +28,7 @@ process of a job step) reaches the workers without killing their agent.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -153,6 +154,7 @@ def rank_environment(run_dir: str | os.PathLike | None, base: dict[str, str] | N
     return env
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_available() -> bool:
     # Without a GPU device node there is no CUDA, and no need to import torch (1-2 s) to learn it.
     if not any(any(Path("/dev").glob(pattern)) for pattern in ("nvidia[0-9]*", "kfd", "dxg")):

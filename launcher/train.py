@@ -127,6 +127,7 @@ class Trainer:
         self.device = pick_device(cfg)
         if self.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        cfg.check_device(self.device.type)
         check_precision_supported(cfg, self.device)
         self.rank, self.world = init_distributed(self.device)
         cfg.check_cross_sections(self.world)
@@ -144,16 +145,10 @@ class Trainer:
         self.sampler = ShuffledSampler(len(self.train_data), seed=cfg.data.seed)
 
         model = build_model(cfg, self.topology, self.device)
-        if cfg.perf.band_kernel == "flex":
-            if self.device.type != "cuda":
-                raise ConfigError(f"perf.band_kernel='flex' on {self.device.type} (rule: torch has no "
-                                  f"FlexAttention backward off CUDA; use band_kernel='dense')")
+        if cfg.perf.band_kernel == "flex":  # CUDA only: cfg.check_device said so above
             from model.gpt import use_band_kernel
             use_band_kernel(model, "flex")
         if cfg.perf.sdpa_backend != "auto":
-            if cfg.perf.sdpa_backend in ("cudnn", "efficient") and self.device.type != "cuda":
-                raise ConfigError(f"perf.sdpa_backend={cfg.perf.sdpa_backend!r} on {self.device.type} (rule: that "
-                                  f"kernel is CUDA's; use 'auto', 'flash' or 'math')")
             from model.gpt import use_sdpa_backend
             use_sdpa_backend(model, cfg.perf.sdpa_backend)
         if cfg.perf.loss_chunk_tokens:  # the head hands the loss its input; logits come chunk by chunk

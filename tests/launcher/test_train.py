@@ -123,6 +123,40 @@ def test_corrupt_checkpoint_is_reported_and_skipped(tiny_data, tmp_path):
     assert "saved checkpoint" not in out
 
 
+@pytest.mark.parametrize("nproc, how", [(2, "SIGTERM"), (2, "Ctrl-C"), (1, "Ctrl-C")])
+def test_stop_signal_saves_and_exits_0_without_a_traceback(tiny_data, tmp_path, nproc, how):
+    """SIGTERM to `mnemos train` (a scheduler's preemption), or Ctrl-C at its terminal (SIGINT to its process
+    group): the ranks finish their step, save a checkpoint that verifies, and the command exits 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.launcher.conftest import REPO
+    cfg = write_config(tmp_path / "s.yaml", tmp_path / "s", tiny_data, train={"max_steps": 500})
+    env = dict(os.environ, MNEMOS_FAULT_STEP_DELAY_S="0.05")  # ~25 s unless stopped
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", str(cfg), "--nproc", str(nproc)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a process group of its own, as at a terminal
+    steps = tmp_path / "s" / "logs" / "steps.jsonl"
+    deadline = time.monotonic() + 120
+    while not (steps.exists() and '"step": 3,' in steps.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "Traceback" not in out + err and "exited with code" not in out + err, out[-3000:] + err[-3000:]
+    assert "training preempted" in out + err
+    summary = json.loads((tmp_path / "s" / "results" / "train_summary.json").read_text())
+    assert summary["status"] == "preempted" and 3 <= summary["step"] < 500
+    ckpts = list_checkpoints(tmp_path / "s" / "checkpoints")
+    assert [p.name for p in ckpts] == [f"step_{summary['step']:08d}"] and verify(ckpts[0])[0]
+    assert (tmp_path / "s" / "checkpoints" / "latest").read_text().strip() == ckpts[0].name
+
+
 def test_resume_refuses_a_different_architecture(tiny_data, tmp_path):
     proc, run = _train(tmp_path, tiny_data, "arch", extra=("--set", "train.max_steps=2"),
                        checkpoint={"save_at_end": True})
@@ -137,6 +171,47 @@ def test_resume_refuses_a_different_architecture(tiny_data, tmp_path):
     assert again.returncode == 2
     assert "data.seed=99 differs from the checkpoint" in again.stdout + again.stderr
     assert "`mnemos ckpt import-hf`" in again.stdout + again.stderr
+
+
+CPU_REFUSALS = [
+    ("precision.dtype=bf16", "precision.dtype='bf16' needs a CUDA GPU; this run is on cpu (rule: bf16/fp16 only "
+                             "where the hardware supports it; use fp32)"),
+    ("perf.sdpa_backend=cudnn", "perf.sdpa_backend='cudnn' on cpu (rule: that kernel is CUDA's; use 'auto', "
+                                "'flash' or 'math')"),
+    ("perf.band_kernel=flex", "perf.band_kernel='flex' on cpu (rule: torch has no FlexAttention backward off CUDA; "
+                              "use band_kernel='dense')"),
+]
+
+
+@pytest.mark.parametrize("override, message", CPU_REFUSALS, ids=[o for o, _ in CPU_REFUSALS])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_cuda_only_settings_are_refused_before_any_rank_starts_on_cpu(tiny_data, tmp_path, override, message,
+                                                                      dry_run):
+    from launcher.launch import _cuda_available
+    if _cuda_available():
+        pytest.skip("this machine has CUDA: the settings are allowed here")
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "run", tiny_data)
+    proc = run_train(cfg, "--set", override, *(["--dry-run"] if dry_run else []), nproc=2)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [f"mnemos: {message}"]  # one line, no traceback
+    assert "torch.distributed.run" not in proc.stdout  # nothing was launched (or printed to launch)
+    assert not (tmp_path / "run").exists()  # and no run directory was left behind
+
+
+def test_cuda_only_settings_pass_the_launcher_check_on_a_gpu_machine(tiny_data, tmp_path, monkeypatch):
+    import launcher.launch
+    from launcher.config import ConfigError
+    from launcher.train_cli import prepare_run
+    monkeypatch.setattr(launcher.launch, "_cuda_available", lambda: True)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "run", tiny_data)
+    overrides = [o for o, _ in CPU_REFUSALS]
+    run_cfg, _ = prepare_run(str(cfg), overrides, nproc=2, write=False)
+    assert (run_cfg.precision.dtype, run_cfg.perf.sdpa_backend, run_cfg.perf.band_kernel) == ("bf16", "cudnn", "flex")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU; this run is on cpu"):  # unless told device=cpu
+        prepare_run(str(cfg), ["precision.dtype=bf16", "device=cpu"], nproc=2, write=False)
+    monkeypatch.setattr(launcher.launch, "_cuda_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device='cuda' but no CUDA device is visible"):
+        prepare_run(str(cfg), ["device=cuda"], nproc=2, write=False)
 
 
 def test_run_directory_layout_and_logs(tiny_data, tmp_path):
