@@ -1,7 +1,8 @@
 """The training loop. One instance per rank; `Trainer.run()` is a list of verbs.
 
 Resumes by itself from the newest valid checkpoint under RUN/checkpoints. SIGTERM or SIGUSR1 (a
-scheduler's preemption notice) makes every rank finish its step, save a checkpoint and return.
+scheduler's preemption notice; Ctrl-C, which `mnemos train --nproc N` passes on as SIGTERM) makes every
+rank finish its step, save a checkpoint and return.
 
 Host-device syncs (issue #11): with `perf.async_metrics` (default on CUDA) a step's loss and grad norm
 stay on the device and are read once per `train.log_every_steps` (and before evaluation, checkpoints,
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from launcher.config import (SAMPLE_ORDER_FIELDS, ConfigError, RunConfig, check_same_architecture,
                              check_same_data_files, data_files_fingerprint)
-from launcher.faults import LossGuard, Watchdog
+from launcher.faults import LossGuard, StopFlag, Watchdog
 from launcher.observe import RunLogger, peak_memory_bytes, write_json_atomic
 from launcher.schedule import global_batch_size, learning_rate
 
@@ -99,24 +99,9 @@ def _inject_fault(loss: torch.Tensor, window: int) -> torch.Tensor:
     return loss
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGUSR1; ranks agree on it at step boundaries."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal_name = ""
-
-    def install(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum, frame):
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-
 class Trainer:
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, stop: StopFlag | None = None):
+        """`stop`: the flag launcher.worker installed as it started (else one is installed by `run`)."""
         from parallel.build import build_model
         from parallel.checkpoint import CheckpointManager
         from parallel.engine import check_precision_supported, make_engine
@@ -181,7 +166,7 @@ class Trainer:
         self.checkpointed_step: int | None = None
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.logging.tensorboard, cfg.train.max_steps,
                                 progress=cfg.logging.progress == "line")
-        self.stop = _StopFlag()
+        self.stop = stop or StopFlag()
         self.guard = LossGuard(cfg.faults.spike_zscore)
         self.faults_seen: dict[str, int] = {}
         self.bad_since_checkpoint = 0
