@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -217,7 +217,7 @@ class TrainConfig(_Section):
     global_batch_size: int = Field(8, gt=0, description="Sequences per optimizer step over all data-parallel ranks.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per rank per forward/backward.")
     eval_every_steps: int = Field(50, ge=0, description="Validation every N steps; 0 disables.")
-    eval_batches: int = Field(8, gt=0, description="Validation micro-batches per evaluation.")
+    eval_batches: int = Field(8, gt=0, description="Validation batches of train.global_batch_size samples per evaluation (Megatron's --eval-iters): the first eval_batches x global_batch_size validation samples (all of them if fewer), whatever the parallel layout or micro batch size.")
     log_every_steps: int = Field(10, gt=0, description="Progress line every N steps.")
 
 
@@ -264,6 +264,15 @@ class PerfConfig(_Section):
     sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field("auto", description="GPT's dense causal attention: 'auto' lets torch pick the SDPA kernel; 'cudnn' (Hopper GPUs: cuDNN's fused attention), 'flash', 'efficient' or 'math' force one and fail if it cannot run. 'cudnn' and 'efficient' need CUDA.")
     prefetch: bool = Field(False, description="GPT: a background thread reads, collates and (on CUDA, on a side stream through page-locked memory) copies the next step's micro-batches while the current step computes; the batches are the same as without it.")
     loss_check: Literal["micro_batch", "off"] = Field("micro_batch", description="'micro_batch': all ranks agree on NaN/inf/spiking losses before each backward (one host-device sync per micro-batch); 'off': no check and no sync, a bad loss then reaches the optimizer.")
+
+    @field_validator("loss_check", mode="before")
+    @classmethod
+    def _loss_check_from_yaml_bool(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (also no/false) as False and `on` (yes/true) as True: the README's
+        # `perf.loss_check: off` and `--set perf.loss_check=off` must mean 'off'.
+        if isinstance(value, bool):
+            return "micro_batch" if value else "off"
+        return value
 
 
 class BertPretrainConfig(_Section):
@@ -352,6 +361,21 @@ class RunConfig(_Section):
                 f"data.tokenizer={self.data.tokenizer!r} ({tok.vocab_size} pieces) reaches: "
                 f"{unused * self.model.d_model / 1e6:.1f}M parameters trained for nothing; "
                 f"--set model.vocab_size={enough} fits the tokenizer")
+
+    def check_device(self, device_type: str) -> None:
+        """Rules that depend on where the ranks compute ('cuda' or 'cpu'). `mnemos train` checks them before
+        it spawns local ranks (launcher.train_cli.check_local_device), each rank again on its device."""
+        if device_type == "cuda":
+            return
+        if self.precision.dtype != "fp32":
+            raise ConfigError(f"precision.dtype={self.precision.dtype!r} needs a CUDA GPU; this run is on "
+                              f"{device_type} (rule: bf16/fp16 only where the hardware supports it; use fp32)")
+        if self.perf.band_kernel == "flex":
+            raise ConfigError(f"perf.band_kernel='flex' on {device_type} (rule: torch has no FlexAttention "
+                              f"backward off CUDA; use band_kernel='dense')")
+        if self.perf.sdpa_backend in ("cudnn", "efficient"):
+            raise ConfigError(f"perf.sdpa_backend={self.perf.sdpa_backend!r} on {device_type} (rule: that kernel "
+                              f"is CUDA's; use 'auto', 'flash' or 'math')")
 
     def check_cross_sections(self, world_size: int) -> None:
         """Rules that span sections; needs the number of ranks the run will use."""

@@ -4,6 +4,9 @@ Watchdog: if no step finishes for `hang_minutes`, every thread's stack is writte
 RUN/logs/hang_rank{R}.txt and the process exits non-zero, so the scheduler restarts the job (which then
 resumes from the newest checkpoint) instead of burning the allocation.
 
+StopFlag: SIGTERM/SIGUSR1 (a scheduler's preemption notice) ask the ranks to finish their step, save a
+checkpoint and stop; the ranks agree on the flag at step boundaries.
+
 LossGuard: a micro-batch whose loss is NaN/inf, or more than `spike_zscore` standard deviations above
 the recent mean, is bad. All ranks agree on it before any backward pass, so collectives stay aligned.
 """
@@ -14,6 +17,7 @@ import faulthandler
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -59,6 +63,34 @@ class Watchdog:
                           idle, self.dump_path, self.exit_code)
                 logging.shutdown()
                 os._exit(self.exit_code)
+
+
+class StopFlag:
+    """Set by SIGTERM or SIGUSR1; with `interrupt` (a run in the `mnemos train` process itself) also by the
+    first Ctrl-C, while a second one raises KeyboardInterrupt as usual. launcher.worker installs it before
+    it imports torch, so a notice that arrives while the rank is still starting up is kept, not fatal."""
+
+    def __init__(self, interrupt: bool = False):
+        self.requested = False
+        self.signal_name = ""
+        self.interrupt = interrupt
+
+    def install(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1, *((signal.SIGINT,) if self.interrupt else ())):
+                signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self.signal_name == "SIGINT":  # Ctrl-C twice: stop at once
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            # no logging in a signal handler (its lock may be held by the code interrupted)
+            os.write(2, b"Ctrl-C: the step finishes, a checkpoint is saved, then training stops "
+                        b"(Ctrl-C again to stop at once, without one)\n")
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
 
 class LossGuard:

@@ -19,15 +19,20 @@ RUN/logs/rankR.log (appended across restarts); torchrun's own per-attempt files 
 RUN/logs/torchrun/. When one rank fails, torchrun stops the others on that node and exits non-zero;
 across nodes `srun --kill-on-bad-exit=1` ends the other nodes' tasks.
 
-SIGUSR1/SIGTERM sent to the launcher are forwarded to the worker processes (which save a checkpoint
-and exit 0); a rank still starting up (no handler yet) gets SIGUSR1 as soon as it installs one.
-torchrun itself ignores SIGUSR1, so a signal delivered to the whole process tree (Slurm signals every
-process of a job step) reaches the workers without killing their agent.
+SIGUSR1/SIGTERM sent to the launcher, and a first Ctrl-C (SIGINT, passed on as SIGTERM), are forwarded
+to the worker processes only (which save a checkpoint and exit 0); a rank still starting up (no handler
+yet) gets the signal as soon as it installs one. torchrun is left to wait for its ranks, so it exits 0
+too, and so does the launcher (the Slurm script and `--k8s` then ask the run whether it finished). A
+second Ctrl-C stops at once: SIGINT to the ranks and to torchrun, which ends them (no checkpoint).
+torchrun runs in its own process group, so a terminal's Ctrl-C reaches only the launcher (a hangup or
+Ctrl-\\ is passed on to torchrun, as before); it ignores SIGUSR1, so a signal delivered to the whole
+process tree (Slurm signals every process of a job step) reaches the workers without killing their agent.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -153,6 +158,7 @@ def rank_environment(run_dir: str | os.PathLike | None, base: dict[str, str] | N
     return env
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_available() -> bool:
     # Without a GPU device node there is no CUDA, and no need to import torch (1-2 s) to learn it.
     if not any(any(Path("/dev").glob(pattern)) for pattern in ("nvidia[0-9]*", "kfd", "dxg")):
@@ -189,14 +195,19 @@ def spawn_local(config_path: str | os.PathLike, nproc: int, overrides: list[str]
                            max_restarts=max_restarts, module=module)
     full_env = rank_environment(run_dir, env, nproc)
     log.info("launching %d rank(s) on node %d of %s: %s", nproc, node_rank, nnodes, " ".join(cmd))
+    # Where the launcher forwards signals (the main thread), torchrun gets its own process group: a Ctrl-C
+    # meant for the launcher would otherwise make torchrun end its ranks before they could save.
+    own_group = threading.current_thread() is threading.main_thread()
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_ignore_sigusr1, bufsize=1, text=True, errors="replace")
+                            preexec_fn=_own_group_ignore_sigusr1 if own_group else _ignore_sigusr1,
+                            bufsize=1, text=True, errors="replace")
     demux = _LogDemux(logs, _agent_log_name(nnodes, node_rank))
     pump = threading.Thread(target=demux.pump, args=(proc.stdout,), daemon=True)
     pump.start()
     try:
-        # torchrun's workers are its direct children; SIGTERM stops torchrun too.
-        rc = _supervise(proc, lambda: _children(proc.pid), received, stop_agent=True)
+        # torchrun's workers are its direct children.
+        rc = _supervise(proc, lambda: _children(proc.pid), received, stop_agent=True,
+                        pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
     finally:
         pump.join(timeout=10)
         demux.close()
@@ -222,40 +233,65 @@ def _ignore_sigusr1() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def _supervise(proc: subprocess.Popen, workers, received: list[str] | None, stop_agent: bool) -> int:
-    """Wait for `proc`, forwarding SIGUSR1/SIGTERM/SIGINT to the ranks `workers()` lists; returns its code.
+def _own_group_ignore_sigusr1() -> None:
+    os.setpgid(0, 0)
+    _ignore_sigusr1()
 
-    SIGUSR1 (save and stop) reaches each rank once it can catch it; SIGTERM/SIGINT go to every rank
-    at once, and to `proc` itself when `stop_agent`.
+
+def _supervise(proc: subprocess.Popen, workers, received: list[str] | None, stop_agent: bool,
+               pass_through: tuple[int, ...] = ()) -> int:
+    """Wait for `proc` (the torchrun or DeepSpeed agent), passing stop requests on to the ranks `workers()`
+    lists; returns its exit code.
+
+    SIGUSR1, SIGTERM and a first SIGINT ask the ranks to save and stop: each rank gets SIGUSR1 or SIGTERM
+    (SIGTERM for SIGINT) once it can catch it, and `proc` is left alone to wait for them, so its code is
+    theirs. A second SIGINT stops at once: SIGINT to every rank, and to `proc` when `stop_agent`.
+    `pass_through`: signals that `proc`, in a process group of its own, would have got from a terminal with
+    us (hangup, Ctrl-\\): they go to `proc`, then end this process as they would have (if not ignored here).
     """
     notice = _StopNotice()
     if received and "SIGUSR1" in received:  # the notice came while the launcher was still starting
-        notice.requested = True
+        notice.request(signal.SIGUSR1)
 
     def _forward(signum, _frame):
         name = signal.Signals(signum).name
         if received is not None:
             received.append(name)
         ranks = workers()
-        log.warning("received %s: forwarding to worker(s) %s", name, ranks)
-        if signum == signal.SIGUSR1:
-            notice.requested = True  # delivered by the wait loop below (within NOTICE_POLL_S), not re-entrantly
+        if signum == signal.SIGINT and notice.interrupted:
+            log.warning("received SIGINT again: stopping worker(s) %s now, without a checkpoint", ranks)
+            for pid in ranks:
+                _kill(pid, signum)
+            if stop_agent:
+                _kill(proc.pid, signum)
             return
-        for pid in ranks:
-            _kill(pid, signum)
-        if stop_agent:
-            _kill(proc.pid, signum)
+        if signum == signal.SIGINT:
+            notice.interrupted = True
+            log.warning("received SIGINT: worker(s) %s finish their step, save a checkpoint and stop "
+                        "(Ctrl-C again to stop at once, without one)", ranks)
+        else:
+            log.warning("received %s: forwarding to worker(s) %s", name, ranks)
+        # delivered by the wait loop below (within NOTICE_POLL_S), not re-entrantly
+        notice.request(signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM)
+
+    def _pass_through(signum, _frame):
+        _kill(proc.pid, signum)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _forward)
+        for sig in pass_through:
+            if signal.getsignal(sig) == signal.SIG_DFL:  # under nohup a hangup stays ignored
+                previous[sig] = signal.signal(sig, _pass_through)
     try:
         while True:
             try:
                 return proc.wait(timeout=NOTICE_POLL_S)
             except subprocess.TimeoutExpired:
-                if notice.requested:  # ranks that were still starting up get it once they can catch it
+                if notice.signum:  # ranks that were still starting up get it once they can catch it
                     notice.deliver(workers())
     finally:
         for sig, handler in previous.items():
@@ -263,21 +299,28 @@ def _supervise(proc: subprocess.Popen, workers, received: list[str] | None, stop
 
 
 class _StopNotice:
-    """SIGUSR1 for the ranks, delivered exactly once to each rank, and only when it catches it.
+    """A stop request for the ranks (SIGUSR1 or SIGTERM), delivered exactly once to each rank, and only
+    when it catches it.
 
-    The ranks inherit SIGUSR1 ignored; a rank still importing when the notice came would miss it,
-    and a rank that already caught it and is exiting (Python resets handlers at shutdown) would be
-    killed by a second one. So: deliver to ranks whose handler is installed (SigCgt), retry the others.
+    The ranks inherit SIGUSR1 ignored and SIGTERM fatal; a rank still starting when the notice came would
+    miss the one or die of the other, and a rank that already caught it and is exiting (Python resets
+    handlers at shutdown) would be killed by a second one. So: deliver to ranks whose handler is installed
+    (SigCgt), retry the others. The first request names the signal; later ones change nothing.
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
+        self.interrupted = False  # a SIGINT came: the next one stops at once
         self.delivered: set[int] = set()
+
+    def request(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
 
     def deliver(self, pids: list[int]) -> None:
         for pid in pids:
-            if pid not in self.delivered and _catches(pid, signal.SIGUSR1):
-                _kill(pid, signal.SIGUSR1)
+            if pid not in self.delivered and _catches(pid, self.signum):
+                _kill(pid, self.signum)
                 self.delivered.add(pid)
 
 

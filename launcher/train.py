@@ -1,7 +1,8 @@
 """The training loop. One instance per rank; `Trainer.run()` is a list of verbs.
 
 Resumes by itself from the newest valid checkpoint under RUN/checkpoints. SIGTERM or SIGUSR1 (a
-scheduler's preemption notice) makes every rank finish its step, save a checkpoint and return.
+scheduler's preemption notice; Ctrl-C, which `mnemos train --nproc N` passes on as SIGTERM) makes every
+rank finish its step, save a checkpoint and return.
 
 Host-device syncs (issue #11): with `perf.async_metrics` (default on CUDA) a step's loss and grad norm
 stay on the device and are read once per `train.log_every_steps` (and before evaluation, checkpoints,
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from launcher.config import (SAMPLE_ORDER_FIELDS, ConfigError, RunConfig, check_same_architecture,
                              check_same_data_files, data_files_fingerprint)
-from launcher.faults import LossGuard, Watchdog
+from launcher.faults import LossGuard, StopFlag, Watchdog
 from launcher.observe import RunLogger, peak_memory_bytes, write_json_atomic
 from launcher.schedule import global_batch_size, learning_rate
 
@@ -99,24 +99,9 @@ def _inject_fault(loss: torch.Tensor, window: int) -> torch.Tensor:
     return loss
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGUSR1; ranks agree on it at step boundaries."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal_name = ""
-
-    def install(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum, frame):
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-
 class Trainer:
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, stop: StopFlag | None = None):
+        """`stop`: the flag launcher.worker installed as it started (else one is installed by `run`)."""
         from parallel.build import build_model
         from parallel.checkpoint import CheckpointManager
         from parallel.engine import check_precision_supported, make_engine
@@ -127,6 +112,7 @@ class Trainer:
         self.device = pick_device(cfg)
         if self.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        cfg.check_device(self.device.type)
         check_precision_supported(cfg, self.device)
         self.rank, self.world = init_distributed(self.device)
         cfg.check_cross_sections(self.world)
@@ -144,16 +130,10 @@ class Trainer:
         self.sampler = ShuffledSampler(len(self.train_data), seed=cfg.data.seed)
 
         model = build_model(cfg, self.topology, self.device)
-        if cfg.perf.band_kernel == "flex":
-            if self.device.type != "cuda":
-                raise ConfigError(f"perf.band_kernel='flex' on {self.device.type} (rule: torch has no "
-                                  f"FlexAttention backward off CUDA; use band_kernel='dense')")
+        if cfg.perf.band_kernel == "flex":  # CUDA only: cfg.check_device said so above
             from model.gpt import use_band_kernel
             use_band_kernel(model, "flex")
         if cfg.perf.sdpa_backend != "auto":
-            if cfg.perf.sdpa_backend in ("cudnn", "efficient") and self.device.type != "cuda":
-                raise ConfigError(f"perf.sdpa_backend={cfg.perf.sdpa_backend!r} on {self.device.type} (rule: that "
-                                  f"kernel is CUDA's; use 'auto', 'flash' or 'math')")
             from model.gpt import use_sdpa_backend
             use_sdpa_backend(model, cfg.perf.sdpa_backend)
         if cfg.perf.loss_chunk_tokens:  # the head hands the loss its input; logits come chunk by chunk
@@ -181,9 +161,12 @@ class Trainer:
                                       keep_every_steps=cfg.checkpoint.keep_every_steps,
                                       async_finalize=cfg.checkpoint.async_finalize)
         self.state = TrainState()
+        # The step of the newest checkpoint this process saved or loaded (its manifest verified): a step
+        # directory merely present may be a corrupt one that the resume skipped.
+        self.checkpointed_step: int | None = None
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.logging.tensorboard, cfg.train.max_steps,
                                 progress=cfg.logging.progress == "line")
-        self.stop = _StopFlag()
+        self.stop = stop or StopFlag()
         self.guard = LossGuard(cfg.faults.spike_zscore)
         self.faults_seen: dict[str, int] = {}
         self.bad_since_checkpoint = 0
@@ -245,6 +228,7 @@ class Trainer:
                            "data": self.cfg.data.model_dump(mode="json", include=set(SAMPLE_ORDER_FIELDS))},
                 "data_files": self.data_files}
         path = self.ckpt.save(self.engine, self.state.step, self.client_state(), self.rank_state(), meta)
+        self.checkpointed_step = self.state.step
         self.bad_since_checkpoint = 0
         if self.is_main:
             log.info("saved checkpoint %s in %.1fs", path, time.time() - t0)
@@ -278,6 +262,7 @@ class Trainer:
         self.history = client.get("history", self.history)
         self.guard.load_state_dict(client.get("loss_guard", {}))
         self.faults_seen = dict(client.get("faults", {}))
+        self.checkpointed_step = self.state.step
         same_layout = manifest.get("world_size") == self.world and manifest.get("tp") == self.topology.tp
         if rank_state is not None and same_layout:
             set_rng_state(rank_state["rng"])
@@ -399,6 +384,7 @@ class Trainer:
         client, _ = self.ckpt.load(self.engine, Path(box[0]))
         skipped = position["consumed_samples"] - client["sampler"]["consumed_samples"]
         self.state = TrainState(**client["trainer"])
+        self.checkpointed_step = self.state.step
         self.sampler.load_state_dict(position)
         self.bad_since_checkpoint = 0
         self.faults_seen["rollbacks"] = self.faults_seen.get("rollbacks", 0) + 1
@@ -431,19 +417,27 @@ class Trainer:
         self.engine.eval()
         if hasattr(self.objective, "begin_step"):
             self.objective.begin_step(max(0, self.state.step - 1))
+        # The validation set is the first eval_batches x global_batch_size samples, whatever the layout: the
+        # same weights give the same loss at any dp, tp or micro batch size. Its micro-batches, numbered in
+        # sample order, go round-robin to the data-parallel ranks; every rank runs as many forwards (ZeRO-3
+        # gathers parameters in each), a rank past the end one that counts for nothing.
         micro, dp = self.cfg.train.micro_batch_size, self.topology.dp
-        n = min(len(self.valid_data), self.cfg.train.eval_batches * micro * dp)
+        n = min(len(self.valid_data), self.cfg.train.eval_batches * self.cfg.train.global_batch_size)
+        rounds = math.ceil(math.ceil(n / micro) / dp)
         # Token-weighted sums of the loss and of every metric the objective reports (BERT: MLM/NSP accuracy).
         names: list[str] = []
         totals = None
-        for start in range(self.topology.dp_rank * micro, n, micro * dp):
-            rows = range(start, min(start + micro, n))
+        for j in range(rounds):
+            start = (j * dp + self.topology.dp_rank) * micro
+            rows = range(start, min(start + micro, n)) if start < n else range(min(micro, n))
             batch = self.objective.collate([self.valid_data[i] for i in rows], self.device)
             loss, metrics = self.objective.loss(self.engine, batch)
             names = [k for k in sorted(metrics) if k not in COUNT_METRICS]
             w = float(metrics["tokens"])
             row = torch.tensor([w, loss.item() * w] + [float(metrics[k]) * w for k in names], dtype=torch.float64,
                                device=self.device)  # NCCL reduces device tensors only
+            if start >= n:
+                row.zero_()
             totals = row if totals is None else totals + row
         if self.topology.dp > 1:
             dist.all_reduce(totals, group=self.topology.dp_group)
@@ -556,11 +550,10 @@ class Trainer:
         if status == "finished":
             if every_eval and self.state.step % every_eval != 0:
                 self.evaluate()
-            if cfg.checkpoint.save_at_end:
-                from parallel.manifest import list_checkpoints, step_dirname
-                done = [p.name for p in list_checkpoints(self.ckpt.root)]
-                if step_dirname(self.state.step) not in done:
-                    self.save()
+            # Not when this step's checkpoint was just saved or resumed from. A directory of this step that
+            # the resume skipped (corrupt, partial) does not count: the save replaces it.
+            if cfg.checkpoint.save_at_end and self.checkpointed_step != self.state.step:
+                self.save()
         self.ckpt.wait()  # an asynchronous finalize must complete before the run reports itself done
         self.write_summary(status)
         return status

@@ -34,10 +34,21 @@ def prepare_run(config: str | None, overrides: list[str], nproc: int, write: boo
     """Resolve and validate the config for `nproc` ranks in all, then write RUN/config.yaml (atomically)."""
     cfg = load_config(config, overrides)
     cfg.check_cross_sections(nproc)
+    check_local_device(cfg)
     check_resumable(cfg)
     note_unused_vocab(cfg)
     return cfg, write_run(cfg) if write else Path(cfg.run_dir) / "config.yaml"
 
+
+
+def check_local_device(cfg: RunConfig) -> None:
+    """The ranks will run on this machine: refuse, before any starts (and before RUN/ is written), what its
+    device cannot run (bf16 or a CUDA kernel without CUDA), with the message each rank would log."""
+    from launcher.launch import _cuda_available
+    cuda = cfg.device != "cpu" and _cuda_available()  # no GPU device node: no torch import, no CUDA
+    if cfg.device == "cuda" and not cuda:
+        raise ConfigError("device='cuda' but no CUDA device is visible (rule: use device=cpu or auto)")
+    cfg.check_device("cuda" if cuda else "cpu")
 
 
 def check_resumable(cfg: RunConfig) -> None:
@@ -123,6 +134,8 @@ def train_deepspeed(config: str | None, overrides: list[str], nproc: int | None,
     try:
         layout = deepspeed_layout(hostfile, nproc, master_addr, gpus_here=_gpus_here(cfg))
         cfg.check_cross_sections(layout.world_size)
+        if layout.local:  # other hosts' devices are theirs to check
+            check_local_device(cfg)
         note_unused_vocab(cfg)
         path = Path(cfg.run_dir) / "config.yaml"
         cmd = deepspeed_command(path, layout, master_port, rank_log_dir=Path(cfg.run_dir) / "logs" / "ranks")

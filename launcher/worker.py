@@ -12,6 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m launcher.worker RESOLVED_CONFIG.yaml", file=sys.stderr)
         return 2
+    from launcher.faults import StopFlag
+    # First, before torch: a stop notice during start-up is kept (SIGTERM would otherwise kill the rank).
+    # Ctrl-C counts as one only in the `mnemos train` process itself: torchrun's ranks get SIGTERM instead.
+    stop = StopFlag(interrupt="RANK" not in os.environ).install()
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -21,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(argv[0])
     trainer = None
     try:
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, stop=stop)
         status = trainer.run()
     except ConfigError as err:
         logging.getLogger("mnemos.train").error("%s", err)

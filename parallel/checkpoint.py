@@ -69,6 +69,21 @@ def _fault_point(step: int, rank: int) -> None:
             os._exit(17)
 
 
+def _move_into_place(src: Path, final: Path) -> None:
+    """Rename a finished save `src` to `final`. A directory already there (an older save of the step after a
+    rollback, or a corrupt one the resume skipped) is first renamed aside into .tmp/ and deleted after, so
+    the step's name never holds a half-deleted directory."""
+    old = None
+    if final.exists():
+        old = final.parent / ".tmp" / (final.name + ".replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(src, final)
+    fsync_path(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class CheckpointManager:
     """Save and restore a DeepSpeed engine plus the trainer's own state."""
 
@@ -121,10 +136,7 @@ class CheckpointManager:
         final = self.root / tag
         if self.rank == 0:
             write_manifest(tmp_root / tag, {**meta, "step": step, "world_size": self.world_size}, files)
-            if final.exists():  # an older save of the same step (e.g. after a rollback)
-                shutil.rmtree(final)
-            os.rename(tmp_root / tag, final)
-            fsync_path(self.root)
+            _move_into_place(tmp_root / tag, final)
             write_latest(self.root, tag)
             self._prune()
         self._barrier()
@@ -163,10 +175,7 @@ class CheckpointManager:
                 p.unlink()
             final = self.root / ckpt_dir.name
             write_manifest(ckpt_dir, meta, files)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(ckpt_dir, final)
-            fsync_path(self.root)
+            _move_into_place(ckpt_dir, final)
             write_latest(self.root, final.name)
             self._prune()
             log.info("checkpoint %s finalized in the background", final)

@@ -38,9 +38,8 @@ def check_precision_supported(cfg: RunConfig, device: torch.device) -> None:
     """No silent fallback: refuse low precision where the hardware cannot run it."""
     if cfg.precision.dtype == "fp32":
         return
-    if device.type != "cuda":
-        raise ConfigError(f"precision.dtype={cfg.precision.dtype!r} needs a CUDA GPU; this run is on "
-                          f"{device.type} (rule: bf16/fp16 only where the hardware supports it; use fp32)")
+    if device.type != "cuda":  # the message `mnemos train` gives before it spawns the ranks
+        cfg.check_device(device.type)
     if cfg.precision.dtype == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision.dtype='bf16': this GPU does not support bf16 (use fp16 or fp32)")
 

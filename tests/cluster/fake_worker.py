@@ -4,6 +4,7 @@ FAKE_MODE=ok      print the rank environment and exit 0
 FAKE_MODE=fail1   rank 1 exits 3 after a moment; the other ranks would block for 10 minutes
 FAKE_MODE=signal  wait for SIGUSR1/SIGTERM, write RUN/logs/stopped-rankR, exit 0
 FAKE_MODE=late    like signal, but install the handlers only after 4 s of "start-up"
+FAKE_MODE=slow    like signal, but then "save" for 120 s before exiting 0
 """
 
 import json
@@ -23,7 +24,7 @@ if mode == "fail1":
         print("rank 1 failing on purpose", flush=True)
         sys.exit(3)
     time.sleep(600)
-elif mode in ("signal", "late"):
+elif mode in ("signal", "late", "slow"):
     if mode == "late":
         print("starting", flush=True)
         time.sleep(4)  # a SIGUSR1 now is ignored (inherited SIG_IGN), as in a trainer still importing
@@ -36,4 +37,6 @@ elif mode in ("signal", "late"):
         time.sleep(0.05)
     with open(os.path.join(os.environ["MNEMOS_LOG_DIR"], f"stopped-rank{rank}"), "w") as f:
         f.write(signal.Signals(got[0]).name if got else "timeout")
+    if mode == "slow" and got:
+        time.sleep(120)
     sys.exit(0 if got else 5)

@@ -173,28 +173,66 @@ def test_one_failing_rank_fails_the_whole_job_fast(tmp_path, monkeypatch):
     assert "failing on purpose" in (tmp_path / "fail" / "logs" / "rank1.log").read_text()
 
 
-@pytest.mark.parametrize("mode, word", [("signal", "ready"), ("late", "starting")])
-def test_sigusr1_to_the_launcher_reaches_every_rank(tmp_path, mode, word):
-    """'late': the signal arrives before the ranks installed their handler; they get it once they do."""
-    cfg = _config(tmp_path, "sig")
+def _start_launcher(tmp_path, name, mode, new_session=False):
+    """spawn_local of 2 fake ranks in a launcher process; returns it once both ranks printed `word`."""
+    cfg = _config(tmp_path, name)
     code = ("import sys, launcher.launch as L; "
             f"sys.exit(L.spawn_local({str(cfg)!r}, 2, module={FAKE!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE=mode),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    logs = tmp_path / "sig" / "logs"
+    # new_session: the launcher leads a process group, as a command typed at a terminal does
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE=mode),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=new_session)
+
+
+def _wait_for_ranks(proc, logs, word, files="rank*.log"):
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        ready = [p for p in logs.glob("rank*.log") if word in p.read_text()]
+        ready = [p for p in logs.glob(files) if word in p.read_text()]
         if len(ready) == 2:
-            break
+            return
         time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("ranks never became ready:\n" + proc.communicate()[0])
-    proc.send_signal(signal.SIGUSR1)
+    proc.kill()
+    pytest.fail(f"ranks never got to {word!r}:\n" + proc.communicate()[0])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+@pytest.mark.parametrize("mode, word", [("signal", "ready"), ("late", "starting")])
+def test_stop_signal_to_the_launcher_reaches_every_rank(tmp_path, mode, word, sig):
+    """'late': the signal arrives before the ranks installed their handler; they get it once they do (a
+    SIGTERM then would have killed them). torchrun itself is not signalled: it waits for its ranks, which
+    exit 0, and so does the launcher, without a torchrun traceback."""
+    proc = _start_launcher(tmp_path, "sig", mode)
+    logs = tmp_path / "sig" / "logs"
+    _wait_for_ranks(proc, logs, word)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == ["SIGUSR1", "SIGUSR1"]
+    assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == [sig.name, sig.name]
+    assert "Traceback" not in out and "SignalException" not in out and "exited with code" not in out, out
+
+
+def test_ctrl_c_reaches_the_ranks_as_sigterm_and_a_second_one_stops_at_once(tmp_path):
+    """Ctrl-C at a terminal signals the whole foreground process group: the launcher passes it on as
+    SIGTERM (the ranks save and exit 0); torchrun, in a group of its own, never sees it. Twice: at once."""
+    proc = _start_launcher(tmp_path, "int", "signal", new_session=True)
+    logs = tmp_path / "int" / "logs"
+    _wait_for_ranks(proc, logs, "ready")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == ["SIGTERM", "SIGTERM"]
+    assert "Traceback" not in out and "exited with code" not in out, out
+
+    proc = _start_launcher(tmp_path, "int2", "slow", new_session=True)  # ranks that take long to save
+    logs = tmp_path / "int2" / "logs"
+    _wait_for_ranks(proc, logs, "ready")
+    os.killpg(proc.pid, signal.SIGINT)
+    _wait_for_ranks(proc, logs, "SIGTERM", files="stopped-rank*")
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 30, out  # not the 120 s of the "save"
+    assert "received SIGINT again" in out
 
 
 def test_array_task_config_gets_its_own_run_dir_and_seed(tmp_path):

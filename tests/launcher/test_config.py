@@ -211,3 +211,20 @@ def test_shards_from_another_tokenizer_are_refused(tiny_data, tmp_path):
     shutil.copy(tiny_data["tokenizer"], tmp_path / "copy.model")  # the same model under another path is fine
     (tmp_path / "shards" / "shards.json").write_text(json.dumps({"tokenizer": str(tmp_path / "copy.model")}))
     cfg.check_cross_sections(1)
+
+
+@pytest.mark.parametrize("word, expected", [("off", "off"), ("no", "off"), ("false", "off"), ("'off'", "off"),
+                                            ("on", "micro_batch"), ("micro_batch", "micro_batch")])
+def test_loss_check_off_as_yaml_reads_it(tmp_path, word, expected):
+    """YAML 1.1 reads a bare `off` as False: `perf.loss_check: off` (README) means 'off', in a file and in --set."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"perf:\n  loss_check: {word}\n")
+    assert load_config(path).perf.loss_check == expected
+    assert _load(f"perf.loss_check={word}").perf.loss_check == expected
+    cfg = load_config(path)  # and the resolved config written to RUN/config.yaml reads back the same
+    assert yaml.safe_load(cfg.to_yaml())["perf"]["loss_check"] == expected
+
+
+def test_loss_check_other_values_still_refused():
+    with pytest.raises(ConfigError, match=r"perf.loss_check='sometimes'.*'micro_batch' or 'off'"):
+        _load("perf.loss_check=sometimes")

@@ -90,21 +90,71 @@ def test_rank_killed_during_save_resumes_from_previous_checkpoint(tiny_data, tmp
 
 
 def test_corrupt_checkpoint_is_reported_and_skipped(tiny_data, tmp_path):
-    proc, run = _train(tmp_path, tiny_data, "c", extra=("--set", "train.max_steps=4"),
-                       checkpoint={"every_steps": 2, "save_at_end": True, "keep_last": 3})
+    """The final checkpoint of a finished run is corrupt: the rerun skips it, resumes from the one before,
+    trains to the end again and saves a final checkpoint that verifies in place of the corrupt one."""
+    proc, run = _train(tmp_path, tiny_data, "c", nproc=2, extra=("--set", "train.max_steps=4"),
+                       checkpoint={"every_steps": 2, "save_at_end": True, "keep_last": 3},
+                       parallel={"zero_stage": 2})
     _ok(proc)
     ckpts = list_checkpoints(run / "checkpoints")
     assert [p.name for p in ckpts] == ["step_00000004", "step_00000002"]
-    victim = max((p for p in ckpts[0].rglob("*.pt")), key=lambda p: p.stat().st_size)
+    victim = max((p for p in ckpts[0].rglob("*optim_states.pt")), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     ok, reason = verify(ckpts[0])
     assert not ok and "checksum" in reason
-    again = run_train(run / "config.yaml", "--set", "train.max_steps=6")
+    again = run_train(run / "config.yaml", nproc=2)  # the same max_steps: step 4 is trained again
     _ok(again)
     out = again.stdout + again.stderr
-    assert "skipping checkpoint" in out and "step_00000002" in out
+    assert "skipping checkpoint" in out and "resumed from" in out and "step_00000002" in out
+    ckpts = list_checkpoints(run / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000004", "step_00000002"]
+    assert verify(ckpts[0]) == (True, "ok")  # the corrupt directory was replaced by a new save
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert not [p for p in (run / "checkpoints" / ".tmp").iterdir() if p.is_dir()]  # nothing left aside
+    summary = json.loads((run / "results" / "train_summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 4
+    # and the next start finds nothing left to do
+    third = run_train(run / "config.yaml", nproc=2)
+    _ok(third)
+    out = third.stdout + third.stderr
+    assert "skipping checkpoint" not in out and "resumed from" in out and "step_00000004" in out
+    assert "saved checkpoint" not in out
+
+
+@pytest.mark.parametrize("nproc, how", [(2, "SIGTERM"), (2, "Ctrl-C"), (1, "Ctrl-C")])
+def test_stop_signal_saves_and_exits_0_without_a_traceback(tiny_data, tmp_path, nproc, how):
+    """SIGTERM to `mnemos train` (a scheduler's preemption), or Ctrl-C at its terminal (SIGINT to its process
+    group): the ranks finish their step, save a checkpoint that verifies, and the command exits 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.launcher.conftest import REPO
+    cfg = write_config(tmp_path / "s.yaml", tmp_path / "s", tiny_data, train={"max_steps": 500})
+    env = dict(os.environ, MNEMOS_FAULT_STEP_DELAY_S="0.05")  # ~25 s unless stopped
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", str(cfg), "--nproc", str(nproc)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a process group of its own, as at a terminal
+    steps = tmp_path / "s" / "logs" / "steps.jsonl"
+    deadline = time.monotonic() + 120
+    while not (steps.exists() and '"step": 3,' in steps.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "Traceback" not in out + err and "exited with code" not in out + err, out[-3000:] + err[-3000:]
+    assert "training preempted" in out + err
+    summary = json.loads((tmp_path / "s" / "results" / "train_summary.json").read_text())
+    assert summary["status"] == "preempted" and 3 <= summary["step"] < 500
+    ckpts = list_checkpoints(tmp_path / "s" / "checkpoints")
+    assert [p.name for p in ckpts] == [f"step_{summary['step']:08d}"] and verify(ckpts[0])[0]
+    assert (tmp_path / "s" / "checkpoints" / "latest").read_text().strip() == ckpts[0].name
 
 
 def test_resume_refuses_a_different_architecture(tiny_data, tmp_path):
@@ -123,6 +173,47 @@ def test_resume_refuses_a_different_architecture(tiny_data, tmp_path):
     assert "`mnemos ckpt import-hf`" in again.stdout + again.stderr
 
 
+CPU_REFUSALS = [
+    ("precision.dtype=bf16", "precision.dtype='bf16' needs a CUDA GPU; this run is on cpu (rule: bf16/fp16 only "
+                             "where the hardware supports it; use fp32)"),
+    ("perf.sdpa_backend=cudnn", "perf.sdpa_backend='cudnn' on cpu (rule: that kernel is CUDA's; use 'auto', "
+                                "'flash' or 'math')"),
+    ("perf.band_kernel=flex", "perf.band_kernel='flex' on cpu (rule: torch has no FlexAttention backward off CUDA; "
+                              "use band_kernel='dense')"),
+]
+
+
+@pytest.mark.parametrize("override, message", CPU_REFUSALS, ids=[o for o, _ in CPU_REFUSALS])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_cuda_only_settings_are_refused_before_any_rank_starts_on_cpu(tiny_data, tmp_path, override, message,
+                                                                      dry_run):
+    from launcher.launch import _cuda_available
+    if _cuda_available():
+        pytest.skip("this machine has CUDA: the settings are allowed here")
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "run", tiny_data)
+    proc = run_train(cfg, "--set", override, *(["--dry-run"] if dry_run else []), nproc=2)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [f"mnemos: {message}"]  # one line, no traceback
+    assert "torch.distributed.run" not in proc.stdout  # nothing was launched (or printed to launch)
+    assert not (tmp_path / "run").exists()  # and no run directory was left behind
+
+
+def test_cuda_only_settings_pass_the_launcher_check_on_a_gpu_machine(tiny_data, tmp_path, monkeypatch):
+    import launcher.launch
+    from launcher.config import ConfigError
+    from launcher.train_cli import prepare_run
+    monkeypatch.setattr(launcher.launch, "_cuda_available", lambda: True)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "run", tiny_data)
+    overrides = [o for o, _ in CPU_REFUSALS]
+    run_cfg, _ = prepare_run(str(cfg), overrides, nproc=2, write=False)
+    assert (run_cfg.precision.dtype, run_cfg.perf.sdpa_backend, run_cfg.perf.band_kernel) == ("bf16", "cudnn", "flex")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU; this run is on cpu"):  # unless told device=cpu
+        prepare_run(str(cfg), ["precision.dtype=bf16", "device=cpu"], nproc=2, write=False)
+    monkeypatch.setattr(launcher.launch, "_cuda_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device='cuda' but no CUDA device is visible"):
+        prepare_run(str(cfg), ["device=cuda"], nproc=2, write=False)
+
+
 def test_run_directory_layout_and_logs(tiny_data, tmp_path):
     proc, run = _train(tmp_path, tiny_data, "layout", train={"eval_every_steps": 5, "max_steps": 5},
                        logging={"tensorboard": True}, checkpoint={"save_at_end": True})
@@ -133,6 +224,38 @@ def test_run_directory_layout_and_logs(tiny_data, tmp_path):
     assert summary["status"] == "finished" and summary["step"] == 5
     assert summary["validation"][0]["step"] == 0 and summary["validation"][-1]["step"] == 5
     assert "ETA" in proc.stdout + proc.stderr
+
+
+def test_validation_loss_does_not_depend_on_the_layout(tiny_data, tmp_path):
+    """The same weights give the same validation loss at dp=2, at tp=2 (dp=1) and on one rank with another
+    micro batch size: the validation set is eval_batches x global_batch_size samples, not a count of
+    per-rank micro-batches. The set here is shorter than that, and not a whole number of micro-batches."""
+    import shutil
+    from data.gpt_dataset import PackedGPTDataset
+    from data.tokenizer import Tokenizer
+    n_valid = len(PackedGPTDataset([tiny_data["valid"]], seq_len=64, eos_id=Tokenizer(tiny_data["tokenizer"]).eos_id))
+    assert n_valid % 4 and n_valid > 16
+    eval_batches = n_valid // 6  # per-rank micro-batch counts would read 4x, 8x or 2x eval_batches samples
+    common = dict(train={"max_steps": 4, "eval_every_steps": 4, "eval_batches": eval_batches},
+                  checkpoint={"save_at_end": True})
+    proc, run = _train(tmp_path, tiny_data, "dp2", nproc=2, parallel={"zero_stage": 2}, **common)
+    _ok(proc)
+    losses = {"dp2": json.loads((run / "results" / "train_summary.json").read_text())["validation"][-1]}
+    for name, nproc, sections in (("tp2", 2, {"parallel": {"tp": 2}}),
+                                  ("dp1_micro2", 1, {"train": {**common["train"], "micro_batch_size": 2}})):
+        other = tmp_path / name
+        shutil.copytree(run / "checkpoints", other / "checkpoints")  # the same weights, read in another layout
+        cfg = write_config(tmp_path / f"{name}.yaml", other, tiny_data, **{**common, **sections})
+        # eval_every_steps=3: the resumed run (already at max_steps) evaluates once at the end, trains nothing
+        proc = run_train(cfg, "--set", "train.eval_every_steps=3", nproc=nproc)
+        _ok(proc)
+        summary = json.loads((other / "results" / "train_summary.json").read_text())
+        assert summary["step"] == 4 and "saved checkpoint" not in proc.stdout + proc.stderr
+        losses[name] = summary["validation"][-1]
+    assert {v["step"] for v in losses.values()} == {4}
+    ref = losses["dp2"]["loss"]
+    for name, v in losses.items():
+        assert v["loss"] == pytest.approx(ref, rel=1e-5), (name, losses)
 
 
 def _unigram_perplexity(train_prefix, valid_prefix, vocab):
