@@ -47,7 +47,7 @@ def check_same_data_files(saved: dict, data: "DataConfig", ckpt, now: dict | Non
         raise ConfigError(f"data.tokenizer={data.tokenizer!r} is not the file the checkpoint {ckpt} trained with "
                           f"(sha256 {then_sha[:12]} then, {now_sha[:12]} now); rule: a resumed run reads the same "
                           f"token ids — restore that tokenizer, or start a new run_dir from these weights "
-                          f"(`mnemos ckpt export-hf`, then `mnemos ckpt import-hf`)")
+                          f"(`mnemos ckpt import-run`)")
     for i, (then, n) in enumerate(zip(saved.get("train_tokens") or [], now["train_tokens"])):
         if then != n:
             raise ConfigError(f"data.train[{i}]={data.train[i]!r} holds {n} tokens now, {then} when the checkpoint "

@@ -71,8 +71,7 @@ def check_resumable(cfg: RunConfig) -> None:
                 raise ConfigError(f"data.{field}={now_data.get(field)!r} differs from the checkpoint {ckpt} (saved "
                                   f"{saved['data'].get(field)!r}); rule: a resumed run continues one sample order, "
                                   f"so data.train, data.weights, data.seq_len and data.seed stay — for other data use "
-                                  f"a new run_dir, started from these weights by `mnemos ckpt export-hf` and "
-                                  f"`mnemos ckpt import-hf`")
+                                  f"a new run_dir, started from these weights by `mnemos ckpt import-run`")
         if "data_files" in manifest:
             check_same_data_files(manifest["data_files"], cfg.data, ckpt)
         return

@@ -1,4 +1,4 @@
-"""`mnemos ckpt inspect|verify|reshard|export-hf|import-hf|export-torch`: checkpoint tools.
+"""`mnemos ckpt inspect|verify|reshard|export-hf|import-hf|import-run|export-torch`: checkpoint tools.
 
 DIR may be a run directory, its checkpoints/ folder or one step_N checkpoint; a run or checkpoints
 folder means its newest checkpoint (inspect and verify look at all of them).
@@ -45,13 +45,14 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("import-hf", help="start a run from an HF GPT-2/BERT directory's weights")
     p.add_argument("hf_dir", help="a transformers GPT-2 or BERT directory (config.json and weights)")
-    p.add_argument("--config", required=True, help="the run config that will train from these weights")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of --config, as `mnemos train --set` does")
-    p.add_argument("--new-tokenizer", action="store_true",
-                   help="train with data.tokenizer although the weights learnt another tokenizer's ids (the "
-                        "embedding rows then start from other tokens' vectors)")
+    _import_options(p)
     p.set_defaults(func=cmd_import_hf)
+
+    p = sub.add_parser("import-run", help="start a new run from a mnemos checkpoint's weights (other data or "
+                                          "schedule; fresh optimizer and step count)")
+    p.add_argument("dir", help="run directory (its newest valid checkpoint) or one checkpoint directory, any layout")
+    _import_options(p)
+    p.set_defaults(func=cmd_import_run)
 
     p = sub.add_parser("export-torch", help="consolidated fp32 state dict for plain PyTorch")
     p.add_argument("dir", help="run directory (its latest checkpoint) or one checkpoint directory")
@@ -61,6 +62,15 @@ def register(subparsers) -> None:
     ckpt.set_defaults(func=lambda args: (ckpt.print_help(), 2)[1])
     for action in sub.choices.values():
         action.set_defaults(func=_one_line_errors(action.get_default("func")))
+
+
+def _import_options(p) -> None:
+    p.add_argument("--config", required=True, help="the run config that will train from these weights")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of --config, as `mnemos train --set` does")
+    p.add_argument("--new-tokenizer", action="store_true",
+                   help="train with data.tokenizer although the weights learnt another tokenizer's ids (the "
+                        "embedding rows then start from other tokens' vectors)")
 
 
 def _one_line_errors(func):
@@ -247,6 +257,15 @@ def cmd_import_hf(args) -> int:
     from parallel.export_hf import import_hf
     cfg = load_config(args.config, args.overrides)
     out = import_hf(args.hf_dir, cfg, args.new_tokenizer)
+    print(f"wrote {out}; `{train_command(args.config, args.overrides)}` starts from these weights")
+    return 0
+
+
+def cmd_import_run(args) -> int:
+    from launcher.config import load_config
+    from parallel.export_hf import import_run
+    cfg = load_config(args.config, args.overrides)
+    out = import_run(args.dir, cfg, args.new_tokenizer)
     print(f"wrote {out}; `{train_command(args.config, args.overrides)}` starts from these weights")
     return 0
 

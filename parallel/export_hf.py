@@ -287,16 +287,8 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
     starts from them (same data stream, fresh optimizer). The run config's model must match the HF one,
     and its tokenizer the weights' (`check_same_tokenizer`)."""
     from launcher.config import ConfigError
-    from parallel.manifest import list_checkpoints, write_latest, step_dirname
-    from parallel.reshard import FullState, write_universal
 
-    root = Path(cfg.run_dir) / "checkpoints"
-    held = list_checkpoints(root)
-    if held:  # `mnemos train` resumes from the newest of them and would never read the imported step 0
-        names = ", ".join(p.name for p in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-        raise ConfigError(f"run_dir={cfg.run_dir!r} already holds checkpoints ({names} in {root}); `mnemos train` "
-                          f"would resume from the newest, not from the imported weights (rule: import into a fresh "
-                          f"run directory: --set run_dir=NEW_DIR)")
+    refuse_a_run_with_checkpoints(cfg)
     model_fields_from_hf(read_hf_config(hf_dir))  # an HF directory mnemos can read, before the tokenizer check
     check_same_tokenizer(Path(hf_dir), cfg.data.tokenizer, new_tokenizer)
     sd, fields = read_hf_dir(hf_dir)
@@ -306,21 +298,78 @@ def import_hf(hf_dir: str | Path, cfg, new_tokenizer: bool = False) -> Path:
         if mine != v:
             raise ConfigError(f"model.{k}={mine!r} differs from the HF checkpoint {hf_dir} ({v!r}); rule: the run "
                               f"config's architecture must match the imported weights")
-    # the model's own parameter names: nothing missing, nothing extra
-    from parallel.build import model_class
-    with torch.device("meta"):
-        names = [n for n, _ in model_class(cfg.model.arch)(cfg.model).named_parameters()]
-    missing, extra = [n for n in names if n not in sd], sorted(set(sd) - set(names))
-    if missing or extra:
-        raise ExportError(f"HF weights do not fit the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    return write_initial_checkpoint(sd, cfg, imported_from=hf_dir)
+
+
+def import_run(src: str | Path, cfg, new_tokenizer: bool = False) -> Path:
+    """A mnemos checkpoint's weights (any TP/ZeRO layout, or universal; a run directory means its newest valid
+    checkpoint) as step 0 of the run `cfg` describes: the same model trained on other data or with another
+    schedule, with a fresh optimizer, data stream and step count (Megatron's --finetune). It works for every
+    attention pattern, where the way through `export-hf` needs GPT-2's dense attention."""
+    from data.tokenizer import file_sha256
+    from launcher.config import ARCH_FIELDS, ConfigError
+    from launcher.inference import read_run_config, resolve_checkpoint
+    from parallel.manifest import read_manifest
+
+    refuse_a_run_with_checkpoints(cfg)
+    ckpt = resolve_checkpoint(src)
+    saved = read_run_config(ckpt).model.model_dump(mode="json")
+    now = cfg.model.model_dump(mode="json")
+    for field in ARCH_FIELDS:
+        if saved.get(field) != now.get(field):
+            raise ConfigError(f"model.{field}={now.get(field)!r} differs from the checkpoint {ckpt} "
+                              f"({saved.get(field)!r}); rule: the run config's architecture must match the "
+                              f"imported weights")
+    theirs = (read_manifest(ckpt).get("data_files") or {}).get("tokenizer_sha256")
+    if theirs and cfg.data.tokenizer and not new_tokenizer and file_sha256(cfg.data.tokenizer) != theirs:
+        raise ConfigError(f"data.tokenizer={cfg.data.tokenizer!r} is not the tokenizer the checkpoint {ckpt} trained "
+                          f"with (sha256 {theirs[:12]}) (rule: the imported embeddings mean its ids; tokenize the "
+                          f"data with it, or pass --new-tokenizer to start the embeddings over on another "
+                          f"tokenizer's ids)")
+    from launcher.inference import consolidated_state_dict
+    sd, _ = consolidated_state_dict(ckpt)
+    return write_initial_checkpoint(sd, cfg, imported_from=ckpt)
+
+
+def refuse_a_run_with_checkpoints(cfg) -> None:
+    """Imported weights are step 0 of a fresh run: `mnemos train` resumes from the newest checkpoint of a run
+    directory and would never read them."""
+    from launcher.config import ConfigError
+    from parallel.manifest import list_checkpoints
+    root = Path(cfg.run_dir) / "checkpoints"
+    held = list_checkpoints(root)
+    if held:
+        names = ", ".join(p.name for p in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ConfigError(f"run_dir={cfg.run_dir!r} already holds checkpoints ({names} in {root}); `mnemos train` "
+                          f"would resume from the newest, not from the imported weights (rule: import into a fresh "
+                          f"run directory: --set run_dir=NEW_DIR)")
+
+
+def write_initial_checkpoint(sd: dict[str, torch.Tensor], cfg, imported_from: str | Path) -> Path:
+    """`sd` (fp32, the model's parameter names) as the universal checkpoint step_00000000 of cfg.run_dir, at the
+    start of its data stream, and `latest` pointing to it."""
     from launcher.objectives import make_objective
+    from parallel.build import model_class
+    from parallel.manifest import step_dirname, write_latest
+    from parallel.reshard import FullState, write_universal
     from parallel.topology import Topology
+    # the model's own parameter names: nothing missing, nothing extra (a tied weight's second name, such as
+    # lm_head.weight in a TP=1 ZeRO-0 save, is the same tensor: it is not stored twice)
+    with torch.device("meta"):
+        model = model_class(cfg.model.arch)(cfg.model)
+    names = [n for n, _ in model.named_parameters()]
+    every_name = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    missing, extra = [n for n in names if n not in sd], sorted(set(sd) - every_name)
+    if missing or extra:
+        raise ExportError(f"the weights of {imported_from} do not fit the model: missing {missing[:5]}, "
+                          f"unexpected {extra[:5]}")
     n_samples = len(make_objective(cfg, Topology.single()).train_dataset())
     client = {"trainer": {"step": 0, "consumed_samples": 0, "consumed_tokens": 0},
               "sampler": {"consumed_samples": 0, "num_samples": n_samples, "seed": cfg.data.seed},
               "config": cfg.model_dump(mode="json"), "history": {"train_loss": [], "valid": []}}
+    root = Path(cfg.run_dir) / "checkpoints"
     out = root / step_dirname(0)
     write_universal(FullState(fp32={n: sd[n] for n in names}, client=client), out,
-                    meta={"imported_from": str(hf_dir)})
+                    meta={"imported_from": str(imported_from)})
     write_latest(root, out.name)
     return out

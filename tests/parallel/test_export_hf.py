@@ -325,3 +325,38 @@ def test_a_model_transformers_cannot_hold_is_refused_in_one_line(tmp_path, shard
     assert "train a run that is to be exported with model.attn_pattern=dense (--set model.attn_pattern=dense" in err
     assert "`mnemos ckpt export-torch`" in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_import_run_starts_a_new_run_from_a_checkpoint_any_attention_pattern(tmp_path, shards, bert_tokenizer,
+                                                                             capsys):
+    """Other data or another schedule from a run's weights: a GPT-3-style alternating model, which export-hf
+    cannot carry, starts a new run at step 0 with the same weights, a fresh optimizer and its own data order."""
+    from launcher.cli import main
+    from launcher.inference import consolidated_state_dict
+    model = {"n_ctx": 32, "attn_pattern": "alternating", "local_window": 8}
+    first = write_config(tmp_path / "first.yaml", tmp_path / "first", shards, model=model, data={"seq_len": 32},
+                         train={"max_steps": 2}, checkpoint={"save_at_end": True})
+    proc = run_train(first)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    second = write_config(tmp_path / "second.yaml", tmp_path / "second", shards, model=model,
+                          data={"seq_len": 32, "seed": 7}, train={"max_steps": 1}, optim={"lr": 1e-4},
+                          checkpoint={"save_at_end": False})
+    capsys.readouterr()
+    assert main(["ckpt", "import-run", str(tmp_path / "first"), "--config", str(second)]) == 0
+    assert "`mnemos train " + str(second) + "` starts from these weights" in capsys.readouterr().out
+    before, _ = consolidated_state_dict(tmp_path / "first")
+    after, _ = consolidated_state_dict(tmp_path / "second")
+    assert set(after) <= set(before) and all(torch.equal(after[k], before[k]) for k in after)
+    proc = run_train(second)  # the other data order from the imported weights
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout + proc.stderr and sorted(step_losses(tmp_path / "second")) == [1]
+    # refused in one line, nothing written: a run with checkpoints, another shape, another tokenizer
+    for sets, message in (([], "already holds checkpoints (step_00000000"),
+                          ([f"run_dir={tmp_path / 'third'}", "model.n_layer=3"], "model.n_layer=3 differs from"),
+                          ([f"run_dir={tmp_path / 'third'}", f"data.tokenizer={bert_tokenizer}"],
+                           "is not the tokenizer the checkpoint")):
+        rc = main(["ckpt", "import-run", str(tmp_path / "first"), "--config", str(second),
+                   *[w for s in sets for w in ("--set", s)]])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "third").exists()
