@@ -391,7 +391,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     # scenes and slot noise are functions of (seed, rank, step), so a resumed run repeats the same stream
     stream = step_batches(make_batch, start, args.steps, ctx.device, use_prefetch)
     t0, last_t, last_step = time.time(), time.time(), start
-    loss_val = float("nan")
+    loss_val = resumed["train_loss"]  # an evaluation-only session reports the checkpoint's last loss
     done = start
     for step in range(start, args.steps):
         lr = lr_at(step, args)
@@ -428,14 +428,16 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
                     add_mask_images(writer, model, eval_scenes, ctx.device, done, args.eval_iters)
         out_of_time = args.time_limit is not None and ctx.agree(time.time() - t0 > 60 * args.time_limit)
         if ctx.rank == 0 and (done % args.ckpt_every == 0 or done == args.steps or out_of_time):
-            save_checkpoint(ckpt_dir, model, opt, done, options=run_options(args))
+            save_checkpoint(ckpt_dir, model, opt, done, options=run_options(args), train_loss=loss_val,
+                            train_seconds=resumed["train_seconds"] + time.time() - t0)
         if out_of_time:
             log.info("seed %d: --time-limit %g min reached at step %d of %d; the checkpoint is saved, the same "
                      "command resumes from it", seed, args.time_limit, done, args.steps)
             break
     stream.close()  # stops the prefetch thread when the time limit ended the loop early
+    # train_seconds: all sessions of this seed's training (the checkpoint carries the earlier ones)
     result = {"seed": seed, "steps": done, "final_train_loss": loss_val,
-              "train_seconds": round(time.time() - t0, 1)}
+              "train_seconds": round(resumed["train_seconds"] + time.time() - t0, 1)}
     if ctx.rank == 0:
         result.update(evaluate(model, args, spec, eval_scenes, ctx.device, seed, by_count=True))
         result["flexibility"] = flexibility(model, args, spec, eval_scenes, ctx.device, seed)
@@ -570,7 +572,7 @@ def _thr_name(t: float) -> str:
 
 # ------------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(ckpt_dir: Path, model, opt, step: int, keep: int = 2, **extra) -> Path:
-    """`extra`: the run's options (RUN_OPTIONS)."""
+    """`extra`: the run's options (RUN_OPTIONS), training seconds so far and the last training loss."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step{step:08d}.pt"
     tmp = ckpt_dir / f".{path.name}.tmp"
@@ -724,10 +726,25 @@ def _option_text(args) -> str:
 
 
 def _steps_text(target: int, per_seed: list[dict]) -> str:
+    """How far training went: --steps, short of it (only --time-limit stops a session early), or past it (the
+    checkpoint had more steps than this command's --steps, so it was evaluated and not trained)."""
     reached = [r["steps"] for r in per_seed]
     if all(n == target for n in reached):
         return f"{target} steps"
-    return f"{'/'.join(map(str, reached))} of {target} steps (stopped by --time-limit)"
+    short = [r for r in per_seed if r["steps"] < target]
+    past = [r for r in per_seed if r["steps"] > target]
+    done = [r for r in per_seed if r["steps"] == target]
+    seeds = sum(map(bool, (short, past, done))) > 1  # name the seeds where they differ in this
+    parts = []
+    if short:
+        parts.append(f"{'seed ' + '/'.join(str(r['seed']) for r in short) + ': ' if seeds else ''}"
+                     f"{'/'.join(str(r['steps']) for r in short)} of {target} steps (stopped by --time-limit)")
+    if past:
+        parts.append(f"{'seed ' + '/'.join(str(r['seed']) for r in past) + ': ' if seeds else ''}already at step "
+                     f"{'/'.join(str(r['steps']) for r in past)}, past --steps {target}: evaluated only")
+    if done:
+        parts.append(f"seed {'/'.join(str(r['seed']) for r in done)}: {target} steps")
+    return "; ".join(parts)
 
 
 def write_results(run: Path, args, summary: dict) -> list[Path]:

@@ -161,6 +161,10 @@ def test_time_limit_stops_checkpoints_and_resumes(tmp_path):
     assert [p.name for p in (tmp_path / "cut" / "checkpoints" / "seed2").glob("*.pt")] == ["step00000001.pt"]
     again = parse(*common, "--out", str(tmp_path / "cut"))
     again.func(again)  # resumes at step 1 and finishes
+    res2 = json.loads((tmp_path / "cut" / "results" / "slots_tetrominoes-mini_discovery.json").read_text())
+    first = torch.load(tmp_path / "cut" / "checkpoints" / "seed2" / "step00000003.pt", weights_only=True)
+    assert first["train_seconds"] >= res["per_seed"][0]["train_seconds"] - 0.05  # both sessions counted
+    assert res2["per_seed"][0]["train_seconds"] == pytest.approx(first["train_seconds"], abs=0.1)
     wa = _weights(tmp_path / "full" / "checkpoints" / "seed2" / "step00000003.pt")
     wb = _weights(tmp_path / "cut" / "checkpoints" / "seed2" / "step00000003.pt")
     for k in wa:
@@ -281,7 +285,7 @@ def _cli(*argv):
 
 def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_path):
     """A run directory holds one run: a rerun with another preset, dataset, task or training option is refused
-    in one line, before RUN/config.yaml is rewritten; a larger --steps resumes."""
+    in one line, before RUN/config.yaml is rewritten; a larger --steps resumes, a smaller one evaluates."""
     common = ["--dataset", "tetrominoes-mini", "--preset", "tiny", "--batch-size", "4", "--eval-size", "8",
               "--threads", "1", "--no-baseline", "--seeds", "0", "--out", str(tmp_path)]
     first = parse(*common, "--steps", "2")
@@ -306,6 +310,16 @@ def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_pat
                                                                                          "step00000003.pt"]
     state = torch.load(tmp_path / "checkpoints" / "seed0" / "step00000003.pt", weights_only=True)
     assert state["options"]["preset"] == "tiny" and state["options"]["warmup_steps"] == 1
+    assert state["train_seconds"] > 0 and np.isfinite(state["train_loss"])
+    # a smaller --steps evaluates the checkpoint, and the report says so (not a --time-limit stop)
+    fewer = parse(*common, "--steps", "1")
+    assert fewer.func(fewer) == 0
+    md = (tmp_path / "results" / "slots_tetrominoes-mini_discovery.md").read_text()
+    assert "already at step 3, past --steps 1: evaluated only" in md and "time-limit" not in md
+    res = json.loads((tmp_path / "results" / "slots_tetrominoes-mini_discovery.json").read_text())
+    seed = res["per_seed"][0]
+    assert seed["steps"] == 3 and seed["final_train_loss"] == pytest.approx(state["train_loss"])
+    assert seed["train_seconds"] == pytest.approx(state["train_seconds"], abs=0.1)  # the sessions that trained
 
 
 def test_run_directory_of_an_older_version_is_checked_by_its_shapes(tmp_path):
@@ -332,3 +346,12 @@ def test_run_directory_of_an_older_version_is_checked_by_its_shapes(tmp_path):
     (tmp_path / "config.yaml").unlink()  # the new checkpoints record their options
     with pytest.raises(slots.ConfigError, match=r"--preset cpu does not match .* --preset tiny \(.*step0+2\.pt"):
         slots.check_resumable(tmp_path, parse(*common, "--steps", "3", "--preset", "cpu"))
+
+
+def test_steps_text_says_why_a_seed_has_other_steps():
+    assert slots._steps_text(5, [{"seed": 0, "steps": 5}]) == "5 steps"
+    assert slots._steps_text(5, [{"seed": 0, "steps": 2}]) == "2 of 5 steps (stopped by --time-limit)"
+    assert slots._steps_text(500, [{"seed": 0, "steps": 1801}]) == \
+        "already at step 1801, past --steps 500: evaluated only"
+    mixed = slots._steps_text(500, [{"seed": 0, "steps": 1801}, {"seed": 1, "steps": 500}])
+    assert mixed == "seed 0: already at step 1801, past --steps 500: evaluated only; seed 1: 500 steps"
