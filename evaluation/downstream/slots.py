@@ -125,7 +125,8 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", type=number(0), default=None, metavar="MINUTES",
                    help="per seed: stop training after this many minutes, checkpoint, and evaluate the model "
                         "reached; run the same command again to resume towards --steps")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (cuda when available), cpu or cuda")
     p.add_argument("--threads", type=integer(1), default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                    help="render the next step's scenes in a background thread while this step computes (the "

@@ -355,3 +355,10 @@ def test_steps_text_says_why_a_seed_has_other_steps():
         "already at step 1801, past --steps 500: evaluated only"
     mixed = slots._steps_text(500, [{"seed": 0, "steps": 1801}, {"seed": 1, "steps": 500}])
     assert mixed == "seed 0: already at step 1801, past --steps 500: evaluated only; seed 1: 500 steps"
+
+
+def test_device_is_checked_while_parsing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse("--device", "tpu", "--out", str(tmp_path))
+    assert exit_.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+    assert parse("--device", "cpu", "--out", str(tmp_path)).device == "cpu"
