@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from evaluation.downstream import scenes as scenes_mod
 from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
 from launcher.argtypes import comma_list, integer, number, output_dir
+from launcher.config import ConfigError
 from launcher.prefetch import StepPrefetcher
 from model.slot_attention import UPDATE_NORMS, SlotAttentionAutoEncoder, SlotAttentionSetPredictor
 
@@ -71,6 +72,14 @@ PRESETS = {
 for _p in PRESETS.values():  # the 14x14 CI set: full-resolution broadcast is cheap there
     _p["tetrominoes-mini"] = {k: v for k, v in _p["tetrominoes"].items() if k != "broadcast_size"}
 DECODER_KEYS = {"dec_hidden", "dec_kernel", "dec_layers", "broadcast_size"}
+
+# What a run directory's checkpoints were trained with: the model's shape, the scenes and the training recipe.
+# A rerun that changes one would load the weights into another model, or continue another run under this
+# one's name, so it is refused (check_resumable). The rest may change between sessions of one run: --steps
+# (extend it, or evaluate a checkpoint already past it), --seeds, --time-limit, --eval-*, --ckpt-every,
+# --log-every, --no-baseline, and how it runs (--device, --threads, --prefetch, --compile, --bf16).
+RUN_OPTIONS = ("dataset", "task", "preset", "num_slots", "iters", "implicit_grad", "update_norm", "batch_size",
+               "lr", "warmup_steps", "decay_steps", "grad_clip", "mask_entropy", "mask_entropy_from")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -116,7 +125,8 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", type=number(0), default=None, metavar="MINUTES",
                    help="per seed: stop training after this many minutes, checkpoint, and evaluate the model "
                         "reached; run the same command again to resume towards --steps")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (cuda when available), cpu or cuda")
     p.add_argument("--threads", type=integer(1), default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                    help="render the next step's scenes in a background thread while this step computes (the "
@@ -136,6 +146,8 @@ def main(args: argparse.Namespace) -> int:
     if args.task == "set-prediction" and args.num_slots is not None and args.num_slots < spec.max_objects:
         raise SystemExit(f"mnemos downstream slots: --num-slots {args.num_slots} (rule: set prediction needs a slot "
                          f"for each of the up to {spec.max_objects} objects of {args.dataset})")
+    run = Path(args.out)
+    check_resumable(run, args)  # before anything is written: RUN/config.yaml keeps describing its checkpoints
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = DistContext.from_env(args.device)
@@ -145,7 +157,6 @@ def main(args: argparse.Namespace) -> int:
     flush = ctx.device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         seeds = [int(s) for s in str(args.seeds).split(",") if s.strip() != ""]
-        run = Path(args.out)
         if ctx.rank == 0:
             for sub in ("checkpoints", "tensorboard", "results", "logs"):
                 (run / sub).mkdir(parents=True, exist_ok=True)
@@ -165,6 +176,94 @@ def main(args: argparse.Namespace) -> int:
         if flush:
             torch.set_flush_denormal(False)
         ctx.close()
+
+
+# ---------------------------------------------------------------------------------- resuming a run
+def run_options(args) -> dict:
+    """The RUN_OPTIONS of `args` (parsed options, or a saved config as a Namespace), defaults resolved: the
+    number of slots of the dataset, and the warmup of min(10000, steps // 10) steps."""
+    opts = {k: getattr(args, k, None) for k in RUN_OPTIONS}
+    if opts["num_slots"] is None and opts["dataset"] in scenes_mod.SPECS:
+        opts["num_slots"] = scenes_mod.SPECS[opts["dataset"]].num_slots
+    if opts["warmup_steps"] is None and getattr(args, "steps", None) is not None:
+        opts["warmup_steps"] = default_warmup(args.steps)
+    return opts
+
+
+def default_warmup(steps: int) -> int:
+    return min(10_000, max(steps // 10, 1))
+
+
+def saved_options(run: Path, args) -> tuple[dict, str] | None:
+    """What the checkpoints in `run` were trained with, and where that was read; None when it holds none.
+    Each checkpoint records its options; for those of an older version, which did not, RUN/config.yaml - but
+    that version rewrote it before it loaded a checkpoint, so it counts only where its options build a model
+    that fits the checkpoint (and these options must build one too)."""
+    ckpts = sorted((run / "checkpoints").glob("seed*/step*.pt"), key=lambda p: p.name, reverse=True)
+    states = []
+    for path in ckpts:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a torn file: load_latest skips it too
+            continue
+        if state.get("options"):
+            return state["options"], str(path)
+        states.append((path, state))
+    if not states:
+        return None
+    path, state = states[0]
+    if not _fits(args, state):
+        raise ConfigError(f"checkpoint {path} does not fit the model these options build; rule: a run directory "
+                          f"resumes only with the options its checkpoints were trained with - repeat them, or use "
+                          f"another --out for a new run")
+    import yaml
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or any(k not in cfg for k in ("dataset", "task", "preset")):
+        return None
+    saved = argparse.Namespace(**cfg)
+    return (run_options(saved), str(run / "config.yaml")) if _fits(saved, state) else None
+
+
+def _fits(args, state: dict) -> bool:
+    """Whether the model `args` builds takes the checkpoint `state`'s weights."""
+    try:
+        build(args, scenes_mod.SPECS[args.dataset]).load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def check_resumable(run: Path, args) -> None:
+    """Rerunning a command resumes its run from the checkpoints in `run`: refuse, before anything is written,
+    options that would train another model or another stream of scenes than the checkpoints were trained with
+    (RUN_OPTIONS). A --warmup-steps left out takes the run's own, so that extending --steps keeps the schedule."""
+    saved = saved_options(run, args)
+    if saved is None:
+        if args.warmup_steps is None:
+            args.warmup_steps = default_warmup(args.steps)
+        return
+    then, where = saved
+    if args.warmup_steps is None and then.get("warmup_steps") is not None:
+        args.warmup_steps = then["warmup_steps"]
+    now = run_options(args)
+    for key in RUN_OPTIONS:
+        if key in then and then[key] != now[key]:
+            fix = f"leave out --{key.replace('_', '-')}" if then[key] is False else f"give {_flag(key, then[key])}"
+            raise ConfigError(
+                f"{_flag(key, now[key])} does not match the run in {run}, whose checkpoints were trained with "
+                f"{_flag(key, then[key])} ({where}); rule: a run directory resumes only with the options its "
+                f"checkpoints were trained with (--steps, --seeds, --time-limit, --eval-*, --ckpt-every, "
+                f"--log-every and the device options may change) - {fix}, or use another --out for a new run")
+
+
+def _flag(key: str, value) -> str:
+    name = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return name if value else f"no {name}"
+    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
 
 
 # ------------------------------------------------------------------------------------ data parallel
@@ -272,7 +371,8 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     model = build(args, spec).to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     ckpt_dir = run / "checkpoints" / f"seed{seed}"
-    start = load_latest(ckpt_dir, model, opt, ctx.device)
+    resumed = load_checkpoint(ckpt_dir, model, opt, ctx.device)
+    start = resumed["step"]
     ddp = ctx.wrap(model)
     if args.compile:
         torch._dynamo.reset()  # a fresh cache per seed: each seed's model would otherwise count as a recompile
@@ -292,7 +392,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     # scenes and slot noise are functions of (seed, rank, step), so a resumed run repeats the same stream
     stream = step_batches(make_batch, start, args.steps, ctx.device, use_prefetch)
     t0, last_t, last_step = time.time(), time.time(), start
-    loss_val = float("nan")
+    loss_val = resumed["train_loss"]  # an evaluation-only session reports the checkpoint's last loss
     done = start
     for step in range(start, args.steps):
         lr = lr_at(step, args)
@@ -329,14 +429,16 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
                     add_mask_images(writer, model, eval_scenes, ctx.device, done, args.eval_iters)
         out_of_time = args.time_limit is not None and ctx.agree(time.time() - t0 > 60 * args.time_limit)
         if ctx.rank == 0 and (done % args.ckpt_every == 0 or done == args.steps or out_of_time):
-            save_checkpoint(ckpt_dir, model, opt, done)
+            save_checkpoint(ckpt_dir, model, opt, done, options=run_options(args), train_loss=loss_val,
+                            train_seconds=resumed["train_seconds"] + time.time() - t0)
         if out_of_time:
             log.info("seed %d: --time-limit %g min reached at step %d of %d; the checkpoint is saved, the same "
                      "command resumes from it", seed, args.time_limit, done, args.steps)
             break
     stream.close()  # stops the prefetch thread when the time limit ended the loop early
+    # train_seconds: all sessions of this seed's training (the checkpoint carries the earlier ones)
     result = {"seed": seed, "steps": done, "final_train_loss": loss_val,
-              "train_seconds": round(time.time() - t0, 1)}
+              "train_seconds": round(resumed["train_seconds"] + time.time() - t0, 1)}
     if ctx.rank == 0:
         result.update(evaluate(model, args, spec, eval_scenes, ctx.device, seed, by_count=True))
         result["flexibility"] = flexibility(model, args, spec, eval_scenes, ctx.device, seed)
@@ -470,11 +572,12 @@ def _thr_name(t: float) -> str:
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(ckpt_dir: Path, model, opt, step: int, keep: int = 2) -> Path:
+def save_checkpoint(ckpt_dir: Path, model, opt, step: int, keep: int = 2, **extra) -> Path:
+    """`extra`: the run's options (RUN_OPTIONS), training seconds so far and the last training loss."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step{step:08d}.pt"
     tmp = ckpt_dir / f".{path.name}.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, **extra}, tmp)
     os.replace(tmp, path)  # atomic: a checkpoint is either complete or absent
     for old in sorted(ckpt_dir.glob("step*.pt"))[:-keep]:
         old.unlink()
@@ -483,16 +586,30 @@ def save_checkpoint(ckpt_dir: Path, model, opt, step: int, keep: int = 2) -> Pat
 
 def load_latest(ckpt_dir: Path, model, opt, device) -> int:
     """Load the newest checkpoint that reads back; returns its step (0 when there is none)."""
+    return load_checkpoint(ckpt_dir, model, opt, device)["step"]
+
+
+def load_checkpoint(ckpt_dir: Path, model, opt, device) -> dict:
+    """Load the newest checkpoint that reads back into `model` and `opt`; returns its step, the training
+    seconds before it and its last training loss (0, 0.0 and NaN when there is none, or an older checkpoint
+    did not record them)."""
     for path in sorted(ckpt_dir.glob("step*.pt"), reverse=True):
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:  # a torn or foreign file: say so and try the previous one
             log.warning("skipping unreadable checkpoint %s: %s", path, err)
             continue
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:  # check_resumable refuses this before anything is written
+            first = str(err).splitlines()[-1].strip()
+            raise ConfigError(f"checkpoint {path} does not fit the model these options build ({first}); rule: a "
+                              f"run directory resumes only with the options its checkpoints were trained with - "
+                              f"repeat them, or use another --out for a new run") from None
         opt.load_state_dict(state["optimizer"])
-        return int(state["step"])
-    return 0
+        return {"step": int(state["step"]), "train_seconds": float(state.get("train_seconds", 0.0)),
+                "train_loss": float(state.get("train_loss", math.nan))}
+    return {"step": 0, "train_seconds": 0.0, "train_loss": math.nan}
 
 
 # ---------------------------------------------------------------------------------- pictures, logs
@@ -559,10 +676,11 @@ def _add_file_log(path: Path) -> None:
 def _write_config(path: Path, args, ctx: DistContext) -> None:
     import yaml
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    cfg.update(run_options(args))  # defaults resolved: what check_resumable compares a rerun with
     cfg["world_size"] = ctx.world
     cfg["device"] = str(ctx.device)
     cfg["architecture"] = PRESETS[args.preset][args.dataset]
-    path.write_text(yaml.safe_dump(cfg, sort_keys=True))
+    _write_atomic(path, yaml.safe_dump(cfg, sort_keys=True))  # other ranks may be reading it
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -609,10 +727,25 @@ def _option_text(args) -> str:
 
 
 def _steps_text(target: int, per_seed: list[dict]) -> str:
+    """How far training went: --steps, short of it (only --time-limit stops a session early), or past it (the
+    checkpoint had more steps than this command's --steps, so it was evaluated and not trained)."""
     reached = [r["steps"] for r in per_seed]
     if all(n == target for n in reached):
         return f"{target} steps"
-    return f"{'/'.join(map(str, reached))} of {target} steps (stopped by --time-limit)"
+    short = [r for r in per_seed if r["steps"] < target]
+    past = [r for r in per_seed if r["steps"] > target]
+    done = [r for r in per_seed if r["steps"] == target]
+    seeds = sum(map(bool, (short, past, done))) > 1  # name the seeds where they differ in this
+    parts = []
+    if short:
+        parts.append(f"{'seed ' + '/'.join(str(r['seed']) for r in short) + ': ' if seeds else ''}"
+                     f"{'/'.join(str(r['steps']) for r in short)} of {target} steps (stopped by --time-limit)")
+    if past:
+        parts.append(f"{'seed ' + '/'.join(str(r['seed']) for r in past) + ': ' if seeds else ''}already at step "
+                     f"{'/'.join(str(r['steps']) for r in past)}, past --steps {target}: evaluated only")
+    if done:
+        parts.append(f"seed {'/'.join(str(r['seed']) for r in done)}: {target} steps")
+    return "; ".join(parts)
 
 
 def write_results(run: Path, args, summary: dict) -> list[Path]:
@@ -658,4 +791,8 @@ if __name__ == "__main__":  # `torchrun -m evaluation.downstream.slots ...` (wha
     _parser = argparse.ArgumentParser(prog="python -m evaluation.downstream.slots")
     register(_parser.add_subparsers(dest="task_name"))
     _args = _parser.parse_args(["slots", *sys.argv[1:]])
-    sys.exit(_args.func(_args))
+    try:
+        sys.exit(_args.func(_args))
+    except ConfigError as _err:  # one line and exit code 2, as `mnemos` reports it
+        print(f"mnemos: {_err}", file=sys.stderr)
+        sys.exit(2)

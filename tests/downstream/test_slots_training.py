@@ -161,6 +161,10 @@ def test_time_limit_stops_checkpoints_and_resumes(tmp_path):
     assert [p.name for p in (tmp_path / "cut" / "checkpoints" / "seed2").glob("*.pt")] == ["step00000001.pt"]
     again = parse(*common, "--out", str(tmp_path / "cut"))
     again.func(again)  # resumes at step 1 and finishes
+    res2 = json.loads((tmp_path / "cut" / "results" / "slots_tetrominoes-mini_discovery.json").read_text())
+    first = torch.load(tmp_path / "cut" / "checkpoints" / "seed2" / "step00000003.pt", weights_only=True)
+    assert first["train_seconds"] >= res["per_seed"][0]["train_seconds"] - 0.05  # both sessions counted
+    assert res2["per_seed"][0]["train_seconds"] == pytest.approx(first["train_seconds"], abs=0.1)
     wa = _weights(tmp_path / "full" / "checkpoints" / "seed2" / "step00000003.pt")
     wb = _weights(tmp_path / "cut" / "checkpoints" / "seed2" / "step00000003.pt")
     for k in wa:
@@ -269,3 +273,92 @@ def test_data_parallel_two_ranks_gloo(tmp_path):
     assert "world_size: 2" in cfg
     assert (tmp_path / "checkpoints" / "seed0" / "step00000004.pt").exists()
     assert json.loads((tmp_path / "results" / "slots_tetrominoes-mini_discovery.json").read_text())["per_seed"]
+
+
+def _cli(*argv):
+    """`python -m launcher.cli downstream slots ...` in a child process: exit code and stderr."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "downstream", "slots", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_path):
+    """A run directory holds one run: a rerun with another preset, dataset, task or training option is refused
+    in one line, before RUN/config.yaml is rewritten; a larger --steps resumes, a smaller one evaluates."""
+    common = ["--dataset", "tetrominoes-mini", "--preset", "tiny", "--batch-size", "4", "--eval-size", "8",
+              "--threads", "1", "--no-baseline", "--seeds", "0", "--out", str(tmp_path)]
+    first = parse(*common, "--steps", "2")
+    assert first.func(first) == 0
+    config = (tmp_path / "config.yaml").read_text()
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    rc, err = _cli(*common, "--steps", "2", "--preset", "cpu")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--preset cpu" in err and "--preset tiny" in err and "another --out" in err
+    assert (tmp_path / "config.yaml").read_text() == config
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == files  # nothing written
+    for flag, saved in ((["--dataset", "sprites"], "--dataset tetrominoes-mini"),
+                        (["--task", "set-prediction"], "--task discovery"),
+                        (["--implicit-grad"], "leave out --implicit-grad"), (["--num-slots", "6"], "--num-slots 4")):
+        again = parse(*common, "--steps", "2", *flag)
+        with pytest.raises(slots.ConfigError, match=saved):
+            again.func(again)
+    assert (tmp_path / "config.yaml").read_text() == config
+    more = parse(*common, "--steps", "3", "--time-limit", "5", "--eval-iters", "4")  # resume-compatible options
+    assert more.func(more) == 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "seed0").glob("*.pt")) == ["step00000002.pt",
+                                                                                         "step00000003.pt"]
+    state = torch.load(tmp_path / "checkpoints" / "seed0" / "step00000003.pt", weights_only=True)
+    assert state["options"]["preset"] == "tiny" and state["options"]["warmup_steps"] == 1
+    assert state["train_seconds"] > 0 and np.isfinite(state["train_loss"])
+    # a smaller --steps evaluates the checkpoint, and the report says so (not a --time-limit stop)
+    fewer = parse(*common, "--steps", "1")
+    assert fewer.func(fewer) == 0
+    md = (tmp_path / "results" / "slots_tetrominoes-mini_discovery.md").read_text()
+    assert "already at step 3, past --steps 1: evaluated only" in md and "time-limit" not in md
+    res = json.loads((tmp_path / "results" / "slots_tetrominoes-mini_discovery.json").read_text())
+    seed = res["per_seed"][0]
+    assert seed["steps"] == 3 and seed["final_train_loss"] == pytest.approx(state["train_loss"])
+    assert seed["train_seconds"] == pytest.approx(state["train_seconds"], abs=0.1)  # the sessions that trained
+
+
+def test_run_directory_of_an_older_version_is_checked_by_its_shapes(tmp_path):
+    """Checkpoints without recorded options (an older version): RUN/config.yaml counts where its options fit
+    the checkpoint; one that the older version rewrote for a run it then could not load does not."""
+    import yaml
+    common = ["--dataset", "tetrominoes-mini", "--preset", "tiny", "--batch-size", "4", "--eval-size", "8",
+              "--threads", "1", "--no-baseline", "--seeds", "0", "--out", str(tmp_path)]
+    first = parse(*common, "--steps", "1")
+    assert first.func(first) == 0
+    ckpt = tmp_path / "checkpoints" / "seed0" / "step00000001.pt"
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({k: state[k] for k in ("model", "optimizer", "step")}, ckpt)  # what the older version saved
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(cfg, num_slots=None, warmup_steps=None)))
+    with pytest.raises(slots.ConfigError, match=r"--lr 0.001 does not match .* --lr 0.0004 \(.*config.yaml"):
+        slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--lr", "1e-3"))
+    with pytest.raises(slots.ConfigError, match="does not fit the model these options build"):
+        slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--preset", "cpu"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(cfg, preset="cpu")))  # rewritten, then it crashed
+    again = parse(*common, "--steps", "2")
+    assert again.func(again) == 0  # resumes: the checkpoint, not that config.yaml, says what the run is
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["preset"] == "tiny"
+    (tmp_path / "config.yaml").unlink()  # the new checkpoints record their options
+    with pytest.raises(slots.ConfigError, match=r"--preset cpu does not match .* --preset tiny \(.*step0+2\.pt"):
+        slots.check_resumable(tmp_path, parse(*common, "--steps", "3", "--preset", "cpu"))
+
+
+def test_steps_text_says_why_a_seed_has_other_steps():
+    assert slots._steps_text(5, [{"seed": 0, "steps": 5}]) == "5 steps"
+    assert slots._steps_text(5, [{"seed": 0, "steps": 2}]) == "2 of 5 steps (stopped by --time-limit)"
+    assert slots._steps_text(500, [{"seed": 0, "steps": 1801}]) == \
+        "already at step 1801, past --steps 500: evaluated only"
+    mixed = slots._steps_text(500, [{"seed": 0, "steps": 1801}, {"seed": 1, "steps": 500}])
+    assert mixed == "seed 0: already at step 1801, past --steps 500: evaluated only; seed 1: 500 steps"
+
+
+def test_device_is_checked_while_parsing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse("--device", "tpu", "--out", str(tmp_path))
+    assert exit_.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+    assert parse("--device", "cpu", "--out", str(tmp_path)).device == "cpu"
