@@ -253,6 +253,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
+    RunDir.check(args.out, "bert-heads", {k: v for k, v in vars(args).items() if k != "func"})  # before any work
     set_threads(args.threads)
     if args.attention:
         try:
@@ -265,7 +266,7 @@ def main(args) -> int:
         if args.checkpoint:
             args.init = "checkpoint"
         attn, source = attention_from_bert(args)
-    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"}, "bert-heads")
     res = analyze_attention(attn, args.mass, args.statistic)
     png = plot_classes(res, run.results / "bert_heads.png", title=f"{source}, N={res['seq_len']}")
     rows = [[layer + 1] + [int(c) for c in res["class_counts"][layer]]

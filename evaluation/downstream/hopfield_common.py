@@ -37,11 +37,35 @@ class RunDir:
     root: Path
 
     @classmethod
-    def create(cls, out: str | Path, config: dict) -> "RunDir":
+    def check(cls, out: str | Path, task: str, config: dict) -> None:
+        """Refuse an --out whose config.yaml is not this downstream task's own (a training run's, another
+        task's): writing ours would replace it. A rerun of the same task into its own directory is fine."""
+        path = Path(out) / "config.yaml"
+        if not path.is_file():
+            return
+        try:
+            existing = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            existing = None
+        if isinstance(existing, dict):
+            if existing.get("downstream_task") == task:
+                return
+            # written before downstream_task was recorded: the same task has the same option names
+            if (existing.get("command") == "downstream" and "downstream_task" not in existing
+                    and set(existing) == set(config)):
+                return
+        from launcher.config import ConfigError
+        raise ConfigError(f"downstream {task}: --out {out} holds a config.yaml of another run (rule: --out must be a "
+                          f"new directory or one of an earlier `downstream {task}` run; its config.yaml would be "
+                          f"replaced)")
+
+    @classmethod
+    def create(cls, out: str | Path, config: dict, task: str) -> "RunDir":
+        cls.check(out, task, config)
         root = Path(out)
         for sub in ("results", "tensorboard", "logs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (root / "config.yaml").write_text(yaml.safe_dump({"downstream_task": task, **config}, sort_keys=False))
         return cls(root)
 
     @property

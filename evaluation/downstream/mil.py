@@ -289,6 +289,7 @@ def check_folds(data: MILData, folds: int, inner_folds: int) -> None:
 
 
 def main(args) -> int:
+    RunDir.check(args.out, "mil", {k: v for k, v in vars(args).items() if k != "func"})  # before any work
     set_threads(args.threads)
     try:
         datasets = [load_mil_npz(path) for path in args.dataset]
@@ -296,7 +297,7 @@ def main(args) -> int:
         raise SystemExit(f"mil: {err}") from None
     for data in datasets:
         check_folds(data, args.folds, args.inner_folds)
-    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"}, "mil")
     results, rows = [], []
     for data in datasets:
         t0 = time.monotonic()

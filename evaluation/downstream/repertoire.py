@@ -727,6 +727,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
+    RunDir.check(args.out, "repertoire", {k: v for k, v in vars(args).items() if k != "func"})  # before any work
     if args.nproc < 1 or args.batch_repertoires < args.nproc:
         raise SystemExit(f"repertoire: --nproc {args.nproc} must be >= 1 and <= --batch-repertoires "
                          f"{args.batch_repertoires} (each rank takes a share of every batch)")
@@ -765,7 +766,7 @@ def main(args) -> int:
         if args.folds > smaller:  # stratified folds need every class in every fold
             raise SystemExit(f"repertoire: --folds {args.folds} (rule: at most {smaller}, the repertoires of the "
                              f"smaller class in {name})")
-    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"}, "repertoire")
     results, rows = [], []
     for name, sim, reps in datasets:
         log.info("repertoire[%s]: %d repertoires, %d-%d sequences, %d-fold CV", name, len(reps),

@@ -80,3 +80,50 @@ def test_attention_of_the_wrong_shape_is_named_before_the_run_starts(tmp_path):
                                          r"heads, N, N\), got \(2, 3, 4\)"):
         mnemos(["downstream", "bert-heads", "--attention", str(tmp_path / "attn.npy"), "--out", str(out)])
     assert not out.exists()
+
+
+TRAINING_CONFIG = "model:\n  arch: bert\n  preset: bert-tiny\ntrain:\n  steps: 100\n"
+
+
+@pytest.mark.parametrize("command, required", [
+    ("toy", []),
+    ("bert-heads", ["--init", "random", "--text", "TEXT"]),
+    ("mil", ["--dataset", "BAGS"]),
+    ("repertoire", []),
+])
+def test_out_holding_another_runs_config_is_refused(tmp_path, capsys, command, required):
+    """`--out RUN` of a training run (or of another downstream task) must not have its config.yaml replaced."""
+    (tmp_path / "t.txt").write_text("some text\n")
+    (tmp_path / "bags.npz").touch()
+    required = [{"TEXT": str(tmp_path / "t.txt"), "BAGS": str(tmp_path / "bags.npz")}.get(a, a) for a in required]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(TRAINING_CONFIG)
+    assert mnemos(["downstream", command, *required, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"downstream {command}: --out {run} holds a config.yaml of another run" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (run / "config.yaml").read_text() == TRAINING_CONFIG
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_rerun_of_the_same_task_into_its_directory_works_and_another_task_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert mnemos(["downstream", "toy", "--task", "latch", "--steps", "1", "--out", str(run)]) == 0
+    assert mnemos(["downstream", "toy", "--task", "latch", "--steps", "2", "--out", str(run)]) == 0
+    assert "steps: 2" in (run / "config.yaml").read_text()
+    before = (run / "config.yaml").read_text()
+    assert mnemos(["downstream", "bert-heads", "--init", "random", "--text", str(run / "config.yaml"),
+                   "--out", str(run)]) == 2
+    assert "holds a config.yaml of another run" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_run_dir_of_an_earlier_version_is_still_the_tasks_own(tmp_path):
+    """config.yaml written before `downstream_task` was recorded: the same option names mean the same task."""
+    import yaml
+    from evaluation.downstream.hopfield_common import RunDir
+    config = {"log_level": "INFO", "command": "downstream", "task": "all", "steps": 3, "out": str(tmp_path)}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    RunDir.create(tmp_path, config, "toy")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["downstream_task"] == "toy"
