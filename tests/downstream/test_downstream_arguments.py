@@ -20,6 +20,13 @@ from launcher.cli import main as mnemos
     ("repertoire", "--witness-rates", "0.01,1.5",
      "argument --witness-rates: each item must be a number in [0, 1], got 1.5 (in '0.01,1.5')"),
     ("repertoire", "--epochs", "ten", "argument --epochs: must be an integer >= 1, got 'ten'"),
+    ("repertoire", "--witness-rates", "0.01,0.01", "argument --witness-rates: must not repeat an item, got '0.01,0.01'"),
+    ("repertoire", "--motif", "XZ1", "argument --motif: must be amino-acid letters of ACDEFGHIKLMNPQRSTVWY (upper "
+                                     "case), got 'XZ1'"),
+    ("repertoire", "--motif", "slgy", "argument --motif: must be amino-acid letters of ACDEFGHIKLMNPQRSTVWY (upper "
+                                      "case), got 'slgy'"),
+    ("repertoire", "--motif", "", "argument --motif: must be at least one amino-acid letter of ACDEFGHIKLMNPQRSTVWY, "
+                                  "got ''"),
     ("bert-heads", "--mass", "0", "argument --mass: must be a number in (0, 1], got 0"),
     ("toy", "--steps", "0", "argument --steps: must be an integer >= 1, got 0"),
 ])
@@ -127,3 +134,26 @@ def test_run_dir_of_an_earlier_version_is_still_the_tasks_own(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     RunDir.create(tmp_path, config, "toy")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["downstream_task"] == "toy"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--motif", "ACDEFGH"], "repertoire: --motif ACDEFGH has 7 letters (rule: at most 6, the variable middle of "
+                             "the shortest simulated sequence, 10 residues minus 'CAS' and 'F')"),
+    (["--kernels", "5"], "repertoire: --seed-kernels 16 (rule: at most --kernels 5; seeded kernels are a subset of "
+                         "the kernels)"),
+])
+def test_repertoire_settings_that_cannot_run_are_refused_before_simulating(tmp_path, options, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        mnemos(["downstream", "repertoire", *options, "--out", str(out)])
+    assert not out.exists()
+
+
+def test_witness_rate_zero_implants_no_witness_and_a_six_letter_motif_fits():
+    from evaluation.downstream.repertoire import SimConfig, simulate_repertoires
+    none = simulate_repertoires(SimConfig(n_repertoires=6, sequences_per_repertoire=20, witness_rate=0.0))
+    assert [r.witnesses for r in none] == [0] * 6
+    some = simulate_repertoires(SimConfig(n_repertoires=6, sequences_per_repertoire=20, witness_rate=0.1,
+                                          motif="ACDEFG"))
+    assert {r.witnesses for r in some if r.label == 1} == {2}
+    assert all(sum("ACDEFG" in s for s in r.sequences) >= 2 for r in some if r.label == 1)
