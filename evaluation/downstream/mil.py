@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
-                                                   write_results)
+from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_pm_se, mean_se, seed_everything,
+                                                   set_threads, write_results)
 from launcher.argtypes import existing_path, integer, output_dir
 from model.hopfield import HopfieldPooling
 
@@ -308,15 +308,12 @@ def main(args) -> int:
         res["seconds"] = time.monotonic() - t0
         results.append(res)
         paper = res["paper_auc"]
-        rows.append([data.name, f"{100 * res['auc_mean']:.2f} ± {100 * res['auc_se_repetitions']:.2f}",
-                     f"{100 * res['auc_se_folds']:.2f}", "-" if paper is None else f"{paper:.2f}",
+        rows.append([data.name, mean_pm_se(res["auc_mean"], res["auc_se_repetitions"], scale=100),
+                     f"{100 * res['auc_se_folds']:.2f}" if np.isfinite(res["auc_se_folds"]) else "-", "-" if paper is None else f"{paper:.2f}",
                      "-" if paper is None else f"{100 * res['auc_mean'] - paper:+.2f}",
                      f"{args.repetitions}x{args.folds}", f"{args.grid} ({res['grid_size']}), inner {args.inner_folds}-fold",
                      f"{res['seconds']:.0f}"])
-        se = res["auc_se_repetitions"]
-        log.info("mil[%s]: AUC %.2f ± %s%s", data.name, 100 * res["auc_mean"],
-                 f"{100 * se:.2f}" if np.isfinite(se) else "- (one repetition)",
-                 "" if paper is None else f" (paper {paper})")
+        log.info("mil[%s]: AUC %s%s", data.name, rows[-1][1], "" if paper is None else f" (paper {paper})")
     j, m = write_results(run, "mil", {"results": results, "config": {k: v for k, v in vars(args).items() if k != "func"}},
                          ["dataset", "AUC ± SE (reps)", "SE (folds)", "paper AUC", "Δ", "CV", "selection", "seconds"],
                          rows, "MIL with Hopfield pooling",

@@ -81,8 +81,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
-                                                   write_results)
+from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_pm_se, mean_se, seed_everything,
+                                                   set_threads, write_results)
 from launcher.argtypes import comma_list, existing_path, integer, number, output_dir
 from model.hopfield import HopfieldPooling
 from parallel import comm
@@ -806,12 +806,13 @@ def main(args) -> int:
         res.update(dataset=name, simulation=asdict(sim) if sim else None, seconds=time.monotonic() - t0,
                    witnesses_per_positive=float(np.mean([r.witnesses for r in reps if r.label == 1])) if sim else None)
         results.append(res)
+        hop = mean_pm_se(res["auc_mean"], res["auc_se"], ".3f", no_se="one fold scored")
+        kmer = ("- (--no-baseline)" if args.no_baseline
+                else mean_pm_se(res["kmer_auc_mean"], res["kmer_auc_se"], ".3f", no_se="one fold scored"))
         rows.append([name, len(reps), int(np.mean([len(r.sequences) for r in reps])),
-                     "-" if sim is None else f"{res['witnesses_per_positive']:.1f}",
-                     f"{res['auc_mean']:.3f} ± {res['auc_se']:.3f}", f"{res['kmer_auc_mean']:.3f} ± {res['kmer_auc_se']:.3f}",
+                     "-" if sim is None else f"{res['witnesses_per_positive']:.1f}", hop, kmer,
                      f"{res['seconds']:.0f}"])
-        log.info("repertoire[%s]: Hopfield AUC %.3f ± %.3f, k-mer baseline %.3f ± %.3f", name, res["auc_mean"],
-                 res["auc_se"], res["kmer_auc_mean"], res["kmer_auc_se"])
+        log.info("repertoire[%s]: Hopfield AUC %s, k-mer baseline %s", name, hop, kmer)
     j, md = write_results(run, "repertoire", {"results": results, "config": {k: v for k, v in vars(args).items() if k != "func"}},
                           ["data", "repertoires", "seqs/repertoire", "witnesses/positive", "Hopfield AUC ± SE",
                            f"{args.kmer}-mer LR AUC ± SE", "seconds"], rows,

@@ -157,3 +157,20 @@ def test_witness_rate_zero_implants_no_witness_and_a_six_letter_motif_fits():
                                           motif="ACDEFG"))
     assert {r.witnesses for r in some if r.label == 1} == {2}
     assert all(sum("ACDEFG" in s for s in r.sequences) >= 2 for r in some if r.label == 1)
+
+
+def test_results_json_has_null_where_a_value_is_not_finite(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+    from evaluation.downstream.hopfield_common import RunDir, mean_pm_se, write_results
+    run = RunDir.create(tmp_path / "run", {"command": "downstream"}, "toy")
+    payload = {"a": float("nan"), "b": [np.float32("nan"), 1.5, np.float64("inf")], "c": np.array([np.nan, 2.0]),
+               "d": {"e": (float("-inf"), 3)}}
+    j, m = write_results(run, "x", payload, ["what", "value"], [["nan", float("nan")], ["one", 0.25]], "title")
+    back = json.loads(j.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert back == {"a": None, "b": [None, 1.5, None], "c": [None, 2.0], "d": {"e": [None, 3]}}
+    assert "| nan | - |" in m.read_text() and "| one | 0.2500 |" in m.read_text()
+    assert mean_pm_se(0.896, float("nan"), scale=100) == "89.60 ± - (one repetition)"
+    assert mean_pm_se(0.5, 0.01, ".3f") == "0.500 ± 0.010" and mean_pm_se(math.nan, 0.1) == "-"
