@@ -482,6 +482,9 @@ def run(args) -> dict:
         vocab = BertVocab.from_tokenizer(tok)
     except ValueError as err:  # a tokenizer without the BERT pieces: the user's input, not a bug
         raise ConfigError(f"finetune: {err}") from None
+    if args.max_len > mcfg.n_ctx:  # the position embeddings end at n_ctx: said, not silent
+        log.warning("finetune: --max-len %d exceeds the model's n_ctx %d; inputs of at most %d tokens are used",
+                    args.max_len, mcfg.n_ctx, mcfg.n_ctx)
     task = (SpanTask if args.task == "span" else SentenceTask)(args, tok, vocab, min(args.max_len, mcfg.n_ctx))
     model = task.model(mcfg)
     model.init_weights(torch.Generator().manual_seed(args.seed))
@@ -570,7 +573,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=number(0, low_open=True), default=5e-5,
                    help="peak learning rate (BERT: 5e-5, 3e-5, 2e-5)")
     p.add_argument("--batch-size", type=integer(1), default=32, help="examples per optimizer step")
-    p.add_argument("--max-len", type=integer(3), default=128, help="tokens per input, [CLS]/[SEP] included")
+    p.add_argument("--max-len", type=integer(3), default=128,
+                   help="tokens per input, [CLS]/[SEP] included (capped at the model's n_ctx)")
     p.add_argument("--doc-stride", type=integer(1), default=64, help="span: tokens between context windows")
     p.add_argument("--max-answer-tokens", type=integer(1), default=30, help="span: longest answer considered")
     p.add_argument("--warmup", type=number(0, 1), default=0.1, help="fraction of steps with linear warmup")

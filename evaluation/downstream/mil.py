@@ -54,6 +54,9 @@ class MILData:
 def load_mil_npz(path: str | Path) -> MILData:
     """Reads the bag npz (instances, bag_id, bag_label[, folds]) into padded bags; a file that does not follow
     the format is a ValueError naming the array, what it holds and the rule."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: a directory, not an .npz file (rule: --dataset names bag files, numpy.savez "
+                         f"output with instances, bag_id, bag_label)")
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):  # np.load would guess a pickle and speak of allow_pickle

@@ -1,6 +1,7 @@
 """MIL with Hopfield pooling on the real Tiger/Fox bags, CI-sized protocol (1 repetition, 2 folds, tiny grid)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -90,4 +91,12 @@ def test_a_bag_file_off_the_format_is_refused_with_the_rule(shared_data, tmp_pat
         np.savez(path, **arrays)
         with pytest.raises(SystemExit, match=f"mil: {path}: " + message):
             main(["downstream", "mil", "--dataset", str(path), "--grid", "tiny", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_a_directory_as_dataset_is_named_a_directory(tmp_path):
+    from launcher.cli import main
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=re.escape(f"mil: {tmp_path}: a directory, not an .npz file")):
+        main(["downstream", "mil", "--dataset", str(tmp_path), "--out", str(out)])
     assert not out.exists()

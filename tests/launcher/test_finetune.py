@@ -265,3 +265,14 @@ def test_unusable_setup_is_a_one_line_error(tmp_path, tokenizer, capsys, monkeyp
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_max_len_above_n_ctx_is_capped_and_said(tmp_path, tokenizer, caplog):
+    import logging
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"text": "a good day", "label": "pos"},
+                                                    {"text": "a bad day", "label": "neg"}])
+    with caplog.at_level(logging.WARNING, logger=finetune.log.name):
+        assert finetune.main(["--task", "classification", "--train", train, "--valid", train, "--init", "random",
+                              "--tokenizer", tokenizer, "--epochs", "1", "--max-len", "4096",
+                              "--out", str(tmp_path / "out")]) == 0
+    assert "--max-len 4096 exceeds the model's n_ctx 128; inputs of at most 128 tokens are used" in caplog.text
