@@ -240,9 +240,38 @@ def regression_metrics(pred: np.ndarray, gold: np.ndarray) -> dict:
 
 
 # ---- the run --------------------------------------------------------------------------------------
+def bert_preset(text: str) -> str:
+    """--model-preset of a BERT command: a preset whose arch is 'bert' (the GPT presets build a decoder)."""
+    from model.presets import PRESETS
+    bert = [name for name, shape in PRESETS.items() if shape["arch"] == "bert"]
+    if text not in bert:
+        what = f"a {PRESETS[text]['arch']} preset" if text in PRESETS else "not a preset"
+        raise argparse.ArgumentTypeError(f"must be a BERT preset ({', '.join(bert)}), got {text!r} ({what})")
+    return text
+
+
+def open_tokenizer(path: str, command: str):
+    """A sentencepiece model file as data.tokenizer.Tokenizer, or one line naming the file and what is wrong."""
+    from data.tokenizer import Tokenizer
+    try:
+        return Tokenizer(path)
+    except RuntimeError as err:  # sentencepiece: "could not parse ModelProto from ..."
+        raise ConfigError(f"{command}: --tokenizer {path}: not a sentencepiece model file (a .model written by "
+                          f"`mnemos data train-tokenizer`); sentencepiece says: {str(err).strip()}") from None
+    except ValueError as err:
+        raise ConfigError(f"{command}: --tokenizer {err}") from None
+
+
+def check_device(device: str, command: str) -> None:
+    """--device cuda where torch sees no CUDA device: say so instead of torch's AssertionError."""
+    if device == "cuda" and not torch.cuda.is_available():
+        why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigError(f"{command}: --device cuda, but {why} (rule: --device cuda needs a GPU; use --device "
+                          f"cpu or auto)")
+
+
 def load_backbone(args):
     """(pretraining model or None, tokenizer, ModelConfig) from the checkpoint, or a random model."""
-    from data.tokenizer import Tokenizer
     from launcher.config import load_config
 
     if args.init == "checkpoint":
@@ -258,7 +287,7 @@ def load_backbone(args):
                               f"is not available ({e}); use --init random for a randomly initialised model") from None
         model, tokenizer, cfg = load_for_eval(args.checkpoint)
         if args.tokenizer:
-            tokenizer = Tokenizer(args.tokenizer)
+            tokenizer = open_tokenizer(args.tokenizer, "finetune")
         model_cfg = cfg.model if hasattr(cfg, "model") else cfg
         if model_cfg.arch != "bert":
             raise ConfigError(f"finetune: checkpoint {args.checkpoint} has model.arch={model_cfg.arch!r} "
@@ -266,9 +295,12 @@ def load_backbone(args):
         return model, tokenizer, model_cfg
     if not args.tokenizer:
         raise ConfigError("finetune: --init random needs --tokenizer (a sentencepiece model with [CLS]/[SEP]/[MASK])")
-    tokenizer = Tokenizer(args.tokenizer)
+    tokenizer = open_tokenizer(args.tokenizer, "finetune")
     cfg = load_config(None, [f"model.preset={args.model_preset}"] + [f"model.{s}" if not s.startswith("model.")
                                                                     else s for s in args.set])
+    if cfg.model.arch != "bert":
+        raise ConfigError(f"finetune: model.arch={cfg.model.arch!r} (rule: fine-tuning builds a BERT; leave "
+                          f"model.arch as the BERT preset sets it)")
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < the tokenizer's {tokenizer.vocab_size} "
                           f"pieces (rule: the embedding covers every id; --set model.vocab_size="
@@ -441,6 +473,7 @@ def run(args) -> dict:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    check_device(args.device, "finetune")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     pre, tok, mcfg = load_backbone(args)
@@ -449,6 +482,9 @@ def run(args) -> dict:
         vocab = BertVocab.from_tokenizer(tok)
     except ValueError as err:  # a tokenizer without the BERT pieces: the user's input, not a bug
         raise ConfigError(f"finetune: {err}") from None
+    if args.max_len > mcfg.n_ctx:  # the position embeddings end at n_ctx: said, not silent
+        log.warning("finetune: --max-len %d exceeds the model's n_ctx %d; inputs of at most %d tokens are used",
+                    args.max_len, mcfg.n_ctx, mcfg.n_ctx)
     task = (SpanTask if args.task == "span" else SentenceTask)(args, tok, vocab, min(args.max_len, mcfg.n_ctx))
     model = task.model(mcfg)
     model.init_weights(torch.Generator().manual_seed(args.seed))
@@ -529,14 +565,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default="checkpoint", choices=["checkpoint", "random"],
                    help="start from CHECKPOINT's encoder, or from random weights (tests, baselines)")
     p.add_argument("--tokenizer", default=None, help="sentencepiece model (default: the checkpoint's)")
-    p.add_argument("--model-preset", default="bert-tiny", help="shape with --init random")
+    p.add_argument("--model-preset", type=bert_preset, default="bert-tiny",
+                   help="shape with --init random (a BERT preset: bert-tiny, bert-base, bert-large)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model field override with --init random, e.g. --set model.d_model=128")
     p.add_argument("--epochs", type=integer(1), default=3, help="passes over the training file")
     p.add_argument("--lr", type=number(0, low_open=True), default=5e-5,
                    help="peak learning rate (BERT: 5e-5, 3e-5, 2e-5)")
     p.add_argument("--batch-size", type=integer(1), default=32, help="examples per optimizer step")
-    p.add_argument("--max-len", type=integer(3), default=128, help="tokens per input, [CLS]/[SEP] included")
+    p.add_argument("--max-len", type=integer(3), default=128,
+                   help="tokens per input, [CLS]/[SEP] included (capped at the model's n_ctx)")
     p.add_argument("--doc-stride", type=integer(1), default=64, help="span: tokens between context windows")
     p.add_argument("--max-answer-tokens", type=integer(1), default=30, help="span: longest answer considered")
     p.add_argument("--warmup", type=number(0, 1), default=0.1, help="fraction of steps with linear warmup")

@@ -29,6 +29,7 @@ import torch
 
 from evaluation.downstream.hopfield_common import Progress, RunDir, set_threads, write_results
 from launcher.argtypes import existing_path, integer, number, output_dir
+from launcher.finetune import bert_preset
 
 log = logging.getLogger("mnemos.downstream.bert_heads")
 
@@ -159,9 +160,13 @@ def read_text(path: str) -> str:
     """The documents of a jsonl/parquet/txt file (compressed or not) as the data pipeline reads them, one after
     another; another file as it is. Read raw, a jsonl file gave BERT its JSON quotes and escapes as text."""
     from data.io import DocumentReader, detect_format
-    if detect_format(path, strict=False) is None:
-        return Path(path).read_text()
-    return "\n".join(d.text for d in DocumentReader([path], txt_sample_by="document").run())
+    try:
+        if detect_format(path, strict=False) is None:
+            return Path(path).read_text(encoding="utf-8")
+        return "\n".join(d.text for d in DocumentReader([path], txt_sample_by="document").run())
+    except UnicodeDecodeError as err:
+        raise SystemExit(f"bert-heads: --text {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                         f"{err.start}); give a txt, jsonl or parquet file of text") from None
 
 
 def attention_from_bert(args) -> tuple[torch.Tensor, str]:
@@ -171,8 +176,8 @@ def attention_from_bert(args) -> tuple[torch.Tensor, str]:
     text = read_text(args.text)
     tokenizer = None
     if args.tokenizer:
-        from data.tokenizer import Tokenizer
-        tokenizer = Tokenizer(args.tokenizer)
+        from launcher.finetune import open_tokenizer
+        tokenizer = open_tokenizer(args.tokenizer, "bert-heads")
     if args.init == "checkpoint":
         try:
             from launcher.inference import load_for_eval
@@ -240,7 +245,8 @@ def register(subparsers) -> None:
     p.add_argument("--text", type=existing_path,
                    help="text to run through BERT: a txt, jsonl or parquet file (its documents, one after another)")
     p.add_argument("--tokenizer", type=existing_path, help="sentencepiece model (default: the checkpoint's)")
-    p.add_argument("--model-preset", default="bert-tiny", help="shape with --init random")
+    p.add_argument("--model-preset", type=bert_preset, default="bert-tiny",
+                   help="shape with --init random (a BERT preset: bert-tiny, bert-base, bert-large)")
     p.add_argument("--seq-len", type=integer(2), default=128, help="tokens per window N (capped at the model's n_ctx)")
     p.add_argument("--max-windows", type=integer(1), default=16, help="at most this many text windows")
     p.add_argument("--mass", type=number(0, 1, low_open=True), default=0.9,
@@ -253,6 +259,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
+    RunDir.check(args.out, "bert-heads", {k: v for k, v in vars(args).items() if k != "func"})  # before any work
     set_threads(args.threads)
     if args.attention:
         try:
@@ -265,7 +272,7 @@ def main(args) -> int:
         if args.checkpoint:
             args.init = "checkpoint"
         attn, source = attention_from_bert(args)
-    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"}, "bert-heads")
     res = analyze_attention(attn, args.mass, args.statistic)
     png = plot_classes(res, run.results / "bert_heads.png", title=f"{source}, N={res['seq_len']}")
     rows = [[layer + 1] + [int(c) for c in res["class_counts"][layer]]

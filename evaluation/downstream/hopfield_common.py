@@ -37,11 +37,35 @@ class RunDir:
     root: Path
 
     @classmethod
-    def create(cls, out: str | Path, config: dict) -> "RunDir":
+    def check(cls, out: str | Path, task: str, config: dict) -> None:
+        """Refuse an --out whose config.yaml is not this downstream task's own (a training run's, another
+        task's): writing ours would replace it. A rerun of the same task into its own directory is fine."""
+        path = Path(out) / "config.yaml"
+        if not path.is_file():
+            return
+        try:
+            existing = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            existing = None
+        if isinstance(existing, dict):
+            if existing.get("downstream_task") == task:
+                return
+            # written before downstream_task was recorded: the same task has the same option names
+            if (existing.get("command") == "downstream" and "downstream_task" not in existing
+                    and set(existing) == set(config)):
+                return
+        from launcher.config import ConfigError
+        raise ConfigError(f"downstream {task}: --out {out} holds a config.yaml of another run (rule: --out must be a "
+                          f"new directory or one of an earlier `downstream {task}` run; its config.yaml would be "
+                          f"replaced)")
+
+    @classmethod
+    def create(cls, out: str | Path, config: dict, task: str) -> "RunDir":
+        cls.check(out, task, config)
         root = Path(out)
         for sub in ("results", "tensorboard", "logs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (root / "config.yaml").write_text(yaml.safe_dump({"downstream_task": task, **config}, sort_keys=False))
         return cls(root)
 
     @property
@@ -101,9 +125,10 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
 
 def write_results(run: RunDir, name: str, payload: dict, table_header: Sequence[str],
                   table_rows: Sequence[Sequence], title: str, notes: Sequence[str] = ()) -> tuple[Path, Path]:
-    """RUN/results/{name}.json (machine-readable) and {name}.md (a Markdown table for people)."""
+    """RUN/results/{name}.json (machine-readable) and {name}.md (a Markdown table for people). JSON has no NaN or
+    Infinity: a value that is not finite (an AUC with one class, the SE of one repetition) is written as null."""
     jpath = run.results / f"{name}.json"
-    jpath.write_text(json.dumps(payload, indent=2, default=_jsonable))
+    jpath.write_text(json.dumps(_finite_or_null(payload), indent=2, allow_nan=False, default=_jsonable))
     lines = [f"# {title}", "", "| " + " | ".join(table_header) + " |", "|" + "---|" * len(table_header)]
     for row in table_rows:
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
@@ -114,8 +139,33 @@ def write_results(run: RunDir, name: str, payload: dict, table_header: Sequence[
     return jpath, mpath
 
 
+def mean_pm_se(mean: float, se: float, fmt: str = ".2f", scale: float = 1.0, no_se: str = "one repetition") -> str:
+    """'mean ± se' for a Markdown cell, as the log says it: '-' for a mean that is not finite, 'mean ± - (no_se)'
+    for an SE that is not (one repetition: no spread to estimate)."""
+    if not math.isfinite(mean):
+        return "-"
+    if not math.isfinite(se):
+        return f"{scale * mean:{fmt}} ± - ({no_se})"
+    return f"{scale * mean:{fmt}} ± {scale * se:{fmt}}"
+
+
 def _cell(c) -> str:
-    return f"{c:.4f}" if isinstance(c, float) else str(c)
+    if isinstance(c, float):
+        return f"{c:.4f}" if math.isfinite(c) else "-"
+    return str(c)
+
+
+def _finite_or_null(o):
+    """The payload with every NaN / ±Infinity (Python, numpy, inside lists and dicts) replaced by None."""
+    if isinstance(o, dict):
+        return {k: _finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_or_null(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite_or_null(o.tolist())
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    return o
 
 
 def _jsonable(o):

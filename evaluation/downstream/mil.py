@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
-                                                   write_results)
+from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_pm_se, mean_se, seed_everything,
+                                                   set_threads, write_results)
 from launcher.argtypes import existing_path, integer, output_dir
 from model.hopfield import HopfieldPooling
 
@@ -54,6 +54,9 @@ class MILData:
 def load_mil_npz(path: str | Path) -> MILData:
     """Reads the bag npz (instances, bag_id, bag_label[, folds]) into padded bags; a file that does not follow
     the format is a ValueError naming the array, what it holds and the rule."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: a directory, not an .npz file (rule: --dataset names bag files, numpy.savez "
+                         f"output with instances, bag_id, bag_label)")
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):  # np.load would guess a pickle and speak of allow_pickle
@@ -289,6 +292,7 @@ def check_folds(data: MILData, folds: int, inner_folds: int) -> None:
 
 
 def main(args) -> int:
+    RunDir.check(args.out, "mil", {k: v for k, v in vars(args).items() if k != "func"})  # before any work
     set_threads(args.threads)
     try:
         datasets = [load_mil_npz(path) for path in args.dataset]
@@ -296,7 +300,7 @@ def main(args) -> int:
         raise SystemExit(f"mil: {err}") from None
     for data in datasets:
         check_folds(data, args.folds, args.inner_folds)
-    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"}, "mil")
     results, rows = [], []
     for data in datasets:
         t0 = time.monotonic()
@@ -307,15 +311,12 @@ def main(args) -> int:
         res["seconds"] = time.monotonic() - t0
         results.append(res)
         paper = res["paper_auc"]
-        rows.append([data.name, f"{100 * res['auc_mean']:.2f} ± {100 * res['auc_se_repetitions']:.2f}",
-                     f"{100 * res['auc_se_folds']:.2f}", "-" if paper is None else f"{paper:.2f}",
+        rows.append([data.name, mean_pm_se(res["auc_mean"], res["auc_se_repetitions"], scale=100),
+                     f"{100 * res['auc_se_folds']:.2f}" if np.isfinite(res["auc_se_folds"]) else "-", "-" if paper is None else f"{paper:.2f}",
                      "-" if paper is None else f"{100 * res['auc_mean'] - paper:+.2f}",
                      f"{args.repetitions}x{args.folds}", f"{args.grid} ({res['grid_size']}), inner {args.inner_folds}-fold",
                      f"{res['seconds']:.0f}"])
-        se = res["auc_se_repetitions"]
-        log.info("mil[%s]: AUC %.2f ± %s%s", data.name, 100 * res["auc_mean"],
-                 f"{100 * se:.2f}" if np.isfinite(se) else "- (one repetition)",
-                 "" if paper is None else f" (paper {paper})")
+        log.info("mil[%s]: AUC %s%s", data.name, rows[-1][1], "" if paper is None else f" (paper {paper})")
     j, m = write_results(run, "mil", {"results": results, "config": {k: v for k, v in vars(args).items() if k != "func"}},
                          ["dataset", "AUC ± SE (reps)", "SE (folds)", "paper AUC", "Δ", "CV", "selection", "seconds"],
                          rows, "MIL with Hopfield pooling",

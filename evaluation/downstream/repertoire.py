@@ -81,8 +81,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_se, seed_everything, set_threads,
-                                                   write_results)
+from evaluation.downstream.hopfield_common import (Progress, RunDir, auc, mean_pm_se, mean_se, seed_everything,
+                                                   set_threads, write_results)
 from launcher.argtypes import comma_list, existing_path, integer, number, output_dir
 from model.hopfield import HopfieldPooling
 from parallel import comm
@@ -91,6 +91,17 @@ log = logging.getLogger("mnemos.downstream.repertoire")
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 AA_INDEX = {a: i for i, a in enumerate(AMINO_ACIDS)}
+
+
+def motif_type(text: str) -> str:
+    """--motif: one or more of the 20 amino-acid letters the encoder knows (upper case, as in AMINO_ACIDS)."""
+    if not text:
+        raise argparse.ArgumentTypeError(f"must be at least one amino-acid letter of {AMINO_ACIDS}, got ''")
+    bad = sorted(set(text) - set(AMINO_ACIDS))
+    if bad:
+        raise argparse.ArgumentTypeError(f"must be amino-acid letters of {AMINO_ACIDS} (upper case), got {text!r} "
+                                         f"(not amino acids: {''.join(bad)!r})")
+    return text
 
 
 @dataclass
@@ -117,10 +128,21 @@ class SimConfig:
     seed: int = 0
 
 
+def max_motif_len(cfg: SimConfig) -> int:
+    """The longest motif that fits the variable middle of every simulated sequence ('CAS' + middle + 'F')."""
+    return cfg.min_len - 4
+
+
 def simulate_repertoires(cfg: SimConfig) -> list[Repertoire]:
     """CDR3-like background (non-uniform amino-acid usage, 'CAS...F'-like ends) with implanted motifs."""
     if not 0 <= cfg.witness_rate <= 1:
         raise ValueError(f"witness_rate={cfg.witness_rate} must be in [0, 1]")
+    if not cfg.motif or set(cfg.motif) - set(AMINO_ACIDS):
+        raise ValueError(f"motif={cfg.motif!r} must be one or more amino-acid letters of {AMINO_ACIDS}")
+    if len(cfg.motif) > max_motif_len(cfg):
+        raise ValueError(f"motif={cfg.motif!r} has {len(cfg.motif)} letters (rule: at most {max_motif_len(cfg)}, the "
+                         f"variable middle of the shortest simulated sequence, {cfg.min_len} residues minus 'CAS' "
+                         f"and 'F')")
     rng = np.random.default_rng(cfg.seed)
     usage = rng.dirichlet(np.full(20, 5.0))  # a fixed, skewed amino-acid usage
     aa = np.array(list(AMINO_ACIDS))
@@ -133,8 +155,8 @@ def simulate_repertoires(cfg: SimConfig) -> list[Repertoire]:
         lengths = rng.integers(cfg.min_len, cfg.max_len + 1, size=n)
         seqs = ["CAS" + "".join(aa[rng.choice(20, size=L - 4, p=usage)]) + "F" for L in lengths]
         n_wit = 0
-        if y == 1:
-            n_wit = max(1, int(round(cfg.witness_rate * n)))
+        if y == 1 and cfg.witness_rate > 0:  # rate 0: positives like negatives, a null control (no signal)
+            n_wit = max(1, int(round(cfg.witness_rate * n)))  # a positive rate implants at least one witness
             for i in rng.choice(n, size=n_wit, replace=False):
                 motif = list(cfg.motif)
                 for j in range(len(motif)):
@@ -333,7 +355,8 @@ class RepConfig:
 
     def __post_init__(self):
         if not 0 <= self.seed_kernels <= self.kernels:
-            raise ValueError(f"seed_kernels={self.seed_kernels} must be in [0, kernels={self.kernels}]")
+            raise ValueError(f"--seed-kernels {self.seed_kernels} (rule: at most --kernels {self.kernels}; seeded "
+                             f"kernels are a subset of the kernels)")
 
 
 class RepertoireNet(nn.Module):
@@ -687,9 +710,11 @@ def register(subparsers) -> None:
     src.add_argument("--n-repertoires", type=integer(2), default=200,
                      help="simulated repertoires (half of them positive)")
     src.add_argument("--sequences", type=integer(1), default=1000, help="sequences per simulated repertoire")
-    src.add_argument("--witness-rates", type=comma_list(number(0, 1)), default="0.01,0.001",
+    src.add_argument("--witness-rates", type=comma_list(number(0, 1), distinct=True), default="0.01,0.001",
                      help="comma-separated witness rates to simulate")
-    src.add_argument("--motif", default="SLGY", help="motif implanted into the witnesses of positive repertoires")
+    src.add_argument("--motif", type=motif_type, default="SLGY",
+                     help=f"motif implanted into the witnesses of positive repertoires: amino-acid letters of "
+                          f"{AMINO_ACIDS}, at most {max_motif_len(SimConfig())}")
     src.add_argument("--motif-noise", type=number(0, 1), default=0.0, help="per-position substitution probability")
     src.add_argument("--export", help="also write the simulated repertoires as TSVs into this directory")
     m = p.add_argument_group("model and protocol")
@@ -727,6 +752,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
+    RunDir.check(args.out, "repertoire", {k: v for k, v in vars(args).items() if k != "func"})  # before any work
     if args.nproc < 1 or args.batch_repertoires < args.nproc:
         raise SystemExit(f"repertoire: --nproc {args.nproc} must be >= 1 and <= --batch-repertoires "
                          f"{args.batch_repertoires} (each rank takes a share of every batch)")
@@ -739,6 +765,10 @@ def main(args) -> int:
                         layer_norm=args.layer_norm, seed_kernels=args.seed_kernels, seed_min_t=args.seed_min_t)
     except ValueError as err:
         raise SystemExit(f"repertoire: {err}") from None
+    if not args.repertoires and len(args.motif) > max_motif_len(SimConfig()):
+        raise SystemExit(f"repertoire: --motif {args.motif} has {len(args.motif)} letters (rule: at most "
+                         f"{max_motif_len(SimConfig())}, the variable middle of the shortest simulated sequence, "
+                         f"{SimConfig.min_len} residues minus 'CAS' and 'F')")
     set_threads(args.threads)
     datasets = []
     if args.repertoires:
@@ -765,7 +795,7 @@ def main(args) -> int:
         if args.folds > smaller:  # stratified folds need every class in every fold
             raise SystemExit(f"repertoire: --folds {args.folds} (rule: at most {smaller}, the repertoires of the "
                              f"smaller class in {name})")
-    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"}, "repertoire")
     results, rows = [], []
     for name, sim, reps in datasets:
         log.info("repertoire[%s]: %d repertoires, %d-%d sequences, %d-fold CV", name, len(reps),
@@ -776,12 +806,13 @@ def main(args) -> int:
         res.update(dataset=name, simulation=asdict(sim) if sim else None, seconds=time.monotonic() - t0,
                    witnesses_per_positive=float(np.mean([r.witnesses for r in reps if r.label == 1])) if sim else None)
         results.append(res)
+        hop = mean_pm_se(res["auc_mean"], res["auc_se"], ".3f", no_se="one fold scored")
+        kmer = ("- (--no-baseline)" if args.no_baseline
+                else mean_pm_se(res["kmer_auc_mean"], res["kmer_auc_se"], ".3f", no_se="one fold scored"))
         rows.append([name, len(reps), int(np.mean([len(r.sequences) for r in reps])),
-                     "-" if sim is None else f"{res['witnesses_per_positive']:.1f}",
-                     f"{res['auc_mean']:.3f} ± {res['auc_se']:.3f}", f"{res['kmer_auc_mean']:.3f} ± {res['kmer_auc_se']:.3f}",
+                     "-" if sim is None else f"{res['witnesses_per_positive']:.1f}", hop, kmer,
                      f"{res['seconds']:.0f}"])
-        log.info("repertoire[%s]: Hopfield AUC %.3f ± %.3f, k-mer baseline %.3f ± %.3f", name, res["auc_mean"],
-                 res["auc_se"], res["kmer_auc_mean"], res["kmer_auc_se"])
+        log.info("repertoire[%s]: Hopfield AUC %s, k-mer baseline %s", name, hop, kmer)
     j, md = write_results(run, "repertoire", {"results": results, "config": {k: v for k, v in vars(args).items() if k != "func"}},
                           ["data", "repertoires", "seqs/repertoire", "witnesses/positive", "Hopfield AUC ± SE",
                            f"{args.kmer}-mer LR AUC ± SE", "seconds"], rows,

@@ -137,8 +137,9 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
+    RunDir.check(args.out, "toy", {k: v for k, v in vars(args).items() if k != "func"})  # before any work
     set_threads(args.threads)
-    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"}, "toy")
     tasks = ["bit-pattern", "latch"] if args.task == "all" else [args.task]
     writer = run.writer()
     results = [train_toy(t, steps=args.steps, seed=args.seed, writer=writer) for t in tasks]

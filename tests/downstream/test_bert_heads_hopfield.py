@@ -120,3 +120,26 @@ def test_text_is_read_as_documents_not_as_raw_json(shared_data):
     assert "<|endoftext|>" not in samples
     book = shared_data / "corpus" / "tinyshakespeare.txt"
     assert read_text(str(book)) == book.read_text()
+
+
+def test_unusable_inputs_are_one_line_errors(tmp_path, capsys):
+    """A GPT preset, a tokenizer that is no sentencepiece model, a --text that is not UTF-8: one line each."""
+    import pytest
+    from launcher.cli import main as mnemos
+    text = tmp_path / "t.txt"
+    text.write_text("some text to read\n")
+    binary = tmp_path / "bags.npz"
+    np.savez(binary, x=np.arange(1000, dtype=np.float64) * 0.37)
+    out = tmp_path / "run"
+    base = ["downstream", "bert-heads", "--init", "random", "--out", str(out)]
+    with pytest.raises(SystemExit) as stop:
+        mnemos(base + ["--text", str(text), "--model-preset", "gpt3-small"])
+    assert stop.value.code == 2
+    assert ("argument --model-preset: must be a BERT preset (bert-base, bert-large, bert-tiny), got 'gpt3-small' "
+            "(a gpt preset)") in capsys.readouterr().err
+    assert mnemos(base + ["--text", str(text), "--tokenizer", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert f"mnemos: bert-heads: --tokenizer {text}: not a sentencepiece model file" in err and "Traceback" not in err
+    with pytest.raises(SystemExit, match=f"bert-heads: --text {binary}: not UTF-8 text"):
+        mnemos(base + ["--text", str(binary)])
+    assert not out.exists()

@@ -1,6 +1,7 @@
 """MIL with Hopfield pooling on the real Tiger/Fox bags, CI-sized protocol (1 repetition, 2 folds, tiny grid)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -47,9 +48,14 @@ def test_cli_writes_json_markdown_and_tensorboard(shared_data, tmp_path):
                               "--repetitions", "1", "--folds", "2", "--grid", "tiny", "--inner-folds", "2",
                               "--out", str(out)])
     assert args.func(args) == 0
-    res = json.loads((out / "results" / "mil.json").read_text())["results"][0]
+    text = (out / "results" / "mil.json").read_text()
+    res = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in mil.json: JSON has no NaN/Infinity"))
+    res = res["results"][0]
     assert res["dataset"] == "fox" and res["paper_auc"] == 64.05 and 0.0 <= res["auc_mean"] <= 1.0
-    assert "fox" in (out / "results" / "mil.md").read_text()
+    # one repetition: no SE over repetitions, written as null and said in the table as in the log
+    assert res["auc_se_repetitions"] is None
+    md = (out / "results" / "mil.md").read_text()
+    assert f"| fox | {100 * res['auc_mean']:.2f} ± - (one repetition) |" in md and "nan" not in md
     assert any((out / "tensorboard").iterdir()) and (out / "config.yaml").exists()
 
 
@@ -85,4 +91,12 @@ def test_a_bag_file_off_the_format_is_refused_with_the_rule(shared_data, tmp_pat
         np.savez(path, **arrays)
         with pytest.raises(SystemExit, match=f"mil: {path}: " + message):
             main(["downstream", "mil", "--dataset", str(path), "--grid", "tiny", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_a_directory_as_dataset_is_named_a_directory(tmp_path):
+    from launcher.cli import main
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=re.escape(f"mil: {tmp_path}: a directory, not an .npz file")):
+        main(["downstream", "mil", "--dataset", str(tmp_path), "--out", str(out)])
     assert not out.exists()

@@ -71,7 +71,7 @@ def test_seeded_kernel_detects_its_kmer_and_the_pooling_attends_to_it():
 
 
 def test_config_checks_the_number_of_seeded_kernels():
-    with pytest.raises(ValueError, match="seed_kernels=8"):
+    with pytest.raises(ValueError, match=r"--seed-kernels 8 \(rule: at most --kernels 4"):
         rp.RepConfig(kernels=4, seed_kernels=8)
 
 
@@ -194,7 +194,8 @@ def test_data_parallel_training_matches_one_process():
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--seed-kernels", "9", "--kernels", "8"], "repertoire: seed_kernels=9 must be in [0, kernels=8]"),
+    (["--seed-kernels", "9", "--kernels", "8"], "repertoire: --seed-kernels 9 (rule: at most --kernels 8; seeded kernels are a "
+                                                    "subset of the kernels)"),
     (["--kernel-size", "30"], "repertoire: --kernel-size 30 (rule: at most "),
 ])
 def test_options_the_model_cannot_take_stop_before_the_run(tmp_path, extra, message):

@@ -237,3 +237,42 @@ def test_data_mistakes_are_one_line_errors(tmp_path, tokenizer, capsys):
         assert main(common + extra) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model-preset", "gpt3-small"], "argument --model-preset: must be a BERT preset (bert-base, bert-large, "
+                                       "bert-tiny), got 'gpt3-small' (a gpt preset)"),
+    (["--tokenizer", "NOT_SP"], "mnemos: finetune: --tokenizer NOT_SP: not a sentencepiece model file"),
+    (["--device", "cuda"], "mnemos: finetune: --device cuda, but "),
+])
+def test_unusable_setup_is_a_one_line_error(tmp_path, tokenizer, capsys, monkeypatch, extra, message):
+    import torch
+    from launcher.cli import main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, also on a GPU one
+    not_sp = tmp_path / "some.txt"
+    not_sp.write_text("not a sentencepiece model\n")
+    extra = [str(not_sp) if a == "NOT_SP" else a for a in extra]
+    message = message.replace("NOT_SP", str(not_sp))
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"text": "a good day", "label": "pos"},
+                                                    {"text": "a bad day", "label": "neg"}])
+    args = ["finetune", "--task", "classification", "--init", "random", "--tokenizer", tokenizer, "--epochs", "1",
+            "--train", train, "--valid", train, "--out", str(tmp_path / "out"), *extra]
+    try:
+        code = main(args)
+    except SystemExit as stop:  # argparse
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_len_above_n_ctx_is_capped_and_said(tmp_path, tokenizer, caplog):
+    import logging
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"text": "a good day", "label": "pos"},
+                                                    {"text": "a bad day", "label": "neg"}])
+    with caplog.at_level(logging.WARNING, logger=finetune.log.name):
+        assert finetune.main(["--task", "classification", "--train", train, "--valid", train, "--init", "random",
+                              "--tokenizer", tokenizer, "--epochs", "1", "--max-len", "4096",
+                              "--out", str(tmp_path / "out")]) == 0
+    assert "--max-len 4096 exceeds the model's n_ctx 128; inputs of at most 128 tokens are used" in caplog.text
