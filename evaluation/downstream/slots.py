@@ -73,13 +73,17 @@ for _p in PRESETS.values():  # the 14x14 CI set: full-resolution broadcast is ch
     _p["tetrominoes-mini"] = {k: v for k, v in _p["tetrominoes"].items() if k != "broadcast_size"}
 DECODER_KEYS = {"dec_hidden", "dec_kernel", "dec_layers", "broadcast_size"}
 
-# What a run directory's checkpoints were trained with: the model's shape, the scenes and the training recipe.
-# A rerun that changes one would load the weights into another model, or continue another run under this
-# one's name, so it is refused (check_resumable). The rest may change between sessions of one run: --steps
-# (extend it, or evaluate a checkpoint already past it), --seeds, --time-limit, --eval-*, --ckpt-every,
-# --log-every, --no-baseline, and how it runs (--device, --threads, --prefetch, --compile, --bf16).
-RUN_OPTIONS = ("dataset", "task", "preset", "num_slots", "iters", "implicit_grad", "update_norm", "batch_size",
-               "lr", "warmup_steps", "decay_steps", "grad_clip", "mask_entropy", "mask_entropy_from")
+# What a run directory's checkpoints were trained with. The model's shape and computation and the stream of
+# scenes (FIXED_OPTIONS) must stay: a rerun that changes one would load the weights into another model, or
+# continue another run under this one's name, so it is refused (check_resumable). The optimisation recipe
+# (RECIPE_OPTIONS) may change between sessions, as `mnemos train` lets optim and schedule fields change on a
+# resume (say, a mask-entropy term switched on from a checkpoint): the session says so in its log. The rest
+# may change freely: --steps (extend the run, or evaluate a checkpoint already past it), --seeds,
+# --time-limit, --eval-*, --ckpt-every, --log-every, --no-baseline, and how it runs (--device, --threads,
+# --prefetch, --compile, --bf16).
+FIXED_OPTIONS = ("dataset", "task", "preset", "num_slots", "iters", "implicit_grad", "update_norm", "batch_size")
+RECIPE_OPTIONS = ("lr", "warmup_steps", "decay_steps", "grad_clip", "mask_entropy", "mask_entropy_from")
+RUN_OPTIONS = FIXED_OPTIONS + RECIPE_OPTIONS
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -239,7 +243,7 @@ def _fits(args, state: dict) -> bool:
 def check_resumable(run: Path, args) -> None:
     """Rerunning a command resumes its run from the checkpoints in `run`: refuse, before anything is written,
     options that would train another model or another stream of scenes than the checkpoints were trained with
-    (RUN_OPTIONS). A --warmup-steps left out takes the run's own, so that extending --steps keeps the schedule."""
+    (FIXED_OPTIONS); log the recipe options that changed (RECIPE_OPTIONS). A --warmup-steps left out takes the run's own, so that extending --steps keeps the schedule."""
     saved = saved_options(run, args)
     if saved is None:
         if args.warmup_steps is None:
@@ -249,14 +253,19 @@ def check_resumable(run: Path, args) -> None:
     if args.warmup_steps is None and then.get("warmup_steps") is not None:
         args.warmup_steps = then["warmup_steps"]
     now = run_options(args)
-    for key in RUN_OPTIONS:
+    changed = [key for key in RECIPE_OPTIONS if key in then and then[key] != now[key]]
+    if changed:
+        log.warning("resuming %s with another recipe than its checkpoints were trained with: %s", run,
+                    ", ".join(f"{_flag(k, now[k])} (was {_flag(k, then[k])})" for k in changed))
+    for key in FIXED_OPTIONS:
         if key in then and then[key] != now[key]:
             fix = f"leave out --{key.replace('_', '-')}" if then[key] is False else f"give {_flag(key, then[key])}"
             raise ConfigError(
                 f"{_flag(key, now[key])} does not match the run in {run}, whose checkpoints were trained with "
-                f"{_flag(key, then[key])} ({where}); rule: a run directory resumes only with the options its "
-                f"checkpoints were trained with (--steps, --seeds, --time-limit, --eval-*, --ckpt-every, "
-                f"--log-every and the device options may change) - {fix}, or use another --out for a new run")
+                f"{_flag(key, then[key])} ({where}); rule: a run directory resumes only with the model and scenes "
+                f"its checkpoints were trained with (the recipe, --steps, --seeds, --time-limit, --eval-*, "
+                f"--ckpt-every, --log-every and the device options may change) - {fix}, or use another --out "
+                f"for a new run")
 
 
 def _flag(key: str, value) -> str:

@@ -283,9 +283,10 @@ def _cli(*argv):
     return proc.returncode, proc.stderr
 
 
-def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_path):
-    """A run directory holds one run: a rerun with another preset, dataset, task or training option is refused
-    in one line, before RUN/config.yaml is rewritten; a larger --steps resumes, a smaller one evaluates."""
+def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_path, caplog):
+    """A run directory holds one run: a rerun with another preset, dataset, task or model option is refused
+    in one line, before RUN/config.yaml is rewritten; a larger --steps resumes (another learning rate too,
+    said in the log), a smaller one evaluates."""
     common = ["--dataset", "tetrominoes-mini", "--preset", "tiny", "--batch-size", "4", "--eval-size", "8",
               "--threads", "1", "--no-baseline", "--seeds", "0", "--out", str(tmp_path)]
     first = parse(*common, "--steps", "2")
@@ -304,15 +305,18 @@ def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_pat
         with pytest.raises(slots.ConfigError, match=saved):
             again.func(again)
     assert (tmp_path / "config.yaml").read_text() == config
-    more = parse(*common, "--steps", "3", "--time-limit", "5", "--eval-iters", "4")  # resume-compatible options
-    assert more.func(more) == 0
+    more = parse(*common, "--steps", "3", "--time-limit", "5", "--eval-iters", "4", "--lr", "5e-4")
+    with caplog.at_level("WARNING", logger="mnemos.slots"):
+        assert more.func(more) == 0  # resume-compatible options
+    assert "another recipe than its checkpoints were trained with: --lr 0.0005 (was --lr 0.0004)" in caplog.text
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "seed0").glob("*.pt")) == ["step00000002.pt",
                                                                                          "step00000003.pt"]
     state = torch.load(tmp_path / "checkpoints" / "seed0" / "step00000003.pt", weights_only=True)
     assert state["options"]["preset"] == "tiny" and state["options"]["warmup_steps"] == 1
+    assert state["options"]["lr"] == 5e-4  # the recipe of the session that saved it
     assert state["train_seconds"] > 0 and np.isfinite(state["train_loss"])
     # a smaller --steps evaluates the checkpoint, and the report says so (not a --time-limit stop)
-    fewer = parse(*common, "--steps", "1")
+    fewer = parse(*common, "--steps", "1", "--lr", "5e-4")
     assert fewer.func(fewer) == 0
     md = (tmp_path / "results" / "slots_tetrominoes-mini_discovery.md").read_text()
     assert "already at step 3, past --steps 1: evaluated only" in md and "time-limit" not in md
@@ -335,8 +339,8 @@ def test_run_directory_of_an_older_version_is_checked_by_its_shapes(tmp_path):
     torch.save({k: state[k] for k in ("model", "optimizer", "step")}, ckpt)  # what the older version saved
     cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(cfg, num_slots=None, warmup_steps=None)))
-    with pytest.raises(slots.ConfigError, match=r"--lr 0.001 does not match .* --lr 0.0004 \(.*config.yaml"):
-        slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--lr", "1e-3"))
+    with pytest.raises(slots.ConfigError, match=r"--iters 2 does not match .* --iters 3 \(.*config.yaml"):
+        slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--iters", "2"))
     with pytest.raises(slots.ConfigError, match="does not fit the model these options build"):
         slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--preset", "cpu"))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(cfg, preset="cpu")))  # rewritten, then it crashed
