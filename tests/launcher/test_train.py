@@ -170,7 +170,7 @@ def test_resume_refuses_a_different_architecture(tiny_data, tmp_path):
     again = run_train(run / "config.yaml", "--set", "data.seed=99")
     assert again.returncode == 2
     assert "data.seed=99 differs from the checkpoint" in again.stdout + again.stderr
-    assert "`mnemos ckpt import-hf`" in again.stdout + again.stderr
+    assert "`mnemos ckpt import-run`" in again.stdout + again.stderr
 
 
 CPU_REFUSALS = [
