@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"mnemos: {err}", file=sys.stderr)
         return 2
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        # a command's own one-line refusal, `raise SystemExit("mil: --folds 101 (rule: ...)")`: Python would
+        # print it and exit 1; it is the same kind of error as the ones above
+        print(stop.code, file=sys.stderr)
+        return 2
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

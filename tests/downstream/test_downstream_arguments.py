@@ -56,10 +56,10 @@ def test_missing_input_file_is_refused_before_the_run_starts(tmp_path, capsys, c
 
 def test_set_prediction_needs_a_slot_per_object(tmp_path, capsys):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"--num-slots 3 \(rule: set prediction needs a slot for each of the up "
-                                         r"to 4 objects of sprites\)"):
-        mnemos(["downstream", "slots", "--dataset", "sprites", "--task", "set-prediction", "--num-slots", "3",
-                "--out", str(out)])
+    assert mnemos(["downstream", "slots", "--dataset", "sprites", "--task", "set-prediction", "--num-slots", "3",
+                   "--out", str(out)]) == 2  # refused in one line
+    assert re.search(r"--num-slots 3 \(rule: set prediction needs a slot for each of the up to 4 objects of "
+                     r"sprites\)", capsys.readouterr().err)
     assert not out.exists()
 
 
@@ -70,22 +70,22 @@ def test_set_prediction_needs_a_slot_per_object(tmp_path, capsys):
                                                            "torch.load(weights_only=True) reads"),
 ])
 def test_an_input_file_of_another_format_is_named_before_the_run_starts(tmp_path, command, option, name, content,
-                                                                         message):
+                                                                         message, capsys):
     path = tmp_path / name
     path.write_bytes(content)
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match=re.escape(message.format(path=path))):
-        mnemos(["downstream", command, option, str(path), "--out", str(out)])
+    assert mnemos(["downstream", command, option, str(path), "--out", str(out)]) == 2  # refused in one line
+    assert re.search(re.escape(message.format(path=path)), capsys.readouterr().err)
     assert not out.exists()
 
 
-def test_attention_of_the_wrong_shape_is_named_before_the_run_starts(tmp_path):
+def test_attention_of_the_wrong_shape_is_named_before_the_run_starts(tmp_path, capsys):
     import numpy as np
     np.save(tmp_path / "attn.npy", np.full((2, 3, 4), 0.25, np.float32))
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"bert-heads: attention must be \(layers, heads, N, N\) or \(layers, B, "
-                                         r"heads, N, N\), got \(2, 3, 4\)"):
-        mnemos(["downstream", "bert-heads", "--attention", str(tmp_path / "attn.npy"), "--out", str(out)])
+    assert mnemos(["downstream", "bert-heads", "--attention", str(tmp_path / "attn.npy"), "--out", str(out)]) == 2
+    assert re.search(r"bert-heads: attention must be \(layers, heads, N, N\) or \(layers, B, heads, N, N\), "
+                     r"got \(2, 3, 4\)", capsys.readouterr().err)
     assert not out.exists()
 
 
@@ -142,10 +142,10 @@ def test_run_dir_of_an_earlier_version_is_still_the_tasks_own(tmp_path):
     (["--kernels", "5"], "repertoire: --seed-kernels 16 (rule: at most --kernels 5; seeded kernels are a subset of "
                          "the kernels)"),
 ])
-def test_repertoire_settings_that_cannot_run_are_refused_before_simulating(tmp_path, options, message):
+def test_repertoire_settings_that_cannot_run_are_refused_before_simulating(tmp_path, options, message, capsys):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match=re.escape(message)):
-        mnemos(["downstream", "repertoire", *options, "--out", str(out)])
+    assert mnemos(["downstream", "repertoire", *options, "--out", str(out)]) == 2  # refused in one line
+    assert re.search(re.escape(message), capsys.readouterr().err)
     assert not out.exists()
 
 
