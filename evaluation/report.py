@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import evaluation.task  # noqa: F401  (registers the task families' metrics, whose percent flag the tables read)
+from evaluation.json_values import finite_or_null
 from evaluation.metrics import METRICS
 
 
@@ -36,16 +37,6 @@ def _json_default(o):
     if isinstance(o, float) and math.isnan(o):
         return None
     return str(o)
-
-
-def _clean_nans(x):
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean_nans(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean_nans(v) for v in x]
-    return x
 
 
 def markdown(results: dict) -> str:
@@ -183,7 +174,7 @@ def write_reports(results: dict, out_dir: str | os.PathLike) -> dict[str, Any]:
         stale.unlink()
     res["files"] = {"json": str(out / "results.json"), "markdown": str(out / "results.md"),
                     "plots": [str(p) for p in plots]}
-    _write_text(out / "results.json", json.dumps(_clean_nans(res), indent=2, default=_json_default) + "\n")
+    _write_text(out / "results.json", json.dumps(finite_or_null(res), indent=2, default=_json_default) + "\n")
     _write_text(out / "results.md", markdown(res))
     results["files"] = res["files"]
     return res["files"]

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import yaml
 
+from evaluation.json_values import finite_or_null
+
 log = logging.getLogger("mnemos.downstream")
 
 
@@ -128,7 +130,7 @@ def write_results(run: RunDir, name: str, payload: dict, table_header: Sequence[
     """RUN/results/{name}.json (machine-readable) and {name}.md (a Markdown table for people). JSON has no NaN or
     Infinity: a value that is not finite (an AUC with one class, the SE of one repetition) is written as null."""
     jpath = run.results / f"{name}.json"
-    jpath.write_text(json.dumps(_finite_or_null(payload), indent=2, allow_nan=False, default=_jsonable))
+    jpath.write_text(json.dumps(finite_or_null(payload), indent=2, allow_nan=False, default=_jsonable))
     lines = [f"# {title}", "", "| " + " | ".join(table_header) + " |", "|" + "---|" * len(table_header)]
     for row in table_rows:
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
@@ -153,19 +155,6 @@ def _cell(c) -> str:
     if isinstance(c, float):
         return f"{c:.4f}" if math.isfinite(c) else "-"
     return str(c)
-
-
-def _finite_or_null(o):
-    """The payload with every NaN / ±Infinity (Python, numpy, inside lists and dicts) replaced by None."""
-    if isinstance(o, dict):
-        return {k: _finite_or_null(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite_or_null(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _finite_or_null(o.tolist())
-    if isinstance(o, (float, np.floating)):
-        return float(o) if math.isfinite(o) else None
-    return o
 
 
 def _jsonable(o):
