@@ -308,7 +308,7 @@ def import_run(src: str | Path, cfg, new_tokenizer: bool = False) -> Path:
     attention pattern, where the way through `export-hf` needs GPT-2's dense attention."""
     from data.tokenizer import file_sha256
     from launcher.config import ARCH_FIELDS, ConfigError
-    from launcher.inference import read_run_config, resolve_checkpoint
+    from launcher.inference import consolidated_state_dict, read_run_config, resolve_checkpoint
     from parallel.manifest import read_manifest
 
     refuse_a_run_with_checkpoints(cfg)
@@ -326,7 +326,6 @@ def import_run(src: str | Path, cfg, new_tokenizer: bool = False) -> Path:
                           f"with (sha256 {theirs[:12]}) (rule: the imported embeddings mean its ids; tokenize the "
                           f"data with it, or pass --new-tokenizer to start the embeddings over on another "
                           f"tokenizer's ids)")
-    from launcher.inference import consolidated_state_dict
     sd, _ = consolidated_state_dict(ckpt)
     return write_initial_checkpoint(sd, cfg, imported_from=ckpt)
 
