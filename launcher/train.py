@@ -238,7 +238,7 @@ class Trainer:
         from parallel.manifest import newest_valid, read_manifest
         ckpt = None
         if self.is_main:
-            ckpt = newest_valid(self.ckpt.root)
+            ckpt = newest_valid(self.ckpt.root, skipped=self.ckpt.corrupt)
         box = [str(ckpt) if ckpt else None]
         dist.broadcast_object_list(box, src=0)
         if box[0] is None:
@@ -376,7 +376,7 @@ class Trainer:
         from parallel.manifest import newest_valid
         self.ckpt.wait()
         position = self.sampler.state_dict()
-        box = [str(newest_valid(self.ckpt.root)) if self.is_main else None]
+        box = [str(newest_valid(self.ckpt.root, skipped=self.ckpt.corrupt)) if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         if box[0] in (None, "None"):
             raise RuntimeError("repeated bad losses and no checkpoint to roll back to; stopping "

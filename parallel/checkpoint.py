@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parallel.manifest import (DIGEST_PREFIX, STEP_DIR, digest_files, fsync_path, list_checkpoints, step_dirname,
-                               write_latest, write_manifest)
+from parallel.manifest import (DIGEST_PREFIX, STEP_DIR, digest_files, fsync_path, list_checkpoints, looks_complete,
+                               step_dirname, write_latest, write_manifest)
 
 log = logging.getLogger("mnemos.checkpoint")
 
@@ -101,6 +101,9 @@ class CheckpointManager:
         self.async_finalize = async_finalize
         self._pending = None
         self._pending_error: BaseException | None = None
+        # Step directories that failed verification when the run resumed (filled by the resume on rank 0):
+        # they hold no loadable checkpoint, so pruning does not count them toward keep_last.
+        self.corrupt: set[str] = set()
 
     def _barrier(self):
         import torch.distributed as dist
@@ -137,6 +140,7 @@ class CheckpointManager:
         if self.rank == 0:
             write_manifest(tmp_root / tag, {**meta, "step": step, "world_size": self.world_size}, files)
             _move_into_place(tmp_root / tag, final)
+            self.corrupt.discard(tag)
             write_latest(self.root, tag)
             self._prune()
         self._barrier()
@@ -176,6 +180,7 @@ class CheckpointManager:
             final = self.root / ckpt_dir.name
             write_manifest(ckpt_dir, meta, files)
             _move_into_place(ckpt_dir, final)
+            self.corrupt.discard(final.name)
             write_latest(self.root, final.name)
             self._prune()
             log.info("checkpoint %s finalized in the background", final)
@@ -200,12 +205,20 @@ class CheckpointManager:
         return files
 
     def _prune(self) -> None:
-        ckpts = list_checkpoints(self.root)
-        for old in ckpts[self.keep_last:]:
-            step = int(STEP_DIR.match(old.name).group(1))
-            if self.keep_every_steps and step % self.keep_every_steps == 0:
+        """Keep the newest `keep_last` loadable checkpoints (and valid `keep_every_steps` milestones) and delete
+        what is older. A corrupt or partial directory newer than those is left alone (a later save of its
+        step replaces it); one older than them could never be resumed from and goes too."""
+        kept = 0
+        for ckpt in list_checkpoints(self.root):
+            loadable = ckpt.name not in self.corrupt and looks_complete(ckpt)
+            if kept < self.keep_last:
+                kept += loadable
                 continue
-            shutil.rmtree(old, ignore_errors=True)
+            step = int(STEP_DIR.match(ckpt.name).group(1))
+            if loadable and self.keep_every_steps and step % self.keep_every_steps == 0:
+                continue
+            shutil.rmtree(ckpt, ignore_errors=True)
+            self.corrupt.discard(ckpt.name)
 
     def load(self, engine, ckpt_dir: Path) -> tuple[dict, dict | None]:
         """Load engine state (model, optimizer, ZeRO shards) saved in the same layout and return

@@ -93,6 +93,17 @@ def verify(ckpt_dir: str | Path) -> tuple[bool, str]:
     return True, "ok"
 
 
+def looks_complete(ckpt_dir: str | Path) -> bool:
+    """The cheap half of verify(): a readable manifest and every file it lists present with its size. Pruning
+    uses it at every save, where hashing the checkpoints it keeps would cost as much as writing them."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        files = json.loads((ckpt_dir / MANIFEST).read_text()).get("files", {})
+        return all((ckpt_dir / rel).stat().st_size == info["bytes"] for rel, info in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def read_manifest(ckpt_dir: str | Path) -> dict:
     return json.loads((Path(ckpt_dir) / MANIFEST).read_text())
 
@@ -106,12 +117,15 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)), reverse=True)
 
 
-def newest_valid(root: str | Path) -> Path | None:
+def newest_valid(root: str | Path, skipped: set[str] | None = None) -> Path | None:
+    """The newest checkpoint that verifies; the names of the newer ones that failed go into `skipped`."""
     for ckpt in list_checkpoints(root):
         ok, reason = verify(ckpt)
         if ok:
             return ckpt
         log.warning("skipping checkpoint %s: %s", ckpt, reason)
+        if skipped is not None:
+            skipped.add(ckpt.name)
     return None
 
 
