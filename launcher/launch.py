@@ -25,8 +25,9 @@ yet) gets the signal as soon as it installs one. torchrun is left to wait for it
 too, and so does the launcher (the Slurm script and `--k8s` then ask the run whether it finished). A
 second Ctrl-C stops at once: SIGINT to the ranks and to torchrun, which ends them (no checkpoint).
 torchrun runs in its own process group, so a terminal's Ctrl-C reaches only the launcher (a hangup or
-Ctrl-\\ is passed on to torchrun, as before); it ignores SIGUSR1, so a signal delivered to the whole
-process tree (Slurm signals every process of a job step) reaches the workers without killing their agent.
+Ctrl-\\ is passed on to torchrun, as before); it ignores SIGUSR1 and SIGTERM, so a signal delivered to the
+whole process tree (Slurm signals every process of a job step, systemd every process of a service)
+reaches the workers without starting torchrun's shutdown, which would kill ranks still saving after 30 s.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def torchrun_command(config_path: str | os.PathLike, nproc: int, overrides: list
                      nnodes: int | str = 1, node_rank: int = 0, rdzv_endpoint: str | None = None, *,
                      rdzv_id: str | None = None, local_addr: str | None = None,
                      rdzv_conf: str | None = None, log_dir: str | os.PathLike | None = None,
-                     max_restarts: int = 0, module: str = WORKER_MODULE, python: str | None = None) -> list[str]:
+                     max_restarts: int = 0, module: str = WORKER_MODULE, python: str | None = None,
+                     leave_sigterm: bool = False) -> list[str]:
     """The torchrun argv that starts `nproc` ranks of `module CONFIG` on this node.
 
     `config_path` must be the resolved RUN/config.yaml; with `overrides` the config is resolved here
@@ -68,6 +70,7 @@ def torchrun_command(config_path: str | os.PathLike, nproc: int, overrides: list
     `nnodes="MIN:MAX"` is elastic: torchrun starts once MIN nodes joined, admits up to MAX, and
     assigns node ranks itself (so no --node_rank); `max_restarts` lets it re-form the group in place
     when a node leaves or joins (each restart resumes from the newest checkpoint).
+    `leave_sigterm`: torchrun does not handle SIGTERM (the launcher that starts it passes it to the ranks).
     """
     if nproc < 1:
         raise ValueError(f"nproc={nproc} (rule: at least 1 rank per node)")
@@ -102,6 +105,8 @@ def torchrun_command(config_path: str | os.PathLike, nproc: int, overrides: list
     cmd += ["--max_restarts", str(max_restarts)]
     if log_dir is not None:
         cmd += ["--log_dir", str(log_dir), "--redirects", "3", "--tee", "3"]
+    if leave_sigterm:
+        cmd += ["--signals-to-handle", "SIGINT,SIGHUP,SIGQUIT"]
     cmd += ["-m", module, str(config_path)]
     return cmd
 
@@ -190,16 +195,19 @@ def spawn_local(config_path: str | os.PathLike, nproc: int, overrides: list[str]
         run_dir = _run_dir_of(config_path)
     logs = Path(run_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    own_group = threading.current_thread() is threading.main_thread()
     cmd = torchrun_command(config_path, nproc, None, nnodes, node_rank, rdzv_endpoint, rdzv_id=rdzv_id,
                            local_addr=local_addr, rdzv_conf=rdzv_conf, log_dir=logs / "torchrun",
-                           max_restarts=max_restarts, module=module)
+                           max_restarts=max_restarts, module=module,
+                           leave_sigterm=own_group and _torchrun_takes_a_signal_list())
     full_env = rank_environment(run_dir, env, nproc)
     log.info("launching %d rank(s) on node %d of %s: %s", nproc, node_rank, nnodes, " ".join(cmd))
     # Where the launcher forwards signals (the main thread), torchrun gets its own process group: a Ctrl-C
-    # meant for the launcher would otherwise make torchrun end its ranks before they could save.
-    own_group = threading.current_thread() is threading.main_thread()
+    # meant for the launcher would otherwise make torchrun end its ranks before they could save. It also
+    # leaves SIGTERM to the launcher: Slurm (scancel, preemption) and systemd signal every process of a job,
+    # and torchrun's own shutdown would SIGKILL ranks still saving after 30 s and exit non-zero.
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_own_group_ignore_sigusr1 if own_group else _ignore_sigusr1,
+                            preexec_fn=_own_group_leave_stop_signals if own_group else _ignore_sigusr1,
                             bufsize=1, text=True, errors="replace")
     demux = _LogDemux(logs, _agent_log_name(nnodes, node_rank))
     pump = threading.Thread(target=demux.pump, args=(proc.stdout,), daemon=True)
@@ -233,9 +241,20 @@ def _ignore_sigusr1() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def _own_group_ignore_sigusr1() -> None:
+def _own_group_leave_stop_signals() -> None:
     os.setpgid(0, 0)
     _ignore_sigusr1()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun keeps it: --signals-to-handle leaves SIGTERM out
+
+
+def _torchrun_takes_a_signal_list() -> bool:
+    """torchrun --signals-to-handle came with torch 2.9; before, it always handled SIGTERM itself."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        major, minor = (int(part) for part in version("torch").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (2, 9)
 
 
 def _supervise(proc: subprocess.Popen, workers, received: list[str] | None, stop_agent: bool,

@@ -5,6 +5,7 @@ FAKE_MODE=fail1   rank 1 exits 3 after a moment; the other ranks would block for
 FAKE_MODE=signal  wait for SIGUSR1/SIGTERM, write RUN/logs/stopped-rankR, exit 0
 FAKE_MODE=late    like signal, but install the handlers only after 4 s of "start-up"
 FAKE_MODE=slow    like signal, but then "save" for 120 s before exiting 0
+FAKE_MODE=save40  like signal, but then "save" for 40 s (longer than torchrun's 30 s shutdown grace)
 """
 
 import json
@@ -19,12 +20,14 @@ keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_AC
         "MNEMOS_LOG_DIR", "TORCH_NCCL_ASYNC_ERROR_HANDLING"]
 print("ENV " + json.dumps({k: os.environ.get(k) for k in keys} | {"argv": sys.argv[1:]}), flush=True)
 if mode == "fail1":
+    # torchrun starts the ranks with SIGTERM ignored (the launcher handles it); a real rank catches it at once
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if rank == 1:
         time.sleep(1)
         print("rank 1 failing on purpose", flush=True)
         sys.exit(3)
     time.sleep(600)
-elif mode in ("signal", "late", "slow"):
+elif mode in ("signal", "late", "slow", "save40"):
     if mode == "late":
         print("starting", flush=True)
         time.sleep(4)  # a SIGUSR1 now is ignored (inherited SIG_IGN), as in a trainer still importing
@@ -37,6 +40,8 @@ elif mode in ("signal", "late", "slow"):
         time.sleep(0.05)
     with open(os.path.join(os.environ["MNEMOS_LOG_DIR"], f"stopped-rank{rank}"), "w") as f:
         f.write(signal.Signals(got[0]).name if got else "timeout")
-    if mode == "slow" and got:
-        time.sleep(120)
+    if mode in ("slow", "save40") and got:
+        time.sleep(120 if mode == "slow" else 40)
+        with open(os.path.join(os.environ["MNEMOS_LOG_DIR"], f"saved-rank{rank}"), "w") as f:
+            f.write("saved")
     sys.exit(0 if got else 5)

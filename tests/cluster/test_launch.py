@@ -235,6 +235,29 @@ def test_ctrl_c_reaches_the_ranks_as_sigterm_and_a_second_one_stops_at_once(tmp_
     assert "received SIGINT again" in out
 
 
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_tree_lets_the_ranks_finish_saving(tmp_path):
+    """Slurm (scancel --signal=TERM, preemption with GraceTime) and systemd signal every process of a job,
+    torchrun included. torchrun must not start its own shutdown, which would SIGKILL ranks still saving
+    after 30 s and exit non-zero: the ranks save (here 40 s), exit 0, and so do torchrun and the launcher."""
+    from launcher.launch import _children
+    proc = _start_launcher(tmp_path, "tree", "save40")
+    logs = tmp_path / "tree" / "logs"
+    _wait_for_ranks(proc, logs, "ready")
+    tree, todo = [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += _children(pid)
+    assert len(tree) >= 4, tree  # launcher, torchrun, 2 ranks
+    for pid in tree:
+        os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert [(logs / f"saved-rank{r}").exists() for r in (0, 1)] == [True, True], out
+    assert "SignalException" not in out and "exited with code" not in out, out
+
+
 def test_array_task_config_gets_its_own_run_dir_and_seed(tmp_path):
     from launcher.launch import array_task_config
     import yaml

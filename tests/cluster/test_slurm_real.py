@@ -120,6 +120,29 @@ def test_time_limit_warning_signal_requeues_the_job(slurm_cluster, tmp_path):
     job.cancel()  # the requeued job would otherwise wait cred_expire (20 s here) and run again
 
 
+def test_scancel_sigterm_to_every_process_lets_the_ranks_save_and_the_step_succeed(slurm_cluster, tmp_path):
+    """`scancel --signal=TERM` (and preemption with GraceTime) signals every process of the job's steps:
+    the launcher, torchrun and the ranks. The ranks' save (a stand-in taking 40 s) must not be cut short by
+    torchrun's own shutdown (SIGKILL after 30 s, exit 1): the step ends with exit code 0."""
+    (tmp_path / "config.yaml").write_text(f"run_dir: {tmp_path}\n")
+    argv = [PY, "-m", "launcher.launch", "--slurm", str(tmp_path / "config.yaml"), "--nproc-per-node", "2",
+            "--worker-module", "tests.cluster.fake_worker"]
+    cmd = JobCommand(run_dir=tmp_path, workdir=REPO, python=PY, argv=argv)
+    job = submit(JobSpec(time="10", max_restarts=0, env={"FAKE_MODE": "save40"}), cmd)
+    job.poll_s = 1.0
+    logs = tmp_path / "logs"
+    deadline = time.monotonic() + 120
+    while not all((logs / f"rank{r}.log").exists() and "ready" in (logs / f"rank{r}.log").read_text()
+                  for r in (0, 1)):
+        assert time.monotonic() < deadline and job.state() in ACTIVE, job.logs()
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=TERM", job.job_id], check=True)
+    assert job.wait(timeout_s=150) == "COMPLETED", job.logs()
+    assert [(logs / f"saved-rank{r}").exists() for r in (0, 1)] == [True, True], job.logs()
+    assert (logs / "stopped-rank0").read_text() == "SIGTERM"
+    assert "step ended with exit code 0" in job.logs()
+
+
 # ----------------------------------------------------------------------------- training + preemption
 def _train_losses(run_dir: Path) -> dict[int, float]:
     out = {}
