@@ -241,9 +241,13 @@ def _ignore_sigusr1() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def _own_group_leave_stop_signals() -> None:
+def _own_group_ignore_sigusr1() -> None:
     os.setpgid(0, 0)
     _ignore_sigusr1()
+
+
+def _own_group_leave_stop_signals() -> None:
+    _own_group_ignore_sigusr1()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun keeps it: --signals-to-handle leaves SIGTERM out
 
 
@@ -778,14 +782,19 @@ def spawn_deepspeed(cmd: list[str], layout: DeepSpeedLayout, run_dir: str | os.P
     full_env = rank_environment(run_dir, env, layout.nproc)
     log.info("launching %d rank(s) on each of %d host(s) with DeepSpeed: %s", layout.nproc, len(layout.hosts),
              " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=full_env, preexec_fn=_ignore_sigusr1)
+    # A local launch gets a process group of its own, as torchrun does: DeepSpeed's launcher kills its ranks
+    # at once on a terminal's Ctrl-C. Across hosts it stays in ours: there its pdsh kill command is what
+    # stops the other hosts' ranks.
+    own_group = layout.local and threading.current_thread() is threading.main_thread()
+    proc = subprocess.Popen(cmd, env=full_env, preexec_fn=_own_group_ignore_sigusr1 if own_group else _ignore_sigusr1)
 
     def ranks() -> list[int]:
         # runner -> deepspeed.launcher.launch -> ranks: the grandchildren (a local launch).
         return [pid for launcher in _children(proc.pid) for pid in _children(launcher)]
 
     # The ranks save and exit on SIGTERM, then DeepSpeed's launcher ends by itself.
-    rc = _supervise(proc, ranks, received, stop_agent=False)
+    rc = _supervise(proc, ranks, received, stop_agent=False,
+                    pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
     if rc != 0:
         log.error("the DeepSpeed launcher exited with code %d", rc)
     return rc

@@ -175,6 +175,31 @@ def test_sigusr1_reaches_the_ranks_deepspeed_started(tmp_path):
     assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == ["SIGUSR1", "SIGUSR1"]
 
 
+def test_ctrl_c_lets_the_ranks_deepspeed_started_save_and_exit_0(tmp_path):
+    """Ctrl-C at a terminal signals the whole foreground process group. DeepSpeed's local launcher would
+    kill its ranks at once; it runs in a group of its own, so only mnemos's launcher gets the SIGINT and
+    passes it on as SIGTERM: the ranks save and exit 0, and so does everything above them."""
+    hf = _hostfile(tmp_path, "localhost slots=2\n")
+    logs = tmp_path / "run" / "logs"
+    code = ("import sys, launcher.launch as L; "
+            f"lay = L.deepspeed_layout({str(hf)!r}); "
+            f"cmd = L.deepspeed_command('unused.yaml', lay, module='tests.cluster.fake_worker'); "
+            f"sys.exit(L.spawn_deepspeed(cmd, lay, {str(tmp_path / 'run')!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE="signal"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # a process group of its own, as at a terminal
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if sum("ready" in l for l in out) == 2:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, "".join(out) + rest
+    assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == ["SIGTERM", "SIGTERM"]
+    assert "Traceback" not in rest, rest
+
+
 @pytest.mark.slow
 def test_two_ranks_through_deepspeeds_launcher_train_like_torchrun(shared_data, tmp_path):
     """A hostfile naming only this machine: DeepSpeed's launcher starts 2 CPU ranks locally (no ssh), and
