@@ -4,7 +4,7 @@ thread (the peer) and one step ahead in the prefetch thread (`mnemos downstream 
 
     python bench/slots_render.py [--n 256] [--repeat 3] [--threads 1] [--out bench/results/slots_render.json]
 
-Timing lives here, never in test asserts (DESIGN.md). The JSON records the machine's CPU count and the
+Timing lives here, never in test asserts. The JSON records the machine's CPU count and the
 torch thread count so figures can be compared between runs on one machine.
 """
 

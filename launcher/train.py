@@ -35,7 +35,7 @@ log = logging.getLogger("mnemos.train")
 # Per-micro-batch counts an objective reports; everything else it reports is averaged and logged.
 COUNT_METRICS = ("tokens", "batch_size", "masked_tokens")
 
-PEAK_TFLOPS_BF16 = 989.0  # H100/H200 dense bf16, the MFU denominator (DESIGN.md)
+PEAK_TFLOPS_BF16 = 989.0  # H100/H200 dense bf16 (datasheet, without sparsity): the MFU denominator
 
 # Architecture fields that must match to resume (shapes of every tensor depend on them).
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 GB = 1e9
-PEAK_BF16_TFLOPS = 989.0  # H100/H200 dense bf16 (DESIGN.md)
+PEAK_BF16_TFLOPS = 989.0  # H100/H200 dense bf16 (NVIDIA H100 SXM datasheet, without sparsity)
 DS_BUCKET_ELEMS = 5e8  # DeepSpeed's default reduce_bucket_size and allgather_bucket_size
 PAPER_TOKENS = 300e9  # GPT-3: every model trained on 300B tokens
 
