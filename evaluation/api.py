@@ -23,7 +23,7 @@ import time
 from typing import Any, Sequence
 
 from evaluation.adapters import LM
-from evaluation.metrics import aggregate, exact_match, tie_aware_argmax_accuracy, token_f1
+from evaluation.metrics import aggregate, exact_match, tie_aware_argmax_accuracy, tied_best, token_f1
 from evaluation.registry import get_tasks
 from evaluation.task import MC_METRICS, SCORERS, Task
 
@@ -78,7 +78,7 @@ def _score(task: Task, doc: dict, answers: list[Any], meta: dict, lm: LM) -> dic
         items: dict[str, Any] = {m: tie_aware_argmax_accuracy(v, gold) for m, v in scores.items()}
         # the task's pick: its GPT-3 normalisation, or per-token (GPT-3 Section 2.4's default); first on ties
         decide = scores[c.main_metric()] if c.main_metric() in scores else scores["acc_norm_token"]
-        pred = max(range(n), key=lambda i: decide[i])
+        pred = tied_best(decide)[0]
         if "f1_macro" in c.resolved_metrics():
             items["f1_macro"] = (pred, gold)
         if c.scorer:
