@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from evaluation.adapters import LM
 from evaluation.metrics import aggregate, exact_match, tie_aware_argmax_accuracy, tied_best, token_f1
 from evaluation.registry import get_tasks
-from evaluation.task import MC_METRICS, SCORERS, Task
+from evaluation.task import SCORERS, Task
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,7 @@ def _score(task: Task, doc: dict, answers: list[Any], meta: dict, lm: LM) -> dic
 
 def _reported_metrics(task: Task) -> list[str]:
     """Multiple choice always shows its four normalisations side by side, then the task's own metrics."""
-    own = task.config.resolved_metrics()
-    if task.config.output_type == "multiple_choice":
-        return list(dict.fromkeys(MC_METRICS + own))
-    return own
+    return task.config.computed_metrics()
 
 
 def _key(args: Any) -> Any:
