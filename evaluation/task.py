@@ -331,7 +331,11 @@ def load_split(cfg: TaskConfig, split: str, data_dir: str | None) -> list[dict]:
         if not words_path:
             raise TaskError(f"task {cfg.task}: dataset.kwargs.word_list (a file with one word per line) is required")
         _check_exists(words_path, cfg.task)
-        return synthetic.scramble_docs(kw["kind"], synthetic.read_word_list(words_path), n=n, seed=seed)
+        words = synthetic.read_word_list(words_path)
+        if not words:
+            raise TaskError(f"task {cfg.task}: word list {words_path} is empty (rule: one word per line; "
+                            f"`mnemos eval-data words CORPUS --out {words_path}` builds it)")
+        return synthetic.scramble_docs(kw["kind"], words, n=n, seed=seed)
     if spec.loader == "hub":
         import datasets
         return [dict(r) for r in datasets.load_dataset(spec.name, spec.config, split=split)]
