@@ -297,8 +297,8 @@ def main(args) -> int:
         default_out = (run_dir / "results" / "eval") if run_dir else Path("eval_results")
     out = Path(args.out) if args.out else default_out
     if (out / "results.json").exists():
-        print(f"mnemos eval: {out} holds an earlier evaluation; its report is replaced (--out DIR keeps it)",
-              file=sys.stderr)
+        hint = "" if args.out else " (--out DIR keeps it)"  # the --out hint only helps who did not give one
+        print(f"mnemos eval: {out} holds an earlier evaluation; its report is replaced{hint}", file=sys.stderr)
     max_length = args.max_length
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     trained = run_config.data.seq_len if run_config is not None else None
@@ -309,6 +309,10 @@ def main(args) -> int:
         max_length = trained  # positions past the training sequence length were never trained
         print(f"mnemos eval: windows of {trained} tokens, the run's data.seq_len (model.n_ctx is {n_ctx}; "
               f"--max-length to choose)", file=sys.stderr)
+    elif max_length is None and args.hf_model and n_ctx:
+        max_length = n_ctx  # config.json has n_positions only: `ckpt export-hf` does not record data.seq_len
+        print(f"mnemos eval: windows of {n_ctx} tokens, the model's n_positions (an exported model does not record "
+              f"the length it was trained on; --max-length to choose)", file=sys.stderr)
     adapter = MnemosLM(model, tokenizer, batch_size=args.batch_size, device=device, max_length=max_length,
                        dtype="fp32" if args.hf_model else args.dtype)
     info["max_length"] = adapter.max_length
