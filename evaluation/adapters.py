@@ -145,7 +145,7 @@ class MnemosLM(LM):
         self.model = model.eval().to(device=self.device, dtype=torch_dtype)
         self.tokenizer = tokenizer
         cfg = getattr(model, "cfg", None)
-        self.max_length = int(max_length or getattr(cfg, "n_ctx", 2048))
+        self.max_length = int(max_length or _default_window(model))
         self.eos_id = int(tokenizer.eos_id)
         self.progress = progress
         self.dp_group = dp_group
@@ -595,6 +595,21 @@ def _bucket(n: int) -> int:
     """Padded length of a row of n tokens: n rounded up to 8 (n <= 64), 32 (n <= 512) or 128."""
     g = 8 if n <= 64 else 32 if n <= 512 else 128
     return -(-n // g) * g
+
+
+def _default_window(model) -> int:
+    """Tokens per scoring window when max_length is not given: the run's training sequence length when the
+    loader recorded it (`launcher.inference.load_for_eval` sets `trained_seq_len`; positions past it were
+    never trained), else the model's n_ctx. Said in one line, since scores depend on it."""
+    n_ctx = int(getattr(getattr(model, "cfg", None), "n_ctx", 2048))
+    trained = getattr(model, "trained_seq_len", None)
+    if trained and trained < n_ctx:
+        log.info("windows of %d tokens, the run's data.seq_len (n_ctx is %d; max_length= sets it)", trained, n_ctx)
+        return int(trained)
+    if not trained:
+        log.warning("windows of %d tokens, the model's n_ctx: the length it was trained on is not known here "
+                    "(max_length= / --max-length sets it)", n_ctx)
+    return n_ctx
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -23,9 +23,8 @@ import time
 from typing import Any, Sequence
 
 from evaluation.adapters import LM
-from evaluation.metrics import aggregate, exact_match, tie_aware_argmax_accuracy, token_f1
-from evaluation.registry import get_tasks
-from evaluation.task import MC_METRICS, SCORERS, Task
+from evaluation.metrics import aggregate, exact_match, tie_aware_argmax_accuracy, tied_best, token_f1
+from evaluation.task import SCORERS, Task, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ def _score(task: Task, doc: dict, answers: list[Any], meta: dict, lm: LM) -> dic
         items: dict[str, Any] = {m: tie_aware_argmax_accuracy(v, gold) for m, v in scores.items()}
         # the task's pick: its GPT-3 normalisation, or per-token (GPT-3 Section 2.4's default); first on ties
         decide = scores[c.main_metric()] if c.main_metric() in scores else scores["acc_norm_token"]
-        pred = max(range(n), key=lambda i: decide[i])
+        pred = tied_best(decide)[0]
         if "f1_macro" in c.resolved_metrics():
             items["f1_macro"] = (pred, gold)
         if c.scorer:
@@ -106,10 +105,7 @@ def _score(task: Task, doc: dict, answers: list[Any], meta: dict, lm: LM) -> dic
 
 def _reported_metrics(task: Task) -> list[str]:
     """Multiple choice always shows its four normalisations side by side, then the task's own metrics."""
-    own = task.config.resolved_metrics()
-    if task.config.output_type == "multiple_choice":
-        return list(dict.fromkeys(MC_METRICS + own))
-    return own
+    return task.config.computed_metrics()
 
 
 def _key(args: Any) -> Any:
@@ -125,12 +121,58 @@ def _sample_record(task: Task, doc_id: int, reqs, answers, items) -> dict:
             "scores": {m: v for m, v in items.items() if not m.startswith("_") and isinstance(v, (int, float))}}
 
 
-def run_eval(adapter: LM, tasks: Sequence[str], shots: Sequence[int], out_dir: str | os.PathLike | None = None,
+def _shots_of(task: Task, shots: Sequence[int]) -> list[int]:
+    if task.config.output_type == "loglikelihood_rolling":
+        return [0]  # whole documents (perplexity): no demonstrations
+    return list(shots)
+
+
+def prepare_tasks(tasks: Sequence[str | Task], shots: Sequence[int], data_dir: str | os.PathLike | None = None,
+                  include: Sequence[str] | None = None, limit: int | None = None) -> list[Task]:
+    """Tasks bound to their data with every split they need read and the few-shot pools checked against the
+    largest K: a missing file, a missing --data-dir or too few demonstrations stop here (TaskError), before
+    a model is loaded or anything is written. Task objects are passed through (their data stays loaded)."""
+    from evaluation.registry import expand_names, load_configs, resolve_data_dir
+    configs = load_configs(include) if any(not isinstance(t, Task) for t in tasks) else {}
+    dd = resolve_data_dir(data_dir)
+    out: list[Task] = []
+    for t in tasks:  # a group name expands to its tasks; a task named twice is evaluated once
+        for task in [t] if isinstance(t, Task) else [Task(configs[n], dd) for n in expand_names([t], configs)]:
+            if all(task.name != o.name for o in out):
+                out.append(task)
+    for task in out:
+        c = task.config
+        k = max(_shots_of(task, shots), default=0)
+        try:
+            docs = task.eval_docs(limit)
+            if k == 0 or c.fewshot_siblings or not docs:  # siblings come from the example's own passage
+                continue
+            pool = task.fewshot_docs()
+        except TaskError as err:  # some loaders' messages do not say which task
+            raise (err if str(err).startswith(f"task {task.name}:") else TaskError(f"task {task.name}: {err}")) from None
+        split = c.fewshot_split or c.eval_split
+        usable = len(pool) - (1 if split == c.eval_split else 0)  # the example itself is never its own demo
+        if usable < k:
+            raise TaskError(f"task {task.name}: --shots up to {k} needs {k} demonstrations, but its few-shot split "
+                            f"{split!r} has {usable} usable documents (rule: at most {max(usable, 0)} shots for "
+                            f"this task)")
+    return out
+
+
+def contamination_ns(tasks: Sequence[Task], limit: int | None = None) -> dict[str, int]:
+    """Each task's N for the clean/dirty report (GPT-3 Section 4)."""
+    from evaluation.contamination import choose_n
+    return {t.name: choose_n([t.example_text(d) for d in t.eval_docs(limit)], t.config.contamination_ngram)
+            for t in tasks}
+
+
+def run_eval(adapter: LM, tasks: Sequence[str | Task], shots: Sequence[int], out_dir: str | os.PathLike | None = None,
              contamination_index: Any = None, limit: int | None = None, batch_size: int | str | None = None,
              seed: int = 1234, data_dir: str | os.PathLike | None = None, include: Sequence[str] | None = None,
              cache: str | os.PathLike | None = None, bootstrap_iters: int = 1000, log_samples: bool = False,
              model_info: dict | None = None) -> dict:
-    """Evaluate `adapter` on `tasks` (names or groups) at each number of shots in `shots`.
+    """Evaluate `adapter` on `tasks` (names, groups, or Task objects from `prepare_tasks`) at each number of
+    shots in `shots`.
 
     contamination_index: an n-gram index (or the path of one) of the training corpus: adds the
       clean/dirty report. limit: first N eval examples per task. cache: path of the request cache.
@@ -149,16 +191,20 @@ def run_eval(adapter: LM, tasks: Sequence[str], shots: Sequence[int], out_dir: s
     shots = [int(k) for k in shots]
     if len(set(shots)) != len(shots):
         raise ValueError(f"shots={shots} (rule: each number of shots once; a repeat would count its examples twice)")
-    task_objs = get_tasks(tasks, data_dir, include)
+    task_objs = prepare_tasks(tasks, shots, data_dir, include, limit)
+    ngram_n: dict[str, int] = {}
+    if contamination_index is not None:  # an index without a task's n fails now, not after the scoring
+        from evaluation.contamination import check_index_covers
+        ngram_n = contamination_ns(task_objs, limit)
+        check_index_covers(ngram_n, contamination_index)
 
     # 1. every request of every example
     examples = []  # (task, k, doc_id, doc, reqs, meta)
     for task in task_objs:
         docs = task.eval_docs(limit)
-        ks = shots
-        if task.config.output_type == "loglikelihood_rolling" and shots != [0]:
+        ks = _shots_of(task, shots)
+        if ks != shots:
             log.info("%s scores whole documents (perplexity): evaluated once with 0 shots, not at %s", task.name, shots)
-            ks = [0]
         for k in ks:
             for i, doc in enumerate(docs):
                 reqs, meta = _requests(task, doc, i, k, seed)
@@ -220,12 +266,12 @@ def run_eval(adapter: LM, tasks: Sequence[str], shots: Sequence[int], out_dir: s
 
     # 5. clean / dirty
     if contamination_index is not None:
-        from evaluation.contamination import choose_n, dirty_flags, split_scores
+        from evaluation.contamination import dirty_flags, split_scores
         report: dict[str, Any] = {}
         for task in task_objs:
             docs = task.eval_docs(limit)
             texts = [task.example_text(d) for d in docs]
-            n = choose_n(texts, task.config.contamination_ngram)
+            n = ngram_n[task.name]
             flags = dirty_flags(texts, contamination_index, n)
             metric = task.config.main_metric()
             report[task.name] = {"ngram_n": n, "by_shots": {}}

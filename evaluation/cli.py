@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -37,6 +38,19 @@ def _batch_size(text: str):
     return v
 
 
+_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B)?", re.IGNORECASE)
+
+
+def _max_memory(text: str) -> tuple:
+    """DEVICE=SIZE for accelerate's max_memory: a GPU index, cpu or disk, and a size like 70GiB or 500MB."""
+    dev, eq, size = text.partition("=")
+    dev, size = dev.strip(), size.strip()
+    if not eq or not (dev.isdigit() or dev in ("cpu", "disk")) or not _SIZE.fullmatch(size):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected DEVICE=SIZE, DEVICE a GPU index, cpu or disk and "
+                                         f"SIZE like 70GiB or 500MB (e.g. 0=70GiB)")
+    return (int(dev) if dev.isdigit() else dev), (int(size) if size.isdigit() else size)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="zero/one/few-shot evaluation of a checkpoint (JSON + Markdown + plots)",
@@ -60,8 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="compute dtype (GPU only for bf16/fp16)")
-    p.add_argument("--max-memory", action="append", default=[], metavar="DEV=SIZE",
-                   help="with --hf-model: memory cap per device, e.g. 0=70GiB cpu=200GiB (repeatable)")
+    p.add_argument("--max-memory", action="append", default=[], metavar="DEV=SIZE", type=_max_memory,
+                   help="with --hf-model: memory cap of one device, a GPU index, cpu or disk (repeatable: "
+                        "--max-memory 0=70GiB --max-memory cpu=200GiB)")
     p.add_argument("--offload-folder", help="with --hf-model: where to offload weights that fit nowhere else")
     p.add_argument("--max-length", type=integer(1), default=None,
                    help="tokens per scoring window (default: the run's data.seq_len, at most model.n_ctx)")
@@ -78,6 +93,8 @@ def register(subparsers) -> None:
                    "directories, read as the data stages read them")
     w.add_argument("--input", "-i", nargs="+", default=[], help="the same, as the data stages take them")
     w.add_argument("--out", "-o", type=output_file, required=True, help="output file, one word per line")
+    w.add_argument("--text-field", default="text", help="record field holding the text (jsonl/parquet), as the "
+                   "`mnemos data` stages take it")
     w.add_argument("--n", type=integer(1), default=10000, help="words to write")
     w.set_defaults(func=_words)
     a = dsub.add_parser("synthetic", help="write the generated GPT-3 arithmetic (and, with --word-list, scramble) files")
@@ -98,11 +115,23 @@ def _words(args) -> int:
         print("mnemos eval-data words: give the corpus files (paths, or --input)", file=sys.stderr)
         return 2
     try:  # jsonl's field names and escapes are not words: read documents, as the data stages do
-        reader = DocumentReader(paths)
+        reader = DocumentReader(paths, text_field=args.text_field)
     except (FileNotFoundError, ValueError) as err:
         print(f"mnemos eval-data words: {err}", file=sys.stderr)
         return 2
-    words = build_word_list((d.text for d in reader.run()), n=args.n)
+    n_docs = 0
+
+    def texts():
+        nonlocal n_docs
+        for d in reader.run():
+            n_docs += 1
+            yield d.text
+    words = build_word_list(texts(), n=args.n)
+    if not words:  # an empty list only fails later, in every scramble task
+        why = (f"no documents with the field --text-field={args.text_field!r} (rule: the record field holding the "
+               f"text)" if n_docs == 0 else f"no words of 5-14 letters in {n_docs} documents")
+        print(f"mnemos eval-data words: {' '.join(paths)}: {why}; nothing written", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -115,11 +144,20 @@ def _words(args) -> int:
 def _synthetic(args) -> int:
     from evaluation import synthetic as s
     out = Path(args.out)
+    words = None
+    if args.word_list:  # before any file is written: a bad list must not leave half an output
+        if not os.path.isfile(args.word_list):
+            print(f"mnemos eval-data synthetic: --word-list {args.word_list}: no such file", file=sys.stderr)
+            return 2
+        words = s.read_word_list(args.word_list)
+        if not words:
+            print(f"mnemos eval-data synthetic: --word-list {args.word_list} is empty (rule: one word per line; "
+                  f"`mnemos eval-data words CORPUS --out FILE` builds it)", file=sys.stderr)
+            return 2
     for kind, fname in s.ARITHMETIC_FILES.items():
         s.write_jsonl(s.arithmetic_docs(kind, n=args.n, seed=args.seed), out / fname)
     n_files = len(s.ARITHMETIC_FILES)
-    if args.word_list:
-        words = s.read_word_list(args.word_list)
+    if words:
         for kind in s.SCRAMBLES:
             s.write_jsonl(s.scramble_docs(kind, words, n=args.n, seed=args.seed), out / f"scramble_{kind}.jsonl")
             n_files += 1
@@ -143,6 +181,39 @@ def _hf_model_type(path) -> str | None:
             return json.load(f).get("model_type")
     except (OSError, ValueError):
         return None
+
+
+def _preflight(args, device: str):
+    """The checks that need no model, each a TaskError (one line): the options, every task's data and
+    few-shot pool, and the contamination index against every task's n. Returns (tasks, index)."""
+    import torch
+    from evaluation.api import contamination_ns, prepare_tasks
+    from evaluation.task import TaskError
+    if args.dtype != "fp32":
+        on_cpu = not torch.cuda.is_available() if args.hf_model else torch.device(device).type == "cpu"
+        if on_cpu:
+            raise TaskError(f"--dtype {args.dtype} on CPU (rule: bf16 and fp16 need a GPU; use --dtype fp32 here)")
+    if (args.max_memory or args.offload_folder) and not args.hf_model:
+        raise TaskError("--max-memory/--offload-folder place --hf-model weights with accelerate (rule: only with "
+                        "--hf-model; --checkpoint loads onto --device)")
+    devices = [d for d, _ in args.max_memory]
+    if len(set(devices)) != len(devices):
+        raise TaskError(f"--max-memory names a device twice ({', '.join(map(str, devices))}; rule: one cap per device)")
+    n_gpus = torch.cuda.device_count()
+    for dev, size in args.max_memory:
+        if isinstance(dev, int) and dev >= n_gpus:
+            raise TaskError(f"--max-memory {dev}={size}: this machine has no GPU {dev} (rule: a GPU index below "
+                            f"{n_gpus}, cpu or disk)" if n_gpus else f"--max-memory {dev}={size}: this machine has "
+                            f"no GPU (rule: cpu or disk here)")
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = prepare_tasks(names, args.shots, args.data_dir, args.include_tasks, args.limit)
+    index = None
+    if args.contamination:
+        from evaluation.contamination import check_index_covers, load_index
+        index = load_index(args.contamination, what="--contamination")
+        check_index_covers(contamination_ns(tasks, args.limit), index,
+                           what=f"--contamination {args.contamination}")
+    return tasks, index
 
 
 def main(args) -> int:
@@ -174,6 +245,12 @@ def main(args) -> int:
         print("mnemos eval: give --checkpoint DIR (or --hf-model DIR)", file=sys.stderr)
         return 2
     device = _device(args.device)
+    # everything that can be checked without the model is checked now: loading takes minutes on a big model
+    try:
+        tasks, index = _preflight(args, device)
+    except TaskError as err:
+        print(f"mnemos eval: {err}", file=sys.stderr)
+        return 2
     import torch.distributed as dist
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         # launched by torchrun: data-parallel evaluation, one model replica per rank
@@ -185,9 +262,7 @@ def main(args) -> int:
     run_config = None
     if args.hf_model:
         from evaluation.hf import load_hf_for_eval
-        max_memory = dict(x.split("=", 1) for x in args.max_memory) or None
-        if max_memory:
-            max_memory = {int(k) if k.isdigit() else k: v for k, v in max_memory.items()}
+        max_memory = dict(args.max_memory) or None
         model_type = _hf_model_type(args.hf_model)
         if model_type != "gpt2":  # what load_hf_big_model builds; a BERT export fails there on meta tensors
             what = f"is a {model_type!r} model" if model_type else "has no readable config.json"
@@ -222,8 +297,8 @@ def main(args) -> int:
         default_out = (run_dir / "results" / "eval") if run_dir else Path("eval_results")
     out = Path(args.out) if args.out else default_out
     if (out / "results.json").exists():
-        print(f"mnemos eval: {out} holds an earlier evaluation; its report is replaced (--out DIR keeps it)",
-              file=sys.stderr)
+        hint = "" if args.out else " (--out DIR keeps it)"  # the --out hint only helps who did not give one
+        print(f"mnemos eval: {out} holds an earlier evaluation; its report is replaced{hint}", file=sys.stderr)
     max_length = args.max_length
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     trained = run_config.data.seq_len if run_config is not None else None
@@ -234,6 +309,10 @@ def main(args) -> int:
         max_length = trained  # positions past the training sequence length were never trained
         print(f"mnemos eval: windows of {trained} tokens, the run's data.seq_len (model.n_ctx is {n_ctx}; "
               f"--max-length to choose)", file=sys.stderr)
+    elif max_length is None and args.hf_model and n_ctx:
+        max_length = n_ctx  # config.json has n_positions only: `ckpt export-hf` does not record data.seq_len
+        print(f"mnemos eval: windows of {n_ctx} tokens, the model's n_positions (an exported model does not record "
+              f"the length it was trained on; --max-length to choose)", file=sys.stderr)
     adapter = MnemosLM(model, tokenizer, batch_size=args.batch_size, device=device, max_length=max_length,
                        dtype="fp32" if args.hf_model else args.dtype)
     info["max_length"] = adapter.max_length
@@ -241,9 +320,8 @@ def main(args) -> int:
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     from evaluation.api import run_eval
     try:
-        results = run_eval(adapter, [t.strip() for t in args.tasks.split(",") if t.strip()], args.shots, out,
-                           contamination_index=args.contamination, limit=args.limit, seed=args.seed,
-                           data_dir=args.data_dir, include=args.include_tasks,
+        results = run_eval(adapter, tasks, args.shots, out, contamination_index=index, limit=args.limit,
+                           seed=args.seed, data_dir=args.data_dir, include=args.include_tasks,
                            cache=None if args.no_cache else out / "cache.sqlite",
                            log_samples=args.log_samples, model_info=info)
     except TaskError as err:

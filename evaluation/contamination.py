@@ -24,8 +24,41 @@ def _ngrams():
     return m
 
 
-def load_index(path: str):
-    return _ngrams().NgramIndex.load(path)
+def load_index(path: str, what: str = "contamination_index"):
+    """The n-gram index at `path`; TaskError naming `what` (the option) when it is missing or not an index."""
+    import os
+    from evaluation.task import TaskError
+    if not os.path.isfile(path):
+        raise TaskError(f"{what} {path}: no such file (rule: an n-gram index written by `mnemos data "
+                        f"decontaminate ... --write-index FILE`)")
+    try:
+        return _ngrams().NgramIndex.load(path)
+    except Exception as err:  # noqa: BLE001  numpy says "pickled data", "not a zip file", a missing key...
+        raise TaskError(f"{what} {path} is not an n-gram index ({type(err).__name__}: {err}; rule: a file written by "
+                        f"`mnemos data decontaminate ... --write-index FILE`)") from None
+
+
+def _ns_text(ns: Sequence[int]) -> str:
+    ns = sorted(ns)
+    if len(ns) > 2 and ns == list(range(ns[0], ns[-1] + 1)):
+        return f"[{ns[0]}..{ns[-1]}]"
+    return "[" + ", ".join(map(str, ns)) + "]"
+
+
+def check_index_covers(needs: dict[str, int], index: Any, what: str = "the contamination index") -> None:
+    """TaskError when the index lacks an n a task needs (task name -> its N): before any scoring."""
+    from evaluation.task import TaskError
+    missing: dict[int, list[str]] = {}
+    for name, n in needs.items():
+        if n not in index.ns:
+            missing.setdefault(n, []).append(name)
+    if missing:
+        parts = "; ".join(f"{', '.join(names)} need{'s' if len(names) == 1 else ''} n={n}"
+                          for n, names in sorted(missing.items()))
+        want = ",".join(map(str, sorted(set(index.ns) | set(missing))))
+        raise TaskError(f"{what} holds n-grams for n in {_ns_text(index.ns)}, but {parts} (rule: the index holds "
+                        f"every n the tasks need; build one that does with `mnemos data decontaminate ... "
+                        f"--write-index FILE --index-ns {want}`)")
 
 
 def choose_n(texts: Sequence[str], fixed: int | None = None) -> int:

@@ -30,24 +30,49 @@ class GenerationConfig:
 
     @classmethod
     def from_kwargs(cls, kw: dict | None) -> "GenerationConfig":
+        """From a task's `generation:` mapping; ValueError naming the setting, its value and the rule."""
         kw = dict(kw or {})
+        unknown = sorted(set(kw) - set(GENERATION_KEYS))
+        if unknown:  # a typo (max_gen_tokens) would otherwise be dropped or fail only at generation time
+            import difflib
+            hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+                str(k), GENERATION_KEYS, n=1)) else "") for k in unknown]
+            raise ValueError(f"unknown generation settings {', '.join(hints)}; known: {', '.join(GENERATION_KEYS)}")
         until = kw.pop("until", ["\n"])
         if isinstance(until, str):
             until = [until]
+        if not isinstance(until, list) or not all(isinstance(u, str) for u in until):
+            raise ValueError(f"until={until!r}: expected a string or a list of strings")
         method = kw.pop("method", None)
-        num_beams = int(kw.pop("num_beams", 4 if method == "beam" else 1))
+        if method is not None and method not in ("greedy", "beam"):
+            raise ValueError(f"method={method!r}: expected 'greedy' or 'beam'")
+        num_beams = _number("num_beams", kw.pop("num_beams", 4 if method == "beam" else 1), int, 1)
         if method is None:
             method = "beam" if num_beams > 1 else "greedy"
         if kw.pop("do_sample", False):
-            raise ValueError("sampling is not supported by the evaluation harness: use greedy or beam search")
+            raise ValueError("do_sample=true: sampling is not supported by the evaluation harness; use greedy or "
+                             "beam search")
         kw.pop("temperature", None)
-        g = cls(until=list(until), max_gen_toks=int(kw.pop("max_gen_toks", 32)), method=method,
-                num_beams=max(1, num_beams), length_penalty=float(kw.pop("length_penalty", 0.6)))
-        if kw:
-            raise ValueError(f"unknown generation settings {sorted(kw)}")
-        if g.method not in ("greedy", "beam"):
-            raise ValueError(f"generation method {g.method!r}: expected 'greedy' or 'beam'")
-        return g
+        return cls(until=list(until), max_gen_toks=_number("max_gen_toks", kw.pop("max_gen_toks", 32), int, 1),
+                   method=method, num_beams=num_beams,
+                   length_penalty=_number("length_penalty", kw.pop("length_penalty", 0.6), float, 0.0))
+
+
+GENERATION_KEYS = ("until", "max_gen_toks", "method", "num_beams", "length_penalty", "do_sample", "temperature")
+
+
+def _number(name: str, value, kind: type, low: float):
+    """`value` as an int/float >= low (YAML gives numbers; a quoted "4" is accepted, "two" is not)."""
+    rule = f"expected {'an integer' if kind is int else 'a number'} >= {low:g}"
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: {rule}")
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: {rule}") from None
+    if (kind is int and isinstance(value, float) and value != out) or out < low:
+        raise ValueError(f"{name}={value!r}: {rule}")
+    return out
 
 
 def cut_at_stop(text: str, until: Sequence[str]) -> tuple[str, bool]:

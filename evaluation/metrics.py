@@ -201,13 +201,19 @@ def aggregate(name: str, items: list, bootstrap_iters: int = 1000) -> tuple[floa
     return value, bootstrap_stderr(m.aggregate, items, iters=bootstrap_iters)
 
 
+def tied_best(scores: Sequence[float]) -> list[int]:
+    """Indices of the choices tied for the best score, ties within rounding: -n L / n is not always -L in
+    floats (n = 47 is not), so exact equality split a uniform model's ties and moved it off chance."""
+    best = max(scores)
+    return [i for i, s in enumerate(scores) if math.isclose(s, best, rel_tol=1e-9, abs_tol=1e-12)]
+
+
 def tie_aware_argmax_accuracy(scores: Sequence[float], gold: int | Collection[int]) -> float:
     """The share of the choices tied for the best score that are right (gold: one index or several).
 
     The expected accuracy of picking uniformly among ties: a model that scores every choice alike gets
     exactly chance, not the accuracy of 'always the first choice'.
     """
-    best = max(scores)
-    winners = [i for i, s in enumerate(scores) if s == best]
+    winners = tied_best(scores)
     right = {gold} if isinstance(gold, int) else set(gold)
     return sum(1 for i in winners if i in right) / len(winners)

@@ -67,9 +67,36 @@ def _configs_in_file(path: Path) -> list[TaskConfig]:
         try:
             out.append(TaskConfig.model_validate(e))
         except ValidationError as err:
-            lines = [f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in err.errors()]
+            lines = [_describe(x) for x in err.errors()]
             raise TaskError(f"{path} (task {e.get('task', '?')}): " + "; ".join(lines)) from None
     return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(error: dict) -> str:
+    """One pydantic error as 'field=value: rule' (pydantic's msg alone drops the value the user typed)."""
+    loc = [str(x) for x in error["loc"]]
+    where = ".".join(loc)
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":  # a misspelt field: suggest the closest real one
+        import difflib
+        from evaluation.task import DatasetSpec
+        model = DatasetSpec if loc[:1] == ["dataset"] and len(loc) == 2 else TaskConfig
+        known = list(model.model_fields)
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(known)}"
+        return f"{where}: unknown field ({hint})"
+    if error["type"] == "missing":
+        return f"{where}: field required"
+    if not loc:  # a whole-task rule (its message names the fields)
+        return msg
+    if error["type"] == "value_error":  # our validators' messages carry the value already
+        return f"{where}: {msg}"
+    return f"{where}={_short(error.get('input'))}: {msg}"
 
 
 def task_dirs(include: Iterable[str | os.PathLike] | None = None) -> list[Path]:
@@ -77,7 +104,14 @@ def task_dirs(include: Iterable[str | os.PathLike] | None = None) -> list[Path]:
     env = os.environ.get(TASKS_ENV, "")
     dirs += [Path(p) for p in env.split(os.pathsep) if p]
     dirs += [Path(p) for p in include or []]
-    return dirs
+    # the same directory named twice (env and --include-tasks) would define each of its tasks twice
+    seen: set[Path] = set()
+    out = []
+    for d in dirs:
+        if d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out
 
 
 def load_configs(include: Iterable[str | os.PathLike] | None = None) -> dict[str, TaskConfig]:
@@ -113,7 +147,7 @@ def expand_names(names: Iterable[str], configs: dict[str, TaskConfig]) -> list[s
                 groups = {g for c in configs.values() for g in c.group}
                 close = difflib.get_close_matches(name, sorted(configs) + sorted(groups), n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise TaskError(f"unknown task or group {name!r}{hint}; known tasks: {', '.join(sorted(configs))}")
+                raise TaskError(f"unknown task or group {name!r}{hint}; `mnemos eval --list-tasks` lists them")
         out += [h for h in hits if h not in out]
     return out
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,48 @@ class TaskConfig(_Strict):
             raise ValueError(f"unknown metrics {bad}; known: {sorted(METRICS)}")
         return v
 
+    @field_validator("generation")
+    @classmethod
+    def _generation_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from evaluation.generation import GenerationConfig
+        GenerationConfig.from_kwargs(v)  # a typo stops at load (--list-tasks), not after the model has loaded
+        return v
+
+    @field_validator("doc_to_text", "doc_to_text_zero_shot", "doc_to_target", "doc_to_continuation", "doc_to_sibling")
+    @classmethod
+    def _template_syntax(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                _ENV.parse(v)
+            except jinja2.TemplateSyntaxError as err:
+                raise ValueError(f"not a valid Jinja template: {err.message} (line {err.lineno})") from None
+        return v
+
+    @field_validator("doc_to_choice", "doc_to_answers")
+    @classmethod
+    def _expression_syntax(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                _ENV.compile_expression(v)
+            except jinja2.TemplateSyntaxError as err:
+                raise ValueError(f"not a valid Jinja expression: {err.message}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _gpt3_metric_is_computed(self) -> "TaskConfig":
+        # a metric the task does not compute would silently give no star and no plot in the report
+        if self.gpt3_metric is not None and self.gpt3_metric not in self.computed_metrics():
+            raise ValueError(f"gpt3_metric={self.gpt3_metric!r} is not a metric this task computes (rule: one of "
+                             f"{', '.join(self.computed_metrics())}; `metrics:` adds others)")
+        return self
+
     def resolved_metrics(self) -> list[str]:
         return self.metrics or DEFAULT_METRICS[self.output_type]
+
+    def computed_metrics(self) -> list[str]:
+        """What the report shows: multiple choice always has its four normalisations, then the task's own."""
+        own = self.resolved_metrics()
+        return list(dict.fromkeys(MC_METRICS + own)) if self.output_type == "multiple_choice" else own
 
     def main_metric(self) -> str:
         return self.gpt3_metric or self.resolved_metrics()[0]
@@ -291,7 +331,11 @@ def load_split(cfg: TaskConfig, split: str, data_dir: str | None) -> list[dict]:
         if not words_path:
             raise TaskError(f"task {cfg.task}: dataset.kwargs.word_list (a file with one word per line) is required")
         _check_exists(words_path, cfg.task)
-        return synthetic.scramble_docs(kw["kind"], synthetic.read_word_list(words_path), n=n, seed=seed)
+        words = synthetic.read_word_list(words_path)
+        if not words:
+            raise TaskError(f"task {cfg.task}: word list {words_path} is empty (rule: one word per line; "
+                            f"`mnemos eval-data words CORPUS --out {words_path}` builds it)")
+        return synthetic.scramble_docs(kw["kind"], words, n=n, seed=seed)
     if spec.loader == "hub":
         import datasets
         return [dict(r) for r in datasets.load_dataset(spec.name, spec.config, split=split)]

@@ -85,6 +85,8 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu"):
     if missing or unexpected:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
     model.eval()
+    # scoring windows default to the length the run trained on, for any caller (MnemosLM reads it)
+    model.trained_seq_len = cfg.data.seq_len if cfg.model.arch == "gpt" else None
     tokenizer = Tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else None
     if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:  # a run from before the check
         raise ConfigError(f"{path}: its tokenizer {cfg.data.tokenizer} has {tokenizer.vocab_size} pieces but the "
