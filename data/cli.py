@@ -115,7 +115,9 @@ def register(subparsers) -> None:
                    help="pieces of a cut document shorter than this are dropped")
     q.add_argument("--max-pieces", type=integer(0), default=10,
                    help="a document cut into more pieces than this is dropped whole")
-    q.add_argument("--write-index", type=output_file, help="also write the training corpus NgramIndex here (for `mnemos eval`)")
+    q.add_argument("--write-index", type=output_file,
+                   help="also write the NgramIndex of the documents written to OUT, what training reads (for "
+                        "`mnemos eval --contamination`)")
     q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default="8,9,10,11,12,13",
                    help="n values of that index")
     q.set_defaults(func=cmd_decontaminate)
@@ -437,21 +439,21 @@ def cmd_decontaminate(a) -> int:
         print(f"note: not filtered against {len(index.missing_tasks)} registry task(s) without data here (give "
               f"--data-dir or MNEMOS_EVAL_DATA): {', '.join(index.missing_tasks)}")
     work = os.path.join(a.out, "contamination")
-    pass1 = [_reader(a), ContaminationCounter(index, work)]
-    if a.write_index:
-        pass1.append(NgramIndexStep([int(x) for x in a.index_ns.split(",")], work))
-    r1 = _execute(pass1, os.path.join(a.out, "logs", "count"), a)
+    r1 = _execute([_reader(a), ContaminationCounter(index, work)], os.path.join(a.out, "logs", "count"), a)
     if r1 is None:
         return _pending(a)
     counts = ContaminationCounter.merge(work, a.tasks)
     ignored = index.ignore_frequent(counts, a.max_train_docs)
     print(f"ignoring {ignored} benchmark n-grams found in more than {a.max_train_docs} training documents")
+    filt = DecontaminationFilter(index, window=a.window, min_piece_chars=a.min_piece_chars, max_pieces=a.max_pieces)
+    pass2 = [_reader(a), filt, JsonlWriter(a.out)]
+    if a.write_index:  # after the writer: the index holds what the model trains on, not the input
+        pass2.append(NgramIndexStep([int(x) for x in a.index_ns.split(",")], work))
+    a2 = argparse.Namespace(**{**vars(a), "rank": None})
+    res = _execute(pass2, os.path.join(a.out, "logs", "filter"), a2)
     if a.write_index:
         idx = NgramIndexStep.merge(work, a.tasks, a.write_index)
-        print(f"training n-gram index: {a.write_index} ({idx})")
-    filt = DecontaminationFilter(index, window=a.window, min_piece_chars=a.min_piece_chars, max_pieces=a.max_pieces)
-    a2 = argparse.Namespace(**{**vars(a), "rank": None})
-    res = _execute([_reader(a), filt, JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
+        print(f"training n-gram index of the written documents: {a.write_index} ({idx})")
     f = next(s for s in res if s["step"] == "decontaminate")
     summary = _report("decontaminate", res, a.out, {"ignored_frequent_ngrams": ignored, "benchmark_ngrams": len(index),
                                                     "sources": index.source_names, "text_field": a.text_field,
