@@ -74,7 +74,8 @@ def register(subparsers) -> None:
     q.add_argument("--min-words", type=integer(0), default=50, help="documents with fewer words are dropped")
     q.add_argument("--no-heuristics", action="store_true",
                    help="skip the length, symbol and repetition filters (normalisation and a classifier still run)")
-    q.add_argument("--classifier", help="QualityClassifier file (from --train-classifier-reference/raw)")
+    q.add_argument("--classifier", help="quality_classifier.npz that an earlier run with --train-classifier-reference/raw "
+                                        "wrote into its OUT")
     q.add_argument("--train-classifier-reference", nargs="*", default=[], help="reference (high quality) files")
     q.add_argument("--train-classifier-raw", nargs="*", default=[], help="raw crawl files")
     q.add_argument("--pareto-alpha", type=number(0, low_open=True), default=9.0,
@@ -379,11 +380,14 @@ def cmd_filter(a) -> int:
         raw = [d.text for d in DocumentReader(a.train_classifier_raw, text_field=a.text_field).run()]
         clf = QualityClassifier().fit(ref, raw, seed=a.seed)
         os.makedirs(a.out, exist_ok=True)
-        clf.save(os.path.join(a.out, "quality_classifier.pkl"))
+        clf.save(os.path.join(a.out, "quality_classifier.npz"))
         print(f"trained quality classifier on {len(ref)} reference / {len(raw)} raw documents -> "
-              f"{os.path.join(a.out, 'quality_classifier.pkl')}")
+              f"{os.path.join(a.out, 'quality_classifier.npz')} (give it to --classifier)")
     elif a.classifier:
-        clf = QualityClassifier.load(a.classifier)
+        try:
+            clf = QualityClassifier.load(a.classifier)
+        except (OSError, ValueError) as err:
+            return _fail("filter", f"--classifier={a.classifier}: {getattr(err, 'strerror', None) or err}")
     if clf is not None:
         steps.append(ClassifierFilter(clf, alpha=a.pareto_alpha, seed=a.seed, rejects_writer=JsonlWriter(
             os.path.join(a.out, "rejects"), prefix="classifier_")))
