@@ -495,6 +495,35 @@ def cmd_blend(a) -> int:
     return 0
 
 
+def _stage_of(path: str) -> str | None:
+    """The `mnemos data` stage that wrote a directory (its stats.json), if any."""
+    import json
+    try:
+        with open(os.path.join(path, "stats.json")) as f:
+            return json.load(f).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _why_no_total(inputs: list[dict]) -> str | None:
+    """Why the inputs' counts must not be added (None: they are like datasets, e.g. tokens/web tokens/wiki):
+    token shards and documents files differ in what a byte is, and two stages of one pipeline (dedup/ and
+    clean/, or clean/ and its tokens) hold the same corpus twice."""
+    kinds = {i["kind"] for i in inputs}
+    if len(kinds) > 1:
+        return ("the inputs are of different kinds (" + ", ".join(f"{i['path']}: {i['kind']}" for i in inputs)
+                + "): likely stages of one corpus, and shard bytes are token data while file bytes are (compressed) "
+                "files")
+    stages = {i["stage"] for i in inputs if i.get("stage")}
+    if len(stages) > 1:
+        return ("the inputs were written by different stages (" + ", ".join(
+            f"{i['path']}: {i['stage']}" for i in inputs if i.get("stage")) + "): likely the same corpus twice")
+    paths = [r for i in inputs for r in i["files"]]
+    if len(set(paths)) < len(paths):
+        return "some files are named by more than one input: they would be counted twice"
+    return None
+
+
 def cmd_stats(a) -> int:
     from .io import DocumentReader, expand_paths
     from .pipeline import _write_json
@@ -502,13 +531,13 @@ def cmd_stats(a) -> int:
     paths = list(a.paths) + list(a.input)
     if not paths:
         return _fail("stats", "give the shards or files to count (paths, or --input)")
-    rows, empty = [], []
+    rows, empty, inputs = [], [], []
     for p in paths:
         before = len(rows)
         is_shards = (os.path.isdir(p) and any(f.endswith(".idx") for f in os.listdir(p))) or \
             os.path.exists(p + ".idx") or p.endswith((".idx", ".bin"))
         if is_shards:
-            rows.extend(shard_stats(x) for x in find_prefixes([p]))
+            rows.extend({**shard_stats(x), "kind": "token shards"} for x in find_prefixes([p]))
         else:
             for f in expand_paths([p]):
                 r = DocumentReader([f])
@@ -516,22 +545,44 @@ def cmd_stats(a) -> int:
                 for d in r.run():
                     docs += 1
                     chars += len(d.text)
-                rows.append({"path": f, "documents": docs, "chars": chars, "bytes": os.path.getsize(f),
-                             "skipped": int(r.stats.get("skipped", 0))})
+                rows.append({"path": f, "kind": "documents", "documents": docs, "chars": chars,
+                             "bytes": os.path.getsize(f), "skipped": int(r.stats.get("skipped", 0))})
         if len(rows) == before:
             empty.append(p)
+            continue
+        mine = rows[before:]
+        inputs.append({"path": p, "kind": mine[0]["kind"], "stage": _stage_of(p) if os.path.isdir(p) else None,
+                       "rows": (before, len(rows)),
+                       "files": [os.path.realpath(r.get("prefix", r.get("path"))) for r in mine],
+                       **{k: sum(r.get(k, 0) for r in mine) for k in ("documents", "tokens", "chars", "bytes")}})
     if empty:  # e.g. a blend directory: a table of zeros would read as "no data"
         print(f"mnemos data stats: no .bin/.idx shards and no jsonl/parquet/txt documents in {', '.join(empty)}"
               + ("; a blend's sample counts are in its blend.json" if any(
                   os.path.exists(os.path.join(p, "blend.json")) for p in empty) else ""), file=sys.stderr)
         return 2
-    print("| path | documents | tokens | bytes |")
-    print("| --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r.get('prefix', r.get('path'))} | {r['documents']} | {r.get('tokens', '-')} | {r['bytes']} |")
-    total = {k: sum(r.get(k, 0) for r in rows) for k in ("documents", "tokens", "bytes")}
-    tokens = total["tokens"] if any("tokens" in r for r in rows) else "-"  # documents only: not counted
-    print(f"| total | {total['documents']} | {tokens} | {total['bytes']} |")
+    print("| path | kind | documents | tokens | bytes |")
+    print("| --- | --- | --- | --- | --- |")
+    for i in inputs:
+        mine = rows[i["rows"][0]:i["rows"][1]]
+        for r in mine:
+            print(f"| {r.get('prefix', r.get('path'))} | {r['kind']} | {r['documents']} | {r.get('tokens', '-')} | "
+                  f"{r['bytes']} |")
+        if len(inputs) > 1 and len(mine) > 1:  # each input is one dataset: its files add up
+            print(f"| total of {i['path']} | {i['kind']} | {i['documents']} | "
+                  f"{i['tokens'] if i['kind'] == 'token shards' else '-'} | {i['bytes']} |")
+    why = _why_no_total(inputs) if len(inputs) > 1 else None
+    total = None
+    if why is None:
+        kind = inputs[0]["kind"]
+        total = {"kind": kind, **{k: sum(i[k] for i in inputs) for k in ("documents", "bytes")}}
+        total["tokens" if kind == "token shards" else "chars"] = sum(
+            i["tokens" if kind == "token shards" else "chars"] for i in inputs)
+        print(f"| total | {kind} | {total['documents']} | {total.get('tokens', '-')} | {total['bytes']} |")
+    else:
+        print(f"no total over the inputs: {why}; each input is totalled on its own")
+    print("bytes: token data (.bin) for token shards, the file size on disk (compressed or not) for documents")
     if a.json_out:
-        _write_json(a.json_out, {"rows": rows, "total": total})
+        _write_json(a.json_out, {"rows": rows, "inputs": [{k: v for k, v in i.items() if k not in ("files", "rows")}
+                                                           for i in inputs],
+                                 "total": total, **({"no_total": why} if why else {})})
     return 0

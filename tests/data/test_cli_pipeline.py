@@ -138,7 +138,8 @@ def test_full_pipeline(shared_data, tmp_path, capsys):
     # stats
     assert mnemos_data("stats", tmp_path / "tokens", tmp_path / "clean", "--json-out", tmp_path / "s.json") == 0
     s = json.load(open(tmp_path / "s.json"))
-    assert s["total"]["tokens"] == sum(IndexedDataset(str(tmp_path / "tokens" / f"shard_0000{r}")).num_tokens
+    assert s["total"] is None  # the tokens of clean/ and clean/ itself: one corpus twice, not added up
+    assert s["inputs"][0]["tokens"] == sum(IndexedDataset(str(tmp_path / "tokens" / f"shard_0000{r}")).num_tokens
                                        for r in range(2))
     capsys.readouterr()
     assert mnemos_data("stats", tmp_path / "tokens", tmp_path / "blend") == 2  # a blend holds neither kind
