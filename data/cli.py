@@ -119,8 +119,9 @@ def register(subparsers) -> None:
     q.add_argument("--write-index", type=output_file,
                    help="also write the NgramIndex of the documents written to OUT, what training reads (for "
                         "`mnemos eval --contamination`)")
-    q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default="8,9,10,11,12,13",
-                   help="n values of that index")
+    q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default=None,
+                   help="n values of that index (default: every n the clean/dirty report of the registry's tasks "
+                        "can ask for: 8-13, and each task's fixed contamination_ngram, 2 for the word scrambles)")
     q.set_defaults(func=cmd_decontaminate)
 
     q = sub.add_parser("blend", help="weighted blend + train/valid/test splits + cached indices")
@@ -428,13 +429,15 @@ def cmd_decontaminate(a) -> int:
     if _refused(a):
         return 2
     from evaluation.task import TaskError
-    from .contamination import (ContaminationCounter, ContaminationIndex, DecontaminationFilter, NgramIndexStep)
+    from .contamination import (ContaminationCounter, ContaminationIndex, DecontaminationFilter, NgramIndexStep,
+                                report_index_ns)
     from .io import JsonlWriter
     reg = a.tasks_from_registry
     tasks = None if reg == "all" else ([] if reg == "none" else reg.split(","))
     try:
         index = ContaminationIndex.from_registry(tasks, a.eval_file, n=a.n, min_n=a.min_n or None,
                                                  data_dir=a.data_dir)
+        index_ns = [int(x) for x in a.index_ns.split(",")] if a.index_ns else report_index_ns()
     except (RuntimeError, TaskError) as err:
         print(f"mnemos data decontaminate: {err}", file=sys.stderr)
         return 2
@@ -452,7 +455,7 @@ def cmd_decontaminate(a) -> int:
     filt = DecontaminationFilter(index, window=a.window, min_piece_chars=a.min_piece_chars, max_pieces=a.max_pieces)
     pass2 = [_reader(a), filt, JsonlWriter(a.out)]
     if a.write_index:  # after the writer: the index holds what the model trains on, not the input
-        pass2.append(NgramIndexStep([int(x) for x in a.index_ns.split(",")], work))
+        pass2.append(NgramIndexStep(index_ns, work))
     a2 = argparse.Namespace(**{**vars(a), "rank": None})
     res = _execute(pass2, os.path.join(a.out, "logs", "filter"), a2)
     if a.write_index:

@@ -99,7 +99,7 @@ def test_full_pipeline(shared_data, tmp_path, capsys):
     # book pieces: everything outside the passage and its 200-character windows survived
     assert sum(len(v) for k, v in clean.items() if k.startswith("book1#")) == len(docs["book1"]) - len(passages[0]) - 400
     from data.ngrams import NgramIndex
-    assert NgramIndex.load(str(tmp_path / "train_ngrams.npz")).ns == [8, 9, 10, 11, 12, 13]
+    assert NgramIndex.load(str(tmp_path / "train_ngrams.npz")).ns == [2, 8, 9, 10, 11, 12, 13]  # word scrambles: 2
 
     # tokenizer + parallel tokenization (2 tasks on 2 processes)
     assert mnemos_data("train-tokenizer", "-i", tmp_path / "clean", "--model-prefix", tmp_path / "tok" / "spm",

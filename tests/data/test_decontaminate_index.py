@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from data.io import DocumentReader
-from data.ngrams import NgramIndex, text_ngram_hashes
+from data.ngrams import NgramIndex, normalize_words, text_ngram_hashes
 from tests.data.test_cli_pipeline import mnemos_data
 
 
@@ -48,3 +48,29 @@ def test_the_written_index_holds_the_output_documents_not_the_input(shared_data,
     for n in (8, 13):
         assert np.array_equal(index.tables[n][0], again.tables[n][0])
         assert np.array_equal(index.tables[n][1], again.tables[n][1])
+
+
+def test_the_default_index_ns_cover_every_n_the_shipped_tasks_can_ask_for(shared_data, tmp_path, monkeypatch):
+    from data.contamination import REPORT_NS, report_index_ns
+    from evaluation.contamination import choose_n, dirty_flags
+    from evaluation.registry import TASKS_ENV, load_configs
+
+    monkeypatch.delenv(TASKS_ENV, raising=False)  # the shipped task files only
+    ns = report_index_ns()
+    # N is clamped to [8, 13] (shortest and longest examples), or fixed by the task file
+    assert choose_n(["two words"]) == min(REPORT_NS) and choose_n([" ".join(["w"] * 500)]) == max(REPORT_NS)
+    assert set(range(choose_n(["two words"]), choose_n([" ".join(["w"] * 500)]) + 1)) <= set(ns)
+    fixed = {c.contamination_ngram for c in load_configs().values() if c.contamination_ngram}
+    assert fixed == {2} and ns == [2, 8, 9, 10, 11, 12, 13]      # the word scrambles' 2-grams
+
+    # the CLI's default index answers a word-scramble report (n=2) and the others
+    docs = [line for line in (shared_data / "corpus" / "wikitext2_valid.txt").read_text().splitlines()
+            if len(line.split()) > 50][:20]
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    assert mnemos_data("decontaminate", "-i", tmp_path / "raw.jsonl", "-o", tmp_path / "clean",
+                       "--tasks-from-registry", "none", "--write-index", tmp_path / "idx.npz") == 0
+    index = NgramIndex.load(str(tmp_path / "idx.npz"))
+    assert index.ns == ns
+    w = normalize_words(docs[0])
+    assert dirty_flags([f"\n{w[3]} {w[4]}", "\nzqxw vvkj ="], index, 2) == [True, False]
+    assert dirty_flags([" ".join(w[:13])], index, 13) == [True]
