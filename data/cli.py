@@ -517,10 +517,10 @@ def _why_no_total(inputs: list[dict]) -> str | None:
         return ("the inputs are of different kinds (" + ", ".join(f"{i['path']}: {i['kind']}" for i in inputs)
                 + "): likely stages of one corpus, and shard bytes are token data while file bytes are (compressed) "
                 "files")
-    stages = {i["stage"] for i in inputs if i.get("stage")}
+    stages = {i.get("stage") for i in inputs}   # None: not a stage's output (raw input files)
     if len(stages) > 1:
         return ("the inputs were written by different stages (" + ", ".join(
-            f"{i['path']}: {i['stage']}" for i in inputs if i.get("stage")) + "): likely the same corpus twice")
+            f"{i['path']}: {i.get('stage') or 'no mnemos stage'}" for i in inputs) + "): likely the same corpus twice")
     paths = [r for i in inputs for r in i["files"]]
     if len(set(paths)) < len(paths):
         return "some files are named by more than one input: they would be counted twice"

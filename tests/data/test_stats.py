@@ -28,6 +28,9 @@ def test_the_total_adds_only_like_inputs(shared_data, small_tokenizer, tmp_path,
     assert mnemos_data("stats", tmp_path / "dedup_a", tmp_path / "filt_a", "--json-out", tmp_path / "s.json") == 0
     s = json.load(open(tmp_path / "s.json"))
     assert s["total"] is None and "different stages" in s["no_total"]
+    # a stage's output and raw input files: no total
+    assert mnemos_data("stats", tmp_path / "dedup_a", tmp_path / "a.jsonl", "--json-out", tmp_path / "s.json") == 0
+    assert json.load(open(tmp_path / "s.json"))["total"] is None
     # two datasets of one kind and stage (a blend's parts): the total is their sum
     capsys.readouterr()
     assert mnemos_data("stats", tmp_path / "tok_a", tmp_path / "tok_b", "--json-out", tmp_path / "s.json") == 0
