@@ -517,7 +517,8 @@ def _why_no_total(inputs: list[dict]) -> str | None:
         return ("the inputs are of different kinds (" + ", ".join(f"{i['path']}: {i['kind']}" for i in inputs)
                 + "): likely stages of one corpus, and shard bytes are token data while file bytes are (compressed) "
                 "files")
-    stages = {i.get("stage") for i in inputs}   # None: not a stage's output (raw input files)
+    # documents: None is not a stage's output (raw files); token shards all come from tokenize
+    stages = {i.get("stage") for i in inputs} if inputs[0]["kind"] == "documents" else set()
     if len(stages) > 1:
         return ("the inputs were written by different stages (" + ", ".join(
             f"{i['path']}: {i.get('stage') or 'no mnemos stage'}" for i in inputs) + "): likely the same corpus twice")

@@ -38,3 +38,6 @@ def test_the_total_adds_only_like_inputs(shared_data, small_tokenizer, tmp_path,
     assert s["total"]["documents"] == 100 and s["total"]["kind"] == "token shards"
     assert s["total"]["tokens"] == sum(i["tokens"] for i in s["inputs"]) > 0
     assert f"| total | token shards | 100 | {s['total']['tokens']} |" in out
+    # named by a shard prefix or by their directory, token shards are alike
+    assert mnemos_data("stats", tmp_path / "tok_a" / "shard_00000", tmp_path / "tok_b", "--json-out", tmp_path / "s.json") == 0
+    assert json.load(open(tmp_path / "s.json"))["total"] is not None
