@@ -8,12 +8,19 @@ for the peer; both see the same tokens (byte-level tokenizer, the same ids on bo
   multiple_choice    4 choices per shared context (HellaSwag-like; contexts from WikiText-2)
   generate_greedy    generate_until on the arithmetic prompts: greedy, stop at newline, 8 tokens at most
 
-For generate_greedy, `same_text` compares the two sides' texts; the byte tokenizer decodes ids >= 256 to
-nothing, and a random model with GPT-2's vocabulary mostly emits those, so `same_ids_as_unbatched` also
-checks mnemos's token ids against its own reference path (one prompt at a time, whole window recomputed
-every step) and `nonempty_text` says how much text there was to compare.
+The byte tokenizer decodes ids >= 256 to nothing, and a random model with GPT-2's vocabulary greedily
+emits those almost always: every generation would be empty and `same_text` would compare empty strings.
+So the model's (tied) embedding rows of every id but printable ASCII and newline are zeroed: their logits
+are 0 while the ~96 text ids get random ones, so greedy decoding emits text (the output layer still
+computes all 50304 logits, so the cost is unchanged; both sides get the same weights). `same_text`
+compares the two sides' texts, `nonempty_text` and `mean_chars` say how much text there was to compare,
+and `same_ids_as_unbatched` checks mnemos's token ids against its own reference path (one prompt at a
+time, whole window recomputed every step).
 
-Usage: python bench/eval_throughput.py [--device cpu|cuda] [--preset small|gpt3-small] [--n 200]
+`requests` (top level and per workload) records how many requests each workload really timed: the
+log-likelihood workloads use --n examples, generate_greedy --gen-n (default: a quarter of --n).
+
+Usage: python bench/eval_throughput.py [--device cpu|cuda] [--preset small|gpt3-small] [--n 200] [--gen-n 50]
 (bench/results/eval_throughput_cpu.json: --n 96, the other flags at their defaults)
 Writes bench/results/eval_throughput_<device>.json.
 """
@@ -58,6 +65,19 @@ def workloads(data: Path, n: int) -> dict[str, list[tuple[str, str]]]:
     return {"arithmetic_4shot": arith, "multiple_choice": mc}
 
 
+TEXT_IDS = [10] + list(range(32, 127))  # newline (the stop sequence) and printable ASCII
+
+
+def emit_text_only(model) -> None:
+    """Zero the tied embedding rows of every id outside TEXT_IDS: a random model then greedily emits text
+    the byte tokenizer decodes (ids >= 256 decode to nothing). The prompts hold only TEXT_IDS bytes, so
+    their input embeddings are untouched."""
+    with torch.no_grad():
+        keep = torch.zeros(model.wte.weight.shape[0], dtype=torch.bool)
+        keep[TEXT_IDS] = True
+        model.wte.weight[~keep] = 0.0
+
+
 def timed(fn, repeats: int):
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -93,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
     ap.add_argument("--n", type=int, default=200, help="examples per workload")
+    ap.add_argument("--gen-n", type=int, default=None,
+                    help="generate_greedy requests (default: --n // 4, at least 8; each decodes up to 8 tokens)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
@@ -114,6 +136,7 @@ def main(argv=None) -> int:
 
     cfg = ModelConfig(**PRESETS[args.preset])
     model = build_gpt(cfg, seed=0).eval()
+    emit_text_only(model)  # before the export, so the peer gets the same weights
     hf = to_hf(model)
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = model.to(args.device)
@@ -128,7 +151,10 @@ def main(argv=None) -> int:
     results = {}
     loads = workloads(Path(args.data), args.n)
     gen_kwargs = {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}
-    gen_reqs = [(ctx, gen_kwargs) for ctx, _ in loads["arithmetic_4shot"][: max(8, args.n // 4)]]
+    gen_n = args.gen_n or max(8, args.n // 4)
+    if gen_n > len(loads["arithmetic_4shot"]):
+        ap.error(f"--gen-n={gen_n} (rule: at most the {len(loads['arithmetic_4shot'])} arithmetic prompts of --n)")
+    gen_reqs = [(ctx, gen_kwargs) for ctx, _ in loads["arithmetic_4shot"][:gen_n]]
     for name, reqs in loads.items():
         inst = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=0) for r in reqs]
         ours.loglikelihood(reqs[: args.batch_size])  # warm-up
@@ -165,9 +191,16 @@ def main(argv=None) -> int:
                                   "lm_eval_hf_requests_per_s": round(len(gen_reqs) / t_peer, 2),
                                   "speedup": round(t_peer / t_ours, 3), "same_text": same,
                                   "same_ids_as_unbatched": same_ids,
-                                  "nonempty_text": sum(bool(x) for x in a) / len(a)}
+                                  "nonempty_text": sum(bool(x) for x in a) / len(a),
+                                  "mean_chars": round(sum(len(x) for x in a) / len(a), 2),
+                                  "same_text_nonempty": sum(x == y for x, y in zip(a, b) if x) / max(1, sum(map(bool, a)))}
     print(f"generate_greedy: mnemos {len(gen_reqs) / t_ours:.1f} req/s, lm_eval HF {len(gen_reqs) / t_peer:.1f} req/s, "
-          f"x{t_peer / t_ours:.2f}, same text {same:.2f}, same ids as unbatched {same_ids:.2f}", flush=True)
+          f"x{t_peer / t_ours:.2f}, same text {same:.2f}, same ids as unbatched {same_ids:.2f}, non-empty "
+          f"{results['generate_greedy']['nonempty_text']:.2f} ({results['generate_greedy']['mean_chars']} chars)",
+          flush=True)
+    if not results["generate_greedy"]["nonempty_text"]:  # same_text would compare empty strings: no result
+        print("generate_greedy: every generation is empty; its comparison is void", file=sys.stderr)
+        return 1
 
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     record = {
@@ -175,7 +208,9 @@ def main(argv=None) -> int:
         "device": args.device, "device_name": dev_name, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "lm_eval": lm_eval.__version__,
         "model": {**PRESETS[args.preset], "preset": args.preset, "parameters": model.num_parameters()},
-        "dtype": args.dtype, "batch_size": args.batch_size, "repeats_best_of": args.repeats, "n": args.n,
+        "dtype": args.dtype, "batch_size": args.batch_size, "repeats_best_of": args.repeats,
+        "requests": {name: w["requests"] for name, w in results.items()},
+        "model_state": "random init (seed 0), embedding rows of ids outside newline + printable ASCII zeroed",
         "workloads": results,
         "note": "same model (GPT-2 export), same tokens, same batch size, measured in one process; "
                 "timings on a shared machine vary between runs, the ratio is the figure to read",

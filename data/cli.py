@@ -74,7 +74,8 @@ def register(subparsers) -> None:
     q.add_argument("--min-words", type=integer(0), default=50, help="documents with fewer words are dropped")
     q.add_argument("--no-heuristics", action="store_true",
                    help="skip the length, symbol and repetition filters (normalisation and a classifier still run)")
-    q.add_argument("--classifier", help="QualityClassifier file (from --train-classifier-reference/raw)")
+    q.add_argument("--classifier", help="quality_classifier.npz that an earlier run with --train-classifier-reference/raw "
+                                        "wrote into its OUT")
     q.add_argument("--train-classifier-reference", nargs="*", default=[], help="reference (high quality) files")
     q.add_argument("--train-classifier-raw", nargs="*", default=[], help="raw crawl files")
     q.add_argument("--pareto-alpha", type=number(0, low_open=True), default=9.0,
@@ -115,9 +116,12 @@ def register(subparsers) -> None:
                    help="pieces of a cut document shorter than this are dropped")
     q.add_argument("--max-pieces", type=integer(0), default=10,
                    help="a document cut into more pieces than this is dropped whole")
-    q.add_argument("--write-index", type=output_file, help="also write the training corpus NgramIndex here (for `mnemos eval`)")
-    q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default="8,9,10,11,12,13",
-                   help="n values of that index")
+    q.add_argument("--write-index", type=output_file,
+                   help="also write the NgramIndex of the documents written to OUT, what training reads (for "
+                        "`mnemos eval --contamination`)")
+    q.add_argument("--index-ns", type=comma_list(integer(1), distinct=True), default=None,
+                   help="n values of that index (default: every n the clean/dirty report of the registry's tasks "
+                        "can ask for: 8-13, and each task's fixed contamination_ngram, 2 for the word scrambles)")
     q.set_defaults(func=cmd_decontaminate)
 
     q = sub.add_parser("blend", help="weighted blend + train/valid/test splits + cached indices")
@@ -377,11 +381,14 @@ def cmd_filter(a) -> int:
         raw = [d.text for d in DocumentReader(a.train_classifier_raw, text_field=a.text_field).run()]
         clf = QualityClassifier().fit(ref, raw, seed=a.seed)
         os.makedirs(a.out, exist_ok=True)
-        clf.save(os.path.join(a.out, "quality_classifier.pkl"))
+        clf.save(os.path.join(a.out, "quality_classifier.npz"))
         print(f"trained quality classifier on {len(ref)} reference / {len(raw)} raw documents -> "
-              f"{os.path.join(a.out, 'quality_classifier.pkl')}")
+              f"{os.path.join(a.out, 'quality_classifier.npz')} (give it to --classifier)")
     elif a.classifier:
-        clf = QualityClassifier.load(a.classifier)
+        try:
+            clf = QualityClassifier.load(a.classifier)
+        except (OSError, ValueError) as err:
+            return _fail("filter", f"--classifier={a.classifier}: {getattr(err, 'strerror', None) or err}")
     if clf is not None:
         steps.append(ClassifierFilter(clf, alpha=a.pareto_alpha, seed=a.seed, rejects_writer=JsonlWriter(
             os.path.join(a.out, "rejects"), prefix="classifier_")))
@@ -422,13 +429,15 @@ def cmd_decontaminate(a) -> int:
     if _refused(a):
         return 2
     from evaluation.task import TaskError
-    from .contamination import (ContaminationCounter, ContaminationIndex, DecontaminationFilter, NgramIndexStep)
+    from .contamination import (ContaminationCounter, ContaminationIndex, DecontaminationFilter, NgramIndexStep,
+                                report_index_ns)
     from .io import JsonlWriter
     reg = a.tasks_from_registry
     tasks = None if reg == "all" else ([] if reg == "none" else reg.split(","))
     try:
         index = ContaminationIndex.from_registry(tasks, a.eval_file, n=a.n, min_n=a.min_n or None,
                                                  data_dir=a.data_dir)
+        index_ns = [int(x) for x in a.index_ns.split(",")] if a.index_ns else report_index_ns()
     except (RuntimeError, TaskError) as err:
         print(f"mnemos data decontaminate: {err}", file=sys.stderr)
         return 2
@@ -437,21 +446,21 @@ def cmd_decontaminate(a) -> int:
         print(f"note: not filtered against {len(index.missing_tasks)} registry task(s) without data here (give "
               f"--data-dir or MNEMOS_EVAL_DATA): {', '.join(index.missing_tasks)}")
     work = os.path.join(a.out, "contamination")
-    pass1 = [_reader(a), ContaminationCounter(index, work)]
-    if a.write_index:
-        pass1.append(NgramIndexStep([int(x) for x in a.index_ns.split(",")], work))
-    r1 = _execute(pass1, os.path.join(a.out, "logs", "count"), a)
+    r1 = _execute([_reader(a), ContaminationCounter(index, work)], os.path.join(a.out, "logs", "count"), a)
     if r1 is None:
         return _pending(a)
     counts = ContaminationCounter.merge(work, a.tasks)
     ignored = index.ignore_frequent(counts, a.max_train_docs)
     print(f"ignoring {ignored} benchmark n-grams found in more than {a.max_train_docs} training documents")
+    filt = DecontaminationFilter(index, window=a.window, min_piece_chars=a.min_piece_chars, max_pieces=a.max_pieces)
+    pass2 = [_reader(a), filt, JsonlWriter(a.out)]
+    if a.write_index:  # after the writer: the index holds what the model trains on, not the input
+        pass2.append(NgramIndexStep(index_ns, work))
+    a2 = argparse.Namespace(**{**vars(a), "rank": None})
+    res = _execute(pass2, os.path.join(a.out, "logs", "filter"), a2)
     if a.write_index:
         idx = NgramIndexStep.merge(work, a.tasks, a.write_index)
-        print(f"training n-gram index: {a.write_index} ({idx})")
-    filt = DecontaminationFilter(index, window=a.window, min_piece_chars=a.min_piece_chars, max_pieces=a.max_pieces)
-    a2 = argparse.Namespace(**{**vars(a), "rank": None})
-    res = _execute([_reader(a), filt, JsonlWriter(a.out)], os.path.join(a.out, "logs", "filter"), a2)
+        print(f"training n-gram index of the written documents: {a.write_index} ({idx})")
     f = next(s for s in res if s["step"] == "decontaminate")
     summary = _report("decontaminate", res, a.out, {"ignored_frequent_ngrams": ignored, "benchmark_ngrams": len(index),
                                                     "sources": index.source_names, "text_field": a.text_field,
@@ -489,6 +498,36 @@ def cmd_blend(a) -> int:
     return 0
 
 
+def _stage_of(path: str) -> str | None:
+    """The `mnemos data` stage that wrote a directory (its stats.json), if any."""
+    import json
+    try:
+        with open(os.path.join(path, "stats.json")) as f:
+            return json.load(f).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _why_no_total(inputs: list[dict]) -> str | None:
+    """Why the inputs' counts must not be added (None: they are like datasets, e.g. tokens/web tokens/wiki):
+    token shards and documents files differ in what a byte is, and two stages of one pipeline (dedup/ and
+    clean/, or clean/ and its tokens) hold the same corpus twice."""
+    kinds = {i["kind"] for i in inputs}
+    if len(kinds) > 1:
+        return ("the inputs are of different kinds (" + ", ".join(f"{i['path']}: {i['kind']}" for i in inputs)
+                + "): likely stages of one corpus, and shard bytes are token data while file bytes are (compressed) "
+                "files")
+    # documents: None is not a stage's output (raw files); token shards all come from tokenize
+    stages = {i.get("stage") for i in inputs} if inputs[0]["kind"] == "documents" else set()
+    if len(stages) > 1:
+        return ("the inputs were written by different stages (" + ", ".join(
+            f"{i['path']}: {i.get('stage') or 'no mnemos stage'}" for i in inputs) + "): likely the same corpus twice")
+    paths = [r for i in inputs for r in i["files"]]
+    if len(set(paths)) < len(paths):
+        return "some files are named by more than one input: they would be counted twice"
+    return None
+
+
 def cmd_stats(a) -> int:
     from .io import DocumentReader, expand_paths
     from .pipeline import _write_json
@@ -496,13 +535,13 @@ def cmd_stats(a) -> int:
     paths = list(a.paths) + list(a.input)
     if not paths:
         return _fail("stats", "give the shards or files to count (paths, or --input)")
-    rows, empty = [], []
+    rows, empty, inputs = [], [], []
     for p in paths:
         before = len(rows)
         is_shards = (os.path.isdir(p) and any(f.endswith(".idx") for f in os.listdir(p))) or \
             os.path.exists(p + ".idx") or p.endswith((".idx", ".bin"))
         if is_shards:
-            rows.extend(shard_stats(x) for x in find_prefixes([p]))
+            rows.extend({**shard_stats(x), "kind": "token shards"} for x in find_prefixes([p]))
         else:
             for f in expand_paths([p]):
                 r = DocumentReader([f])
@@ -510,22 +549,44 @@ def cmd_stats(a) -> int:
                 for d in r.run():
                     docs += 1
                     chars += len(d.text)
-                rows.append({"path": f, "documents": docs, "chars": chars, "bytes": os.path.getsize(f),
-                             "skipped": int(r.stats.get("skipped", 0))})
+                rows.append({"path": f, "kind": "documents", "documents": docs, "chars": chars,
+                             "bytes": os.path.getsize(f), "skipped": int(r.stats.get("skipped", 0))})
         if len(rows) == before:
             empty.append(p)
+            continue
+        mine = rows[before:]
+        inputs.append({"path": p, "kind": mine[0]["kind"], "stage": _stage_of(p) if os.path.isdir(p) else None,
+                       "rows": (before, len(rows)),
+                       "files": [os.path.realpath(r.get("prefix", r.get("path"))) for r in mine],
+                       **{k: sum(r.get(k, 0) for r in mine) for k in ("documents", "tokens", "chars", "bytes")}})
     if empty:  # e.g. a blend directory: a table of zeros would read as "no data"
         print(f"mnemos data stats: no .bin/.idx shards and no jsonl/parquet/txt documents in {', '.join(empty)}"
               + ("; a blend's sample counts are in its blend.json" if any(
                   os.path.exists(os.path.join(p, "blend.json")) for p in empty) else ""), file=sys.stderr)
         return 2
-    print("| path | documents | tokens | bytes |")
-    print("| --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r.get('prefix', r.get('path'))} | {r['documents']} | {r.get('tokens', '-')} | {r['bytes']} |")
-    total = {k: sum(r.get(k, 0) for r in rows) for k in ("documents", "tokens", "bytes")}
-    tokens = total["tokens"] if any("tokens" in r for r in rows) else "-"  # documents only: not counted
-    print(f"| total | {total['documents']} | {tokens} | {total['bytes']} |")
+    print("| path | kind | documents | tokens | bytes |")
+    print("| --- | --- | --- | --- | --- |")
+    for i in inputs:
+        mine = rows[i["rows"][0]:i["rows"][1]]
+        for r in mine:
+            print(f"| {r.get('prefix', r.get('path'))} | {r['kind']} | {r['documents']} | {r.get('tokens', '-')} | "
+                  f"{r['bytes']} |")
+        if len(inputs) > 1 and len(mine) > 1:  # each input is one dataset: its files add up
+            print(f"| total of {i['path']} | {i['kind']} | {i['documents']} | "
+                  f"{i['tokens'] if i['kind'] == 'token shards' else '-'} | {i['bytes']} |")
+    why = _why_no_total(inputs) if len(inputs) > 1 else None
+    total = None
+    if why is None:
+        kind = inputs[0]["kind"]
+        total = {"kind": kind, **{k: sum(i[k] for i in inputs) for k in ("documents", "bytes")}}
+        total["tokens" if kind == "token shards" else "chars"] = sum(
+            i["tokens" if kind == "token shards" else "chars"] for i in inputs)
+        print(f"| total | {kind} | {total['documents']} | {total.get('tokens', '-')} | {total['bytes']} |")
+    else:
+        print(f"no total over the inputs: {why}; each input is totalled on its own")
+    print("bytes: token data (.bin) for token shards, the file size on disk (compressed or not) for documents")
     if a.json_out:
-        _write_json(a.json_out, {"rows": rows, "total": total})
+        _write_json(a.json_out, {"rows": rows, "inputs": [{k: v for k, v in i.items() if k not in ("files", "rows")}
+                                                           for i in inputs],
+                                 "total": total, **({"no_total": why} if why else {})})
     return 0

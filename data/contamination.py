@@ -107,6 +107,24 @@ def registry_eval_texts(tasks: Sequence[str] | None = None, data_dir: str | None
     yield from iter_eval_texts(tasks, data_dir=data_dir, skipped_names=skipped)
 
 
+# The N of the harness's clean/dirty report (evaluation.contamination.choose_n, GPT-3 Section 4): the
+# 5th-percentile example length clamped to [8, 13]; shorter examples are matched whole at their own length
+# (8..12). Tasks may fix N instead (`contamination_ngram`: 2 for the anagram and reversed-word tasks).
+REPORT_NS = range(8, 14)
+
+
+def report_index_ns(include=None) -> list[int]:
+    """Every n a training NgramIndex needs so `mnemos eval --contamination` can report any task of the
+    registry (shipped YAMLs, $MNEMOS_EVAL_TASKS, `include`): REPORT_NS plus each task's fixed N. Reads the
+    task files only (no torch)."""
+    try:
+        from evaluation.registry import load_configs
+    except ImportError as err:
+        raise RuntimeError(f"the evaluation task registry is not available ({err}); give --index-ns") from err
+    fixed = {c.contamination_ngram for c in load_configs(include).values() if c.contamination_ngram}
+    return sorted(set(REPORT_NS) | fixed)
+
+
 _BATCH_CHARS = 1 << 23  # texts hashed per vectorized pass in from_texts (~8M characters)
 
 

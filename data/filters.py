@@ -161,42 +161,68 @@ def _features(texts: Iterable[str], n_features: int):
     return vec.transform(list(texts))
 
 
+CLASSIFIER_FORMAT = "mnemos-quality-classifier-v1"
+
+
 class QualityClassifier:
-    """Logistic regression on hashed n-gram features: P(document resembles the reference corpus)."""
+    """Logistic regression on hashed n-gram features: P(document resembles the reference corpus).
+
+    Saved as an .npz of its parameters (weights, intercept, settings), never a pickle: loading a pickle
+    runs whatever code it names, and a classifier file is passed around by path like data."""
 
     def __init__(self, n_features: int = 2 ** 18, C: float = 1.0):
         self.n_features = n_features
         self.C = C
-        self.model = None
+        self.coef: np.ndarray | None = None   # (n_features,) weights of the reference class
+        self.intercept = 0.0
 
     def fit(self, reference_texts: Sequence[str], raw_texts: Sequence[str], seed: int = 0) -> "QualityClassifier":
         from sklearn.linear_model import LogisticRegression
         x = _features(list(reference_texts) + list(raw_texts), self.n_features)
         y = np.r_[np.ones(len(reference_texts)), np.zeros(len(raw_texts))]
-        self.model = LogisticRegression(C=self.C, max_iter=1000, random_state=seed).fit(x, y)
+        model = LogisticRegression(C=self.C, max_iter=1000, random_state=seed).fit(x, y)
+        self.coef = np.asarray(model.coef_[0], np.float64)   # classes_ = [0, 1]: the weights of 1 (reference)
+        self.intercept = float(model.intercept_[0])
         return self
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        if self.model is None:
+        if self.coef is None:
             raise RuntimeError("QualityClassifier.score before fit()/load()")
-        return self.model.predict_proba(_features(texts, self.n_features))[:, 1]
+        from scipy.special import expit
+        return expit(_features(texts, self.n_features) @ self.coef + self.intercept)
 
     def save(self, path: str) -> str:
-        import pickle
         import os
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            pickle.dump({"n_features": self.n_features, "C": self.C, "model": self.model}, f)
+        if self.coef is None:
+            raise RuntimeError("QualityClassifier.save before fit()")
+        tmp = f"{path}.tmp{os.getpid()}.npz"
+        np.savez_compressed(tmp, format=np.array(CLASSIFIER_FORMAT), n_features=np.array(self.n_features),
+                            C=np.array(self.C), coef=self.coef, intercept=np.array(self.intercept))
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path: str) -> "QualityClassifier":
-        import pickle
+        """Reads only the .npz that `save` writes (no pickled objects); ValueError names what else it is."""
         with open(path, "rb") as f:
-            d = pickle.load(f)
-        q = cls(d["n_features"], d["C"])
-        q.model = d["model"]
+            head = f.read(4)
+        if head != b"PK\x03\x04":  # not a zip, so not an .npz
+            if head[:1] == b"\x80" or str(path).endswith((".pkl", ".pickle")):
+                raise ValueError(f"{path} is a pickle (a quality_classifier.pkl of an older mnemos); pickles are not "
+                                 f"loaded, since loading one runs arbitrary code (rule: the quality_classifier.npz "
+                                 f"that `mnemos data filter --train-classifier-reference ... --train-classifier-raw "
+                                 f"...` writes; train it again)")
+            raise ValueError(f"{path} is not a quality classifier file (rule: the quality_classifier.npz that "
+                             f"`mnemos data filter --train-classifier-reference/--train-classifier-raw` writes)")
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != CLASSIFIER_FORMAT:
+                raise ValueError(f"{path} is an .npz but not a quality classifier (rule: format "
+                                 f"{CLASSIFIER_FORMAT!r}, written by `mnemos data filter`)")
+            q = cls(int(z["n_features"]), float(z["C"]))
+            q.coef = np.asarray(z["coef"], np.float64)
+            q.intercept = float(z["intercept"])
+        if q.coef.shape != (q.n_features,):
+            raise ValueError(f"{path}: {q.coef.size} weights for n_features={q.n_features} (rule: one per feature)")
         return q
 
 

@@ -99,7 +99,7 @@ def test_full_pipeline(shared_data, tmp_path, capsys):
     # book pieces: everything outside the passage and its 200-character windows survived
     assert sum(len(v) for k, v in clean.items() if k.startswith("book1#")) == len(docs["book1"]) - len(passages[0]) - 400
     from data.ngrams import NgramIndex
-    assert NgramIndex.load(str(tmp_path / "train_ngrams.npz")).ns == [8, 9, 10, 11, 12, 13]
+    assert NgramIndex.load(str(tmp_path / "train_ngrams.npz")).ns == [2, 8, 9, 10, 11, 12, 13]  # word scrambles: 2
 
     # tokenizer + parallel tokenization (2 tasks on 2 processes)
     assert mnemos_data("train-tokenizer", "-i", tmp_path / "clean", "--model-prefix", tmp_path / "tok" / "spm",
@@ -138,7 +138,8 @@ def test_full_pipeline(shared_data, tmp_path, capsys):
     # stats
     assert mnemos_data("stats", tmp_path / "tokens", tmp_path / "clean", "--json-out", tmp_path / "s.json") == 0
     s = json.load(open(tmp_path / "s.json"))
-    assert s["total"]["tokens"] == sum(IndexedDataset(str(tmp_path / "tokens" / f"shard_0000{r}")).num_tokens
+    assert s["total"] is None  # the tokens of clean/ and clean/ itself: one corpus twice, not added up
+    assert s["inputs"][0]["tokens"] == sum(IndexedDataset(str(tmp_path / "tokens" / f"shard_0000{r}")).num_tokens
                                        for r in range(2))
     capsys.readouterr()
     assert mnemos_data("stats", tmp_path / "tokens", tmp_path / "blend") == 2  # a blend holds neither kind
