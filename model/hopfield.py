@@ -73,6 +73,20 @@ def _norm(size: int, enabled: bool, affine: bool) -> nn.Module:
     return nn.LayerNorm(size, elementwise_affine=affine) if enabled else nn.Identity()
 
 
+def _additive(owner: str, name: str, mask: Tensor, dtype: torch.dtype, device) -> Tensor:
+    """A mask as scores to add: bool True -> -inf (may not attend), float -> added as it is (MHA's rule)."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(mask).__name__}")
+    mask = mask.to(device)
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(mask, float("-inf"))
+    if mask.is_floating_point():
+        return mask.to(dtype)
+    # an integer 0/1 mask would be added to the scores, not mask anything: refuse it like nn.MultiheadAttention
+    raise TypeError(f"{owner}: {name} has dtype {mask.dtype}; only bool (True = may not attend) and floating "
+                    f"(added to the scores) masks are supported, e.g. pass mask.bool()")
+
+
 class Hopfield(nn.Module):
     """The Hopfield layer: state patterns R retrieve from stored patterns Y (paper Section 3, "Hopfield").
 
@@ -202,14 +216,12 @@ class Hopfield(nn.Module):
         """Additive mask (B, h, S, N) or None, from MHA-style padding (B, N) and association masks."""
         bias = None
         if association_mask is not None:
-            m = association_mask.to(device)
+            m = _additive(type(self).__name__, "association_mask", association_mask, dtype, device)
             if m.dim() == 3:  # (B * h, S, N), MultiheadAttention's layout
                 m = m.view(B, self.num_heads, S, N)  # (B, h, S, N)
-            m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m.to(dtype)
             bias = m
         if stored_pattern_padding_mask is not None:
-            p = stored_pattern_padding_mask.to(device)
-            p = torch.zeros(p.shape, dtype=dtype, device=device).masked_fill(p, float("-inf")) if p.dtype == torch.bool else p.to(dtype)
+            p = _additive(type(self).__name__, "stored_pattern_padding_mask", stored_pattern_padding_mask, dtype, device)
             p = p.view(B, 1, 1, N)  # (B, 1, 1, N)
             bias = p if bias is None else bias + p
         return bias
