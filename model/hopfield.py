@@ -10,9 +10,9 @@ Section 3 in the order they build on each other:
 
 Notation: N stored patterns, S state patterns, h heads, d_k = hidden_size (association space, per head),
 d_v = pattern_size (per head), B batch. The update in the association space is the paper's rule
-xi_new = X softmax(beta X^T xi) (Eq. 3) with X = K^T, xi = q; `update_steps_max` repeats it (Section 2:
-"the update converges after one step" for well-separated patterns; metastable states otherwise) before the
-final retrieval of the values.
+xi_new = X softmax(beta X^T xi) (Eq. 3) with X = K^T, xi = q; `update_steps_max` applies it that many times
+(Section 2: "the update converges after one step" for well-separated patterns; metastable states otherwise)
+before the final retrieval of the values; 0 (the default) is one softmax, i.e. attention.
 
 Argument names follow the authors' `hflayers` package where the meaning is the same (input_size,
 hidden_size, output_size, pattern_size, num_heads, scaling, update_steps_max, update_steps_eps,
@@ -27,6 +27,7 @@ the scaled scores. With one step, no normalisation and beta = 1/sqrt(d_k) the la
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -69,6 +70,9 @@ def hopfield_retrieve(X: Tensor, xi: Tensor, beta: float, max_steps: int = 100, 
 # Section 3: layers.
 # ----------------------------------------------------------------------------------------------------------
 
+_UNBOUNDED_STEPS = 10_000  # update_steps_max=None: "until converged", with this many updates at most
+
+
 def _norm(size: int, enabled: bool, affine: bool) -> nn.Module:
     return nn.LayerNorm(size, elementwise_affine=affine) if enabled else nn.Identity()
 
@@ -101,10 +105,11 @@ class Hopfield(nn.Module):
       pattern_size: value size d_v per head (default hidden_size).
       num_heads: number of heads h.
       scaling: beta; a float, or one value per head (default 1/sqrt(d_k)).
-      update_steps_max: number of update steps, the last one being the retrieval of the values (the earlier
-        ones update the state in the association space); 0 or 1 means the single step of attention; None or
-        a negative value means "until converged" (per head, at most 10^4 steps).
-      update_steps_eps: convergence tolerance on ||q_new - q|| per head.
+      update_steps_max: number of updates of the state patterns in the association space (Eq. 3) before the
+        retrieval, as in hflayers: 0 = one softmax, plain attention; N = N updates, N + 1 softmaxes. None or a
+        negative value means "until converged" (at most 10^4 updates).
+      update_steps_eps: a head stops updating early once its association matrix moves by no more than this
+        (Frobenius norm over (S, N), largest over the batch), as in hflayers; 0 = never stop early.
       normalize_stored_pattern / normalize_state_pattern / normalize_pattern_projection (+ _affine):
         LayerNorm on the raw patterns before projection.
       normalize_hopfield_space (+ _affine): LayerNorm on the projected patterns (per head) in the association
@@ -198,6 +203,27 @@ class Hopfield(nn.Module):
         beta = beta.expand(h).clone() if beta.numel() == 1 else beta.reshape(h)
         self.register_buffer("scaling", beta)  # beta per head
 
+    @property
+    def update_steps_max(self) -> Optional[int]:
+        return self._update_steps_max
+
+    @update_steps_max.setter
+    def update_steps_max(self, value: Optional[int]) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise TypeError(f"Hopfield: update_steps_max={value!r} must be an int (number of updates; 0 = "
+                            f"attention) or None (until converged)")
+        self._update_steps_max = None if value is None else int(value)
+
+    @property
+    def update_steps_eps(self) -> float:
+        return self._update_steps_eps
+
+    @update_steps_eps.setter
+    def update_steps_eps(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise ValueError(f"Hopfield: update_steps_eps={value!r} must be a number >= 0")
+        self._update_steps_eps = float(value)
+
     # -- helpers --------------------------------------------------------------------------------------------
 
     def _split(self, input) -> tuple[Tensor, Tensor, Tensor]:
@@ -243,27 +269,28 @@ class Hopfield(nn.Module):
         return q, k, v
 
     def _associate(self, q: Tensor, k: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """Update q in the association space, then return the association matrix softmax(beta q k^T)."""
+        """The association matrix softmax(beta q k^T) after up to `update_steps_max` updates of q (hflayers'
+        counting: step 0 is plain attention, each update step adds one more softmax)."""
         beta = self.scaling.to(q.dtype).view(1, -1, 1, 1)  # (1, h, 1, 1)
-        steps = self.update_steps_max
-        unbounded = steps is None or steps < 0
-        step = 1
-        while True:
+
+        def associate(q: Tensor) -> Tensor:
             scores = beta * q @ k.transpose(-2, -1)  # beta Q K^T: (B, h, S, N)
-            if bias is not None:
-                scores = scores + bias
-            a = torch.softmax(scores, dim=-1)  # (B, h, S, N)
-            if not unbounded and step >= max(1, steps):
-                return a
-            q_new = a @ k  # Eq. 3, transposed: Q_new = softmax(beta Q K^T) K: (B, h, S, d_k)
-            moved = (q_new - q).norm(dim=-1).amax(dim=(0, 2))  # (h,)
-            # heads that have converged keep their state (per-head stopping, as in hflayers)
-            active = (moved > self.update_steps_eps).view(1, -1, 1, 1)
-            q = torch.where(active, q_new, q)
-            step += 1
-            if not bool(active.any()) or (unbounded and step > 10_000):
-                scores = beta * q @ k.transpose(-2, -1)  # (B, h, S, N)
-                return torch.softmax(scores + bias if bias is not None else scores, dim=-1)
+            return torch.softmax(scores if bias is None else scores + bias, dim=-1)  # (B, h, S, N)
+
+        a = associate(q)  # step 0: one softmax, attention
+        steps = self.update_steps_max
+        steps = _UNBOUNDED_STEPS if steps is None or steps < 0 else steps
+        active = torch.ones(q.shape[1], dtype=torch.bool, device=q.device)  # (h,)
+        for _ in range(steps):
+            q = a @ k  # Eq. 3, transposed: Q_new = softmax(beta Q K^T) K: (B, h, S, d_k)
+            a_new = associate(q)  # (B, h, S, N)
+            with torch.no_grad():  # per head: how far the association matrix moved (max over the batch)
+                moved = (a_new - a).norm(dim=(-2, -1)).nan_to_num(0.0).amax(dim=0)  # (h,)
+            a = torch.where(active.view(1, -1, 1, 1), a_new, a)  # heads that stopped keep their matrix
+            active = active & (moved > self.update_steps_eps)
+            if not bool(active.any()):
+                break
+        return a
 
     # -- forward --------------------------------------------------------------------------------------------
 

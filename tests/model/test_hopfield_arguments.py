@@ -35,3 +35,58 @@ def test_bool_and_float_masks_mask():
     additive = torch.zeros(2, 5).masked_fill(pad, float("-inf"))
     _, a_float = pool(x, stored_pattern_padding_mask=additive, return_association=True)
     torch.testing.assert_close(a_float, a)
+
+
+def _static(d: int, **kw) -> Hopfield:
+    """All projections and normalisations off: the layer is the update rule on raw patterns."""
+    return Hopfield(input_size=d, hidden_size=d, stored_pattern_as_static=True, state_pattern_as_static=True,
+                    pattern_projection_as_static=True, normalize_stored_pattern=False,
+                    normalize_state_pattern=False, normalize_pattern_projection=False, disable_out_projection=True,
+                    **kw)
+
+
+def _count_softmaxes(monkeypatch, layer, x) -> int:
+    calls = []
+    softmax = torch.softmax
+    monkeypatch.setattr(torch, "softmax", lambda *a, **k: calls.append(1) or softmax(*a, **k))
+    layer(x)
+    monkeypatch.setattr(torch, "softmax", softmax)
+    return len(calls)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 5])
+def test_update_steps_max_counts_updates_as_hflayers(monkeypatch, steps):
+    # hflayers: update_steps_max=N is N state updates then the retrieval, N + 1 softmaxes (0 = attention)
+    torch.manual_seed(0)
+    hop = _static(6, scaling=0.3, update_steps_max=steps, update_steps_eps=0.0)
+    Y, R = torch.randn(2, 9, 6), torch.randn(2, 3, 6)
+    assert _count_softmaxes(monkeypatch, hop, (Y, R, Y)) == steps + 1
+    x = R
+    for _ in range(steps + 1):
+        x = hopfield_update(Y.transpose(1, 2)[:, None], x, 0.3)
+    torch.testing.assert_close(hop((Y, R, Y)), x)
+
+
+def test_update_steps_eps_stops_on_the_association_matrix(monkeypatch):
+    # Well-separated patterns and a large beta: the association matrix is one-hot from the first softmax and does
+    # not move, while the state jumps from the query onto the stored pattern (||q_new - q|| is large). hflayers
+    # stops after the first update (2 softmaxes); a criterion on q would run all the steps.
+    Y = 10 * torch.eye(4)[None]  # (1, 4, 4)
+    R = Y[:, :2] + 0.5 * torch.tensor([[[0.0, 0.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]]])
+    hop = _static(4, scaling=1.0, update_steps_max=5, update_steps_eps=1e-3)
+    assert _count_softmaxes(monkeypatch, hop, (Y, R, Y)) == 2
+    assert (Y[:, :2] - R).norm(dim=-1).min() > 0.5  # the state did move by far more than eps
+    hop.scaling.fill_(0.01)  # a soft association keeps moving: all 5 updates run
+    assert _count_softmaxes(monkeypatch, hop, (Y, R, Y)) == 6
+
+
+def test_update_steps_arguments_are_checked():
+    for bad in (1.5, "2", True):
+        with pytest.raises(TypeError, match=f"update_steps_max={bad!r}"):
+            Hopfield(input_size=8, update_steps_max=bad)
+    for bad in (-1e-3, float("nan")):
+        with pytest.raises(ValueError, match="update_steps_eps=.* must be a number >= 0"):
+            Hopfield(input_size=8, update_steps_eps=bad)
+    hop = Hopfield(input_size=8)
+    with pytest.raises(TypeError, match="update_steps_max=2.0"):
+        hop.update_steps_max = 2.0
