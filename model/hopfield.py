@@ -162,11 +162,19 @@ class Hopfield(nn.Module):
         if num_heads < 1:
             raise ValueError(f"Hopfield: num_heads={num_heads} must be >= 1")
         self.num_heads = h = num_heads
-        self.hidden_size = d_k = hidden_size or max(1, input_size // h)
+        if hidden_size is None and input_size % h:
+            # as nn.MultiheadAttention and hflayers: the default head size splits input_size evenly
+            raise ValueError(f"Hopfield: num_heads={h} does not divide input_size={input_size}; choose a divisor "
+                             f"or give hidden_size (the association size per head) explicitly")
+        self.hidden_size = d_k = hidden_size or input_size // h
         self.stored_pattern_size = stored_pattern_size or input_size
         self.state_pattern_size = state_pattern_size or input_size
         self.pattern_projection_size = pattern_projection_size or input_size
         if pattern_size is None and pattern_projection_as_static:
+            if self.pattern_projection_size % h:
+                raise ValueError(f"Hopfield: pattern_projection_as_static splits the pattern projection into "
+                                 f"num_heads={h} heads, but its size {self.pattern_projection_size} is not divisible;"
+                                 f" give pattern_size explicitly")
             pattern_size = self.pattern_projection_size // h  # static values are split into heads as they are
         self.pattern_size = d_v = pattern_size or d_k
         self.update_steps_max = update_steps_max

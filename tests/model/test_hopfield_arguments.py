@@ -90,3 +90,13 @@ def test_update_steps_arguments_are_checked():
     hop = Hopfield(input_size=8)
     with pytest.raises(TypeError, match="update_steps_max=2.0"):
         hop.update_steps_max = 2.0
+
+
+def test_num_heads_must_divide_input_size_unless_hidden_size_is_given():
+    with pytest.raises(ValueError, match="num_heads=3 does not divide input_size=8"):
+        Hopfield(input_size=8, num_heads=3)
+    with pytest.raises(ValueError, match="num_heads=3 does not divide input_size=8"):
+        HopfieldPooling(input_size=8, num_heads=3)
+    hop = Hopfield(input_size=8, num_heads=3, hidden_size=4)  # explicit size per head: 3 heads of 4
+    assert hop.q_proj.out_features == 12 and hop(torch.randn(2, 5, 8)).shape == (2, 5, 8)
+    assert Hopfield(input_size=8, num_heads=4).hidden_size == 2
