@@ -77,6 +77,26 @@ def _norm(size: int, enabled: bool, affine: bool) -> nn.Module:
     return nn.LayerNorm(size, elementwise_affine=affine) if enabled else nn.Identity()
 
 
+def _check_positive_int(owner: str, name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name}={value!r} must be an int")
+    if value < 1:
+        raise ValueError(f"{owner}: {name}={value} must be >= 1")
+
+
+def _check_patterns(owner: str, name: str, x, size: int, size_name: str, batch_first: bool, length: str = "N") -> None:
+    """x must be a 3-D tensor (B, L, size) (batch_first) or (L, B, size)."""
+    layout = f"(B, {length}, {size_name}={size})" if batch_first else f"({length}, B, {size_name}={size})"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner}: {name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{owner}: {name} must be 3-D {layout}, got shape {tuple(x.shape)}")
+    if x.shape[-1] != size:
+        raise ValueError(f"{owner}: {name} has {x.shape[-1]} features, expected {layout}, got shape {tuple(x.shape)}")
+
+
 def _additive(owner: str, name: str, mask: Tensor, dtype: torch.dtype, device) -> Tensor:
     """A mask as scores to add: bool True -> -inf (may not attend), float -> added as it is (MHA's rule)."""
     if not isinstance(mask, Tensor):
@@ -155,12 +175,16 @@ class Hopfield(nn.Module):
         disable_out_projection: bool = False,
     ):
         super().__init__()
-        sizes = [s for s in (input_size, stored_pattern_size, state_pattern_size, pattern_projection_size) if s]
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size),
+                            ("pattern_size", pattern_size), ("num_heads", num_heads),
+                            ("stored_pattern_size", stored_pattern_size), ("state_pattern_size", state_pattern_size),
+                            ("pattern_projection_size", pattern_projection_size)):
+            _check_positive_int("Hopfield", name, value)
+        sizes = [s for s in (input_size, stored_pattern_size, state_pattern_size, pattern_projection_size)
+                 if s is not None]
         if not sizes:
             raise ValueError("Hopfield: give input_size (or stored/state/pattern_projection sizes)")
         input_size = input_size or sizes[0]
-        if num_heads < 1:
-            raise ValueError(f"Hopfield: num_heads={num_heads} must be >= 1")
         self.num_heads = h = num_heads
         if hidden_size is None and input_size % h:
             # as nn.MultiheadAttention and hflayers: the default head size splits input_size evenly
@@ -208,6 +232,11 @@ class Hopfield(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
         beta = torch.full((h,), 1.0 / math.sqrt(d_k)) if scaling is None else torch.as_tensor(scaling, dtype=torch.float32)
+        if beta.numel() not in (1, h):
+            raise ValueError(f"Hopfield: scaling has {beta.numel()} values; give one beta or one per head "
+                             f"(num_heads={h})")
+        if not bool((beta > 0).all() & beta.isfinite().all()):
+            raise ValueError(f"Hopfield: scaling={beta.tolist()} must be > 0 and finite (beta, the inverse temperature)")
         beta = beta.expand(h).clone() if beta.numel() == 1 else beta.reshape(h)
         self.register_buffer("scaling", beta)  # beta per head
 
@@ -235,11 +264,31 @@ class Hopfield(nn.Module):
     # -- helpers --------------------------------------------------------------------------------------------
 
     def _split(self, input) -> tuple[Tensor, Tensor, Tensor]:
+        """(stored, state, projection) from one tensor or a tuple, checked against the sizes and each other."""
         if isinstance(input, Tensor):
+            _check_patterns("Hopfield", "input", input, self.stored_pattern_size, "input_size", self.batch_first)
+            if not self.stored_pattern_size == self.state_pattern_size == self.pattern_projection_size:
+                raise ValueError("Hopfield: a single input tensor needs stored_pattern_size == state_pattern_size == "
+                                 "pattern_projection_size; pass (stored_pattern, state_pattern, pattern_projection)")
             return input, input, input
-        if len(input) != 3:
+        if not isinstance(input, (tuple, list)) or len(input) != 3:
             raise ValueError("Hopfield: input is a tensor or a (stored_pattern, state_pattern, pattern_projection) tuple")
-        return tuple(input)
+        stored, state, projection = input
+        checks = [("stored_pattern", stored, self.stored_pattern_size, "N"),
+                  ("state_pattern", state, self.state_pattern_size, "S")]
+        if not self.pattern_projection_as_connected:  # connected: the values come from the stored patterns
+            checks.append(("pattern_projection", projection, self.pattern_projection_size, "N"))
+        for name, x, size, length in checks:
+            _check_patterns("Hopfield", name, x, size, f"{name}_size", self.batch_first, length)
+        b = 0 if self.batch_first else 1  # the batch dimension; 1 - b: the pattern dimension
+        shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x, _, _ in checks)
+        if len({x.shape[b] for _, x, _, _ in checks}) > 1:
+            raise ValueError(f"Hopfield: batch sizes differ (dimension {b} with batch_first={self.batch_first}): "
+                             f"{shapes}")
+        if len(checks) == 3 and stored.shape[1 - b] != projection.shape[1 - b]:
+            raise ValueError(f"Hopfield: stored_pattern and pattern_projection need the same number of patterns N "
+                             f"(dimension {1 - b}): {shapes}")
+        return stored, state, projection
 
     def _heads(self, x: Tensor, d: int) -> Tensor:
         B, L, _ = x.shape
@@ -251,11 +300,17 @@ class Hopfield(nn.Module):
         bias = None
         if association_mask is not None:
             m = _additive(type(self).__name__, "association_mask", association_mask, dtype, device)
+            if tuple(m.shape) not in ((S, N), (B * self.num_heads, S, N)):
+                raise ValueError(f"Hopfield: association_mask must have shape (S, N) = {(S, N)} or (B * num_heads, "
+                                 f"S, N) = {(B * self.num_heads, S, N)}, got {tuple(m.shape)}")
             if m.dim() == 3:  # (B * h, S, N), MultiheadAttention's layout
                 m = m.view(B, self.num_heads, S, N)  # (B, h, S, N)
             bias = m
         if stored_pattern_padding_mask is not None:
             p = _additive(type(self).__name__, "stored_pattern_padding_mask", stored_pattern_padding_mask, dtype, device)
+            if tuple(p.shape) != (B, N):
+                raise ValueError(f"Hopfield: stored_pattern_padding_mask must have shape (B, N) = {(B, N)}, "
+                                 f"got {tuple(p.shape)}")
             p = p.view(B, 1, 1, N)  # (B, 1, 1, N)
             bias = p if bias is None else bias + p
         return bias
@@ -333,6 +388,7 @@ class HopfieldPooling(nn.Module):
                  num_heads: int = 1, quantity: int = 1, trainable: bool = True, batch_first: bool = True,
                  state_pattern_size: Optional[int] = None, **kwargs):
         super().__init__()
+        _check_positive_int("HopfieldPooling", "quantity", quantity, allow_none=False)
         self.quantity = quantity
         self.batch_first = batch_first
         self.hopfield = Hopfield(input_size=input_size, hidden_size=hidden_size, output_size=output_size,
@@ -349,6 +405,8 @@ class HopfieldPooling(nn.Module):
     def forward(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
                 association_mask: Optional[Tensor] = None, return_association: bool = False):
         # input: Y (B, N, input_size) -> (B, quantity * output_size)
+        _check_patterns("HopfieldPooling", "input", input, self.hopfield.stored_pattern_size, "input_size",
+                        self.batch_first)
         if not self.batch_first:
             input = input.transpose(0, 1)  # (B, N, input_size)
         B = input.shape[0]
@@ -382,6 +440,18 @@ class HopfieldLayer(nn.Module):
                  batch_first: bool = True, **kwargs):
         super().__init__()
         self.batch_first = batch_first
+        _check_positive_int("HopfieldLayer", "input_size", input_size, allow_none=False)
+        if stored_pattern is None:
+            _check_positive_int("HopfieldLayer", "quantity", quantity, allow_none=False)
+        else:
+            for name, t in (("stored_pattern", stored_pattern), ("pattern_projection", pattern_projection)):
+                if t is not None and (not isinstance(t, Tensor) or t.dim() != 2 or not t.is_floating_point()):
+                    raise ValueError(f"HopfieldLayer: {name} must be a 2-D float tensor (N, features), got "
+                                     f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
+                                     f"{' of ' + str(t.dtype) if isinstance(t, Tensor) else ''}")
+            if pattern_projection is not None and len(pattern_projection) != len(stored_pattern):
+                raise ValueError(f"HopfieldLayer: pattern_projection has {len(pattern_projection)} rows, "
+                                 f"stored_pattern {len(stored_pattern)}: one value per stored pattern")
         if stored_pattern is not None:
             self.register_buffer("stored", stored_pattern.detach().clone().unsqueeze(0))  # (1, N, d_y)
             proj = stored_pattern if pattern_projection is None else pattern_projection
@@ -404,6 +474,8 @@ class HopfieldLayer(nn.Module):
 
     def forward(self, input: Tensor, association_mask: Optional[Tensor] = None, return_association: bool = False):
         # input: R (B, S, input_size) -> (B, S, output_size)
+        _check_patterns("HopfieldLayer", "input", input, self.hopfield.state_pattern_size, "input_size",
+                        self.batch_first, length="S")
         if not self.batch_first:
             input = input.transpose(0, 1)  # (B, S, input_size)
         B = input.shape[0]

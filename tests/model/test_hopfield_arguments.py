@@ -100,3 +100,49 @@ def test_num_heads_must_divide_input_size_unless_hidden_size_is_given():
     hop = Hopfield(input_size=8, num_heads=3, hidden_size=4)  # explicit size per head: 3 heads of 4
     assert hop.q_proj.out_features == 12 and hop(torch.randn(2, 5, 8)).shape == (2, 5, 8)
     assert Hopfield(input_size=8, num_heads=4).hidden_size == 2
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: Hopfield(input_size=-8), "input_size=-8 must be >= 1"),
+    (lambda: Hopfield(input_size=8, hidden_size=0), "hidden_size=0 must be >= 1"),
+    (lambda: Hopfield(input_size=8, num_heads=0), "num_heads=0 must be >= 1"),
+    (lambda: Hopfield(input_size=8, num_heads=2, scaling=[1.0, 2.0, 3.0]), "scaling has 3 values.*num_heads=2"),
+    (lambda: Hopfield(input_size=8, scaling=0.0), "scaling=0.0 must be > 0"),
+    (lambda: Hopfield(input_size=8, num_heads=2, scaling=[1.0, -1.0]), r"scaling=\[1.0, -1.0\] must be > 0"),
+    (lambda: HopfieldPooling(input_size=8, quantity=0), "quantity=0 must be >= 1"),
+    (lambda: HopfieldLayer(input_size=8, quantity=0), "quantity=0 must be >= 1"),
+    (lambda: HopfieldLayer(input_size=8, stored_pattern=torch.randn(2, 3, 8)),
+     r"stored_pattern must be a 2-D float tensor \(N, features\), got \(2, 3, 8\)"),
+    (lambda: HopfieldLayer(input_size=8, stored_pattern=torch.randn(3, 8), pattern_projection=torch.randn(4, 2)),
+     "pattern_projection has 4 rows, stored_pattern 3"),
+])
+def test_nonsense_arguments_are_refused_at_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_input_and_mask_shapes_are_checked_naming_the_argument():
+    torch.manual_seed(0)
+    hop = Hopfield(input_size=8)
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match=r"input has 7 features, expected \(B, N, input_size=8\), got shape \(2, 5, 7\)"):
+        hop(torch.randn(2, 5, 7))
+    with pytest.raises(ValueError, match=r"input must be 3-D \(B, N, input_size=8\), got shape \(5, 8\)"):
+        hop(torch.randn(5, 8))
+    with pytest.raises(ValueError, match=r"batch sizes differ.*stored_pattern \(2, 5, 8\), state_pattern \(3, 4, 8\)"):
+        hop((x, torch.randn(3, 4, 8), x))
+    with pytest.raises(ValueError, match="stored_pattern and pattern_projection need the same number of patterns N"):
+        hop((x, x, torch.randn(2, 6, 8)))
+    with pytest.raises(ValueError, match=r"state_pattern has 4 features, expected \(B, S, state_pattern_size=8\)"):
+        hop((x, torch.randn(2, 3, 4), x))
+    with pytest.raises(ValueError, match=r"stored_pattern_padding_mask must have shape \(B, N\) = \(2, 5\), got \(2, 4\)"):
+        hop(x, stored_pattern_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"association_mask must have shape \(S, N\) = \(5, 5\) or .* got \(4, 4\)"):
+        hop(x, association_mask=torch.zeros(4, 4, dtype=torch.bool))
+    seq_first = Hopfield(input_size=8, batch_first=False)
+    with pytest.raises(ValueError, match=r"input must be 3-D \(N, B, input_size=8\)"):
+        seq_first(torch.randn(5, 8))
+    with pytest.raises(ValueError, match=r"HopfieldPooling: input has 6 features, expected \(B, N, input_size=8\)"):
+        HopfieldPooling(input_size=8)(torch.randn(2, 5, 6))
+    with pytest.raises(ValueError, match=r"HopfieldLayer: input must be 3-D \(B, S, input_size=8\)"):
+        HopfieldLayer(input_size=8, quantity=4)(torch.randn(5, 8))
