@@ -417,8 +417,10 @@ class HopfieldPooling(nn.Module):
         return (z, a) if return_association else z
 
     @torch.no_grad()
-    def get_association_matrix(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None) -> Tensor:
-        return self.forward(input, stored_pattern_padding_mask, return_association=True)[1]  # (B, h, quantity, N)
+    def get_association_matrix(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
+                               association_mask: Optional[Tensor] = None) -> Tensor:
+        """The association matrix after the updates: (B, h, quantity, N)."""
+        return self.forward(input, stored_pattern_padding_mask, association_mask, return_association=True)[1]
 
 
 class HopfieldLayer(nn.Module):
@@ -428,22 +430,36 @@ class HopfieldLayer(nn.Module):
     Z = softmax(beta R W_Q W_K^T Y^T) Y W_V. Input (B, S, input_size) (batch_first); output (B, S, output_size).
 
       quantity: number of learned stored patterns (ignored when stored_pattern is given).
-      lookup_weights_as_separated: learn separate value vectors instead of reusing the stored patterns.
-      lookup_targets_as_trainable: whether the learned values are trained.
-      stored_pattern (N, d_y), pattern_projection (N, d_p): fixed memories (buffers, not trained).
+      trainable: whether the learned stored patterns (the lookup weights) are trained.
+      lookup_weights_as_separated: learn separate value vectors (targets) instead of reusing the stored patterns.
+      lookup_targets_as_trainable: whether those separate targets are trained. As in hflayers it applies to
+        separate targets only; without them the values are the lookup weights, governed by `trainable`, so
+        lookup_targets_as_trainable=False without lookup_weights_as_separated is refused, not ignored.
+      stored_pattern (N, d_y), pattern_projection (N, d_p): fixed memories (buffers, not trained); they
+        replace the learned ones, so lookup_weights_as_separated cannot be combined with them.
+
+    forward(input, stored_pattern_padding_mask, association_mask): the padding mask (B, N) hides memory
+    entries per batch element (e.g. a sample's own entry in a leave-one-out lookup), as in hflayers.
     """
 
     def __init__(self, input_size: int, hidden_size: Optional[int] = None, output_size: Optional[int] = None,
                  pattern_size: Optional[int] = None, num_heads: int = 1, quantity: int = 1,
                  lookup_weights_as_separated: bool = False, lookup_targets_as_trainable: bool = True,
                  stored_pattern: Optional[Tensor] = None, pattern_projection: Optional[Tensor] = None,
-                 batch_first: bool = True, **kwargs):
+                 batch_first: bool = True, trainable: bool = True, **kwargs):
         super().__init__()
         self.batch_first = batch_first
         _check_positive_int("HopfieldLayer", "input_size", input_size, allow_none=False)
         if stored_pattern is None:
             _check_positive_int("HopfieldLayer", "quantity", quantity, allow_none=False)
+            if not lookup_targets_as_trainable and not lookup_weights_as_separated:
+                raise ValueError("HopfieldLayer: lookup_targets_as_trainable=False applies to separate targets "
+                                 "only (lookup_weights_as_separated=True); without them the values are the "
+                                 "lookup weights: freeze those with trainable=False")
         else:
+            if lookup_weights_as_separated:
+                raise ValueError("HopfieldLayer: lookup_weights_as_separated=True learns separate targets, but a "
+                                 "fixed stored_pattern was given; pass its values as pattern_projection instead")
             for name, t in (("stored_pattern", stored_pattern), ("pattern_projection", pattern_projection)):
                 if t is not None and (not isinstance(t, Tensor) or t.dim() != 2 or not t.is_floating_point()):
                     raise ValueError(f"HopfieldLayer: {name} must be a 2-D float tensor (N, features), got "
@@ -459,7 +475,7 @@ class HopfieldLayer(nn.Module):
         else:
             w = torch.empty(1, quantity, input_size)
             nn.init.normal_(w, std=1.0 / math.sqrt(input_size))
-            self.stored = nn.Parameter(w)  # learned Y
+            self.stored = nn.Parameter(w, requires_grad=trainable)  # learned Y
             if lookup_weights_as_separated:
                 t = torch.empty(1, quantity, input_size)
                 nn.init.normal_(t, std=1.0 / math.sqrt(input_size))
@@ -472,8 +488,9 @@ class HopfieldLayer(nn.Module):
                                  pattern_projection_size=(self.stored if self.values is None else self.values).shape[-1],
                                  **kwargs)
 
-    def forward(self, input: Tensor, association_mask: Optional[Tensor] = None, return_association: bool = False):
-        # input: R (B, S, input_size) -> (B, S, output_size)
+    def forward(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
+                association_mask: Optional[Tensor] = None, return_association: bool = False):
+        # input: R (B, S, input_size) -> (B, S, output_size); stored_pattern_padding_mask (B, N)
         _check_patterns("HopfieldLayer", "input", input, self.hopfield.state_pattern_size, "input_size",
                         self.batch_first, length="S")
         if not self.batch_first:
@@ -481,12 +498,14 @@ class HopfieldLayer(nn.Module):
         B = input.shape[0]
         stored = self.stored.expand(B, -1, -1)  # Y: (B, N, d_y)
         values = stored if self.values is None else self.values.expand(B, -1, -1)  # (B, N, d_p)
-        out = self.hopfield((stored, input, values), association_mask=association_mask,
+        out = self.hopfield((stored, input, values), stored_pattern_padding_mask, association_mask,
                             return_association=return_association)
         if not self.batch_first:
             out = (out[0].transpose(0, 1), out[1]) if return_association else out.transpose(0, 1)  # (S, B, *)
         return out
 
     @torch.no_grad()
-    def get_association_matrix(self, input: Tensor) -> Tensor:
-        return self.forward(input, return_association=True)[1]  # (B, h, S, N)
+    def get_association_matrix(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
+                               association_mask: Optional[Tensor] = None) -> Tensor:
+        """The association matrix after the updates: (B, h, S, N)."""
+        return self.forward(input, stored_pattern_padding_mask, association_mask, return_association=True)[1]

@@ -146,3 +146,42 @@ def test_input_and_mask_shapes_are_checked_naming_the_argument():
         HopfieldPooling(input_size=8)(torch.randn(2, 5, 6))
     with pytest.raises(ValueError, match=r"HopfieldLayer: input must be 3-D \(B, S, input_size=8\)"):
         HopfieldLayer(input_size=8, quantity=4)(torch.randn(5, 8))
+
+
+def test_hopfield_layer_lookup_weights_and_targets_follow_hflayers():
+    with pytest.raises(ValueError, match="lookup_targets_as_trainable=False applies to separate targets only"):
+        HopfieldLayer(input_size=8, quantity=4, lookup_targets_as_trainable=False)
+    layer = HopfieldLayer(input_size=8, quantity=4, lookup_weights_as_separated=True, lookup_targets_as_trainable=False)
+    assert layer.stored.requires_grad and not layer.values.requires_grad
+    frozen = HopfieldLayer(input_size=8, quantity=4, trainable=False)  # shared lookup weights, frozen
+    assert not frozen.stored.requires_grad
+    with pytest.raises(ValueError, match="lookup_weights_as_separated=True learns separate targets"):
+        HopfieldLayer(input_size=8, stored_pattern=torch.randn(5, 8), lookup_weights_as_separated=True)
+
+
+def test_hopfield_layer_padding_mask_hides_memory_entries():
+    # a fixed memory used leave-one-out: each query may not retrieve its own entry
+    torch.manual_seed(0)
+    keys = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1) * 3
+    labels = torch.nn.functional.one_hot(torch.arange(6) % 2, 2).float()
+    mem = HopfieldLayer(input_size=8, hidden_size=8, stored_pattern=keys, pattern_projection=labels, scaling=10.0,
+                        state_pattern_as_static=True, stored_pattern_as_static=True,
+                        pattern_projection_as_static=True, normalize_stored_pattern=False,
+                        normalize_state_pattern=False, normalize_pattern_projection=False,
+                        disable_out_projection=True)
+    own = torch.eye(6, dtype=torch.bool)  # (B=6, N=6): query b may not see entry b
+    a = mem.get_association_matrix(keys[:, None], stored_pattern_padding_mask=own)  # (6, 1, 1, 6)
+    assert a.shape == (6, 1, 1, 6) and a[..., 0, 0, :].diagonal().abs().max() == 0
+    torch.testing.assert_close(a.sum(-1), torch.ones(6, 1, 1))
+    amask = torch.zeros(1, 6, dtype=torch.bool)
+    amask[0, :3] = True
+    a2 = mem.get_association_matrix(keys[:, None], association_mask=amask)
+    assert a2[..., :3].abs().max() == 0
+
+
+def test_pooling_association_matrix_takes_the_association_mask():
+    torch.manual_seed(0)
+    pool = HopfieldPooling(input_size=8, quantity=2)
+    amask = torch.tensor([[True, False, False, False], [False, False, False, True]])  # (quantity, N)
+    a = pool.get_association_matrix(torch.randn(3, 4, 8), association_mask=amask)
+    assert a[:, :, 0, 0].abs().max() == 0 and a[:, :, 1, 3].abs().max() == 0
