@@ -20,8 +20,12 @@ normalize_*_pattern[_affine], *_as_static, pattern_projection_as_connected, batc
 stored_pattern_padding_mask, association_mask, quantity, ...). This is an independent implementation.
 
 Masks use `nn.MultiheadAttention`'s conventions: boolean True = "may not attend"; a float mask is added to
-the scaled scores. With one step, no normalisation and beta = 1/sqrt(d_k) the layer computes exactly what
-`nn.MultiheadAttention` computes with the same weights (tests/model/test_hopfield.py checks this).
+the scaled scores; integer masks are refused (a 0/1 mask would otherwise be added, not mask). A row with
+nothing left to attend to (a fully padded bag) gives NaN for that batch element, as in
+`nn.MultiheadAttention`; the other elements are unaffected (their update steps too). Drop empty bags or give
+them a dummy pattern. With update_steps_max=0, no normalisation and beta = 1/sqrt(d_k) the layer computes
+exactly what `nn.MultiheadAttention` computes with the same weights (tests/model/test_hopfield_layers.py
+checks this).
 """
 
 from __future__ import annotations

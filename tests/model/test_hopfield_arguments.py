@@ -185,3 +185,16 @@ def test_pooling_association_matrix_takes_the_association_mask():
     amask = torch.tensor([[True, False, False, False], [False, False, False, True]])  # (quantity, N)
     a = pool.get_association_matrix(torch.randn(3, 4, 8), association_mask=amask)
     assert a[:, :, 0, 0].abs().max() == 0 and a[:, :, 1, 3].abs().max() == 0
+
+
+def test_fully_padded_bag_is_nan_and_leaves_the_others_alone():
+    # documented behaviour (as nn.MultiheadAttention): an all-padding bag has nothing to attend to -> NaN; the
+    # other bags' results, update steps included, are those they get on their own
+    torch.manual_seed(0)
+    pool = HopfieldPooling(input_size=8, scaling=0.2, update_steps_max=3, update_steps_eps=0.0)
+    x = torch.randn(2, 5, 8)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[1] = True
+    out = pool(x, stored_pattern_padding_mask=pad)
+    assert out[1].isnan().all()
+    torch.testing.assert_close(out[0], pool(x[:1])[0])
