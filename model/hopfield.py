@@ -10,9 +10,9 @@ Section 3 in the order they build on each other:
 
 Notation: N stored patterns, S state patterns, h heads, d_k = hidden_size (association space, per head),
 d_v = pattern_size (per head), B batch. The update in the association space is the paper's rule
-xi_new = X softmax(beta X^T xi) (Eq. 3) with X = K^T, xi = q; `update_steps_max` repeats it (Section 2:
-"the update converges after one step" for well-separated patterns; metastable states otherwise) before the
-final retrieval of the values.
+xi_new = X softmax(beta X^T xi) (Eq. 3) with X = K^T, xi = q; `update_steps_max` applies it that many times
+(Section 2: "the update converges after one step" for well-separated patterns; metastable states otherwise)
+before the final retrieval of the values; 0 (the default) is one softmax, i.e. attention.
 
 Argument names follow the authors' `hflayers` package where the meaning is the same (input_size,
 hidden_size, output_size, pattern_size, num_heads, scaling, update_steps_max, update_steps_eps,
@@ -20,13 +20,18 @@ normalize_*_pattern[_affine], *_as_static, pattern_projection_as_connected, batc
 stored_pattern_padding_mask, association_mask, quantity, ...). This is an independent implementation.
 
 Masks use `nn.MultiheadAttention`'s conventions: boolean True = "may not attend"; a float mask is added to
-the scaled scores. With one step, no normalisation and beta = 1/sqrt(d_k) the layer computes exactly what
-`nn.MultiheadAttention` computes with the same weights (tests/model/test_hopfield.py checks this).
+the scaled scores; integer masks are refused (a 0/1 mask would otherwise be added, not mask). A row with
+nothing left to attend to (a fully padded bag) gives NaN for that batch element, as in
+`nn.MultiheadAttention`; the other elements are unaffected (their update steps too). Drop empty bags or give
+them a dummy pattern. With update_steps_max=0, no normalisation and beta = 1/sqrt(d_k) the layer computes
+exactly what `nn.MultiheadAttention` computes with the same weights (tests/model/test_hopfield_layers.py
+checks this).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -69,8 +74,45 @@ def hopfield_retrieve(X: Tensor, xi: Tensor, beta: float, max_steps: int = 100, 
 # Section 3: layers.
 # ----------------------------------------------------------------------------------------------------------
 
+_UNBOUNDED_STEPS = 10_000  # update_steps_max=None: "until converged", with this many updates at most
+
+
 def _norm(size: int, enabled: bool, affine: bool) -> nn.Module:
     return nn.LayerNorm(size, elementwise_affine=affine) if enabled else nn.Identity()
+
+
+def _check_positive_int(owner: str, name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name}={value!r} must be an int")
+    if value < 1:
+        raise ValueError(f"{owner}: {name}={value} must be >= 1")
+
+
+def _check_patterns(owner: str, name: str, x, size: int, size_name: str, batch_first: bool, length: str = "N") -> None:
+    """x must be a 3-D tensor (B, L, size) (batch_first) or (L, B, size)."""
+    layout = f"(B, {length}, {size_name}={size})" if batch_first else f"({length}, B, {size_name}={size})"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner}: {name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{owner}: {name} must be 3-D {layout}, got shape {tuple(x.shape)}")
+    if x.shape[-1] != size:
+        raise ValueError(f"{owner}: {name} has {x.shape[-1]} features, expected {layout}, got shape {tuple(x.shape)}")
+
+
+def _additive(owner: str, name: str, mask: Tensor, dtype: torch.dtype, device) -> Tensor:
+    """A mask as scores to add: bool True -> -inf (may not attend), float -> added as it is (MHA's rule)."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(mask).__name__}")
+    mask = mask.to(device)
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(mask, float("-inf"))
+    if mask.is_floating_point():
+        return mask.to(dtype)
+    # an integer 0/1 mask would be added to the scores, not mask anything: refuse it like nn.MultiheadAttention
+    raise TypeError(f"{owner}: {name} has dtype {mask.dtype}; only bool (True = may not attend) and floating "
+                    f"(added to the scores) masks are supported, e.g. pass mask.bool()")
 
 
 class Hopfield(nn.Module):
@@ -87,10 +129,11 @@ class Hopfield(nn.Module):
       pattern_size: value size d_v per head (default hidden_size).
       num_heads: number of heads h.
       scaling: beta; a float, or one value per head (default 1/sqrt(d_k)).
-      update_steps_max: number of update steps, the last one being the retrieval of the values (the earlier
-        ones update the state in the association space); 0 or 1 means the single step of attention; None or
-        a negative value means "until converged" (per head, at most 10^4 steps).
-      update_steps_eps: convergence tolerance on ||q_new - q|| per head.
+      update_steps_max: number of updates of the state patterns in the association space (Eq. 3) before the
+        retrieval, as in hflayers: 0 = one softmax, plain attention; N = N updates, N + 1 softmaxes. None or a
+        negative value means "until converged" (at most 10^4 updates).
+      update_steps_eps: a head stops updating early once its association matrix moves by no more than this
+        (Frobenius norm over (S, N), largest over the batch), as in hflayers; 0 = never stop early.
       normalize_stored_pattern / normalize_state_pattern / normalize_pattern_projection (+ _affine):
         LayerNorm on the raw patterns before projection.
       normalize_hopfield_space (+ _affine): LayerNorm on the projected patterns (per head) in the association
@@ -136,18 +179,30 @@ class Hopfield(nn.Module):
         disable_out_projection: bool = False,
     ):
         super().__init__()
-        sizes = [s for s in (input_size, stored_pattern_size, state_pattern_size, pattern_projection_size) if s]
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size),
+                            ("pattern_size", pattern_size), ("num_heads", num_heads),
+                            ("stored_pattern_size", stored_pattern_size), ("state_pattern_size", state_pattern_size),
+                            ("pattern_projection_size", pattern_projection_size)):
+            _check_positive_int("Hopfield", name, value)
+        sizes = [s for s in (input_size, stored_pattern_size, state_pattern_size, pattern_projection_size)
+                 if s is not None]
         if not sizes:
             raise ValueError("Hopfield: give input_size (or stored/state/pattern_projection sizes)")
         input_size = input_size or sizes[0]
-        if num_heads < 1:
-            raise ValueError(f"Hopfield: num_heads={num_heads} must be >= 1")
         self.num_heads = h = num_heads
-        self.hidden_size = d_k = hidden_size or max(1, input_size // h)
+        if hidden_size is None and input_size % h:
+            # as nn.MultiheadAttention and hflayers: the default head size splits input_size evenly
+            raise ValueError(f"Hopfield: num_heads={h} does not divide input_size={input_size}; choose a divisor "
+                             f"or give hidden_size (the association size per head) explicitly")
+        self.hidden_size = d_k = hidden_size or input_size // h
         self.stored_pattern_size = stored_pattern_size or input_size
         self.state_pattern_size = state_pattern_size or input_size
         self.pattern_projection_size = pattern_projection_size or input_size
         if pattern_size is None and pattern_projection_as_static:
+            if self.pattern_projection_size % h:
+                raise ValueError(f"Hopfield: pattern_projection_as_static splits the pattern projection into "
+                                 f"num_heads={h} heads, but its size {self.pattern_projection_size} is not divisible;"
+                                 f" give pattern_size explicitly")
             pattern_size = self.pattern_projection_size // h  # static values are split into heads as they are
         self.pattern_size = d_v = pattern_size or d_k
         self.update_steps_max = update_steps_max
@@ -181,17 +236,63 @@ class Hopfield(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
         beta = torch.full((h,), 1.0 / math.sqrt(d_k)) if scaling is None else torch.as_tensor(scaling, dtype=torch.float32)
+        if beta.numel() not in (1, h):
+            raise ValueError(f"Hopfield: scaling has {beta.numel()} values; give one beta or one per head "
+                             f"(num_heads={h})")
+        if not bool((beta > 0).all() & beta.isfinite().all()):
+            raise ValueError(f"Hopfield: scaling={beta.tolist()} must be > 0 and finite (beta, the inverse temperature)")
         beta = beta.expand(h).clone() if beta.numel() == 1 else beta.reshape(h)
         self.register_buffer("scaling", beta)  # beta per head
+
+    @property
+    def update_steps_max(self) -> Optional[int]:
+        return self._update_steps_max
+
+    @update_steps_max.setter
+    def update_steps_max(self, value: Optional[int]) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise TypeError(f"Hopfield: update_steps_max={value!r} must be an int (number of updates; 0 = "
+                            f"attention) or None (until converged)")
+        self._update_steps_max = None if value is None else int(value)
+
+    @property
+    def update_steps_eps(self) -> float:
+        return self._update_steps_eps
+
+    @update_steps_eps.setter
+    def update_steps_eps(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise ValueError(f"Hopfield: update_steps_eps={value!r} must be a number >= 0")
+        self._update_steps_eps = float(value)
 
     # -- helpers --------------------------------------------------------------------------------------------
 
     def _split(self, input) -> tuple[Tensor, Tensor, Tensor]:
+        """(stored, state, projection) from one tensor or a tuple, checked against the sizes and each other."""
         if isinstance(input, Tensor):
+            _check_patterns("Hopfield", "input", input, self.stored_pattern_size, "input_size", self.batch_first)
+            if not self.stored_pattern_size == self.state_pattern_size == self.pattern_projection_size:
+                raise ValueError("Hopfield: a single input tensor needs stored_pattern_size == state_pattern_size == "
+                                 "pattern_projection_size; pass (stored_pattern, state_pattern, pattern_projection)")
             return input, input, input
-        if len(input) != 3:
+        if not isinstance(input, (tuple, list)) or len(input) != 3:
             raise ValueError("Hopfield: input is a tensor or a (stored_pattern, state_pattern, pattern_projection) tuple")
-        return tuple(input)
+        stored, state, projection = input
+        checks = [("stored_pattern", stored, self.stored_pattern_size, "N"),
+                  ("state_pattern", state, self.state_pattern_size, "S")]
+        if not self.pattern_projection_as_connected:  # connected: the values come from the stored patterns
+            checks.append(("pattern_projection", projection, self.pattern_projection_size, "N"))
+        for name, x, size, length in checks:
+            _check_patterns("Hopfield", name, x, size, f"{name}_size", self.batch_first, length)
+        b = 0 if self.batch_first else 1  # the batch dimension; 1 - b: the pattern dimension
+        shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x, _, _ in checks)
+        if len({x.shape[b] for _, x, _, _ in checks}) > 1:
+            raise ValueError(f"Hopfield: batch sizes differ (dimension {b} with batch_first={self.batch_first}): "
+                             f"{shapes}")
+        if len(checks) == 3 and stored.shape[1 - b] != projection.shape[1 - b]:
+            raise ValueError(f"Hopfield: stored_pattern and pattern_projection need the same number of patterns N "
+                             f"(dimension {1 - b}): {shapes}")
+        return stored, state, projection
 
     def _heads(self, x: Tensor, d: int) -> Tensor:
         B, L, _ = x.shape
@@ -202,14 +303,18 @@ class Hopfield(nn.Module):
         """Additive mask (B, h, S, N) or None, from MHA-style padding (B, N) and association masks."""
         bias = None
         if association_mask is not None:
-            m = association_mask.to(device)
+            m = _additive(type(self).__name__, "association_mask", association_mask, dtype, device)
+            if tuple(m.shape) not in ((S, N), (B * self.num_heads, S, N)):
+                raise ValueError(f"Hopfield: association_mask must have shape (S, N) = {(S, N)} or (B * num_heads, "
+                                 f"S, N) = {(B * self.num_heads, S, N)}, got {tuple(m.shape)}")
             if m.dim() == 3:  # (B * h, S, N), MultiheadAttention's layout
                 m = m.view(B, self.num_heads, S, N)  # (B, h, S, N)
-            m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m.to(dtype)
             bias = m
         if stored_pattern_padding_mask is not None:
-            p = stored_pattern_padding_mask.to(device)
-            p = torch.zeros(p.shape, dtype=dtype, device=device).masked_fill(p, float("-inf")) if p.dtype == torch.bool else p.to(dtype)
+            p = _additive(type(self).__name__, "stored_pattern_padding_mask", stored_pattern_padding_mask, dtype, device)
+            if tuple(p.shape) != (B, N):
+                raise ValueError(f"Hopfield: stored_pattern_padding_mask must have shape (B, N) = {(B, N)}, "
+                                 f"got {tuple(p.shape)}")
             p = p.view(B, 1, 1, N)  # (B, 1, 1, N)
             bias = p if bias is None else bias + p
         return bias
@@ -231,27 +336,28 @@ class Hopfield(nn.Module):
         return q, k, v
 
     def _associate(self, q: Tensor, k: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """Update q in the association space, then return the association matrix softmax(beta q k^T)."""
+        """The association matrix softmax(beta q k^T) after up to `update_steps_max` updates of q (hflayers'
+        counting: step 0 is plain attention, each update step adds one more softmax)."""
         beta = self.scaling.to(q.dtype).view(1, -1, 1, 1)  # (1, h, 1, 1)
-        steps = self.update_steps_max
-        unbounded = steps is None or steps < 0
-        step = 1
-        while True:
+
+        def associate(q: Tensor) -> Tensor:
             scores = beta * q @ k.transpose(-2, -1)  # beta Q K^T: (B, h, S, N)
-            if bias is not None:
-                scores = scores + bias
-            a = torch.softmax(scores, dim=-1)  # (B, h, S, N)
-            if not unbounded and step >= max(1, steps):
-                return a
-            q_new = a @ k  # Eq. 3, transposed: Q_new = softmax(beta Q K^T) K: (B, h, S, d_k)
-            moved = (q_new - q).norm(dim=-1).amax(dim=(0, 2))  # (h,)
-            # heads that have converged keep their state (per-head stopping, as in hflayers)
-            active = (moved > self.update_steps_eps).view(1, -1, 1, 1)
-            q = torch.where(active, q_new, q)
-            step += 1
-            if not bool(active.any()) or (unbounded and step > 10_000):
-                scores = beta * q @ k.transpose(-2, -1)  # (B, h, S, N)
-                return torch.softmax(scores + bias if bias is not None else scores, dim=-1)
+            return torch.softmax(scores if bias is None else scores + bias, dim=-1)  # (B, h, S, N)
+
+        a = associate(q)  # step 0: one softmax, attention
+        steps = self.update_steps_max
+        steps = _UNBOUNDED_STEPS if steps is None or steps < 0 else steps
+        active = torch.ones(q.shape[1], dtype=torch.bool, device=q.device)  # (h,)
+        for _ in range(steps):
+            q = a @ k  # Eq. 3, transposed: Q_new = softmax(beta Q K^T) K: (B, h, S, d_k)
+            a_new = associate(q)  # (B, h, S, N)
+            with torch.no_grad():  # per head: how far the association matrix moved (max over the batch)
+                moved = (a_new - a).norm(dim=(-2, -1)).nan_to_num(0.0).amax(dim=0)  # (h,)
+            a = torch.where(active.view(1, -1, 1, 1), a_new, a)  # heads that stopped keep their matrix
+            active = active & (moved > self.update_steps_eps)
+            if not bool(active.any()):
+                break
+        return a
 
     # -- forward --------------------------------------------------------------------------------------------
 
@@ -286,6 +392,7 @@ class HopfieldPooling(nn.Module):
                  num_heads: int = 1, quantity: int = 1, trainable: bool = True, batch_first: bool = True,
                  state_pattern_size: Optional[int] = None, **kwargs):
         super().__init__()
+        _check_positive_int("HopfieldPooling", "quantity", quantity, allow_none=False)
         self.quantity = quantity
         self.batch_first = batch_first
         self.hopfield = Hopfield(input_size=input_size, hidden_size=hidden_size, output_size=output_size,
@@ -302,6 +409,8 @@ class HopfieldPooling(nn.Module):
     def forward(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
                 association_mask: Optional[Tensor] = None, return_association: bool = False):
         # input: Y (B, N, input_size) -> (B, quantity * output_size)
+        _check_patterns("HopfieldPooling", "input", input, self.hopfield.stored_pattern_size, "input_size",
+                        self.batch_first)
         if not self.batch_first:
             input = input.transpose(0, 1)  # (B, N, input_size)
         B = input.shape[0]
@@ -312,8 +421,10 @@ class HopfieldPooling(nn.Module):
         return (z, a) if return_association else z
 
     @torch.no_grad()
-    def get_association_matrix(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None) -> Tensor:
-        return self.forward(input, stored_pattern_padding_mask, return_association=True)[1]  # (B, h, quantity, N)
+    def get_association_matrix(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
+                               association_mask: Optional[Tensor] = None) -> Tensor:
+        """The association matrix after the updates: (B, h, quantity, N)."""
+        return self.forward(input, stored_pattern_padding_mask, association_mask, return_association=True)[1]
 
 
 class HopfieldLayer(nn.Module):
@@ -323,18 +434,44 @@ class HopfieldLayer(nn.Module):
     Z = softmax(beta R W_Q W_K^T Y^T) Y W_V. Input (B, S, input_size) (batch_first); output (B, S, output_size).
 
       quantity: number of learned stored patterns (ignored when stored_pattern is given).
-      lookup_weights_as_separated: learn separate value vectors instead of reusing the stored patterns.
-      lookup_targets_as_trainable: whether the learned values are trained.
-      stored_pattern (N, d_y), pattern_projection (N, d_p): fixed memories (buffers, not trained).
+      trainable: whether the learned stored patterns (the lookup weights) are trained.
+      lookup_weights_as_separated: learn separate value vectors (targets) instead of reusing the stored patterns.
+      lookup_targets_as_trainable: whether those separate targets are trained. As in hflayers it applies to
+        separate targets only; without them the values are the lookup weights, governed by `trainable`, so
+        lookup_targets_as_trainable=False without lookup_weights_as_separated is refused, not ignored.
+      stored_pattern (N, d_y), pattern_projection (N, d_p): fixed memories (buffers, not trained); they
+        replace the learned ones, so lookup_weights_as_separated cannot be combined with them.
+
+    forward(input, stored_pattern_padding_mask, association_mask): the padding mask (B, N) hides memory
+    entries per batch element (e.g. a sample's own entry in a leave-one-out lookup), as in hflayers.
     """
 
     def __init__(self, input_size: int, hidden_size: Optional[int] = None, output_size: Optional[int] = None,
                  pattern_size: Optional[int] = None, num_heads: int = 1, quantity: int = 1,
                  lookup_weights_as_separated: bool = False, lookup_targets_as_trainable: bool = True,
                  stored_pattern: Optional[Tensor] = None, pattern_projection: Optional[Tensor] = None,
-                 batch_first: bool = True, **kwargs):
+                 batch_first: bool = True, trainable: bool = True, **kwargs):
         super().__init__()
         self.batch_first = batch_first
+        _check_positive_int("HopfieldLayer", "input_size", input_size, allow_none=False)
+        if stored_pattern is None:
+            _check_positive_int("HopfieldLayer", "quantity", quantity, allow_none=False)
+            if not lookup_targets_as_trainable and not lookup_weights_as_separated:
+                raise ValueError("HopfieldLayer: lookup_targets_as_trainable=False applies to separate targets "
+                                 "only (lookup_weights_as_separated=True); without them the values are the "
+                                 "lookup weights: freeze those with trainable=False")
+        else:
+            if lookup_weights_as_separated:
+                raise ValueError("HopfieldLayer: lookup_weights_as_separated=True learns separate targets, but a "
+                                 "fixed stored_pattern was given; pass its values as pattern_projection instead")
+            for name, t in (("stored_pattern", stored_pattern), ("pattern_projection", pattern_projection)):
+                if t is not None and (not isinstance(t, Tensor) or t.dim() != 2 or not t.is_floating_point()):
+                    raise ValueError(f"HopfieldLayer: {name} must be a 2-D float tensor (N, features), got "
+                                     f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
+                                     f"{' of ' + str(t.dtype) if isinstance(t, Tensor) else ''}")
+            if pattern_projection is not None and len(pattern_projection) != len(stored_pattern):
+                raise ValueError(f"HopfieldLayer: pattern_projection has {len(pattern_projection)} rows, "
+                                 f"stored_pattern {len(stored_pattern)}: one value per stored pattern")
         if stored_pattern is not None:
             self.register_buffer("stored", stored_pattern.detach().clone().unsqueeze(0))  # (1, N, d_y)
             proj = stored_pattern if pattern_projection is None else pattern_projection
@@ -342,7 +479,7 @@ class HopfieldLayer(nn.Module):
         else:
             w = torch.empty(1, quantity, input_size)
             nn.init.normal_(w, std=1.0 / math.sqrt(input_size))
-            self.stored = nn.Parameter(w)  # learned Y
+            self.stored = nn.Parameter(w, requires_grad=trainable)  # learned Y
             if lookup_weights_as_separated:
                 t = torch.empty(1, quantity, input_size)
                 nn.init.normal_(t, std=1.0 / math.sqrt(input_size))
@@ -355,19 +492,24 @@ class HopfieldLayer(nn.Module):
                                  pattern_projection_size=(self.stored if self.values is None else self.values).shape[-1],
                                  **kwargs)
 
-    def forward(self, input: Tensor, association_mask: Optional[Tensor] = None, return_association: bool = False):
-        # input: R (B, S, input_size) -> (B, S, output_size)
+    def forward(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
+                association_mask: Optional[Tensor] = None, return_association: bool = False):
+        # input: R (B, S, input_size) -> (B, S, output_size); stored_pattern_padding_mask (B, N)
+        _check_patterns("HopfieldLayer", "input", input, self.hopfield.state_pattern_size, "input_size",
+                        self.batch_first, length="S")
         if not self.batch_first:
             input = input.transpose(0, 1)  # (B, S, input_size)
         B = input.shape[0]
         stored = self.stored.expand(B, -1, -1)  # Y: (B, N, d_y)
         values = stored if self.values is None else self.values.expand(B, -1, -1)  # (B, N, d_p)
-        out = self.hopfield((stored, input, values), association_mask=association_mask,
+        out = self.hopfield((stored, input, values), stored_pattern_padding_mask, association_mask,
                             return_association=return_association)
         if not self.batch_first:
             out = (out[0].transpose(0, 1), out[1]) if return_association else out.transpose(0, 1)  # (S, B, *)
         return out
 
     @torch.no_grad()
-    def get_association_matrix(self, input: Tensor) -> Tensor:
-        return self.forward(input, return_association=True)[1]  # (B, h, S, N)
+    def get_association_matrix(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
+                               association_mask: Optional[Tensor] = None) -> Tensor:
+        """The association matrix after the updates: (B, h, S, N)."""
+        return self.forward(input, stored_pattern_padding_mask, association_mask, return_association=True)[1]

@@ -15,7 +15,8 @@ Blocks, as in the paper:
   SlotAttentionSetPredictor Section 2.2 "Set prediction": encoder, slot attention, per-slot MLP head
 
 The number of slots and of iterations are arguments of `forward`, so both can change at test time
-(Section 4.1, "generalisation to more objects / more iterations"). Slots are exchangeable: nothing in
+(Section 4.1, "generalisation to more objects / more iterations"); None means the constructor's value, and
+both must be >= 1 (zero rounds would leave no attention to return). Slots are exchangeable: nothing in
 `SlotAttention` depends on a slot's index, which makes it permutation-equivariant in the slots given a
 fixed initialisation (Section 2.1, "Permutation equivariance").
 
@@ -25,6 +26,7 @@ the trainer in evaluation/downstream/slots.py.
 
 from __future__ import annotations
 
+import numbers
 
 import torch
 import torch.nn as nn
@@ -60,6 +62,14 @@ class SoftPositionEmbed(nn.Module):
 UPDATE_NORMS = ("mean", "sum")
 
 
+def _check_count(name: str, value) -> None:
+    """num_slots, iters and sizes are integers >= 1 (zero iterations would leave no attention to return)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an int")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be >= 1")
+
+
 class SlotAttention(nn.Module):
     """Algorithm 1 of the paper. `dim` is the slot size D; inputs have `input_dim` features."""
 
@@ -69,6 +79,10 @@ class SlotAttention(nn.Module):
         super().__init__()
         if update_norm not in UPDATE_NORMS:
             raise ValueError(f"update_norm={update_norm!r}: expected one of {UPDATE_NORMS}")
+        for name, value in (("num_slots", num_slots), ("dim", dim), ("iters", iters), ("mlp_hidden", mlp_hidden)):
+            _check_count(name, value)
+        if input_dim is not None:
+            _check_count("input_dim", input_dim)
         self.num_slots = num_slots
         self.update_norm = update_norm
         self.iters = iters
@@ -82,7 +96,7 @@ class SlotAttention(nn.Module):
         self.dim = dim
         self.eps = eps
         self.scale = dim ** -0.5  # 1/sqrt(D) in Eq. 1
-        input_dim = input_dim or dim
+        self.input_dim = input_dim = input_dim or dim
         # Slots are sampled from N(mu, diag(sigma^2)) with learned mu, sigma shared by all slots (Section 2.1).
         self.slots_mu = nn.Parameter(torch.zeros(1, 1, dim))
         self.slots_log_sigma = nn.Parameter(torch.zeros(1, 1, dim))
@@ -105,9 +119,23 @@ class SlotAttention(nn.Module):
     def forward(self, inputs: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
                 slots: torch.Tensor | None = None, generator: torch.Generator | None = None):
         # inputs: (B, N, D_in); slots (optional initial slots): (B, K, D)
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[-1] != self.input_dim:
+            got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise ValueError(f"SlotAttention: inputs must have shape (B, N, input_dim={self.input_dim}), got {got}")
         B = inputs.shape[0]
-        K = num_slots or (slots.shape[1] if slots is not None else self.num_slots)
-        T = iters or self.iters
+        if num_slots is not None:  # `is None`, not `or`: num_slots=0 / iters=0 are refused, not replaced
+            _check_count("num_slots", num_slots)
+        if iters is not None:
+            _check_count("iters", iters)
+        if slots is not None:
+            if slots.dim() != 3 or slots.shape[0] != B or slots.shape[2] != self.dim:
+                raise ValueError(f"SlotAttention: slots must have shape (B={B}, K, dim={self.dim}), "
+                                 f"got {tuple(slots.shape)}")
+            if num_slots is not None and num_slots != slots.shape[1]:
+                raise ValueError(f"SlotAttention: num_slots={num_slots} but the given slots have "
+                                 f"K={slots.shape[1]}; pass one or the other")
+        K = num_slots if num_slots is not None else (slots.shape[1] if slots is not None else self.num_slots)
+        T = iters if iters is not None else self.iters
         if slots is None:
             slots = self.init_slots(B, K, generator)  # (B, K, D)
         inputs = self.norm_inputs(inputs)  # Algorithm 1, line 2
@@ -176,30 +204,61 @@ class Encoder(nn.Module):
         return self.mlp(self.norm(x))  # (B, N, out_dim)
 
 
+def _doublings(start: int, target: int) -> int:
+    """How many times `start` must double to reach `target`."""
+    n = 0
+    while start < target:
+        start, n = start * 2, n + 1
+    return n
+
+
 class SpatialBroadcastDecoder(nn.Module):
     """Each slot is tiled on an (h0, w0) grid, given the position embedding and decoded by a CNN into
     4 channels: RGB and an alpha logit (App. E.1, Watters et al. 2019). With h0 < image height the grid is
-    upsampled by stride-2 transposed convolutions (the paper's CLEVR decoder) and cropped to the image."""
+    upsampled by stride-2 transposed convolutions (the paper's CLEVR decoder) and cropped to the image; for a
+    non-square image the axis that needs fewer doublings keeps stride 1 in the extra steps."""
 
     def __init__(self, slot_dim: int = 64, hidden: int = 32, layers: int = 4, kernel: int = 5,
                  image_size: tuple[int, int] = (35, 35), broadcast_size: tuple[int, int] | None = None):
         super().__init__()
         self.image_size = tuple(image_size)
         self.broadcast_size = tuple(broadcast_size or image_size)
-        n_up = 0
-        h = self.broadcast_size[0]
-        while h < self.image_size[0]:
-            h, n_up = h * 2, n_up + 1
+        for name, size in (("image_size", self.image_size), ("broadcast_size", self.broadcast_size)):
+            if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in size):
+                raise ValueError(f"SpatialBroadcastDecoder: {name}={size} must be (height, width), integers >= 1")
+        # stride-2 upsamplings per axis until the grid covers the image; a non-square image may need more along
+        # one axis: those steps then upsample that axis only (stride 1 along the other)
+        n_up_hw = [_doublings(b, i) for b, i in zip(self.broadcast_size, self.image_size)]
+        n_up = max(n_up_hw)
         self.pos = SoftPositionEmbed(slot_dim)
         ups: list[nn.Module] = []
         cin = slot_dim
-        for _ in range(n_up):
-            ups += [nn.ConvTranspose2d(cin, hidden, kernel, stride=2, padding=kernel // 2, output_padding=1),
-                    nn.ReLU()]
+        for step in range(n_up):
+            sh, sw = (2 if step < n else 1 for n in n_up_hw)
+            stride, out_pad = (2, 1) if sh == sw else ((sh, sw), (sh - 1, sw - 1))
+            ups += [nn.ConvTranspose2d(cin, hidden, kernel, stride=stride, padding=kernel // 2,
+                                       output_padding=out_pad), nn.ReLU()]
             cin = hidden
         self.up = nn.Sequential(*ups)
         self.cnn = conv_stack([cin] + [hidden] * max(layers - n_up - 1, 0), kernel, final_act=True)
         self.out = nn.Conv2d(hidden if (layers - n_up - 1 > 0 or n_up) else cin, 4, 3, padding=1)
+        out_size = self.output_grid()
+        if out_size[0] < self.image_size[0] or out_size[1] < self.image_size[1]:
+            raise ValueError(f"SpatialBroadcastDecoder: kernel={kernel} with broadcast_size={self.broadcast_size} "
+                             f"decodes a {out_size} grid, smaller than image_size={self.image_size}; use an odd "
+                             f"kernel")
+
+    def output_grid(self) -> tuple[int, int]:
+        """(H'', W'') the convolutions produce from the broadcast grid, before cropping to the image."""
+        size = list(self.broadcast_size)
+        for m in [*self.up, *self.cnn, self.out]:
+            for ax in (0, 1):
+                if isinstance(m, nn.ConvTranspose2d):
+                    size[ax] = ((size[ax] - 1) * m.stride[ax] - 2 * m.padding[ax] + m.kernel_size[ax]
+                                + m.output_padding[ax])
+                elif isinstance(m, nn.Conv2d):
+                    size[ax] = (size[ax] + 2 * m.padding[ax] - m.kernel_size[ax]) // m.stride[ax] + 1
+        return size[0], size[1]
 
     def forward(self, slots: torch.Tensor):
         # slots: (B, K, D)
@@ -211,6 +270,16 @@ class SpatialBroadcastDecoder(nn.Module):
         x = self.out(x)[:, :, : self.image_size[0], : self.image_size[1]]  # (B*K, 4, H, W)
         x = x.reshape(B, K, 4, *self.image_size)  # (B, K, 4, H, W)
         return x[:, :, :3], x[:, :, 3:]  # rgb (B, K, 3, H, W), alpha logits (B, K, 1, H, W)
+
+
+def _check_image(image: torch.Tensor, size: tuple[int, int] | None = None) -> None:
+    """image: (B, 3, H, W); the autoencoder decodes a fixed (H, W), so it must match its image_size."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must have shape (B, 3, H, W), got {got}")
+    if size is not None and tuple(image.shape[2:]) != tuple(size):
+        raise ValueError(f"image is {tuple(image.shape[2:])} (H, W) but the model was built for image_size={tuple(size)}"
+                         f": its decoder only draws that size")
 
 
 class SlotAttentionAutoEncoder(nn.Module):
@@ -232,6 +301,7 @@ class SlotAttentionAutoEncoder(nn.Module):
     def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         # image: (B, 3, H, W) in [-1, 1]
+        _check_image(image, self.decoder.image_size)
         feats = self.encoder(image)  # (B, N, D)
         slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator)  # (B, K, D), (B, K, N)
         rgb, alpha = self.decoder(slots)  # (B, K, 3, H, W), (B, K, 1, H, W)
@@ -258,6 +328,7 @@ class SlotAttentionSetPredictor(nn.Module):
     def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         # image: (B, 3, H, W) in [-1, 1]
+        _check_image(image)
         feats = self.encoder(image)  # (B, N, D)
         slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator)  # (B, K, D)
         return {"pred": torch.sigmoid(self.head(slots)), "slots": slots, "attn": attn}  # pred: (B, K, out_dim)

@@ -163,3 +163,66 @@ def test_set_predictor_outputs_one_vector_per_slot():
     assert out["pred"].shape == (3, 7, 11)
     assert out["attn"].shape == (3, 7, 32 * 32)  # strided encoder: 32 x 32 input tokens
     assert (out["pred"] >= 0).all() and (out["pred"] <= 1).all()
+
+
+def test_zero_slots_or_iterations_are_refused_not_replaced(sa):
+    # `iters or self.iters` used to turn iters=0 into the default silently; zero rounds leave no attention
+    x = torch.randn(2, 20, 12, dtype=torch.double)
+    with pytest.raises(ValueError, match="iters=0 must be >= 1"):
+        sa(x, iters=0)
+    with pytest.raises(ValueError, match="num_slots=0 must be >= 1"):
+        sa(x, num_slots=0)
+    with pytest.raises(ValueError, match="iters=0 must be >= 1"):
+        SlotAttention(num_slots=3, dim=8, iters=0)
+    with pytest.raises(ValueError, match="num_slots=-1 must be >= 1"):
+        SlotAttention(num_slots=-1, dim=8)
+    with pytest.raises(TypeError, match="iters=2.5 must be an int"):
+        sa(x, iters=2.5)
+    out, attn = sa(x, num_slots=1, iters=1)
+    assert out.shape == (2, 1, 16) and attn.shape == (2, 1, 20)
+
+
+def test_input_and_slot_shapes_are_checked(sa):
+    with pytest.raises(ValueError, match=r"inputs must have shape \(B, N, input_dim=12\), got \(20, 12\)"):
+        sa(torch.randn(20, 12, dtype=torch.double))
+    with pytest.raises(ValueError, match=r"inputs must have shape \(B, N, input_dim=12\), got \(2, 20, 16\)"):
+        sa(torch.randn(2, 20, 16, dtype=torch.double))
+    x = torch.randn(2, 20, 12, dtype=torch.double)
+    with pytest.raises(ValueError, match=r"slots must have shape \(B=2, K, dim=16\), got \(2, 5, 8\)"):
+        sa(x, slots=torch.randn(2, 5, 8, dtype=torch.double))
+    with pytest.raises(ValueError, match="num_slots=4 but the given slots have K=5"):
+        sa(x, num_slots=4, slots=torch.randn(2, 5, 16, dtype=torch.double))
+
+
+def test_autoencoder_refuses_an_image_of_another_size():
+    m = SlotAttentionAutoEncoder(image_size=(35, 35), num_slots=2, slot_dim=8, mlp_hidden=8, enc_hidden=4,
+                                 enc_layers=2, enc_kernel=3, dec_hidden=4, dec_layers=2, dec_kernel=3)
+    with pytest.raises(ValueError, match=r"image is \(40, 40\) \(H, W\) but the model was built for image_size=\(35, 35\)"):
+        m(torch.rand(1, 3, 40, 40))
+    with pytest.raises(ValueError, match=r"image must have shape \(B, 3, H, W\), got \(3, 35, 35\)"):
+        m(torch.rand(3, 35, 35))
+
+
+@pytest.mark.parametrize("image,broadcast", [((32, 64), (8, 8)), ((64, 32), (8, 8)), ((20, 35), (5, 9)),
+                                             ((32, 64), (8, 16))])
+def test_decoder_supports_non_square_images(image, broadcast):
+    # upsampling steps were counted from the height only: (32, 64) from (8, 8) failed with a reshape error
+    torch.manual_seed(0)
+    dec = SpatialBroadcastDecoder(slot_dim=8, hidden=4, layers=4, kernel=3, image_size=image,
+                                  broadcast_size=broadcast)
+    rgb, alpha = dec(torch.randn(2, 3, 8))
+    assert rgb.shape == (2, 3, 3, *image) and alpha.shape == (2, 3, 1, *image)
+    h, w = dec.output_grid()
+    assert h >= image[0] and w >= image[1]
+    m = SlotAttentionAutoEncoder(image_size=image, num_slots=2, slot_dim=8, mlp_hidden=8, enc_hidden=4,
+                                 enc_layers=2, enc_kernel=3, dec_hidden=4, dec_layers=3, dec_kernel=3,
+                                 broadcast_size=broadcast)
+    out = m(torch.rand(1, 3, *image))
+    assert out["recon"].shape == (1, 3, *image)
+
+
+def test_decoder_refuses_sizes_it_cannot_draw():
+    with pytest.raises(ValueError, match=r"broadcast_size=\(8,\) must be \(height, width\)"):
+        SpatialBroadcastDecoder(slot_dim=8, image_size=(32, 32), broadcast_size=(8,))
+    with pytest.raises(ValueError, match=r"kernel=4 .* smaller than image_size=\(32, 32\)"):
+        SpatialBroadcastDecoder(slot_dim=8, kernel=4, layers=4, image_size=(32, 32), broadcast_size=(8, 8))
