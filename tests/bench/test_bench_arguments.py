@@ -1,0 +1,63 @@
+"""The bench scripts refuse what cannot run here, and bad values, in one line with exit code 2, before
+anything is timed or written (as `mnemos` commands do)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+
+
+def bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def refused(name: str, argv: list[str], capsys) -> str:
+    """The error line of a refused run (argparse prints the usage above it)."""
+    with pytest.raises(SystemExit) as stop:
+        bench(name).main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@NO_CUDA
+@pytest.mark.parametrize("name, argv", [("hopfield_layers", ["--device", "cuda"]),
+                                        ("train_throughput", ["--device", "cuda", "--smoke"])])
+def test_cuda_without_cuda_is_refused(tmp_path, capsys, name, argv):
+    out = tmp_path / "r.json"
+    line = refused(name, [*argv, "--out", str(out)], capsys)
+    assert "--device cuda (rule: needs a CUDA GPU" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("hopfield_layers", ["--steps", "a,b"], "argument --steps: each item must be an integer >= 1, got 'a' (in 'a,b')"),
+    ("hopfield_layers", ["--heads", "7"], "--heads 7 (rule: must divide --d 256"),
+    ("hopfield_layers", ["--repeats", "0"], "argument --repeats: must be an integer >= 1, got 0"),
+    ("train_throughput", ["--smoke", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+    ("train_throughput", ["--smoke", "--lr", "0"], "argument --lr: must be a number > 0, got 0"),
+    ("train_throughput", ["--smoke", "--device", "gpu"], "argument --device: must be cpu or cuda[:N], got 'gpu'"),
+    ("train_throughput", ["--sizes", "gpt3-huge"], "argument --sizes: invalid choice: 'gpt3-huge'"),
+])
+def test_bad_value_is_refused_in_one_line(tmp_path, capsys, name, argv, message):
+    out = tmp_path / "r.json"
+    assert message in refused(name, [*argv, "--out", str(out)], capsys)
+    assert not out.exists()
+
+
+@NO_CUDA
+def test_cuda_only_variant_on_cpu_is_refused_before_the_output_is_touched(tmp_path, capsys):
+    out = tmp_path / "train_throughput_cpu_smoke.json"
+    out.write_text('{"kept": true}\n')
+    line = refused("train_throughput", ["--smoke", "--variants", "mnemos-eager", "mnemos-fast-cudnn",
+                                        "--out", str(out)], capsys)
+    assert "--variants mnemos-fast-cudnn (rule: needs a CUDA device" in line
+    assert out.read_text() == '{"kept": true}\n'
