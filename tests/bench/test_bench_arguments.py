@@ -61,3 +61,24 @@ def test_cuda_only_variant_on_cpu_is_refused_before_the_output_is_touched(tmp_pa
                                         "--out", str(out)], capsys)
     assert "--variants mnemos-fast-cudnn (rule: needs a CUDA device" in line
     assert out.read_text() == '{"kept": true}\n'
+
+
+def test_layer_175b_tp_that_does_not_divide_the_heads_is_refused(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    line = refused("layer_175b", ["--tp", "7", "--out", str(out)], capsys)
+    assert "--tp 7 (rule: must divide n_head 96 and d_ff 49152 of gpt3-175b" in line
+    assert not out.exists()
+
+
+def test_layer_175b_smoke_reports_small_rates_without_rounding_them_to_zero(tmp_path, capsys):
+    """A CPU runs the tiny smoke layer at GFLOP/s: the log and the JSON must not say 0 TFLOP/s."""
+    import json
+    import re
+    out = tmp_path / "smoke.json"
+    assert bench("layer_175b").main(["--smoke", "--iters", "1", "--warmup", "0", "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert not re.search(r"(?<![\d.])0(\.0)? TFLOP/s", log), log
+    assert re.search(r"matmul ceiling: [\d.]+ [GT]FLOP/s", log)
+    record = json.loads(out.read_text())
+    rates = [t["model_tflops"] for t in record["timings"].values()] + [record["matmul_ceiling_tflops"]]
+    assert all(r > 0 for r in rates), rates
