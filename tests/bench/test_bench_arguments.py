@@ -82,3 +82,34 @@ def test_layer_175b_smoke_reports_small_rates_without_rounding_them_to_zero(tmp_
     record = json.loads(out.read_text())
     rates = [t["model_tflops"] for t in record["timings"].values()] + [record["matmul_ceiling_tflops"]]
     assert all(r > 0 for r in rates), rates
+
+
+def test_data_reader_help_runs_nothing_and_writes_nothing(capsys):
+    results = BENCH / "results" / "data_reader.json"
+    before = results.stat().st_mtime_ns if results.exists() else None
+    with pytest.raises(SystemExit) as stop:
+        bench("data_reader").main(["--help"])
+    assert stop.value.code == 0
+    assert "--out" in capsys.readouterr().out
+    assert (results.stat().st_mtime_ns if results.exists() else None) == before
+
+
+def test_data_reader_writes_out_and_removes_its_small_files(tmp_path, monkeypatch, shared_data):
+    import json
+    import tempfile
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where mkdtemp puts the bench's small files
+    out = tmp_path / "reader.json"
+    assert bench("data_reader").main(["--workloads", "many_small_txt", "--files", "2", "--repeat", "1",
+                                      "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert list(record["workloads"]) == ["many_small_txt"] and record["workloads"]["many_small_txt"]["files"] == 2
+    assert list(scratch.iterdir()) == []
+
+
+def test_data_reader_bad_workload_is_refused(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    line = refused("data_reader", ["--workloads", "parquet", "--out", str(out)], capsys)
+    assert "argument --workloads: must be comma-separated names of many_small_txt, large_txt, jsonl, got 'parquet'" in line
+    assert not out.exists()
