@@ -2,6 +2,7 @@
 
 Reports times and the ratio to the peer measured in the same run (no absolute targets):
     python bench/hopfield_layers.py --out bench/results/hopfield_layers.json [--device cuda]
+A bad value or a device this machine lacks is refused in one line (exit 2) before anything is timed or written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,18 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from launcher.argtypes import comma_list, integer, output_file  # noqa: E402
 from model.hopfield import Hopfield  # noqa: E402
+
+DEVICES = ("cpu", "cuda")
+
+
+def device_problem(device: str) -> str | None:
+    """Why `--device` cannot run here, or None."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return ("--device cuda (rule: needs a CUDA GPU and a CUDA build of torch; this torch "
+                f"{torch.__version__} sees none; use --device cpu)")
+    return None
 
 
 def _time(fn, repeats: int, device: str) -> float:
@@ -54,21 +66,27 @@ def run(batch: int, seq: int, d: int, heads: int, steps: list[int], repeats: int
     return rows
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--d", type=int, default=256)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--steps", default="1,3", help="update_steps_max values to time")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="bench/results/hopfield_layers.json")
-    args = p.parse_args()
+    p.add_argument("--batch", type=integer(1), default=8)
+    p.add_argument("--seq", type=integer(1), default=256)
+    p.add_argument("--d", type=integer(1), default=256)
+    p.add_argument("--heads", type=integer(1), default=8)
+    p.add_argument("--steps", type=comma_list(integer(1), distinct=True), default="1,3",
+                   help="comma-separated update_steps_max values to time, e.g. 1,3")
+    p.add_argument("--repeats", type=integer(1), default=10)
+    p.add_argument("--device", choices=DEVICES, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=integer(1), default=1)
+    p.add_argument("--out", type=output_file, default="bench/results/hopfield_layers.json")
+    args = p.parse_args(argv)
+    problem = device_problem(args.device)
+    if problem:
+        p.error(problem)
+    if args.d % args.heads:
+        p.error(f"--heads {args.heads} (rule: must divide --d {args.d}; each head gets d / heads features)")
     torch.set_num_threads(args.threads)
-    rows = run(args.batch, args.seq, args.d, args.heads, [int(s) for s in args.steps.split(",")], args.repeats,
-               args.device)
+    steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    rows = run(args.batch, args.seq, args.d, args.heads, steps, args.repeats, args.device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(config=vars(args), results=rows), indent=2))

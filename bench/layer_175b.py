@@ -44,14 +44,19 @@ from torch.utils.checkpoint import checkpoint  # noqa: E402
 SMOKE_PRESET = "gpt-mini"  # --smoke: a tiny preset, so `mnemos plan --model gpt-mini` can read the result
 
 
+def block_config(shape: dict):
+    from launcher.config import ModelConfig
+    return ModelConfig(**{k: v for k, v in shape.items() if k in ModelConfig.model_fields}, dropout=0.0)
+
+
 def tp_local_block(shape: dict, tp: int, device, dtype):
     """model.gpt.Block at `shape`'s width with TP rank 0's local linear shapes (what parallelize swaps in)."""
-    from launcher.config import ModelConfig
     from model.gpt import Block
-    cfg = ModelConfig(**{k: v for k, v in shape.items() if k in ModelConfig.model_fields}, dropout=0.0)
+    cfg = block_config(shape)
     d, f = cfg.d_model, cfg.ff_width
     if cfg.n_head % tp or f % tp:
-        raise SystemExit(f"--tp={tp} must divide n_head={cfg.n_head} and d_ff={f}")
+        raise ValueError(f"--tp {tp} (rule: must divide n_head {cfg.n_head} and d_ff {f}; each rank holds whole "
+                         f"heads and an equal share of the MLP)")
     with torch.device("meta"):
         block = Block(cfg, local=False)
     block.attn.qkv = nn.Linear(d, 3 * d // tp, device="meta")  # column-parallel: this rank's q, k, v heads
@@ -67,6 +72,21 @@ def tp_local_block(shape: dict, tp: int, device, dtype):
             else:
                 p.normal_(0.0, 0.02, generator=g)
     return block.to(dtype), cfg
+
+
+def sig(x: float, digits: int = 3) -> float:
+    """x to `digits` significant digits (a CPU smoke run's 0.04 TFLOP/s must not round to 0.0)."""
+    return float(f"{x:.{digits}g}")
+
+
+def json_rate(tflops: float) -> float:
+    """A FLOP rate for the JSON: one decimal in TFLOP/s, 3 significant digits below 1 TFLOP/s."""
+    return round(tflops, 1) if tflops >= 1 else sig(tflops)
+
+
+def rate_text(tflops: float) -> str:
+    """A FLOP rate for people: TFLOP/s on a GPU, GFLOP/s below 1 TFLOP/s (the CPU smoke run)."""
+    return f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{sig(tflops * 1e3)} GFLOP/s"
 
 
 def time_ms(fn, iters: int, warmup: int, cuda: bool) -> float:
@@ -137,9 +157,10 @@ def measure(args) -> dict:
                 print(f"{key}: failed: {timings[key]['error']}", flush=True)
                 continue
             flops = layer_flops / 3 if name == "fwd" else layer_flops
-            timings[key] = {"ms": round(ms, 4), "model_tflops": round(flops / (ms * 1e-3) / 1e12, 1),
+            tflops = flops / (ms * 1e-3) / 1e12
+            timings[key] = {"ms": round(ms, 4), "model_tflops": json_rate(tflops),
                             "first_call_s": round(time.perf_counter() - t0, 1)}
-            print(f"{key}: {ms:.3f} ms, {timings[key]['model_tflops']} TFLOP/s (model FLOPs)", flush=True)
+            print(f"{key}: {ms:.3f} ms, {rate_text(tflops)} (model FLOPs)", flush=True)
             x.grad = None
             block.zero_grad(set_to_none=True)
 
@@ -153,11 +174,11 @@ def measure(args) -> dict:
         F.cross_entropy(F.linear(h, w).float(), tgt).backward()
 
     ms = time_ms(head, it, wu, cuda)
-    timings["head_fwd_bwd"] = {"ms": round(ms, 4),
-                               "model_tflops": round(6 * d * v_local * b * s / (ms * 1e-3) / 1e12, 1)}
-    print(f"head_fwd_bwd: {ms:.3f} ms", flush=True)
+    tflops = 6 * d * v_local * b * s / (ms * 1e-3) / 1e12
+    timings["head_fwd_bwd"] = {"ms": round(ms, 4), "model_tflops": json_rate(tflops)}
+    print(f"head_fwd_bwd: {ms:.3f} ms, {rate_text(tflops)} (model FLOPs)", flush=True)
     ceiling = matmul_ceiling_tflops(device, cuda, 256 if args.smoke else 8192)
-    print(f"matmul ceiling: {ceiling:.0f} TFLOP/s", flush=True)
+    print(f"matmul ceiling: {rate_text(ceiling)}", flush=True)
     return {
         "benchmark": "one GPT-3 layer at TP-local shapes, forward + backward, one GPU",
         "model": SMOKE_PRESET if args.smoke else args.model,
@@ -169,7 +190,7 @@ def measure(args) -> dict:
         "dtype": str(dtype).replace("torch.", ""), "device": device.type,
         "device_name": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
         "layer_model_flops_fwd_bwd": layer_flops,
-        "matmul_ceiling_tflops": round(ceiling, 1),
+        "matmul_ceiling_tflops": json_rate(ceiling),
         "iters_median_of": it, "timings": timings,
         "note": "TP communication not included (one GPU); mnemos plan --measured-layer adds it from link "
                 "bandwidth. model_tflops counts no recompute (as MFU does).",
@@ -177,18 +198,26 @@ def measure(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from launcher.argtypes import integer, output_file
+    from model.presets import PRESETS, preset_shape
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gpt3-175b")
-    ap.add_argument("--tp", type=int, default=8)
-    ap.add_argument("--micro-batch", type=int, default=1)
-    ap.add_argument("--seq-len", type=int, default=None, help="default: the model's n_ctx (2048)")
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--model", default="gpt3-175b", choices=[n for n, v in PRESETS.items() if v["arch"] == "gpt"])
+    ap.add_argument("--tp", type=integer(1), default=8)
+    ap.add_argument("--micro-batch", type=integer(1), default=1)
+    ap.add_argument("--seq-len", type=integer(1), default=None, help="default: the model's n_ctx (2048)")
+    ap.add_argument("--iters", type=integer(1), default=20)
+    ap.add_argument("--warmup", type=integer(0), default=3)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time torch.compile(block) (default: on a GPU)")
     ap.add_argument("--smoke", action="store_true", help="tiny width on the CPU: checks the script works")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", type=output_file, default=None)
     args = ap.parse_args(argv)
+    cfg = block_config(preset_shape(SMOKE_PRESET if args.smoke else args.model))
+    tp = 2 if args.smoke else args.tp
+    if cfg.n_head % tp or cfg.ff_width % tp:
+        ap.error(f"--tp {tp} (rule: must divide n_head {cfg.n_head} and d_ff {cfg.ff_width} of "
+                 f"{SMOKE_PRESET if args.smoke else args.model}; each rank holds whole heads and an equal share "
+                 f"of the MLP)")
     if not args.smoke and not torch.cuda.is_available():
         ap.error("the 175B layer needs a GPU; on a CPU use --smoke")
     if args.compile is None:

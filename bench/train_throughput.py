@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-PEAK_TFLOPS_BF16 = 989.0  # H100/H200 dense bf16 (DESIGN.md)
+PEAK_TFLOPS_BF16 = 989.0  # H100/H200 SXM dense bf16 without sparsity (NVIDIA data sheet); README "Performance"
 VARIANTS = ("mnemos-eager", "mnemos-compile", "mnemos-fast", "mnemos-fast-cudnn", "mnemos-fast-sac", "hf-eager",
             "hf-compile")
 PAIRS = (("mnemos-eager", "hf-eager"), ("mnemos-compile", "hf-compile"), ("mnemos-fast", "hf-compile"),
@@ -226,24 +226,48 @@ def summarise(record: dict) -> None:
         for a, b in PAIRS if "tokens_per_s" in variants.get(a, {}) and "tokens_per_s" in variants.get(b, {})}
 
 
+CUDA_ONLY_VARIANTS = ("mnemos-fast-cudnn",)  # cuDNN's fused attention kernel exists only on a CUDA device
+
+
+def device_type(text: str) -> str:
+    """--device: cpu or cuda (cuda:N picks a card)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"must be cpu or cuda[:N], got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be cpu or cuda[:N], got {text!r}")
+    return text
+
+
 def main(argv=None) -> int:
+    from launcher.argtypes import integer, number, output_file
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU: checks that the script works")
-    ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
-    ap.add_argument("--sizes", nargs="+", default=["gpt3-small", "gpt3-medium", "gpt3-xl", "gpt3-2.7b"])
+    ap.add_argument("--device", type=device_type, default=None, help="cpu or cuda (default: cuda when present, else cpu)")
+    from model.presets import PRESETS
+    ap.add_argument("--sizes", nargs="+", default=["gpt3-small", "gpt3-medium", "gpt3-xl", "gpt3-2.7b"],
+                    choices=[name for name, shape in PRESETS.items() if shape["arch"] == "gpt"],
+                    help="GPT presets to measure on a GPU (--smoke uses a tiny shape instead)")
     ap.add_argument("--variants", nargs="+", default=None, choices=VARIANTS,
                     help="default: all; on a CPU all but mnemos-fast-cudnn (cuDNN attention needs CUDA)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (GPU 45, smoke 10)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed first steps, compilation included (GPU 5, smoke 2)")
-    ap.add_argument("--micro-batch", type=int, default=None, help="sequences per step (default per size)")
-    ap.add_argument("--seq-len", type=int, default=None, help="default: the model's n_ctx")
+    ap.add_argument("--steps", type=integer(1), default=None, help="timed steps (GPU 45, smoke 10)")
+    ap.add_argument("--warmup", type=integer(0), default=None,
+                    help="untimed first steps, compilation included (GPU 5, smoke 2)")
+    ap.add_argument("--micro-batch", type=integer(1), default=None, help="sequences per step (default per size)")
+    ap.add_argument("--seq-len", type=integer(1), default=None, help="default: the model's n_ctx")
     ap.add_argument("--attn-pattern", default="dense", choices=["dense", "alternating"],
                     help="mnemos attention; the HF peer is always dense (GPT-2 has no banded layers)")
-    ap.add_argument("--loss-chunk-tokens", type=int, default=None, help="mnemos-fast chunk (GPU 8192, smoke 96)")
-    ap.add_argument("--lr", type=float, default=None, help="GPU 1e-4, smoke 3e-3")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--loss-chunk-tokens", type=integer(1), default=None,
+                    help="mnemos-fast chunk (GPU 8192, smoke 96)")
+    ap.add_argument("--lr", type=number(0, low_open=True), default=None, help="GPU 1e-4, smoke 3e-3")
+    ap.add_argument("--out", type=output_file, default=None)
     args = ap.parse_args(argv)
 
+    # everything that cannot run here is refused before a model is built or the output file is touched
+    if args.device is not None and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device} (rule: needs a CUDA GPU and a CUDA build of torch; this torch "
+                 f"{torch.__version__} sees none; on a CPU use --smoke without --device)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.smoke:
         args.sizes = ["smoke"]
@@ -251,12 +275,21 @@ def main(argv=None) -> int:
             device = torch.device("cpu")
     elif device.type != "cuda":
         ap.error("the GPT-3 sizes are for a GPU; on a CPU use --smoke")
+    if device.type != "cuda":
+        cuda_only = [v for v in args.variants or () if v in CUDA_ONLY_VARIANTS]
+        if cuda_only:
+            ap.error(f"--variants {' '.join(cuda_only)} (rule: needs a CUDA device, cuDNN's fused attention; "
+                     f"this run is on {device.type})")
     if args.variants is None:
-        args.variants = [v for v in VARIANTS if device.type == "cuda" or not v.endswith("cudnn")]
-    args.steps = args.steps or (10 if args.smoke else 45)
-    args.warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 5)
-    args.loss_chunk_tokens = args.loss_chunk_tokens or (96 if args.smoke else 8192)
-    args.lr = args.lr or (3e-3 if args.smoke else 1e-4)
+        args.variants = [v for v in VARIANTS if device.type == "cuda" or v not in CUDA_ONLY_VARIANTS]
+    if args.steps is None:
+        args.steps = 10 if args.smoke else 45
+    if args.warmup is None:
+        args.warmup = 2 if args.smoke else 5
+    if args.loss_chunk_tokens is None:
+        args.loss_chunk_tokens = 96 if args.smoke else 8192
+    if args.lr is None:
+        args.lr = 3e-3 if args.smoke else 1e-4
     if "mnemos-eager" not in args.variants:
         print("note: without mnemos-eager there is no reference loss curve to compare with", flush=True)
 

@@ -65,7 +65,7 @@ class RunDir:
     def create(cls, out: str | Path, config: dict, task: str) -> "RunDir":
         cls.check(out, task, config)
         root = Path(out)
-        for sub in ("results", "tensorboard", "logs"):
+        for sub in ("results", "tensorboard"):  # no logs/: these tasks log to the console only
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / "config.yaml").write_text(yaml.safe_dump({"downstream_task": task, **config}, sort_keys=False))
         return cls(root)

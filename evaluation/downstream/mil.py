@@ -9,7 +9,8 @@ over all outer folds with the standard error over repetitions (and over folds).
 
 Data format (one npz per dataset): instances float32 (n, d); bag_id int (n,), the bag of each instance, 0..n_bags-1;
 bag_label (n_bags,) 0/1; optional folds bool (R, K, n_bags), the TRAIN mask of fold k in repetition r (without
-it, or with another --folds, stratified folds are drawn from --seed).
+it, with another --folds, or with more --repetitions than it holds, stratified folds are drawn from --seed for
+every repetition; the log, the table and `fold_source` in the JSON say so).
 """
 
 from __future__ import annotations
@@ -221,18 +222,41 @@ def select_config(x, mask, y, train_idx, configs, inner_folds: int, seed: int) -
     return configs[int(np.nanargmax(scores))], scores
 
 
+def choose_folds(data: MILData, repetitions: int, folds: int, seed: int) -> tuple[np.ndarray, str]:
+    """The (repetitions, folds, n_bags) train masks and where they come from: the npz's own folds when the
+    file has them for this protocol (the same --folds, at most its repetitions), else stratified folds drawn
+    from the seed for EVERY repetition (never a mix of the two), with the reason said in the log."""
+    if data.folds is not None and folds == data.folds.shape[1] and repetitions <= data.folds.shape[0]:
+        return data.folds[:repetitions], "npz"
+    if data.folds is None:
+        why = f"{data.name}.npz has no folds"
+    else:
+        R, K = data.folds.shape[:2]
+        why = f"{data.name}.npz holds {R}x{K} folds, " + (f"--folds is {folds}" if folds != K else
+                                                         f"--repetitions is {repetitions}")
+    source = f"stratified (seeded; {why})"
+    if data.folds is not None:
+        log.warning("mil[%s]: %s: every repetition (%d) uses stratified %d-fold splits drawn from --seed, not "
+                    "the file's folds (not the paper's splits)", data.name, why, repetitions, folds)
+    else:
+        log.info("mil[%s]: %s: stratified %d-fold splits drawn from --seed", data.name, why, folds)
+    fold_masks = np.zeros((repetitions, folds, data.n_bags), dtype=bool)
+    for r in range(repetitions):
+        for k, (tr, _) in enumerate(stratified_kfold(data.labels, np.arange(data.n_bags), folds, seed + r)):
+            fold_masks[r, k, tr] = True
+    return fold_masks, source
+
+
+def selection_text(grid: str, n_configs: int, inner_folds: int) -> str:
+    """How the hyperparameters were chosen, for the log and the table."""
+    if n_configs == 1:
+        return f"{grid} grid: no inner CV (one configuration)"
+    return f"{grid} grid ({n_configs} configurations), inner {inner_folds}-fold CV"
+
+
 def run_protocol(data: MILData, repetitions: int, folds: int, grid: str, inner_folds: int, seed: int,
                  run: RunDir | None = None) -> dict:
-    if data.folds is not None and folds <= data.folds.shape[1] and repetitions <= data.folds.shape[0] \
-            and folds == data.folds.shape[1]:
-        fold_masks = data.folds[:repetitions]
-        fold_source = "npz"
-    else:  # the file has no folds, or a smaller CI protocol: stratified folds from the seed
-        fold_masks = np.zeros((repetitions, folds, data.n_bags), dtype=bool)
-        for r in range(repetitions):
-            for k, (tr, _) in enumerate(stratified_kfold(data.labels, np.arange(data.n_bags), folds, seed + r)):
-                fold_masks[r, k, tr] = True
-        fold_source = "stratified (seeded)"
+    fold_masks, fold_source = choose_folds(data, repetitions, folds, seed)
     configs = grid_configs(grid)
     writer = run.writer() if run is not None else None
     prog = Progress(repetitions * folds, f"mil[{data.name}] outer folds")
@@ -259,21 +283,26 @@ def run_protocol(data: MILData, repetitions: int, folds: int, grid: str, inner_f
     _, se_reps = mean_se(rep_means)
     return dict(dataset=data.name, auc_mean=mean, auc_se_repetitions=se_reps, auc_se_folds=se_folds,
                 repetition_means=rep_means, repetitions=repetitions, folds=folds, fold_source=fold_source,
-                inner_folds=inner_folds, grid=grid, grid_size=len(configs), per_fold=per_fold,
+                inner_folds=inner_folds if len(configs) > 1 else None, grid=grid, grid_size=len(configs),
+                selection=selection_text(grid, len(configs), inner_folds), per_fold=per_fold,
                 paper_auc=PAPER_AUC.get(data.name))
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("mil", help="multiple-instance learning with Hopfield pooling (Tiger/Fox/Elephant npz)",
+    p = subparsers.add_parser("mil", help="multiple-instance learning with Hopfield pooling on bag .npz files "
+                                          "(e.g. the paper's Tiger and Fox)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, nargs="+", type=existing_path,
-                   help="bag npz file(s) (instances, bag_id, bag_label, folds)")
+                   help="bag npz file(s): instances, bag_id, bag_label and optionally folds (the format above)")
     p.add_argument("--out", type=output_dir, default="runs/mil", help="run directory (results/, tensorboard/, config.yaml)")
-    p.add_argument("--repetitions", type=integer(1), default=5, help="CV repetitions (paper: 5)")
+    p.add_argument("--repetitions", type=integer(1), default=5,
+                   help="CV repetitions (paper: 5); more than the npz's fold sets draws seeded stratified folds for "
+                        "all of them, said in the log and the table")
     p.add_argument("--folds", type=integer(2), default=10, help="outer folds per repetition (paper: 10)")
-    p.add_argument("--inner-folds", type=integer(2), default=3, help="inner CV folds for hyperparameter selection")
+    p.add_argument("--inner-folds", type=integer(2), default=3,
+                   help="inner CV folds for hyperparameter selection (none with a one-configuration --grid)")
     p.add_argument("--grid", choices=sorted(GRIDS), default="small", help="hyperparameter grid (tiny = CI)")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of the model initialisation and the inner splits")
     p.add_argument("--threads", type=integer(1), default=1, help="torch CPU threads")
@@ -304,9 +333,8 @@ def main(args) -> int:
     results, rows = [], []
     for data in datasets:
         t0 = time.monotonic()
-        log.info("mil[%s]: %d bags, %d-dim instances, %dx%d CV, grid %s (%d configs), inner %d-fold",
-                 data.name, data.n_bags, data.bags.shape[-1], args.repetitions, args.folds, args.grid,
-                 len(grid_configs(args.grid)), args.inner_folds)
+        log.info("mil[%s]: %d bags, %d-dim instances, %dx%d CV, %s", data.name, data.n_bags, data.bags.shape[-1],
+                 args.repetitions, args.folds, selection_text(args.grid, len(grid_configs(args.grid)), args.inner_folds))
         res = run_protocol(data, args.repetitions, args.folds, args.grid, args.inner_folds, args.seed, run)
         res["seconds"] = time.monotonic() - t0
         results.append(res)
@@ -314,11 +342,11 @@ def main(args) -> int:
         rows.append([data.name, mean_pm_se(res["auc_mean"], res["auc_se_repetitions"], scale=100),
                      f"{100 * res['auc_se_folds']:.2f}" if np.isfinite(res["auc_se_folds"]) else "-", "-" if paper is None else f"{paper:.2f}",
                      "-" if paper is None else f"{100 * res['auc_mean'] - paper:+.2f}",
-                     f"{args.repetitions}x{args.folds}", f"{args.grid} ({res['grid_size']}), inner {args.inner_folds}-fold",
+                     f"{args.repetitions}x{args.folds}, {'the npz folds' if res['fold_source'] == 'npz' else res['fold_source']}", res["selection"],
                      f"{res['seconds']:.0f}"])
         log.info("mil[%s]: AUC %s%s", data.name, rows[-1][1], "" if paper is None else f" (paper {paper})")
     j, m = write_results(run, "mil", {"results": results, "config": {k: v for k, v in vars(args).items() if k != "func"}},
-                         ["dataset", "AUC ± SE (reps)", "SE (folds)", "paper AUC", "Δ", "CV", "selection", "seconds"],
+                         ["dataset", "AUC ± SE (reps)", "SE (folds)", "paper AUC", "Δ", "CV, folds from", "selection", "seconds"],
                          rows, "MIL with Hopfield pooling",
                          notes=["AUC in percent; SE over repetitions (and over all outer folds)."])
     log.info("results: %s, %s; tensorboard: %s", j, m, run.tensorboard)

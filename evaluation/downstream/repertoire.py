@@ -104,6 +104,16 @@ def motif_type(text: str) -> str:
     return text
 
 
+def n_repertoires_type(text: str) -> int:
+    """--n-repertoires: enough that the smallest CV (2 folds, stratified) has a repertoire of each class in
+    each fold, i.e. at least 2 of each class: 4 (half of the simulated repertoires are positive)."""
+    value = integer(None)(text)
+    if value < 4:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 4 (half are positive, and 2-fold CV needs 2 "
+                                         f"repertoires of each class), got {value}")
+    return value
+
+
 @dataclass
 class Repertoire:
     sequences: list[str]
@@ -133,6 +143,11 @@ def max_motif_len(cfg: SimConfig) -> int:
     return cfg.min_len - 4
 
 
+def positives(cfg: SimConfig) -> int:
+    """How many of the simulated repertoires are positive (the rest are negative)."""
+    return int(round(cfg.positive_fraction * cfg.n_repertoires))
+
+
 def simulate_repertoires(cfg: SimConfig) -> list[Repertoire]:
     """CDR3-like background (non-uniform amino-acid usage, 'CAS...F'-like ends) with implanted motifs."""
     if not 0 <= cfg.witness_rate <= 1:
@@ -147,7 +162,7 @@ def simulate_repertoires(cfg: SimConfig) -> list[Repertoire]:
     usage = rng.dirichlet(np.full(20, 5.0))  # a fixed, skewed amino-acid usage
     aa = np.array(list(AMINO_ACIDS))
     reps = []
-    n_pos = int(round(cfg.positive_fraction * cfg.n_repertoires))
+    n_pos = positives(cfg)
     labels = np.array([1] * n_pos + [0] * (cfg.n_repertoires - n_pos))
     rng.shuffle(labels)
     for r, y in enumerate(labels):
@@ -707,7 +722,7 @@ def register(subparsers) -> None:
     src.add_argument("--filename-column", default="filename",
                      help="column of --metadata naming each repertoire's file in --repertoires")
     src.add_argument("--max-sequences", type=integer(1), default=None, help="subsample real repertoires to this many")
-    src.add_argument("--n-repertoires", type=integer(2), default=200,
+    src.add_argument("--n-repertoires", type=n_repertoires_type, default=200,
                      help="simulated repertoires (half of them positive)")
     src.add_argument("--sequences", type=integer(1), default=1000, help="sequences per simulated repertoire")
     src.add_argument("--witness-rates", type=comma_list(number(0, 1), distinct=True), default="0.01,0.001",
@@ -716,7 +731,9 @@ def register(subparsers) -> None:
                      help=f"motif implanted into the witnesses of positive repertoires: amino-acid letters of "
                           f"{AMINO_ACIDS}, at most {max_motif_len(SimConfig())}")
     src.add_argument("--motif-noise", type=number(0, 1), default=0.0, help="per-position substitution probability")
-    src.add_argument("--export", help="also write the simulated repertoires as TSVs into this directory")
+    src.add_argument("--export", type=output_dir,
+                     help="also write the simulated repertoires as TSVs into this directory (one folder per witness "
+                          "rate, with a metadata.tsv that --repertoires/--metadata read back)")
     m = p.add_argument_group("model and protocol")
     m.add_argument("--folds", type=integer(2), default=5, help="cross-validation folds")
     m.add_argument("--epochs", type=integer(1), default=RepConfig.epochs, help="training epochs per fold")
@@ -736,9 +753,10 @@ def register(subparsers) -> None:
                    help="LayerNorm on the embeddings entering the Hopfield pooling (hides rare witnesses; ablation)")
     m.add_argument("--position-pool", choices=["max", "lse"], default=RepConfig.position_pool,
                    help="pooling of the CNN over positions: max (DeepRC) or smooth max")
-    m.add_argument("--seed-kernels", type=integer(0), default=RepConfig.seed_kernels,
-                   help="kernels initialised as detectors of the training fold's most enriched k-mers "
-                        "(Welch t over repertoires); 0 = all random (DeepRC)")
+    m.add_argument("--seed-kernels", type=integer(0), default=None,
+                   help=f"kernels initialised as detectors of the training fold's most enriched k-mers "
+                        f"(Welch t over repertoires), at most --kernels; 0 = all random (DeepRC) (default: "
+                        f"{RepConfig.seed_kernels}, or --kernels when that is smaller)")
     m.add_argument("--seed-min-t", type=number(), default=RepConfig.seed_min_t,
                    help="only k-mers enriched beyond this Welch t seed a kernel")
     m.add_argument("--kmer", type=integer(1), default=4, help="k of the k-mer baseline")
@@ -758,6 +776,15 @@ def main(args) -> int:
                          f"{args.batch_repertoires} (each rank takes a share of every batch)")
     if args.repertoires and not args.metadata:
         raise SystemExit("repertoire: --repertoires needs --metadata (filename, label)")
+    for option, value in (("--metadata", args.metadata), ("--max-sequences", args.max_sequences)):
+        if value is not None and not args.repertoires:
+            raise SystemExit(f"repertoire: {option} {value} (rule: only with --repertoires DIR, the real data it "
+                             f"describes; without --repertoires the repertoires are simulated)")
+    if args.export and args.repertoires:
+        raise SystemExit(f"repertoire: --export {args.export} (rule: writes simulated repertoires, so not with "
+                         f"--repertoires)")
+    if args.seed_kernels is None:  # the default follows --kernels: seeded kernels are a subset of the kernels
+        args.seed_kernels = min(RepConfig.seed_kernels, args.kernels)
     try:
         cfg = RepConfig(kernels=args.kernels, kernel_size=args.kernel_size, heads=args.heads, epochs=args.epochs,
                         subsample=args.subsample, lr=args.lr, scaling=args.scaling,
@@ -765,10 +792,19 @@ def main(args) -> int:
                         layer_norm=args.layer_norm, seed_kernels=args.seed_kernels, seed_min_t=args.seed_min_t)
     except ValueError as err:
         raise SystemExit(f"repertoire: {err}") from None
-    if not args.repertoires and len(args.motif) > max_motif_len(SimConfig()):
-        raise SystemExit(f"repertoire: --motif {args.motif} has {len(args.motif)} letters (rule: at most "
-                         f"{max_motif_len(SimConfig())}, the variable middle of the shortest simulated sequence, "
-                         f"{SimConfig.min_len} residues minus 'CAS' and 'F')")
+    if not args.repertoires:
+        if len(args.motif) > max_motif_len(SimConfig()):
+            raise SystemExit(f"repertoire: --motif {args.motif} has {len(args.motif)} letters (rule: at most "
+                             f"{max_motif_len(SimConfig())}, the variable middle of the shortest simulated sequence, "
+                             f"{SimConfig.min_len} residues minus 'CAS' and 'F')")
+        n_pos = positives(SimConfig(n_repertoires=args.n_repertoires))
+        smaller = min(n_pos, args.n_repertoires - n_pos)
+        if args.folds > smaller:  # known before simulating: the simulator fixes the class sizes
+            raise SystemExit(f"repertoire: --folds {args.folds} (rule: at most {smaller}, the repertoires of the "
+                             f"smaller class among --n-repertoires {args.n_repertoires})")
+        if args.kernel_size > SimConfig.max_len:
+            raise SystemExit(f"repertoire: --kernel-size {args.kernel_size} (rule: at most {SimConfig.max_len}, the "
+                             f"longest simulated sequence)")
     set_threads(args.threads)
     datasets = []
     if args.repertoires:
@@ -782,10 +818,7 @@ def main(args) -> int:
         for w in (float(x) for x in args.witness_rates.split(",")):
             sim = SimConfig(n_repertoires=args.n_repertoires, sequences_per_repertoire=args.sequences,
                             witness_rate=w, motif=args.motif, motif_noise=args.motif_noise, seed=args.seed)
-            reps = simulate_repertoires(sim)
-            if args.export:
-                write_repertoires(reps, Path(args.export) / f"witness_{w:g}")
-            datasets.append((f"witness {w:.4%}", sim, reps))
+            datasets.append((f"witness {w:.4%}", sim, simulate_repertoires(sim)))
     for name, _, reps in datasets:  # each repertoire is padded to its longest sequence, which the kernel must fit
         fits = min(max(len(seq) for seq in r.sequences) for r in reps)
         if args.kernel_size > fits:
@@ -795,6 +828,9 @@ def main(args) -> int:
         if args.folds > smaller:  # stratified folds need every class in every fold
             raise SystemExit(f"repertoire: --folds {args.folds} (rule: at most {smaller}, the repertoires of the "
                              f"smaller class in {name})")
+    if args.export:  # only once every setting has been checked
+        for _, sim, reps in datasets:
+            write_repertoires(reps, Path(args.export) / f"witness_{sim.witness_rate:g}")
     run = RunDir.create(args.out, {k: v for k, v in vars(args).items() if k != "func"}, "repertoire")
     results, rows = [], []
     for name, sim, reps in datasets:

@@ -139,7 +139,7 @@ def test_run_dir_of_an_earlier_version_is_still_the_tasks_own(tmp_path):
 @pytest.mark.parametrize("options, message", [
     (["--motif", "ACDEFGH"], "repertoire: --motif ACDEFGH has 7 letters (rule: at most 6, the variable middle of "
                              "the shortest simulated sequence, 10 residues minus 'CAS' and 'F')"),
-    (["--kernels", "5"], "repertoire: --seed-kernels 16 (rule: at most --kernels 5; seeded kernels are a subset of "
+    (["--kernels", "5", "--seed-kernels", "16"], "repertoire: --seed-kernels 16 (rule: at most --kernels 5; seeded kernels are a subset of "
                          "the kernels)"),
 ])
 def test_repertoire_settings_that_cannot_run_are_refused_before_simulating(tmp_path, options, message, capsys):

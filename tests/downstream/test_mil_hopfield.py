@@ -57,6 +57,12 @@ def test_cli_writes_json_markdown_and_tensorboard(shared_data, tmp_path):
     md = (out / "results" / "mil.md").read_text()
     assert f"| fox | {100 * res['auc_mean']:.2f} ± - (one repetition) |" in md and "nan" not in md
     assert any((out / "tensorboard").iterdir()) and (out / "config.yaml").exists()
+    # the tiny grid has one configuration: no inner CV ran, and neither the table nor the JSON claims one
+    assert "| tiny grid: no inner CV (one configuration) |" in md and "inner 2-fold" not in md
+    assert res["inner_folds"] is None and all(f["inner_auc"] == [None] for f in res["per_fold"])
+    # --folds 2 is not the file's 10: the table says whose folds were used, and why
+    assert "1x2, stratified (seeded; fox.npz holds 5x10 folds, --folds is 2) |" in md
+    assert not (out / "logs").exists()  # nothing is logged to a file: no empty logs/ folder
 
 
 def test_fold_counts_the_bags_cannot_fill_stop_before_the_run(shared_data, tmp_path, capsys):
@@ -101,3 +107,26 @@ def test_a_directory_as_dataset_is_named_a_directory(tmp_path, capsys):
     assert main(["downstream", "mil", "--dataset", str(tmp_path), "--out", str(out)]) == 2  # refused in one line
     assert re.search(re.escape(f"mil: {tmp_path}: a directory, not an .npz file"), capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_more_repetitions_than_the_file_holds_draw_folds_for_all_and_say_so(shared_data, caplog):
+    """--repetitions 6 on a 5 x 10-fold file used to switch every repetition to seeded folds, recorded only
+    as fold_source in the JSON."""
+    data = mil.load_mil_npz(shared_data / "mil" / "tiger.npz")
+    masks, source = mil.choose_folds(data, repetitions=5, folds=10, seed=0)
+    assert source == "npz" and (masks == data.folds).all()
+    with caplog.at_level("WARNING", logger="mnemos.downstream.mil"):
+        masks, source = mil.choose_folds(data, repetitions=6, folds=10, seed=0)
+    assert masks.shape == (6, 10, 200) and not (masks[:5] == data.folds).all()
+    assert source == "stratified (seeded; tiger.npz holds 5x10 folds, --repetitions is 6)"
+    assert "every repetition (6) uses stratified 10-fold splits drawn from --seed, not the file's folds" in caplog.text
+
+
+def test_help_names_the_bag_files_that_exist(shared_data, capsys):
+    """The help promised Tiger/Fox/Elephant npz files; ../shared/data/mil holds Tiger and Fox only."""
+    from launcher.cli import main
+    assert sorted(p.name for p in (shared_data / "mil").glob("*.npz")) == ["fox.npz", "tiger.npz"]
+    with pytest.raises(SystemExit):
+        main(["downstream", "--help"])
+    text = capsys.readouterr().out
+    assert "Elephant" not in text and "Tiger and Fox" in text

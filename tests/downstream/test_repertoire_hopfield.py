@@ -205,3 +205,70 @@ def test_options_the_model_cannot_take_stop_before_the_run(tmp_path, extra, mess
                  "--folds", "2", "--epochs", "1", "--no-baseline", "--out", str(out), *extra]) == 2
     assert re.search(re.escape(message), capsys.readouterr().err)
     assert not out.exists()
+
+
+TINY = ["--sequences", "20", "--witness-rates", "0.1", "--epochs", "1", "--no-baseline", "--folds", "2"]
+
+
+def test_export_is_written_only_after_every_setting_is_checked(tmp_path, capsys):
+    """--folds 50 with 20 repertoires used to write metadata.tsv and 20 TSVs, then refuse."""
+    from launcher.cli import main
+    out, export = tmp_path / "run", tmp_path / "exp"
+    assert main(["downstream", "repertoire", "--n-repertoires", "20", "--sequences", "20", "--folds", "50",
+                 "--export", str(export), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "repertoire: --folds 50 (rule: at most 10, the repertoires of the smaller class among --n-repertoires 20)" in err
+    assert not export.exists() and not out.exists()
+    assert main(["downstream", "repertoire", *TINY, "--n-repertoires", "8", "--kernel-size", "19",
+                 "--export", str(export), "--out", str(out)]) == 2
+    assert "repertoire: --kernel-size 19 (rule: at most 18, the longest simulated sequence)" in capsys.readouterr().err
+    assert not export.exists() and not out.exists()
+
+
+def test_export_naming_a_file_is_refused_as_export(tmp_path, capsys):
+    from launcher.cli import main
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["downstream", "repertoire", "--export", str(taken), "--out", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    assert f"argument --export: must be a directory, but '{taken}' is a file" in capsys.readouterr().err
+    assert taken.read_text() == "mine\n" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("n", ["2", "3"])
+def test_too_few_repertoires_for_any_cv_are_refused_at_parse_time(tmp_path, capsys, n):
+    from launcher.cli import main
+    with pytest.raises(SystemExit) as stop:
+        main(["downstream", "repertoire", "--n-repertoires", n, "--out", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    assert (f"argument --n-repertoires: must be an integer >= 4 (half are positive, and 2-fold CV needs 2 "
+            f"repertoires of each class), got {n}") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--metadata", "META"], "repertoire: --metadata META (rule: only with --repertoires DIR"),
+    (["--max-sequences", "100"], "repertoire: --max-sequences 100 (rule: only with --repertoires DIR"),
+])
+def test_real_data_options_without_repertoires_are_refused(tmp_path, capsys, extra, message):
+    from launcher.cli import main
+    meta = tmp_path / "metadata.tsv"
+    meta.write_text("filename\tlabel\na.tsv\t1\n")
+    extra = [str(meta) if a == "META" else a for a in extra]
+    assert main(["downstream", "repertoire", *TINY, "--n-repertoires", "8", *extra,
+                 "--out", str(tmp_path / "run")]) == 2
+    assert message.replace("META", str(meta)) in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_seed_kernels_default_follows_a_smaller_kernels(tmp_path):
+    """--kernels 8 alone used to be refused for a --seed-kernels 16 the user never gave."""
+    import yaml
+    from launcher.cli import main
+    out = tmp_path / "run"
+    assert main(["downstream", "repertoire", *TINY, "--n-repertoires", "8", "--kernels", "8",
+                 "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed_kernels"] == 8
+    res = json.loads((out / "results" / "repertoire.json").read_text())["results"][0]
+    assert res["model"]["kernels"] == 8 and res["model"]["seed_kernels"] == 8
