@@ -52,7 +52,7 @@ def run(batch: int, seq: int, d: int, heads: int, steps: list[int], repeats: int
         mha(x, x, x, need_weights=False)[0].sum().backward()
 
     base = _time(mha_step, repeats, device)
-    rows = [dict(layer="nn.MultiheadAttention", update_steps_max=1, seconds=base, ratio=1.0)]
+    rows = [dict(layer="nn.MultiheadAttention", update_steps_max=0, seconds=base, ratio=1.0)]  # one softmax
     for s in steps:
         hop = Hopfield(input_size=d, num_heads=heads, scaling=1 / math.sqrt(d // heads), update_steps_max=s,
                        normalize_stored_pattern=False, normalize_state_pattern=False,
@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=integer(1), default=256)
     p.add_argument("--d", type=integer(1), default=256)
     p.add_argument("--heads", type=integer(1), default=8)
-    p.add_argument("--steps", type=comma_list(integer(1), distinct=True), default="1,3",
-                   help="comma-separated update_steps_max values to time, e.g. 1,3")
+    p.add_argument("--steps", type=comma_list(integer(0), distinct=True), default="0,2",
+                   help="comma-separated update_steps_max values to time (hflayers' meaning: N updates, then "
+                        "the retrieval; 0 is one softmax, as attention), e.g. 0,2")
     p.add_argument("--repeats", type=integer(1), default=10)
     p.add_argument("--device", choices=DEVICES, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=integer(1), default=1)

@@ -39,7 +39,7 @@ def test_cuda_without_cuda_is_refused(tmp_path, capsys, name, argv):
 
 
 @pytest.mark.parametrize("name, argv, message", [
-    ("hopfield_layers", ["--steps", "a,b"], "argument --steps: each item must be an integer >= 1, got 'a' (in 'a,b')"),
+    ("hopfield_layers", ["--steps", "a,b"], "argument --steps: each item must be an integer >= 0, got 'a' (in 'a,b')"),
     ("hopfield_layers", ["--heads", "7"], "--heads 7 (rule: must divide --d 256"),
     ("hopfield_layers", ["--repeats", "0"], "argument --repeats: must be an integer >= 1, got 0"),
     ("train_throughput", ["--smoke", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
