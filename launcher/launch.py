@@ -7,8 +7,9 @@ inside a Slurm allocation.
                            one task per node inside `srun`: reads SLURM_*, expands the node list,
                            rendezvous on the first node, then spawn_local
     python -m launcher.launch --k8s CONFIG --nproc-per-node G
-                           one per PyTorchJob pod: the operator's MASTER_ADDR/RANK, or with an
-                           elasticPolicy its PET_NNODES=MIN:MAX (torchrun --nnodes MIN:MAX, c10d)
+                           one per PyTorchJob pod: the operator's pod count and rank (PET_NNODES,
+                           PET_NODE_RANK, or WORLD_SIZE/RANK) and MASTER_ADDR, or with an elasticPolicy
+                           its PET_NNODES=MIN:MAX and PET_RDZV_ENDPOINT (torchrun --nnodes MIN:MAX, c10d)
     deepspeed_layout(...), deepspeed_command(...), spawn_deepspeed(...)
                            the alternative to torchrun: DeepSpeed's launcher over an MPI-style
                            hostfile (`mnemos train --launcher deepspeed --hostfile FILE`)
@@ -52,6 +53,11 @@ WORKER_MODULE = "launcher.worker"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _PREFIX = re.compile(r"^\[rank(\d+)\]:")
 NOTICE_POLL_S = 1.0  # after SIGUSR1, how often to look for ranks that could not catch it yet
+
+
+class LaunchError(RuntimeError):
+    """The launch cannot start as asked (scheduler variables missing, a bad argument): a one-line message
+    naming what and the rule, exit code 2 from `python -m launcher.launch`."""
 
 
 # --------------------------------------------------------------------------------------------- command
@@ -505,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ranks on this node (default: SLURM_GPUS_ON_NODE with --slurm, else 1)")
     p.add_argument("--slurm", action="store_true", help="take nnodes/node rank/rendezvous from SLURM_*")
     p.add_argument("--k8s", action="store_true",
-                   help="take them from a Kubeflow PyTorchJob pod (MASTER_ADDR/PORT, WORLD_SIZE=pods, RANK=pod)")
+                   help="take them from a Kubeflow PyTorchJob pod (the operator's PET_NNODES/PET_NODE_RANK or "
+                        "WORLD_SIZE/RANK, MASTER_ADDR/PORT; elastic: PET_NNODES=MIN:MAX, PET_RDZV_ENDPOINT)")
     p.add_argument("--nnodes", default="1", help="N, or MIN:MAX for an elastic range (c10d rendezvous)")
     p.add_argument("--max-restarts", type=int, default=0,
                    help="torchrun restarts of the node's worker group (elastic: re-forms after a node left/joined)")
@@ -560,19 +567,34 @@ def array_task_config(config_path: str | os.PathLike, task_id: int, overrides: l
 
 
 def k8s_rendezvous(environ: dict[str, str] | None = None) -> dict:
-    """nnodes/node_rank/endpoint in a PyTorchJob pod: the operator's WORLD_SIZE and RANK count pods.
+    """nnodes/node_rank/endpoint in a PyTorchJob pod, from what the Kubeflow training operator sets.
 
-    With an elasticPolicy the operator sets torchrun's own PET_NNODES ("MIN:MAX", or N) and
-    PET_RDZV_ENDPOINT (worker 0) instead, and no pod rank: torchrun's c10d rendezvous numbers the nodes.
+    Fixed size (a Master, no elasticPolicy): every pod gets MASTER_ADDR/MASTER_PORT (the master pod), RANK
+    (the pod's index, master 0) and WORLD_SIZE; operators since v1.7 add torchrun's PET_NNODES=<pods>
+    (a plain number), PET_NODE_RANK, PET_NPROC_PER_NODE and PET_MASTER_ADDR/PORT, and count WORLD_SIZE in
+    ranks (pods x spec.nprocPerNode) rather than pods. So the pod count is PET_NNODES when set, else
+    WORLD_SIZE (older operators), and the pod rank PET_NODE_RANK, else RANK.
+    Elastic (an elasticPolicy, Workers only): PET_RDZV_ENDPOINT (worker 0) and PET_NNODES="MIN:MAX" (or
+    the Worker replicas without min/max), no pod rank: torchrun's c10d rendezvous numbers the nodes.
     """
     e = os.environ if environ is None else environ
-    if "PET_NNODES" in e:
+    if "PET_RDZV_ENDPOINT" in e or ":" in e.get("PET_NNODES", ""):
         return _k8s_elastic_rendezvous(e)
-    try:
-        nnodes, node_rank = int(e["WORLD_SIZE"]), int(e["RANK"])
-        endpoint = f"{e['MASTER_ADDR']}:{e['MASTER_PORT']}"
-    except KeyError as missing:
-        raise RuntimeError(f"--k8s: {missing.args[0]} is not set (the PyTorchJob operator sets it)") from None
+    found = {}
+    for what, names in (("nnodes", ("PET_NNODES", "WORLD_SIZE")), ("rank", ("PET_NODE_RANK", "RANK")),
+                        ("addr", ("MASTER_ADDR",)), ("port", ("MASTER_PORT",))):
+        value = next((e[n] for n in names if n in e), None)
+        if value is None:
+            raise LaunchError(f"--k8s: {' or '.join(names)} is not set (the PyTorchJob operator sets it in every "
+                              f"pod of a job with a Master; run this only as a PyTorchJob pod's command)")
+        found[what] = value
+    nnodes_text, rank_text, endpoint = found["nnodes"], found["rank"], f"{found['addr']}:{found['port']}"
+    if not nnodes_text.isdigit() or int(nnodes_text) < 1 or not rank_text.isdigit():
+        raise LaunchError(f"--k8s: pod count {nnodes_text!r} and pod rank {rank_text!r} from the operator "
+                          f"(rule: whole numbers, at least 1 pod)")
+    nnodes, node_rank = int(nnodes_text), int(rank_text)
+    if node_rank >= nnodes:
+        raise LaunchError(f"--k8s: pod rank {node_rank} of {nnodes} pods (rule: 0 <= rank < pods)")
     if nnodes == 1:
         return {"nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
     # The master pod hosts the rendezvous store; say so rather than rely on hostname matching.
@@ -586,12 +608,12 @@ def _k8s_elastic_rendezvous(e) -> dict:
         endpoint = e["PET_RDZV_ENDPOINT"]
         max_restarts = int(e.get("PET_MAX_RESTARTS", "0"))
     except KeyError as missing:
-        raise RuntimeError(f"--k8s: {missing.args[0]} is not set (the operator sets it with an elasticPolicy)") from None
+        raise LaunchError(f"--k8s: {missing.args[0]} is not set (the operator sets it with an elasticPolicy)") from None
     except ValueError as err:
-        raise RuntimeError(f"--k8s: elastic settings from the operator: {err}") from None
+        raise LaunchError(f"--k8s: elastic settings from the operator: {err}") from None
     backend = e.get("PET_RDZV_BACKEND", "c10d")
     if backend != "c10d":
-        raise RuntimeError(f"--k8s: PET_RDZV_BACKEND={backend!r} (rule: mnemos uses c10d rendezvous)")
+        raise LaunchError(f"--k8s: PET_RDZV_BACKEND={backend!r} (rule: mnemos uses c10d rendezvous)")
     # A string node count keeps torchrun elastic even for MIN == MAX: node ranks come from the rendezvous.
     return {"nnodes": f"{lo}:{hi}", "rdzv_endpoint": endpoint, "rdzv_id": e.get("MNEMOS_JOB_NAME", "mnemos"),
             "max_restarts": max_restarts}
