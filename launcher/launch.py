@@ -488,7 +488,7 @@ def slurm_rendezvous(environ: dict[str, str] | None = None) -> dict:
         job_id = e["SLURM_JOB_ID"]
         nodelist = e.get("SLURM_JOB_NODELIST") or e["SLURM_NODELIST"]
     except KeyError as missing:
-        raise RuntimeError(f"--slurm: {missing.args[0]} is not set (run this inside srun in an allocation)") from None
+        raise LaunchError(f"--slurm: {missing.args[0]} is not set (run this inside srun in an allocation)") from None
     nodes = expand_nodelist(nodelist)
     nnodes = int(e.get("SLURM_JOB_NUM_NODES") or e.get("SLURM_NNODES") or len(nodes))
     node_rank = int(e.get("SLURM_NODEID", "0"))
@@ -525,14 +525,41 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    nnodes = args.nnodes if ":" in args.nnodes else parse_nnodes(args.nnodes)[0]
+    try:
+        return _launch(args, received)
+    except _user_errors() as err:
+        # A mistake in what was asked (outside an allocation, no config, a bad option): one line, exit 2. In a
+        # PyTorchJob with restartPolicy ExitCode, 2 fails the job instead of restarting the pod to no avail.
+        print(f"{p.prog}: {err}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from launcher.config import ConfigError  # evaluated only when an exception arrives
+    return LaunchError, ConfigError
+
+
+def _launch(args, received: list[str]) -> int:
+    if not Path(args.config).is_file():
+        raise LaunchError(f"config {args.config!r} does not exist (rule: the resolved RUN/config.yaml that "
+                          f"`mnemos train` or `mnemos submit` writes, on a filesystem this node sees)")
+    if args.nproc is not None and args.nproc < 1:
+        raise LaunchError(f"--nproc-per-node={args.nproc} (rule: at least 1 rank per node)")
+    try:
+        nnodes = args.nnodes if ":" in args.nnodes else parse_nnodes(args.nnodes)[0]
+        parse_nnodes(nnodes)
+    except ValueError as err:
+        raise LaunchError(f"--nnodes: {err}") from None
     kw = {"nnodes": nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint,
           "max_restarts": args.max_restarts}
     if args.nproc is None:
         gpus = os.environ.get("SLURM_GPUS_ON_NODE", "") if args.slurm else ""
         args.nproc = int(gpus) if gpus.isdigit() and int(gpus) > 0 else 1
     if args.slurm:
-        r = slurm_rendezvous()
+        try:
+            r = slurm_rendezvous()
+        except ValueError as err:  # a node list or node count Slurm would not write
+            raise LaunchError(f"--slurm: {err}") from None
         log.info("slurm job %s: node %d of %d %s, rendezvous %s", os.environ.get("SLURM_JOB_ID"),
                  r["node_rank"], r["nnodes"], r["nodes"], r["rdzv_endpoint"])
         kw = {k: r[k] for k in ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "local_addr")}
@@ -542,6 +569,11 @@ def main(argv: list[str] | None = None) -> int:
         kw = k8s_rendezvous()
         log.info("pytorchjob pod %s of %s nodes, rendezvous %s", kw.get("node_rank", "(elastic)"), kw["nnodes"],
                  kw["rdzv_endpoint"])
+    if not (args.slurm or args.k8s):
+        try:  # the explicit options, checked before torchrun is asked
+            torchrun_command(args.config, args.nproc, **kw)
+        except ValueError as err:
+            raise LaunchError(str(err)) from None
     config, overrides = args.config, args.overrides
     if args.array_task is not None:
         config, overrides = array_task_config(config, args.array_task, overrides), []

@@ -362,3 +362,24 @@ def test_sigusr1_before_the_ranks_exist_is_remembered(tmp_path):
     assert proc.returncode == 0, out
     assert (tmp_path / "early" / "logs" / "stopped-rank0").read_text() == "SIGUSR1"
 
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--slurm", "CONFIG"], {}, "--slurm: SLURM_JOB_ID is not set"),
+    (["--slurm", "MISSING"], {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"}, "does not exist"),
+    (["--k8s", "CONFIG"], {}, "--k8s: PET_NNODES or WORLD_SIZE is not set"),
+    (["--nnodes", "0", "CONFIG"], {}, "nnodes='0'"),
+    (["--nnodes", "2", "CONFIG"], {}, "rdzv_endpoint"),
+    (["--nproc-per-node", "0", "CONFIG"], {}, "at least 1 rank"),
+])
+def test_launch_entry_refuses_user_mistakes_in_one_line_with_exit_2(tmp_path, args, env, message):
+    """`python -m launcher.launch` outside an allocation, without its config or with a bad option: one line
+    naming the problem, exit 2 (no traceback; in a PyTorchJob, 2 fails the job rather than restarting it)."""
+    config = _config(tmp_path, "mistake")
+    argv = [{"CONFIG": str(config), "MISSING": str(tmp_path / "nope.yaml")}.get(a, a) for a in args]
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SLURM_", "PET_")) and k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}
+    res = subprocess.run([sys.executable, "-m", "launcher.launch", *argv], capture_output=True, text=True,
+                         env={**clean, **env, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=60)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
