@@ -828,12 +828,21 @@ def spawn_deepspeed(cmd: list[str], layout: DeepSpeedLayout, run_dir: str | os.P
                     env: dict[str, str] | None = None, received: list[str] | None = None) -> int:
     """Run the DeepSpeed launcher and wait; returns its exit code (0 only if every rank exited 0).
 
-    Rank output goes to the console; SIGUSR1/SIGTERM/SIGINT are forwarded to the local ranks as for
-    torchrun (remote ranks are DeepSpeed's: pdsh stops them when the launcher ends).
+    Rank output goes to the console, prefixed `[rankR]:` as torchrun's: with `--enable_each_rank_log=DIR`
+    (DeepSpeed writes each rank's output to DIR/<start time>_rank<R>.log only) the files of this launch are
+    followed onto the console, every rank's for a local launch and rank 0's across hosts (the run directory
+    is shared, so rank 0's file is there wherever it runs); the files stay. SIGUSR1/SIGTERM/SIGINT are
+    forwarded to the local ranks as for torchrun (remote ranks are DeepSpeed's: pdsh stops them when the
+    launcher ends).
     """
     require_pdsh(layout)
     Path(run_dir, "logs").mkdir(parents=True, exist_ok=True)
     full_env = rank_environment(run_dir, env, layout.nproc)
+    rank_log_dir = next((a.split("=", 1)[1] for a in cmd if a.startswith("--enable_each_rank_log=")), None)
+    follower = None
+    if rank_log_dir is not None:
+        shown = range(layout.world_size) if layout.local else range(1)
+        follower = _RankLogFollower(Path(rank_log_dir), shown)
     log.info("launching %d rank(s) on each of %d host(s) with DeepSpeed: %s", layout.nproc, len(layout.hosts),
              " ".join(cmd))
     # A local launch gets a process group of its own, as torchrun does: DeepSpeed's launcher kills its ranks
@@ -846,12 +855,66 @@ def spawn_deepspeed(cmd: list[str], layout: DeepSpeedLayout, run_dir: str | os.P
         # runner -> deepspeed.launcher.launch -> ranks: the grandchildren (a local launch).
         return [pid for launcher in _children(proc.pid) for pid in _children(launcher)]
 
-    # The ranks save and exit on SIGTERM, then DeepSpeed's launcher ends by itself.
-    rc = _supervise(proc, ranks, received, stop_agent=False,
-                    pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
+    try:
+        # The ranks save and exit on SIGTERM, then DeepSpeed's launcher ends by itself.
+        rc = _supervise(proc, ranks, received, stop_agent=False,
+                        pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
+    finally:
+        if follower is not None:
+            follower.close()
     if rc != 0:
         log.error("the DeepSpeed launcher exited with code %d", rc)
     return rc
+
+
+class _RankLogFollower:
+    """Copy the rank log files that DeepSpeed's launcher writes (DIR/<time>_rank<R>.log) to our stdout while
+    it runs, each line prefixed `[rankR]:` as torchrun's. Only files that were not there before this launch
+    are followed (earlier launches share the directory); the files themselves are left as they are."""
+
+    POLL_S = 0.2
+
+    def __init__(self, directory: Path, ranks: range) -> None:
+        self.directory = directory
+        self.ranks = ranks
+        self.before = set(directory.glob("*_rank*.log")) if directory.is_dir() else set()
+        self.files: dict[int, object] = {}
+        self.partial: dict[int, str] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _open_new(self) -> None:
+        for rank in self.ranks:
+            if rank in self.files:
+                continue
+            new = sorted(set(self.directory.glob(f"*_rank{rank}.log")) - self.before)
+            if new:
+                self.files[rank] = open(new[-1], errors="replace")
+                self.partial[rank] = ""
+
+    def _copy(self, final: bool) -> None:
+        for rank, f in self.files.items():
+            *lines, rest = (self.partial[rank] + f.read()).split("\n")
+            if final and rest:  # the last line, without its newline
+                lines, rest = [*lines, rest], ""
+            self.partial[rank] = rest
+            for line in lines:
+                sys.stdout.write(f"[rank{rank}]:{line}\n")
+            sys.stdout.flush()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.POLL_S):
+            self._open_new()
+            self._copy(final=False)
+        self._open_new()
+        self._copy(final=True)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+        for f in self.files.values():
+            f.close()
 
 if __name__ == "__main__":
     sys.exit(main())
