@@ -111,11 +111,25 @@ def _tiny_config(tmp_path: Path) -> Path:
     return path
 
 
+def _fake_pdsh(tmp_path: Path) -> str:
+    """A PATH on which `pdsh` exists (never run: a dry run only looks for it)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pdsh").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "pdsh").chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def _path_without_pdsh() -> str:
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "pdsh").exists())
+
+
 def test_cli_dry_run_prints_the_command_and_writes_nothing(tmp_path):
     cfg, hf = _tiny_config(tmp_path), _hostfile(tmp_path, "gpu1 slots=2\ngpu2 slots=2\n")
     res = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(cfg), "--launcher", "deepspeed",
                           "--hostfile", str(hf), "--master-port", "6000", "--dry-run"], cwd=tmp_path,
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), PATH=_fake_pdsh(tmp_path)))
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hf),
                                   "--master_addr", "gpu1", "--master_port", "6000", "--num_nodes", "2",
@@ -151,6 +165,19 @@ def test_several_hosts_without_pdsh_are_refused_before_anything_starts(tmp_path)
     cfg, hf = _tiny_config(tmp_path), _hostfile(tmp_path, "gpu1 slots=2\ngpu2 slots=2\n")
     with pytest.raises(ConfigError, match="pdsh is not installed"):
         train(str(cfg), [], launcher="deepspeed", hostfile=str(hf))
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_reports_a_missing_pdsh_as_the_launch_would(tmp_path):
+    """The README lists pdsh among the checks made before anything starts; --dry-run makes them all, so a
+    dry run on a machine without pdsh refuses (one line, exit 2) instead of printing a command that could
+    not run here."""
+    cfg, hf = _tiny_config(tmp_path), _hostfile(tmp_path, "gpu1 slots=2\ngpu2 slots=2\n")
+    res = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(cfg), "--launcher", "deepspeed",
+                          "--hostfile", str(hf), "--dry-run"], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), PATH=_path_without_pdsh()), timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "pdsh is not installed" in res.stderr and res.stdout == ""
     assert not (tmp_path / "run").exists()
 
 
