@@ -11,13 +11,16 @@ a checkpoint, and the launcher exits 143 (128 + SIGTERM) when the run stopped ea
 `restartPolicy: ExitCode` the operator treats 128-255 as retryable and restarts the pod, which resumes
 from the newest checkpoint; 1-127 (a config error, a crash) fail the job. `runPolicy.backoffLimit`
 caps the restarts like Slurm's restart cap; `terminationGracePeriodSeconds` gives the save time.
-The run directory must be a volume every pod mounts (a ReadWriteMany claim, `--pvc`).
+The run directory must be a volume every pod mounts (a ReadWriteMany claim, `--pvc`); the pods start there
+and run the image's python and mnemos (nothing of the submitting machine: no PYTHONPATH to its checkout, no
+working directory of its own), and the config's relative data paths are made absolute at submit.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -49,8 +52,12 @@ def render_pytorchjob(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) ->
         check_no_control_chars(field, value)
     command = [cmd.python, "-m", "launcher.launch", "--k8s", str(cmd.config),
                "--nproc-per-node", str(spec.ranks_per_node)]
-    env = [{"name": "MNEMOS_RUN_DIR", "value": str(cmd.run_dir)}, {"name": "MNEMOS_JOB_NAME", "value": name},
-           {"name": "PYTHONPATH", "value": str(cmd.code_dir or cmd.workdir)}]
+    env = [{"name": "MNEMOS_RUN_DIR", "value": str(cmd.run_dir)}, {"name": "MNEMOS_JOB_NAME", "value": name}]
+    mounts = _pod_mounts(spec, cmd, pvc)
+    if cmd.code_dir is not None and _on_a_mount(Path(cmd.code_dir), mounts) and "PYTHONPATH" not in spec.env:
+        # A checkout on a claim every pod mounts runs instead of the image's mnemos; one on this machine's
+        # disk means nothing in a pod (--env PYTHONPATH=... names one explicitly).
+        env.append({"name": "PYTHONPATH", "value": str(cmd.code_dir)})
     env += [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
     resources: dict = {}
     if spec.gpus_per_node:
@@ -59,8 +66,10 @@ def render_pytorchjob(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) ->
         resources.setdefault("requests", {})["cpu"] = spec.cpus_per_node
     if spec.mem and spec.mem != "0":
         resources.setdefault("requests", {})["memory"] = _k8s_memory(spec.mem)
+    # The pods start in the run directory (the --pvc claim), not in this machine's working directory, which
+    # the image does not have; relative paths in the config are made absolute at submit (`absolute_data_paths`).
     container = {"name": "pytorch", "image": spec.image, "imagePullPolicy": "IfNotPresent",
-                 "workingDir": str(cmd.workdir), "command": command, "env": env}
+                 "workingDir": str(cmd.run_dir), "command": command, "env": env}
     if resources:
         container["resources"] = resources
     pod_spec: dict = {"terminationGracePeriodSeconds": spec.signal_lead_s, "containers": [container]}
@@ -105,23 +114,98 @@ def render_pytorchjob(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) ->
             "spec": job_spec}
 
 
-def unmounted_paths(cfg, cmd: JobCommand, spec: JobSpec, pvc: str | None) -> list[str]:
-    """The files a run reads (its config, data shards, tokenizer) that lie on no volume the pods mount: a pod
-    sees its image and its mounts, not the disk of the machine that submitted."""
-    mounts = [Path(p) for p in spec.volumes.values()] + ([Path(cmd.run_dir)] if pvc else [])
+def _pod_mounts(spec: JobSpec, cmd: JobCommand, pvc: str | None) -> list[Path]:
+    """The paths every pod has from a claim: each --volume, and the run directory with --pvc."""
+    return [Path(p) for p in spec.volumes.values()] + ([Path(cmd.run_dir)] if pvc else [])
 
-    def mounted(path: Path) -> bool:
-        return any(path == m or m in path.parents for m in mounts)
 
-    wanted = [("run config", Path(cmd.config))]
-    wanted += [(f"data.train[{i}]", Path(p)) for i, p in enumerate(cfg.data.train)]
-    wanted += [(f"data.valid[{i}]", Path(p)) for i, p in enumerate(cfg.data.valid)]
-    if cfg.data.tokenizer:
-        wanted.append(("data.tokenizer", Path(cfg.data.tokenizer)))
-    if cfg.data.blend:
-        wanted.append(("data.blend", Path(cfg.data.blend)))
-    return [f"{what}={path}" for what, path in wanted
-            if not mounted(path if path.is_absolute() else Path(cmd.workdir) / path)]
+def _on_a_mount(path: Path, mounts: list[Path]) -> bool:
+    return any(path == m or m in path.parents for m in mounts)
+
+
+def _data_paths(cfg) -> list[tuple[str, str]]:
+    """(field, path) of every file or folder a run reads besides its config: shards, tokenizer, blend."""
+    wanted = [(f"data.train[{i}]", p) for i, p in enumerate(cfg.data.train)]
+    wanted += [(f"data.valid[{i}]", p) for i, p in enumerate(cfg.data.valid)]
+    wanted += [(f"data.{field}", getattr(cfg.data, field)) for field in ("tokenizer", "blend")
+               if getattr(cfg.data, field)]
+    return wanted
+
+
+def absolute_data_paths(cfg, workdir: str | Path) -> list[str]:
+    """Make the config's relative data paths absolute against `workdir` (where they were meant, the submitting
+    machine's working directory): a pod starts in the run directory, where they would name other files.
+    Changes `cfg` in place; returns 'field: old -> new' for each path changed."""
+    changed = []
+    data = cfg.data
+    for field in ("train", "valid"):
+        paths = list(getattr(data, field))
+        for i, p in enumerate(paths):
+            if not os.path.isabs(p):
+                paths[i] = os.path.normpath(os.path.join(workdir, p))
+                changed.append(f"data.{field}[{i}]: {p} -> {paths[i]}")
+        setattr(data, field, paths)
+    for field in ("tokenizer", "blend"):
+        p = getattr(data, field)
+        if p and not os.path.isabs(p):
+            setattr(data, field, os.path.normpath(os.path.join(workdir, p)))
+            changed.append(f"data.{field}: {p} -> {getattr(data, field)}")
+    return changed
+
+
+# Filesystems that other machines can mount too (a claim's backing store may be one of these); a run directory
+# on anything else (ext4, xfs, overlay, tmpfs) is evidently this machine's own disk.
+_SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "fuse.ceph", "fuse.cephfs", "lustre", "gpfs",
+              "beegfs", "glusterfs", "fuse.glusterfs", "fuse.juicefs", "fuse.s3fs", "fuse.gcsfuse", "wekafs",
+              "pvfs2", "ocfs2", "gfs2", "fuse.sshfs", "fuse.rclone", "fuse.alluxio-fuse"}
+
+
+def filesystem_type(path: str | Path, mounts_table: str | None = None) -> str | None:
+    """The type of the filesystem `path` lies on, from /proc/self/mounts (or the text of such a table); None
+    where there is no table (not Linux)."""
+    if mounts_table is None:
+        try:
+            mounts_table = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    target = Path(os.path.abspath(path))
+    best, best_type = None, None
+    for line in mounts_table.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (target == point or point in target.parents) and (best is None or len(point.parts) >= len(best.parts)):
+            best, best_type = point, fields[2]
+    return best_type
+
+
+def unmounted_paths(cfg, cmd: JobCommand, spec: JobSpec, pvc: str | None,
+                    mounts_table: str | None = None) -> list[str]:
+    """The files a run reads (its config, data shards, tokenizer) that the pods may not see, each with why: a
+    pod sees its image and its mounts, not the disk of the machine that submitted.
+
+    Relative data paths are named as the absolute paths the pods will look for (`absolute_data_paths`). With
+    --pvc the run directory is mounted, but RUN/config.yaml is written here: the pods see it only if this
+    machine has the same claim mounted at the same path, which is named unless the run directory evidently
+    lies on a shared filesystem (NFS, CephFS, Lustre, ...).
+    """
+    mounts = _pod_mounts(spec, cmd, pvc)
+    notes = []
+    config = Path(cmd.config)
+    if not _on_a_mount(config, mounts):
+        notes.append(f"run config={config}")
+    elif pvc and _on_a_mount(config, [Path(cmd.run_dir)]):
+        fs = filesystem_type(cmd.run_dir, mounts_table)
+        if fs not in _SHARED_FS:
+            notes.append(f"run config={config} (written on this machine, where {cmd.run_dir} is on "
+                         f"{fs or 'a filesystem of unknown type'}, not a shared one: the pods see it only if this "
+                         f"machine mounts the claim {pvc} at {cmd.run_dir})")
+    for what, path in _data_paths(cfg):
+        full = path if os.path.isabs(path) else os.path.normpath(os.path.join(cmd.workdir, path))
+        if not _on_a_mount(Path(full), mounts):
+            notes.append(f"{what}={full}")
+    return notes
 
 
 def elastic_policy(spec: JobSpec) -> dict:
@@ -286,6 +370,7 @@ def submit(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) -> "Kubernete
     errors = validate_pytorchjob(manifest)
     if errors:
         raise JobError("invalid PyTorchJob: " + "; ".join(errors))
+    pod_config(cmd)
     text = manifest_yaml(manifest)
     kdir = Path(cmd.run_dir) / "k8s"
     kdir.mkdir(parents=True, exist_ok=True)
@@ -297,6 +382,20 @@ def submit(spec: JobSpec, cmd: JobCommand, pvc: str | None = None) -> "Kubernete
                     namespace=spec.namespace)
     save_record(rec)
     return KubernetesJob(name, rec)
+
+
+def pod_config(cmd: JobCommand) -> list[str]:
+    """Rewrite RUN/config.yaml (already written and validated) with its relative data paths made absolute
+    against the submitting directory, as the pods start in the run directory. Returns what changed."""
+    from launcher.config import load_config
+    cfg = load_config(cmd.config)
+    changed = absolute_data_paths(cfg, cmd.workdir)
+    if changed:
+        path = Path(cmd.config)
+        tmp = path.with_name(".config.yaml.tmp")
+        tmp.write_text(cfg.to_yaml())
+        os.replace(tmp, path)
+    return changed
 
 
 class KubernetesJob(Job):

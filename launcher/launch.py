@@ -7,8 +7,9 @@ inside a Slurm allocation.
                            one task per node inside `srun`: reads SLURM_*, expands the node list,
                            rendezvous on the first node, then spawn_local
     python -m launcher.launch --k8s CONFIG --nproc-per-node G
-                           one per PyTorchJob pod: the operator's MASTER_ADDR/RANK, or with an
-                           elasticPolicy its PET_NNODES=MIN:MAX (torchrun --nnodes MIN:MAX, c10d)
+                           one per PyTorchJob pod: the operator's pod count and rank (PET_NNODES,
+                           PET_NODE_RANK, or WORLD_SIZE/RANK) and MASTER_ADDR, or with an elasticPolicy
+                           its PET_NNODES=MIN:MAX and PET_RDZV_ENDPOINT (torchrun --nnodes MIN:MAX, c10d)
     deepspeed_layout(...), deepspeed_command(...), spawn_deepspeed(...)
                            the alternative to torchrun: DeepSpeed's launcher over an MPI-style
                            hostfile (`mnemos train --launcher deepspeed --hostfile FILE`)
@@ -52,6 +53,11 @@ WORKER_MODULE = "launcher.worker"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _PREFIX = re.compile(r"^\[rank(\d+)\]:")
 NOTICE_POLL_S = 1.0  # after SIGUSR1, how often to look for ranks that could not catch it yet
+
+
+class LaunchError(RuntimeError):
+    """The launch cannot start as asked (scheduler variables missing, a bad argument): a one-line message
+    naming what and the rule, exit code 2 from `python -m launcher.launch`."""
 
 
 # --------------------------------------------------------------------------------------------- command
@@ -482,7 +488,7 @@ def slurm_rendezvous(environ: dict[str, str] | None = None) -> dict:
         job_id = e["SLURM_JOB_ID"]
         nodelist = e.get("SLURM_JOB_NODELIST") or e["SLURM_NODELIST"]
     except KeyError as missing:
-        raise RuntimeError(f"--slurm: {missing.args[0]} is not set (run this inside srun in an allocation)") from None
+        raise LaunchError(f"--slurm: {missing.args[0]} is not set (run this inside srun in an allocation)") from None
     nodes = expand_nodelist(nodelist)
     nnodes = int(e.get("SLURM_JOB_NUM_NODES") or e.get("SLURM_NNODES") or len(nodes))
     node_rank = int(e.get("SLURM_NODEID", "0"))
@@ -505,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ranks on this node (default: SLURM_GPUS_ON_NODE with --slurm, else 1)")
     p.add_argument("--slurm", action="store_true", help="take nnodes/node rank/rendezvous from SLURM_*")
     p.add_argument("--k8s", action="store_true",
-                   help="take them from a Kubeflow PyTorchJob pod (MASTER_ADDR/PORT, WORLD_SIZE=pods, RANK=pod)")
+                   help="take them from a Kubeflow PyTorchJob pod (the operator's PET_NNODES/PET_NODE_RANK or "
+                        "WORLD_SIZE/RANK, MASTER_ADDR/PORT; elastic: PET_NNODES=MIN:MAX, PET_RDZV_ENDPOINT)")
     p.add_argument("--nnodes", default="1", help="N, or MIN:MAX for an elastic range (c10d rendezvous)")
     p.add_argument("--max-restarts", type=int, default=0,
                    help="torchrun restarts of the node's worker group (elastic: re-forms after a node left/joined)")
@@ -518,14 +525,41 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    nnodes = args.nnodes if ":" in args.nnodes else parse_nnodes(args.nnodes)[0]
+    try:
+        return _launch(args, received)
+    except _user_errors() as err:
+        # A mistake in what was asked (outside an allocation, no config, a bad option): one line, exit 2. In a
+        # PyTorchJob with restartPolicy ExitCode, 2 fails the job instead of restarting the pod to no avail.
+        print(f"{p.prog}: {err}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from launcher.config import ConfigError  # evaluated only when an exception arrives
+    return LaunchError, ConfigError
+
+
+def _launch(args, received: list[str]) -> int:
+    if not Path(args.config).is_file():
+        raise LaunchError(f"config {args.config!r} does not exist (rule: the resolved RUN/config.yaml that "
+                          f"`mnemos train` or `mnemos submit` writes, on a filesystem this node sees)")
+    if args.nproc is not None and args.nproc < 1:
+        raise LaunchError(f"--nproc-per-node={args.nproc} (rule: at least 1 rank per node)")
+    try:
+        nnodes = args.nnodes if ":" in args.nnodes else parse_nnodes(args.nnodes)[0]
+        parse_nnodes(nnodes)
+    except ValueError as err:
+        raise LaunchError(f"--nnodes: {err}") from None
     kw = {"nnodes": nnodes, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint,
           "max_restarts": args.max_restarts}
     if args.nproc is None:
         gpus = os.environ.get("SLURM_GPUS_ON_NODE", "") if args.slurm else ""
         args.nproc = int(gpus) if gpus.isdigit() and int(gpus) > 0 else 1
     if args.slurm:
-        r = slurm_rendezvous()
+        try:
+            r = slurm_rendezvous()
+        except ValueError as err:  # a node list or node count Slurm would not write
+            raise LaunchError(f"--slurm: {err}") from None
         log.info("slurm job %s: node %d of %d %s, rendezvous %s", os.environ.get("SLURM_JOB_ID"),
                  r["node_rank"], r["nnodes"], r["nodes"], r["rdzv_endpoint"])
         kw = {k: r[k] for k in ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "local_addr")}
@@ -535,6 +569,11 @@ def main(argv: list[str] | None = None) -> int:
         kw = k8s_rendezvous()
         log.info("pytorchjob pod %s of %s nodes, rendezvous %s", kw.get("node_rank", "(elastic)"), kw["nnodes"],
                  kw["rdzv_endpoint"])
+    if not (args.slurm or args.k8s):
+        try:  # the explicit options, checked before torchrun is asked
+            torchrun_command(args.config, args.nproc, **kw)
+        except ValueError as err:
+            raise LaunchError(str(err)) from None
     config, overrides = args.config, args.overrides
     if args.array_task is not None:
         config, overrides = array_task_config(config, args.array_task, overrides), []
@@ -560,19 +599,34 @@ def array_task_config(config_path: str | os.PathLike, task_id: int, overrides: l
 
 
 def k8s_rendezvous(environ: dict[str, str] | None = None) -> dict:
-    """nnodes/node_rank/endpoint in a PyTorchJob pod: the operator's WORLD_SIZE and RANK count pods.
+    """nnodes/node_rank/endpoint in a PyTorchJob pod, from what the Kubeflow training operator sets.
 
-    With an elasticPolicy the operator sets torchrun's own PET_NNODES ("MIN:MAX", or N) and
-    PET_RDZV_ENDPOINT (worker 0) instead, and no pod rank: torchrun's c10d rendezvous numbers the nodes.
+    Fixed size (a Master, no elasticPolicy): every pod gets MASTER_ADDR/MASTER_PORT (the master pod), RANK
+    (the pod's index, master 0) and WORLD_SIZE; operators since v1.7 add torchrun's PET_NNODES=<pods>
+    (a plain number), PET_NODE_RANK, PET_NPROC_PER_NODE and PET_MASTER_ADDR/PORT, and count WORLD_SIZE in
+    ranks (pods x spec.nprocPerNode) rather than pods. So the pod count is PET_NNODES when set, else
+    WORLD_SIZE (older operators), and the pod rank PET_NODE_RANK, else RANK.
+    Elastic (an elasticPolicy, Workers only): PET_RDZV_ENDPOINT (worker 0) and PET_NNODES="MIN:MAX" (or
+    the Worker replicas without min/max), no pod rank: torchrun's c10d rendezvous numbers the nodes.
     """
     e = os.environ if environ is None else environ
-    if "PET_NNODES" in e:
+    if "PET_RDZV_ENDPOINT" in e or ":" in e.get("PET_NNODES", ""):
         return _k8s_elastic_rendezvous(e)
-    try:
-        nnodes, node_rank = int(e["WORLD_SIZE"]), int(e["RANK"])
-        endpoint = f"{e['MASTER_ADDR']}:{e['MASTER_PORT']}"
-    except KeyError as missing:
-        raise RuntimeError(f"--k8s: {missing.args[0]} is not set (the PyTorchJob operator sets it)") from None
+    found = {}
+    for what, names in (("nnodes", ("PET_NNODES", "WORLD_SIZE")), ("rank", ("PET_NODE_RANK", "RANK")),
+                        ("addr", ("MASTER_ADDR",)), ("port", ("MASTER_PORT",))):
+        value = next((e[n] for n in names if n in e), None)
+        if value is None:
+            raise LaunchError(f"--k8s: {' or '.join(names)} is not set (the PyTorchJob operator sets it in every "
+                              f"pod of a job with a Master; run this only as a PyTorchJob pod's command)")
+        found[what] = value
+    nnodes_text, rank_text, endpoint = found["nnodes"], found["rank"], f"{found['addr']}:{found['port']}"
+    if not nnodes_text.isdigit() or int(nnodes_text) < 1 or not rank_text.isdigit():
+        raise LaunchError(f"--k8s: pod count {nnodes_text!r} and pod rank {rank_text!r} from the operator "
+                          f"(rule: whole numbers, at least 1 pod)")
+    nnodes, node_rank = int(nnodes_text), int(rank_text)
+    if node_rank >= nnodes:
+        raise LaunchError(f"--k8s: pod rank {node_rank} of {nnodes} pods (rule: 0 <= rank < pods)")
     if nnodes == 1:
         return {"nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
     # The master pod hosts the rendezvous store; say so rather than rely on hostname matching.
@@ -586,12 +640,12 @@ def _k8s_elastic_rendezvous(e) -> dict:
         endpoint = e["PET_RDZV_ENDPOINT"]
         max_restarts = int(e.get("PET_MAX_RESTARTS", "0"))
     except KeyError as missing:
-        raise RuntimeError(f"--k8s: {missing.args[0]} is not set (the operator sets it with an elasticPolicy)") from None
+        raise LaunchError(f"--k8s: {missing.args[0]} is not set (the operator sets it with an elasticPolicy)") from None
     except ValueError as err:
-        raise RuntimeError(f"--k8s: elastic settings from the operator: {err}") from None
+        raise LaunchError(f"--k8s: elastic settings from the operator: {err}") from None
     backend = e.get("PET_RDZV_BACKEND", "c10d")
     if backend != "c10d":
-        raise RuntimeError(f"--k8s: PET_RDZV_BACKEND={backend!r} (rule: mnemos uses c10d rendezvous)")
+        raise LaunchError(f"--k8s: PET_RDZV_BACKEND={backend!r} (rule: mnemos uses c10d rendezvous)")
     # A string node count keeps torchrun elastic even for MIN == MAX: node ranks come from the rendezvous.
     return {"nnodes": f"{lo}:{hi}", "rdzv_endpoint": endpoint, "rdzv_id": e.get("MNEMOS_JOB_NAME", "mnemos"),
             "max_restarts": max_restarts}
@@ -774,12 +828,21 @@ def spawn_deepspeed(cmd: list[str], layout: DeepSpeedLayout, run_dir: str | os.P
                     env: dict[str, str] | None = None, received: list[str] | None = None) -> int:
     """Run the DeepSpeed launcher and wait; returns its exit code (0 only if every rank exited 0).
 
-    Rank output goes to the console; SIGUSR1/SIGTERM/SIGINT are forwarded to the local ranks as for
-    torchrun (remote ranks are DeepSpeed's: pdsh stops them when the launcher ends).
+    Rank output goes to the console, prefixed `[rankR]:` as torchrun's: with `--enable_each_rank_log=DIR`
+    (DeepSpeed writes each rank's output to DIR/<start time>_rank<R>.log only) the files of this launch are
+    followed onto the console, every rank's for a local launch and rank 0's across hosts (the run directory
+    is shared, so rank 0's file is there wherever it runs); the files stay. SIGUSR1/SIGTERM/SIGINT are
+    forwarded to the local ranks as for torchrun (remote ranks are DeepSpeed's: pdsh stops them when the
+    launcher ends).
     """
     require_pdsh(layout)
     Path(run_dir, "logs").mkdir(parents=True, exist_ok=True)
     full_env = rank_environment(run_dir, env, layout.nproc)
+    rank_log_dir = next((a.split("=", 1)[1] for a in cmd if a.startswith("--enable_each_rank_log=")), None)
+    follower = None
+    if rank_log_dir is not None:
+        shown = range(layout.world_size) if layout.local else range(1)
+        follower = _RankLogFollower(Path(rank_log_dir), shown)
     log.info("launching %d rank(s) on each of %d host(s) with DeepSpeed: %s", layout.nproc, len(layout.hosts),
              " ".join(cmd))
     # A local launch gets a process group of its own, as torchrun does: DeepSpeed's launcher kills its ranks
@@ -792,12 +855,66 @@ def spawn_deepspeed(cmd: list[str], layout: DeepSpeedLayout, run_dir: str | os.P
         # runner -> deepspeed.launcher.launch -> ranks: the grandchildren (a local launch).
         return [pid for launcher in _children(proc.pid) for pid in _children(launcher)]
 
-    # The ranks save and exit on SIGTERM, then DeepSpeed's launcher ends by itself.
-    rc = _supervise(proc, ranks, received, stop_agent=False,
-                    pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
+    try:
+        # The ranks save and exit on SIGTERM, then DeepSpeed's launcher ends by itself.
+        rc = _supervise(proc, ranks, received, stop_agent=False,
+                        pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
+    finally:
+        if follower is not None:
+            follower.close()
     if rc != 0:
         log.error("the DeepSpeed launcher exited with code %d", rc)
     return rc
+
+
+class _RankLogFollower:
+    """Copy the rank log files that DeepSpeed's launcher writes (DIR/<time>_rank<R>.log) to our stdout while
+    it runs, each line prefixed `[rankR]:` as torchrun's. Only files that were not there before this launch
+    are followed (earlier launches share the directory); the files themselves are left as they are."""
+
+    POLL_S = 0.2
+
+    def __init__(self, directory: Path, ranks: range) -> None:
+        self.directory = directory
+        self.ranks = ranks
+        self.before = set(directory.glob("*_rank*.log")) if directory.is_dir() else set()
+        self.files: dict[int, object] = {}
+        self.partial: dict[int, str] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _open_new(self) -> None:
+        for rank in self.ranks:
+            if rank in self.files:
+                continue
+            new = sorted(set(self.directory.glob(f"*_rank{rank}.log")) - self.before)
+            if new:
+                self.files[rank] = open(new[-1], errors="replace")
+                self.partial[rank] = ""
+
+    def _copy(self, final: bool) -> None:
+        for rank, f in self.files.items():
+            *lines, rest = (self.partial[rank] + f.read()).split("\n")
+            if final and rest:  # the last line, without its newline
+                lines, rest = [*lines, rest], ""
+            self.partial[rank] = rest
+            for line in lines:
+                sys.stdout.write(f"[rank{rank}]:{line}\n")
+            sys.stdout.flush()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.POLL_S):
+            self._open_new()
+            self._copy(final=False)
+        self._open_new()
+        self._copy(final=True)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+        for f in self.files.values():
+            f.close()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,8 @@ def register(subparsers) -> None:
                    help="DeepSpeed: address of the first host (default: its name, 127.0.0.1 for this machine)")
     p.add_argument("--master-port", type=int, default=None,
                    help="DeepSpeed: rendezvous port (default: a free port on this machine, else 29500)")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the launch command; start nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="make every check of the launch and print its command; start nothing")
     p.set_defaults(func=run)
 
 
@@ -138,10 +139,12 @@ def train_deepspeed(config: str | None, overrides: list[str], nproc: int | None,
         note_unused_vocab(cfg)
         path = Path(cfg.run_dir) / "config.yaml"
         cmd = deepspeed_command(path, layout, master_port, rank_log_dir=Path(cfg.run_dir) / "logs" / "ranks")
+        # Also for --dry-run: the command is this machine's (its interpreter, its hostfile), and here it would
+        # be refused; a dry run reports every check the real launch makes before anything starts.
+        require_pdsh(layout)
         if dry_run:
             print(shlex.join(cmd))
             return 0
-        require_pdsh(layout)
     except HostfileError as err:
         raise ConfigError(str(err)) from None
     write_run(cfg)

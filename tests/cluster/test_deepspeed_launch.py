@@ -111,11 +111,25 @@ def _tiny_config(tmp_path: Path) -> Path:
     return path
 
 
+def _fake_pdsh(tmp_path: Path) -> str:
+    """A PATH on which `pdsh` exists (never run: a dry run only looks for it)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pdsh").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "pdsh").chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def _path_without_pdsh() -> str:
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "pdsh").exists())
+
+
 def test_cli_dry_run_prints_the_command_and_writes_nothing(tmp_path):
     cfg, hf = _tiny_config(tmp_path), _hostfile(tmp_path, "gpu1 slots=2\ngpu2 slots=2\n")
     res = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(cfg), "--launcher", "deepspeed",
                           "--hostfile", str(hf), "--master-port", "6000", "--dry-run"], cwd=tmp_path,
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), PATH=_fake_pdsh(tmp_path)))
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hf),
                                   "--master_addr", "gpu1", "--master_port", "6000", "--num_nodes", "2",
@@ -151,6 +165,19 @@ def test_several_hosts_without_pdsh_are_refused_before_anything_starts(tmp_path)
     cfg, hf = _tiny_config(tmp_path), _hostfile(tmp_path, "gpu1 slots=2\ngpu2 slots=2\n")
     with pytest.raises(ConfigError, match="pdsh is not installed"):
         train(str(cfg), [], launcher="deepspeed", hostfile=str(hf))
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_reports_a_missing_pdsh_as_the_launch_would(tmp_path):
+    """The README lists pdsh among the checks made before anything starts; --dry-run makes them all, so a
+    dry run on a machine without pdsh refuses (one line, exit 2) instead of printing a command that could
+    not run here."""
+    cfg, hf = _tiny_config(tmp_path), _hostfile(tmp_path, "gpu1 slots=2\ngpu2 slots=2\n")
+    res = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(cfg), "--launcher", "deepspeed",
+                          "--hostfile", str(hf), "--dry-run"], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), PATH=_path_without_pdsh()), timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "pdsh is not installed" in res.stderr and res.stdout == ""
     assert not (tmp_path / "run").exists()
 
 
@@ -216,10 +243,34 @@ def test_two_ranks_through_deepspeeds_launcher_train_like_torchrun(shared_data, 
         summary = yaml.safe_load((tmp_path / launcher / "results" / "train_summary.json").read_text())
         assert summary["status"] == "finished" and summary["world_size"] == 2
         runs[launcher] = step_losses(tmp_path / launcher)
-    # DeepSpeed's ranks log to one file each in the run directory (console output stays the launcher's)
+    # DeepSpeed's ranks log to one file each in the run directory (and mnemos copies them to the console)
     rank_logs = sorted((tmp_path / "deepspeed" / "logs" / "ranks").glob("*_rank*.log"))
     assert [p.name.rsplit("_", 1)[1] for p in rank_logs] == ["rank0.log", "rank1.log"]
     assert all(p.stat().st_size > 0 for p in rank_logs)
     assert sorted(runs["deepspeed"]) == [1, 2, 3, 4]
     np.testing.assert_allclose([runs["deepspeed"][s] for s in range(1, 5)],
                                [runs["torchrun"][s] for s in range(1, 5)], rtol=1e-6)
+
+
+def test_rank_output_reaches_the_console_prefixed_and_stays_in_the_rank_files(tmp_path):
+    """DeepSpeed's launcher writes each rank's output only to RUN/logs/ranks/<time>_rank<R>.log; mnemos follows
+    the files of this launch onto the console as torchrun's `[rankR]:` lines (files of an earlier launch in the
+    same directory are not replayed)."""
+    hf = _hostfile(tmp_path, "localhost slots=2\n")
+    ranks_dir = tmp_path / "run" / "logs" / "ranks"
+    ranks_dir.mkdir(parents=True)
+    (ranks_dir / "20000101000000_rank0.log").write_text("an earlier launch\n")
+    code = ("import sys, launcher.launch as L; "
+            f"lay = L.deepspeed_layout({str(hf)!r}); "
+            f"cmd = L.deepspeed_command('unused.yaml', lay, module='tests.cluster.fake_worker', "
+            f"rank_log_dir={str(ranks_dir)!r}); "
+            f"sys.exit(L.spawn_deepspeed(cmd, lay, {str(tmp_path / 'run')!r}))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE="ok"),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    console = {int(line[5]): line for line in res.stdout.splitlines() if line.startswith("[rank")}
+    assert sorted(console) == [0, 1] and all("]:ENV {" in line for line in console.values()), res.stdout
+    assert "an earlier launch" not in res.stdout
+    files = sorted(p for p in ranks_dir.glob("*_rank*.log") if not p.name.startswith("2000"))
+    assert [p.name.rsplit("_", 1)[1] for p in files] == ["rank0.log", "rank1.log"]
+    assert all(p.read_text().startswith("ENV {") for p in files)

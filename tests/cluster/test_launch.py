@@ -72,10 +72,84 @@ def test_slurm_rendezvous_reads_allocation():
         slurm_rendezvous({})
 
 
-def test_k8s_rendezvous_counts_pods():
-    r = k8s_rendezvous({"WORLD_SIZE": "3", "RANK": "0", "MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456"})
-    assert r["nnodes"] == 3 and r["rdzv_endpoint"] == "job-master-0:23456" and r["rdzv_conf"] == "is_host=1"
-    assert k8s_rendezvous({"WORLD_SIZE": "3", "RANK": "2", "MASTER_ADDR": "m", "MASTER_PORT": "1"})["rdzv_conf"] == "is_host=0"
+# What the Kubeflow training operator puts in each pod (pkg/controller.v1/pytorch: setPodEnv, the master and
+# elastic env generators). A fixed-size job (Master + Workers, no elasticPolicy) of 3 pods, as v1.7+ sets it:
+# torchrun's PET_* with a plain PET_NNODES, and WORLD_SIZE = pods x nprocPerNode ("auto" counts as 1).
+def operator_fixed_pod(rank: int, pods: int = 3, port: int = 23456, master: str = "job-master-0",
+                       nproc_per_node: str = "auto") -> dict[str, str]:
+    per_pod = int(nproc_per_node) if nproc_per_node.isdigit() else 1
+    return {"PYTHONUNBUFFERED": "0", "MASTER_PORT": str(port), "PET_MASTER_PORT": str(port),
+            "MASTER_ADDR": master, "PET_MASTER_ADDR": master, "WORLD_SIZE": str(pods * per_pod),
+            "RANK": str(rank), "PET_NPROC_PER_NODE": nproc_per_node, "PET_NODE_RANK": str(rank),
+            "PET_NNODES": str(pods), "MNEMOS_JOB_NAME": "job"}
+
+
+# Before v1.7 the operator set only these (WORLD_SIZE counted pods).
+def operator_fixed_pod_before_1_7(rank: int, pods: int = 3) -> dict[str, str]:
+    return {"PYTHONUNBUFFERED": "0", "MASTER_PORT": "23456", "MASTER_ADDR": "job-master-0",
+            "WORLD_SIZE": str(pods), "RANK": str(rank), "MNEMOS_JOB_NAME": "job"}
+
+
+@pytest.mark.parametrize("pod", [operator_fixed_pod, operator_fixed_pod_before_1_7])
+def test_k8s_rendezvous_fixed_size_job_counts_pods(pod):
+    """A Master + Workers job: the node count and rank are the pods', the master pod hosts the rendezvous."""
+    r = k8s_rendezvous(pod(0))
+    assert r == {"nnodes": 3, "node_rank": 0, "rdzv_endpoint": "job-master-0:23456", "rdzv_id": "job",
+                 "rdzv_conf": "is_host=1"}
+    r = k8s_rendezvous(pod(2))
+    assert (r["nnodes"], r["node_rank"], r["rdzv_conf"]) == (3, 2, "is_host=0")
+    assert "--node_rank" in torchrun_command("/r/c.yaml", 8, python="py", **r)
+    assert k8s_rendezvous(pod(0, pods=1)) == {"nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
+
+
+def test_k8s_rendezvous_fixed_size_pods_not_ranks_when_world_size_counts_ranks():
+    """With spec.nprocPerNode the v1.7+ operator's WORLD_SIZE is pods x ranks per pod; PET_NNODES stays pods."""
+    r = k8s_rendezvous(operator_fixed_pod(1, pods=2, nproc_per_node="8"))
+    assert (r["nnodes"], r["node_rank"]) == (2, 1)
+
+
+@pytest.mark.parametrize("drop, message", [("MASTER_ADDR", "MASTER_ADDR is not set"),
+                                           ("PET_NNODES", None), ("PET_NODE_RANK", None)])
+def test_k8s_rendezvous_fixed_size_needs_the_operator_variables(drop, message):
+    env = {k: v for k, v in operator_fixed_pod(1).items() if k != drop}
+    if message is None:  # the older names stand in for the PET_ ones
+        assert k8s_rendezvous(env)["node_rank"] == 1
+    else:
+        with pytest.raises(RuntimeError, match=message):
+            k8s_rendezvous(env)
+    with pytest.raises(RuntimeError, match="rank < pods"):
+        k8s_rendezvous({**operator_fixed_pod(1), "PET_NODE_RANK": "3"})
+
+
+def test_fixed_size_pytorchjob_really_starts_with_the_operators_env(tmp_path, monkeypatch):
+    """Two pods of a Master + Worker job, each with exactly the env the operator gives it (PET_NNODES=2 and
+    all), start real torchrun agents that meet at the master pod and form one world of 2 x 2 ranks."""
+    import socket
+    import threading
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    config = _config(tmp_path, "fixed")
+    codes: dict[int, int] = {}
+
+    def pod(rank: int) -> None:
+        env = {**os.environ, **operator_fixed_pod(rank, pods=2, port=port, master="127.0.0.1")}
+        codes[rank] = spawn_local(config, 2, module=FAKE, env=env, **k8s_rendezvous(env))
+
+    pods = [threading.Thread(target=pod, args=(r,)) for r in (0, 1)]
+    for t in pods:
+        t.start()
+    for t in pods:
+        t.join(timeout=240)
+    assert codes == {0: 0, 1: 0}
+    seen = {}
+    for r in range(4):
+        line = next(l for l in (tmp_path / "fixed" / "logs" / f"rank{r}.log").read_text().splitlines()
+                    if l.startswith("ENV "))
+        seen[r] = json.loads(line[4:])
+    assert {v["WORLD_SIZE"] for v in seen.values()} == {"4"} and sorted(v["RANK"] for v in seen.values()) == \
+        ["0", "1", "2", "3"]
 
 
 @pytest.mark.parametrize("text, expected", [(4, (4, 4)), ("4", (4, 4)), ("2:4", (2, 4)), (" 3:3 ", (3, 3))])
@@ -89,8 +163,10 @@ def test_parse_nnodes_rejects_malformed(bad):
         parse_nnodes(bad)
 
 
-ELASTIC_POD = {"PET_NNODES": "2:4", "PET_RDZV_ENDPOINT": "job-worker-0:23456", "PET_RDZV_BACKEND": "c10d",
-               "PET_MAX_RESTARTS": "3", "MNEMOS_JOB_NAME": "job"}
+# An elastic job (Workers only, elasticPolicy with min/max replicas, rdzvBackend and maxRestarts): no Master, so
+# no MASTER_ADDR, WORLD_SIZE or RANK; the rendezvous endpoint is worker 0's service.
+ELASTIC_POD = {"PYTHONUNBUFFERED": "0", "PET_RDZV_ENDPOINT": "job-worker-0:23456", "PET_RDZV_BACKEND": "c10d",
+               "PET_NNODES": "2:4", "PET_MAX_RESTARTS": "3", "MNEMOS_JOB_NAME": "job"}
 
 
 def test_k8s_rendezvous_elastic_range_from_the_operator():
@@ -285,3 +361,25 @@ def test_sigusr1_before_the_ranks_exist_is_remembered(tmp_path):
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
     assert (tmp_path / "early" / "logs" / "stopped-rank0").read_text() == "SIGUSR1"
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--slurm", "CONFIG"], {}, "--slurm: SLURM_JOB_ID is not set"),
+    (["--slurm", "MISSING"], {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"}, "does not exist"),
+    (["--k8s", "CONFIG"], {}, "--k8s: PET_NNODES or WORLD_SIZE is not set"),
+    (["--nnodes", "0", "CONFIG"], {}, "nnodes='0'"),
+    (["--nnodes", "2", "CONFIG"], {}, "rdzv_endpoint"),
+    (["--nproc-per-node", "0", "CONFIG"], {}, "at least 1 rank"),
+])
+def test_launch_entry_refuses_user_mistakes_in_one_line_with_exit_2(tmp_path, args, env, message):
+    """`python -m launcher.launch` outside an allocation, without its config or with a bad option: one line
+    naming the problem, exit 2 (no traceback; in a PyTorchJob, 2 fails the job rather than restarting it)."""
+    config = _config(tmp_path, "mistake")
+    argv = [{"CONFIG": str(config), "MISSING": str(tmp_path / "nope.yaml")}.get(a, a) for a in args]
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SLURM_", "PET_")) and k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}
+    res = subprocess.run([sys.executable, "-m", "launcher.launch", *argv], capture_output=True, text=True,
+                         env={**clean, **env, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=60)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr

@@ -68,6 +68,57 @@ def test_pytorchjob_golden_and_valid():
     assert pod["containers"][0]["command"][-4:] == ["--k8s", "/shared/runs/gpt3-xl/config.yaml", "--nproc-per-node", "8"]
 
 
+def test_pytorchjob_pods_start_in_the_run_directory_with_the_images_mnemos():
+    """The submitting machine's checkout and working directory mean nothing in a pod: no PYTHONPATH to them
+    (the image has mnemos installed) and workingDir is the run directory on the --pvc claim. A checkout on a
+    claim every pod mounts is put on PYTHONPATH; --env PYTHONPATH=... wins over it."""
+    def container(spec, cmd=CMD, pvc="runs-rwx"):
+        m = k8s.render_pytorchjob(spec, cmd, pvc=pvc)
+        assert k8s.validate_pytorchjob(m) == []
+        return m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+
+    c = container(JobSpec(nodes=2))
+    assert c["workingDir"] == "/shared/runs/gpt3-xl" and "PYTHONPATH" not in {e["name"] for e in c["env"]}
+    c = container(JobSpec(nodes=2, volumes={"code": "/shared/mnemos"}))
+    assert {"name": "PYTHONPATH", "value": "/shared/mnemos"} in c["env"]
+    c = container(JobSpec(nodes=2, volumes={"code": "/shared/mnemos"}, env={"PYTHONPATH": "/opt/src"}))
+    assert [e["value"] for e in c["env"] if e["name"] == "PYTHONPATH"] == ["/opt/src"]
+
+
+def test_relative_data_paths_are_made_absolute_against_the_submitting_directory():
+    from launcher.config import RunConfig
+    cfg = RunConfig(run_dir="/r", data={"train": ["shards/a", "/abs/b"], "valid": ["../v"],
+                                        "tokenizer": "tok/sp.model"})
+    changed = k8s.absolute_data_paths(cfg, "/home/u/proj")
+    assert cfg.data.train == ["/home/u/proj/shards/a", "/abs/b"] and cfg.data.valid == ["/home/u/v"]
+    assert cfg.data.tokenizer == "/home/u/proj/tok/sp.model" and len(changed) == 3
+    assert k8s.absolute_data_paths(cfg, "/elsewhere") == []
+
+
+MOUNTS = """overlay / overlay rw 0 0
+/dev/vda1 /home ext4 rw 0 0
+10.0.0.5:/export/runs /shared/runs nfs4 rw 0 0
+"""
+
+
+def test_run_config_on_the_claim_is_named_unless_the_run_directory_is_evidently_shared():
+    """With --pvc the pods mount the claim at the run directory, but RUN/config.yaml is written on the
+    submitting machine: it reaches the pods only if that directory is the same claim here too."""
+    from launcher.config import RunConfig
+    cfg = RunConfig(run_dir="/shared/runs/gpt3-xl", data={"train": ["/shared/runs/data/a"]})
+    spec = JobSpec(nodes=2)
+    assert k8s.filesystem_type("/shared/runs/gpt3-xl", MOUNTS) == "nfs4"
+    assert k8s.unmounted_paths(cfg, CMD, spec, "runs-rwx", MOUNTS) == ["data.train[0]=/shared/runs/data/a"]
+    local = CMD.model_copy(update={"run_dir": Path("/home/u/runs/x"), "config": Path("/home/u/runs/x/config.yaml")})
+    notes = k8s.unmounted_paths(cfg, local, spec, "runs-rwx", MOUNTS)
+    assert notes[0] == ("run config=/home/u/runs/x/config.yaml (written on this machine, where /home/u/runs/x is on "
+                        "ext4, not a shared one: the pods see it only if this machine mounts the claim runs-rwx at "
+                        "/home/u/runs/x)")
+    # relative paths are named as the absolute paths the pods will look for
+    rel = RunConfig(run_dir="/shared/runs/gpt3-xl", data={"train": ["data/a"]})
+    assert k8s.unmounted_paths(rel, CMD, spec, "runs-rwx", MOUNTS) == ["data.train[0]=/shared/work/data/a"]
+
+
 def test_pytorchjob_single_node_has_no_workers_and_name_is_dns_safe():
     spec = JobSpec(name="My_Run.v2 (test)", nodes=1)
     m = k8s.render_pytorchjob(spec, CMD)
@@ -254,9 +305,11 @@ def test_cli_dry_run_prints_the_exact_script_and_writes_nothing(tmp_path):
     assert res.returncode == 0, res.stderr
     job = yaml.safe_load(res.stdout)
     assert k8s.validate_pytorchjob(job) == []
-    # the pods run the image's python: this machine's interpreter path means nothing inside the image
+    # the pods run the image's python and mnemos, in the run directory: this machine's interpreter, checkout
+    # and working directory mean nothing inside the image
     master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     assert master["command"][:3] == ["python", "-m", "launcher.launch"]
+    assert master["workingDir"] == str(run_dir) and "PYTHONPATH" not in {e["name"] for e in master["env"]}
     res = _mnemos("submit", str(cfg), "--nodes", "2", "--gpus-per-node", "2", "--scheduler", "k8s", "--dry-run",
                   "--python", "/opt/venv/bin/python", cwd=tmp_path)
     master = yaml.safe_load(res.stdout)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
@@ -276,7 +329,10 @@ def test_k8s_names_the_files_no_pod_can_see_and_mounts_claims_for_them(tmp_path)
     assert f"data.tokenizer={small_tokenizer_file()}" in res.stderr
     tok_dir = os.path.dirname(small_tokenizer_file())
     res = _mnemos(*base, "--pvc", "runs", "--volume", f"data:{tmp_path}", "--volume", f"tok:{tok_dir}", cwd=tmp_path)
-    assert res.returncode == 0 and "note:" not in res.stderr, res.stderr
+    # everything is on a claim; only RUN/config.yaml, written here on a local disk, is named, with what it needs
+    assert res.returncode == 0 and "data.train" not in res.stderr and "data.tokenizer" not in res.stderr, res.stderr
+    assert (f"run config={run_dir / 'config.yaml'} (written on this machine" in res.stderr
+            and f"the pods see it only if this machine mounts the claim runs at {run_dir})" in res.stderr), res.stderr
     m = yaml.safe_load(res.stdout)
     assert k8s.validate_pytorchjob(m) == []
     pod = m["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
@@ -367,13 +423,22 @@ def test_k8s_submit_applies_the_validated_manifest_with_kubectl(tmp_path, monkey
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("MNEMOS_HOME", str(tmp_path / "home"))
-    cmd = CMD.model_copy(update={"run_dir": tmp_path / "run", "config": tmp_path / "run" / "config.yaml"})
+    # RUN/config.yaml as `mnemos submit` writes it, from a config with data paths relative to where it was run
+    monkeypatch.chdir(tmp_path)
+    from launcher.config import load_config
+    from cluster.submit import write_config
+    cfg = load_config(_write_tiny_config(tmp_path, tmp_path / "run"), ["data.train=[train]"])
+    cmd = CMD.model_copy(update={"run_dir": tmp_path / "run", "config": tmp_path / "run" / "config.yaml",
+                                 "workdir": tmp_path})
+    write_config(cfg, cmd.config)
     spec = JobSpec(nodes=2, gpus_per_node=4)
     job = k8s.submit(spec, cmd)
     argv, stdin = json.loads((tmp_path / "kubectl.calls").read_text())
     assert argv == ["apply", "-f", "-"]
     assert stdin == k8s.manifest_yaml(k8s.render_pytorchjob(spec, cmd))
     assert job.job_id == "mnemos-run" and (tmp_path / "run" / "k8s" / "mnemos-run.yaml").read_text() == stdin
+    # the pods start in the run directory: the relative shard prefix became the path it meant here
+    assert yaml.safe_load(cmd.config.read_text())["data"]["train"] == [str(tmp_path / "train")]
     from cluster import get_job
     assert type(get_job("mnemos-run")).__name__ == "KubernetesJob"  # found again through the record
 
