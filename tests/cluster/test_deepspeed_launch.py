@@ -181,24 +181,32 @@ def test_dry_run_reports_a_missing_pdsh_as_the_launch_would(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_sigusr1_reaches_the_ranks_deepspeed_started(tmp_path):
-    """The launcher forwards a preemption notice to the ranks (DeepSpeed's launcher would die of it)."""
+def _launch_fake_ranks(tmp_path, mode: str, word: str, new_session: bool = False):
+    """spawn_deepspeed of 2 fake ranks on this machine in a launcher process; returns it with the console
+    lines read until both ranks printed `word`."""
     hf = _hostfile(tmp_path, "localhost slots=2\n")
-    logs = tmp_path / "run" / "logs"
     code = ("import sys, launcher.launch as L; "
             f"lay = L.deepspeed_layout({str(hf)!r}); "
             f"cmd = L.deepspeed_command('unused.yaml', lay, module='tests.cluster.fake_worker'); "
             f"sys.exit(L.spawn_deepspeed(cmd, lay, {str(tmp_path / 'run')!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE="late"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE=mode),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=new_session)
     out = []
-    for line in proc.stdout:  # ranks print "starting" before they can catch SIGUSR1
+    for line in proc.stdout:
         out.append(line)
-        if sum("starting" in l for l in out) == 2:
+        if sum(word in l for l in out) == 2:
             break
+    return proc, out
+
+
+def test_sigusr1_reaches_the_ranks_deepspeed_started(tmp_path):
+    """The launcher forwards a preemption notice to the ranks (DeepSpeed's launcher would die of it)."""
+    proc, out = _launch_fake_ranks(tmp_path, "late", "starting")  # before the ranks can catch SIGUSR1
     proc.send_signal(signal.SIGUSR1)
     rest, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, "".join(out) + rest
+    logs = tmp_path / "run" / "logs"
     assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == ["SIGUSR1", "SIGUSR1"]
 
 
@@ -206,23 +214,12 @@ def test_ctrl_c_lets_the_ranks_deepspeed_started_save_and_exit_0(tmp_path):
     """Ctrl-C at a terminal signals the whole foreground process group. DeepSpeed's local launcher would
     kill its ranks at once; it runs in a group of its own, so only mnemos's launcher gets the SIGINT and
     passes it on as SIGTERM: the ranks save and exit 0, and so does everything above them."""
-    hf = _hostfile(tmp_path, "localhost slots=2\n")
-    logs = tmp_path / "run" / "logs"
-    code = ("import sys, launcher.launch as L; "
-            f"lay = L.deepspeed_layout({str(hf)!r}); "
-            f"cmd = L.deepspeed_command('unused.yaml', lay, module='tests.cluster.fake_worker'); "
-            f"sys.exit(L.spawn_deepspeed(cmd, lay, {str(tmp_path / 'run')!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FAKE_MODE="signal"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # a process group of its own, as at a terminal
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if sum("ready" in l for l in out) == 2:
-            break
+    # new_session: the launcher leads a process group, as a command typed at a terminal does
+    proc, out = _launch_fake_ranks(tmp_path, "signal", "ready", new_session=True)
     os.killpg(proc.pid, signal.SIGINT)
     rest, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, "".join(out) + rest
+    logs = tmp_path / "run" / "logs"
     assert [(logs / f"stopped-rank{r}").read_text() for r in (0, 1)] == ["SIGTERM", "SIGTERM"]
     assert "Traceback" not in rest, rest
 
