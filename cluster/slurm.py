@@ -3,10 +3,11 @@
 The batch script (see `render_sbatch`) starts one launcher per node with `srun --kill-on-bad-exit=1`
 (`python -m launcher.launch --slurm`, which rendezvouses torchrun on the first node). Slurm sends
 SIGUSR1 to the batch shell `signal_lead_s` before the time limit (`--signal=B:USR1@N`); the script
-traps it (and SIGTERM), forwards SIGUSR1 to every task through srun, the ranks save a checkpoint and
-exit 0, and the script requeues the job with `scontrol requeue` while SLURM_RESTART_COUNT is below
-the cap. A non-zero exit (a failed rank, the hang watchdog) is requeued the same way. The restarted
-job resumes from the newest valid checkpoint in RUN/checkpoints.
+traps it, forwards SIGUSR1 to every task through srun, the ranks save a checkpoint and exit 0, and the
+script requeues the job with `scontrol requeue` while SLURM_RESTART_COUNT is below the cap. A non-zero
+exit (a failed rank, the hang watchdog) is requeued the same way. SIGTERM (scancel, preemption) is
+forwarded too, but then the script never requeues: Slurm decides what happens next. The restarted job
+resumes from the newest valid checkpoint in RUN/checkpoints.
 
 Quoting: everything the shell reads is `shlex.quote`d; #SBATCH values (read by sbatch, not a
 shell) are written bare when they are plain and double-quoted with backslash escapes otherwise; any
@@ -111,9 +112,10 @@ def render_sbatch(spec: JobSpec, cmd: JobCommand) -> str:
         "",
         "# Preemption warning (--signal=B:USR1) or termination: tell every rank to checkpoint and exit.",
         "stop_requested=0",
+        "terminated=0",
         "step_pid=",
         "forward_stop() {",
-        '    if [ "$1" = USR1 ]; then stop_requested=1; fi  # TERM means cancel/preempt: Slurm decides the rest',
+        '    if [ "$1" = USR1 ]; then stop_requested=1; else terminated=1; fi',
         '    echo "mnemos: SIG$1 received at $(date -Is): ranks save a checkpoint and exit"',
         '    if [ -n "$step_pid" ]; then kill -USR1 "$step_pid" 2>/dev/null; fi  # srun relays it to all tasks',
         "}",
@@ -136,6 +138,12 @@ def render_sbatch(spec: JobSpec, cmd: JobCommand) -> str:
     lines += [
         'echo "mnemos: step ended with exit code ${rc}, training ${outcome}, at $(date -Is)"',
         "",
+        "# SIGTERM to the batch shell is `scancel` or preemption: Slurm decides what comes next (a preemption",
+        "# with PreemptMode=REQUEUE requeues by itself); requeueing here would undo a cancel.",
+        'if [ "$terminated" = 1 ]; then',
+        '    echo "mnemos: stopped by SIGTERM (cancel or preemption): the script does not requeue; Slurm decides"',
+        '    exit "$rc"',
+        "fi",
         'if [ "$rc" -ne 0 ] || [ "$outcome" = preempted ] || { [ "$stop_requested" = 1 ] && [ "$outcome" != finished ]; }; then',
         '    if [ "$restarts" -lt "$MNEMOS_MAX_RESTARTS" ]; then',
         '        echo "mnemos: requeueing job ${SLURM_JOB_ID} (restart $((restarts + 1)) of ${MNEMOS_MAX_RESTARTS}); it resumes from the newest checkpoint"',

@@ -228,3 +228,50 @@ def test_training_array_runs_one_run_per_task(slurm_cluster, tmp_path, shared_da
         assert json.loads((run / "results" / "train_summary.json").read_text())["status"] == "finished"
         seeds.append(int(next(l for l in (run / "config.yaml").read_text().splitlines() if l.startswith("seed:")).split()[1]))
     assert seeds == [7, 8]
+
+
+# ------------------------------------------------------------------------- audit: cancel, records, run dirs
+def _fake_python(tmp_path: Path) -> str:
+    """An interpreter for JobCommand.python that runs launcher.launch with the stand-in worker (so the batch
+    script's own training path, outcome check included, runs without training)."""
+    p = tmp_path / "fakepy"
+    p.write_text(f'#!/bin/bash\nif [ "$1 $2" = "-m launcher.launch" ]; then\n'
+                 f'    exec {PY} "$@" --worker-module tests.cluster.fake_worker\nfi\nexec {PY} "$@"\n')
+    p.chmod(0o755)
+    return str(p)
+
+
+def _fake_training(tmp_path: Path, run_dir: Path, **spec) -> SlurmJob:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(f"run_dir: {run_dir}\n")
+    cmd = JobCommand(run_dir=run_dir, workdir=REPO, code_dir=REPO, python=_fake_python(tmp_path),
+                     config=run_dir / "config.yaml")
+    job = submit(JobSpec(**spec), cmd)
+    job.poll_s = 1.0
+    return job
+
+
+def _wait_ready(job, rank_log: Path, timeout_s=90):
+    deadline = time.monotonic() + timeout_s
+    while not (rank_log.exists() and "ready" in rank_log.read_text()):
+        assert time.monotonic() < deadline and job.state() in ACTIVE, job.logs()
+        time.sleep(0.5)
+
+
+def test_jobs_cancel_stops_for_good_and_does_not_requeue(slurm_cluster, tmp_path):
+    """`mnemos jobs cancel` TERMs the batch shell; the ranks save (the run says 'preempted'), and the script
+    must leave the job CANCELLED instead of requeueing it."""
+    run = tmp_path / "run"
+    job = _fake_training(tmp_path, run, time="10", max_restarts=2, env={"FAKE_MODE": "signal", "FAKE_SUMMARY": "1"})
+    _wait_ready(job, run / "logs" / "rank0.log")
+    res = _mnemos("jobs", "cancel", job.job_id)
+    assert res.returncode == 0, res.stderr
+    out = next((run / "logs").glob("slurm-*.out"))
+    deadline = time.monotonic() + 60  # the script's last line, written before it exits
+    while "step ended" not in out.read_text() or job.state() in ACTIVE:
+        assert time.monotonic() < deadline, job.logs()
+        time.sleep(0.5)
+    time.sleep(2)  # a requeue would show within the script's own run
+    assert job.state() == "CANCELLED" and job.restarts() == 0, job.logs()
+    log = job.logs()
+    assert "training preempted" in log and "requeueing job" not in log, log
