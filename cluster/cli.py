@@ -123,7 +123,7 @@ def submit_cmd(args) -> int:
     if args.python is None:
         args.python = "python" if args.scheduler == "k8s" else sys.executable
     try:
-        cfg, cmd = prepare(args.config, spec, args.overrides, args.python)
+        cfg, cmd = prepare(args.config, spec, args.overrides, args.python, scheduler=args.scheduler)
         if args.scheduler == "k8s":
             from cluster.k8s import unmounted_paths
             missing = unmounted_paths(cfg, cmd, spec, args.pvc)
@@ -138,7 +138,7 @@ def submit_cmd(args) -> int:
     except SpecError as err:
         raise ConfigError(str(err)) from None
     except JobError as err:
-        print(f"mnemos submit: {err}", file=sys.stderr)
+        print(f"mnemos: {err}", file=sys.stderr)  # the prefix launcher.cli gives every other error
         return 1
     if job.scheduler == "slurm":
         print(f"submitted Slurm job {job.job_id}: {spec.nodes} node(s) x {spec.ranks_per_node} rank(s), "

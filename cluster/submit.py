@@ -19,8 +19,20 @@ from cluster.spec import JobCommand, JobSpec, SpecError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def check_scheduler(spec: JobSpec, scheduler: str) -> None:
+    """Options one scheduler cannot honour: refused before the config is checked at any world size."""
+    if scheduler == "slurm" and spec.elastic:
+        raise SpecError(f"--nodes {spec.min_nodes}:{spec.nodes}: elastic node ranges are a Kubernetes feature "
+                        f"(rule: with --scheduler slurm give a fixed --nodes N)")
+    if scheduler == "k8s":
+        for option, value in (("array", spec.array), ("dependency", spec.dependency)):
+            if value is not None:
+                raise SpecError(f"--{option}={value!r} with --scheduler k8s (rule: --array and --dependency are "
+                                f"Slurm features; a PyTorchJob has neither)")
+
+
 def prepare(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tuple = (),
-            python: str | None = None, workdir: str | os.PathLike | None = None):
+            python: str | None = None, workdir: str | os.PathLike | None = None, scheduler: str | None = None):
     """Resolve and validate the config for spec.nodes x ranks (before anything is queued).
 
     An elastic job (spec.min_nodes) is validated at every node count it may run with.
@@ -28,6 +40,11 @@ def prepare(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tup
     (default: here), so relative data paths keep their meaning on the nodes.
     """
     from launcher.config import ConfigError, load_config, note_unused_vocab
+    if scheduler is not None:
+        try:
+            check_scheduler(spec, scheduler)
+        except SpecError as err:
+            raise ConfigError(str(err)) from None
     cfg = load_config(config, list(overrides))
     cfg.run_dir = str(Path(cfg.run_dir).absolute())
     check_world_sizes(cfg, spec)  # fail here, not after hours in the queue
@@ -65,7 +82,10 @@ def render(spec: JobSpec, cmd: JobCommand, scheduler: str = "slurm", pvc: str | 
         from cluster.slurm import render_sbatch
         return render_sbatch(spec, cmd)
     from cluster import k8s
-    manifest = k8s.render_pytorchjob(spec, cmd, pvc)
+    try:
+        manifest = k8s.render_pytorchjob(spec, cmd, pvc)
+    except JobError as err:  # an option a PyTorchJob cannot express: bad input, not a failure
+        raise SpecError(str(err)) from None
     errors = k8s.validate_pytorchjob(manifest)
     if errors:
         raise JobError("invalid PyTorchJob: " + "; ".join(errors))
