@@ -10,6 +10,7 @@ Only the resolved config file and a command line travel to the nodes; nothing is
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -120,10 +121,18 @@ def submit_prepared(cfg, cmd: JobCommand, spec: JobSpec, scheduler: str = "slurm
 
 
 def get_job(job_id: str, scheduler: str | None = None) -> Job:
-    """A Job handle for an id (Slurm) or name (k8s), using the submission record when there is one."""
-    from cluster.job import load_record
+    """A Job handle for an id (Slurm) or name (k8s), using the submission record when there is one.
+
+    Without a record, a Slurm-shaped id (123, 123_4) is a Slurm job; anything else is only looked up in
+    Kubernetes when `scheduler="k8s"` says so."""
+    from cluster.job import jobs_home, load_record
     rec = load_record(job_id, scheduler)
-    sched = scheduler or (rec.scheduler if rec else ("slurm" if job_id.replace("_", "").isdigit() else "k8s"))
+    sched = scheduler or (rec.scheduler if rec else None)
+    if sched is None:
+        if not re.fullmatch(r"\d+(_\d+)?", job_id):
+            raise JobError(f"no job {job_id!r} (no record in {jobs_home()}, and not a Slurm job id; for a "
+                           f"Kubernetes job submitted from elsewhere add --scheduler k8s)")
+        sched = "slurm"
     if sched == "slurm":
         from cluster.slurm import SlurmJob
         return SlurmJob(job_id, rec)

@@ -426,3 +426,31 @@ def test_time_and_memory_rules_in_the_api():
     JobSpec(time="3", signal_lead_s=120, mem="200g")
     with pytest.raises(ValueError, match="signal-lead"):
         JobSpec(time="00:02:00")
+
+
+def test_jobs_with_unknown_ids_and_signals_to_kubernetes_jobs(tmp_path):
+    """An id with no record that is not Slurm-shaped is 'no job', not a kubectl call; --signal is refused for a
+    Kubernetes job instead of deleting it (kubectl is a recording shim: it must not be called)."""
+    from cluster.job import JobRecord, save_record
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'kubectl.calls'}\n")
+    (bin_dir / "kubectl").chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(REPO), MNEMOS_HOME=str(tmp_path / "home"),
+               PATH=f"{bin_dir}:{os.environ['PATH']}")
+    os.environ["MNEMOS_HOME"], old = str(tmp_path / "home"), os.environ.get("MNEMOS_HOME")
+    try:
+        save_record(JobRecord(job_id="mnemos-run", scheduler="k8s", run_dir=str(tmp_path), namespace="llm"))
+    finally:
+        os.environ.pop("MNEMOS_HOME") if old is None else os.environ.__setitem__("MNEMOS_HOME", old)
+
+    def mnemos(*args):
+        return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env=env, timeout=120)
+    res = mnemos("jobs", "status", "abc")
+    assert res.returncode == 1 and res.stderr.startswith("mnemos: no job 'abc' (no record in "), res.stderr
+    assert "--scheduler k8s" in res.stderr
+    res = mnemos("jobs", "cancel", "mnemos-run", "--signal", "USR1")
+    assert res.returncode == 2 and "--signal='USR1' for Kubernetes job mnemos-run (rule: signals are Slurm-only" \
+        in res.stderr, res.stderr
+    assert not (tmp_path / "kubectl.calls").exists()

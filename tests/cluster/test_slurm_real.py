@@ -81,7 +81,8 @@ def test_cancel_a_running_job_through_the_cli(slurm_cluster, tmp_path):
     _wait_state(job, {"RUNNING"})
     status = _mnemos("jobs", "status", job.job_id, "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["state"] == "RUNNING"
+    info = json.loads(status.stdout)
+    assert info["state"] == "RUNNING" and info["restarts"] == 0 and info["reason"] is None and info["note"] is None
     res = _mnemos("jobs", "cancel", job.job_id)
     assert res.returncode == 0, res.stderr
     assert _wait_state(job, {"CANCELLED"}) == "CANCELLED"
@@ -275,3 +276,48 @@ def test_jobs_cancel_stops_for_good_and_does_not_requeue(slurm_cluster, tmp_path
     assert job.state() == "CANCELLED" and job.restarts() == 0, job.logs()
     log = job.logs()
     assert "training preempted" in log and "requeueing job" not in log, log
+
+
+def test_status_of_a_job_slurm_forgot_comes_from_the_record_and_the_run(slurm_cluster, tmp_path):
+    """After MinJobAge Slurm forgets a finished job (and without accounting sacct knows nothing): the
+    record and RUN/results/train_summary.json still say how it ended. An id with neither is 'no job'."""
+    from cluster.job import JobRecord, save_record
+    run = tmp_path / "run"
+    (run / "results").mkdir(parents=True)
+    (run / "results" / "train_summary.json").write_text('{"status": "finished", "step": 42}')
+    save_record(JobRecord(job_id="987654", scheduler="slurm", name="old", run_dir=str(run), submitted_at=0,
+                          output=str(run / "logs" / "slurm-%j.out")))
+    res = _mnemos("jobs", "status", "987654")
+    assert res.returncode == 0, res.stderr
+    assert "state=COMPLETED (from " in res.stdout and "finished at step 42" in res.stdout, res.stdout
+    info = json.loads(_mnemos("jobs", "status", "987654", "--json").stdout)
+    assert info["state"] == "COMPLETED" and info["restarts"] is None and info["reason"] is None
+    assert SlurmJob("987654").state() == "COMPLETED"
+    (run / "results" / "train_summary.json").write_text('{"status": "preempted", "step": 7}')
+    job = SlurmJob("987654")
+    assert job.state() == "ENDED" and job.done() and "says preempted at step 7" in job.state_note()
+    # mistyped ids: one line naming where it looked, non-zero, and never kubectl for a Slurm-shaped id
+    for args in (("status", "987653"), ("cancel", "987653"), ("status", "abc"), ("logs", "abc")):
+        res = _mnemos("jobs", *args)
+        assert res.returncode == 1 and f"no job '{args[1]}'" in res.stderr, (args, res.stderr)
+        assert "kubectl" not in res.stderr and "Traceback" not in res.stderr and not res.stdout
+
+
+def test_logs_of_a_pending_job_say_so(slurm_cluster, tmp_path):
+    blocker = _py_job(tmp_path / "a", "import time; time.sleep(600)")
+    job = _py_job(tmp_path / "b", "print('hi')", dependency=f"afterok:{blocker.job_id}")
+    assert job.state() == "PENDING"
+    text = job.logs()
+    assert f"job {job.job_id} is PENDING and has not written output yet" in text, text
+    blocker.cancel()
+    job.cancel()
+
+
+def test_array_task_status_and_logs_name_the_task_run_dirs(slurm_cluster, tmp_path):
+    run = tmp_path / "sweep"
+    job = _fake_training(tmp_path, run, array="0-1", max_restarts=0, env={"FAKE_MODE": "ok"})
+    assert job.wait(timeout_s=120) == "COMPLETED", job.logs()
+    assert "per-rank logs: " in job.logs() and str(run / "task1" / "logs" / "rank0.log") in job.logs()
+    info = json.loads(_mnemos("jobs", "status", f"{job.job_id}_1", "--json").stdout)
+    assert info["run_dir"] == str(run / "task1") and info["state"] == "COMPLETED"
+    assert info["restarts"] == 0 and info["exitcode"] == "0:0"
