@@ -75,6 +75,12 @@ def load_record(job_id: str, scheduler: str | None = None) -> JobRecord | None:
     return None
 
 
+def all_records() -> list[JobRecord]:
+    """Every job recorded under $MNEMOS_HOME/jobs, oldest first."""
+    paths = sorted(jobs_home().glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return [JobRecord(**json.loads(p.read_text())) for p in paths]
+
+
 class Job:
     """Common behaviour; subclasses implement state(), cancel(), log_text()."""
 

@@ -105,19 +105,81 @@ def write_config(cfg, path: Path) -> None:
 def submit_training(config: str | os.PathLike, spec: JobSpec, overrides: list[str] | tuple = (),
                     scheduler: str = "slurm", python: str | None = None, pvc: str | None = None) -> Job:
     """Validate, write RUN/config.yaml, submit; returns the Job (SlurmJob or KubernetesJob)."""
-    cfg, cmd = prepare(config, spec, overrides, python)
+    cfg, cmd = prepare(config, spec, overrides, python, scheduler=scheduler)
     return submit_prepared(cfg, cmd, spec, scheduler, pvc)
 
 
 def submit_prepared(cfg, cmd: JobCommand, spec: JobSpec, scheduler: str = "slurm", pvc: str | None = None) -> Job:
-    """submit_training after `prepare` (the CLI prepares once, to print notes and --dry-run from it)."""
+    """submit_training after `prepare` (the CLI prepares once, to print notes and --dry-run from it).
+
+    Refuses a run directory that an active job of this account trains in (it would overwrite that job's
+    config.yaml, which the job rereads when it requeues). If the scheduler refuses the job, the run
+    directory is put back as it was: the previous config.yaml, no new script, no new empty folders."""
     render(spec, cmd, scheduler, pvc)  # refuse before writing anything
-    write_config(cfg, cmd.config)
-    if scheduler == "slurm":
-        from cluster import slurm
-        return slurm.submit(spec, cmd)
-    from cluster import k8s
-    return k8s.submit(spec, cmd, pvc)
+    check_run_dir_free(cmd.run_dir)
+    snapshot = _snapshot(Path(cmd.run_dir))
+    try:
+        write_config(cfg, cmd.config)
+        if scheduler == "slurm":
+            from cluster import slurm
+            return slurm.submit(spec, cmd)
+        from cluster import k8s
+        return k8s.submit(spec, cmd, pvc)
+    except JobError:  # sbatch or kubectl refused it: nothing was queued
+        _restore(Path(cmd.run_dir), snapshot)
+        raise
+
+
+def check_run_dir_free(run_dir: str | os.PathLike) -> None:
+    """ConfigError naming the job when a recorded job that is still active trains in `run_dir`."""
+    from cluster.job import ACTIVE, all_records
+    from launcher.config import ConfigError
+    run_dir = Path(run_dir).resolve()
+    for rec in reversed(all_records()):
+        if not rec.run_dir:
+            continue
+        mine = Path(rec.run_dir).resolve()
+        # an array of training runs owns RUN/task<i> as well
+        if mine != run_dir and not (rec.task_dirs and run_dir.parent == mine and run_dir.name.startswith("task")):
+            continue
+        try:
+            state = get_job(rec.job_id, rec.scheduler).state()
+        except JobError:
+            continue  # the scheduler cannot say (kubectl unreachable): nothing shows the job is active
+        if state in ACTIVE:
+            stop = f"mnemos jobs cancel {rec.job_id}" + (" --scheduler k8s" if rec.scheduler == "k8s" else "")
+            raise ConfigError(f"run_dir={run_dir} is in use by {rec.scheduler} job {rec.job_id} ({state}) (rule: one "
+                              f"active job per run directory, since a new config.yaml would replace the one that job "
+                              f"resumes from; stop it with `{stop}` or give another --set run_dir=...)")
+
+
+_SCHEDULER_DIRS = ("slurm", "k8s")
+
+
+def _snapshot(run_dir: Path) -> dict:
+    """What submitting may change in a run directory: the folders that exist, config.yaml, the scripts."""
+    files = {}
+    for path in [run_dir / "config.yaml"] + [p for d in _SCHEDULER_DIRS for p in (run_dir / d).glob("*")]:
+        if path.is_file():
+            files[path] = path.read_bytes()
+    dirs = [p for p in [run_dir, *(run_dir / d for d in ("checkpoints", "tensorboard", "results", "logs",
+                                                             *_SCHEDULER_DIRS))] if not p.exists()]
+    return {"files": files, "new_dirs": dirs}
+
+
+def _restore(run_dir: Path, snapshot: dict) -> None:
+    files = snapshot["files"]
+    for path in [run_dir / "config.yaml"] + [p for d in _SCHEDULER_DIRS for p in (run_dir / d).glob("*")]:
+        if path in files:
+            if path.read_bytes() != files[path]:
+                path.write_bytes(files[path])
+        elif path.is_file():
+            path.unlink()
+    for d in reversed(snapshot["new_dirs"]):  # the run directory itself last
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # not empty or not there: something else put files in it
 
 
 def get_job(job_id: str, scheduler: str | None = None) -> Job:

@@ -321,3 +321,28 @@ def test_array_task_status_and_logs_name_the_task_run_dirs(slurm_cluster, tmp_pa
     info = json.loads(_mnemos("jobs", "status", f"{job.job_id}_1", "--json").stdout)
     assert info["run_dir"] == str(run / "task1") and info["state"] == "COMPLETED"
     assert info["restarts"] == 0 and info["exitcode"] == "0:0"
+
+
+def test_submit_refuses_a_run_dir_in_use_and_rolls_back_a_refused_submit(slurm_cluster, tmp_path):
+    """A second job in the run directory of an active one would replace the config.yaml the first resumes
+    from; a submit that sbatch refuses leaves the run directory as it was."""
+    from tests.cluster.test_scripts import _write_tiny_config
+    run = tmp_path / "run"
+    cfg = _write_tiny_config(tmp_path, run)
+    first = _mnemos("submit", str(cfg), "--python", _fake_python(tmp_path), "--env", "FAKE_MODE=signal")
+    assert first.returncode == 0, first.stderr
+    job = SlurmJob(first.stdout.split("submitted Slurm job ")[1].split(":")[0])
+    before = (run / "config.yaml").read_text()
+    scripts = sorted((run / "slurm").iterdir())
+    res = _mnemos("submit", str(cfg), "--set", "optim.lr=5e-4")
+    assert res.returncode == 2 and f"job {job.job_id}" in res.stderr, res.stderr
+    assert f"mnemos jobs cancel {job.job_id}" in res.stderr and "Traceback" not in res.stderr
+    assert (run / "config.yaml").read_text() == before and sorted((run / "slurm").iterdir()) == scripts
+    job.cancel()
+    _wait_state(job, {"CANCELLED"})
+    res = _mnemos("submit", str(cfg), "--set", "optim.lr=5e-4", "--partition", "nosuch")
+    assert res.returncode == 1 and "partition" in res.stderr.lower(), res.stderr
+    assert (run / "config.yaml").read_text() == before and sorted((run / "slurm").iterdir()) == scripts
+    fresh = tmp_path / "fresh"
+    res = _mnemos("submit", str(cfg), "--set", f"run_dir={fresh}", "--partition", "nosuch")
+    assert res.returncode == 1 and not fresh.exists(), res.stderr
