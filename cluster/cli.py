@@ -123,7 +123,7 @@ def submit_cmd(args) -> int:
     if args.python is None:
         args.python = "python" if args.scheduler == "k8s" else sys.executable
     try:
-        cfg, cmd = prepare(args.config, spec, args.overrides, args.python)
+        cfg, cmd = prepare(args.config, spec, args.overrides, args.python, scheduler=args.scheduler)
         if args.scheduler == "k8s":
             from cluster.k8s import unmounted_paths
             missing = unmounted_paths(cfg, cmd, spec, args.pvc)
@@ -138,7 +138,7 @@ def submit_cmd(args) -> int:
     except SpecError as err:
         raise ConfigError(str(err)) from None
     except JobError as err:
-        print(f"mnemos submit: {err}", file=sys.stderr)
+        print(f"mnemos: {err}", file=sys.stderr)  # the prefix launcher.cli gives every other error
         return 1
     if job.scheduler == "slurm":
         print(f"submitted Slurm job {job.job_id}: {spec.nodes} node(s) x {spec.ranks_per_node} rank(s), "
@@ -161,17 +161,13 @@ def jobs_cmd(args) -> int:
         from cluster.submit import get_job
         job = get_job(args.job, args.scheduler)
         if args.jobs_action == "status":
-            state = job.state()
-            info = {"job": job.job_id, "scheduler": job.scheduler, "state": state, "run_dir": job.record.run_dir}
-            if job.scheduler == "slurm":
-                extra = job.info()
-                info.update({k.lower(): extra[k] for k in ("Restarts", "Reason", "NodeList", "ExitCode", "RunTime")
-                             if k in extra})
-                info["tasks"] = job.task_states()
+            info = status_info(job)
             if args.json:
                 print(json.dumps(info, indent=1))
             else:
-                print("  ".join(f"{k}={v}" for k, v in info.items() if k != "tasks"))
+                state = info["state"] + (f" ({info['note']})" if info.get("note") else "")
+                print("  ".join(f"{k}={state if k == 'state' else v}" for k, v in info.items()
+                                if k not in ("tasks", "note") and v is not None))
                 if len(info.get("tasks", {})) > 1:
                     for tid, st in sorted(info["tasks"].items()):
                         print(f"  {tid}: {st}")
@@ -182,10 +178,7 @@ def jobs_cmd(args) -> int:
                 return 0
             shown = 0
             while True:
-                try:
-                    text = job.logs(with_rank_logs=False)
-                except JobError:
-                    text = ""
+                text = job.output_text() if job.scheduler == "slurm" else job.logs(with_rank_logs=False)
                 print(text[shown:], end="", flush=True)
                 shown = len(text)
                 if job.state() in TERMINAL:
@@ -194,7 +187,15 @@ def jobs_cmd(args) -> int:
             print(f"\njob {job.job_id} ended {job.state()}")
             return 0
         if args.jobs_action == "cancel":
-            if args.signal and job.scheduler == "slurm":
+            if args.signal and job.scheduler != "slurm":
+                from launcher.config import ConfigError
+                raise ConfigError(f"--signal={args.signal!r} for Kubernetes job {job.job_id} (rule: signals are "
+                                  f"Slurm-only; `mnemos jobs cancel {job.job_id}` deletes the PyTorchJob)")
+            state = job.state()  # an id no scheduler knows and no record names: "no job ..." (exit 1)
+            if state in TERMINAL:
+                print(f"job {job.job_id} already ended ({state}): nothing to cancel")
+                return 0
+            if args.signal:
                 job.cancel(signal=args.signal, batch_only=True)
                 print(f"sent SIG{args.signal} to job {job.job_id}")
             else:
@@ -202,6 +203,25 @@ def jobs_cmd(args) -> int:
                 print(f"cancelled job {job.job_id}")
             return 0
     except JobError as err:
-        print(f"mnemos jobs: {err}", file=sys.stderr)
+        print(f"mnemos: {err}", file=sys.stderr)
         return 1
     return 2
+
+
+def status_info(job) -> dict:
+    """`jobs status` as data: numbers as numbers, what Slurm leaves unset ('None', '(null)') as None."""
+    info = {"job": job.job_id, "scheduler": job.scheduler, "state": job.state(), "note": None,
+            "run_dir": job.record.run_dir}
+    if job.scheduler == "slurm":
+        info["note"] = job.state_note()
+        info["run_dir"] = job.run_dir()
+        extra = job.info()
+        for key in ("Restarts", "Reason", "NodeList", "ExitCode", "RunTime"):
+            value = extra.get(key)
+            if value in ("None", "(null)", ""):
+                value = None
+            if key == "Restarts" and value is not None:
+                value = int(value)
+            info[key.lower()] = value
+        info["tasks"] = job.task_states()
+    return info

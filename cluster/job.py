@@ -18,8 +18,10 @@ log = logging.getLogger("mnemos.cluster")
 # Normalised states (Slurm's names; Kubernetes conditions are mapped onto them).
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "STOPPED", "CREATED", "RESTARTING"}
+# ENDED is mnemos's, not Slurm's: the scheduler has forgotten the job (so it is over) and its run directory
+# does not say that training finished.
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
-            "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
+            "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT", "ENDED"}
 
 
 class JobError(RuntimeError):
@@ -38,6 +40,7 @@ class JobRecord:
     output: str = ""
     namespace: str = ""
     submitted_at: float = field(default_factory=time.time)
+    task_dirs: bool = False  # an array of training runs: task i trains RUN/task<i>
 
 
 @dataclass
@@ -70,6 +73,12 @@ def load_record(job_id: str, scheduler: str | None = None) -> JobRecord | None:
             if path.exists():
                 return JobRecord(**json.loads(path.read_text()))
     return None
+
+
+def all_records() -> list[JobRecord]:
+    """Every job recorded under $MNEMOS_HOME/jobs, oldest first."""
+    paths = sorted(jobs_home().glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return [JobRecord(**json.loads(p.read_text())) for p in paths]
 
 
 class Job:

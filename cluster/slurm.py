@@ -3,10 +3,11 @@
 The batch script (see `render_sbatch`) starts one launcher per node with `srun --kill-on-bad-exit=1`
 (`python -m launcher.launch --slurm`, which rendezvouses torchrun on the first node). Slurm sends
 SIGUSR1 to the batch shell `signal_lead_s` before the time limit (`--signal=B:USR1@N`); the script
-traps it (and SIGTERM), forwards SIGUSR1 to every task through srun, the ranks save a checkpoint and
-exit 0, and the script requeues the job with `scontrol requeue` while SLURM_RESTART_COUNT is below
-the cap. A non-zero exit (a failed rank, the hang watchdog) is requeued the same way. The restarted
-job resumes from the newest valid checkpoint in RUN/checkpoints.
+traps it, forwards SIGUSR1 to every task through srun, the ranks save a checkpoint and exit 0, and the
+script requeues the job with `scontrol requeue` while SLURM_RESTART_COUNT is below the cap. A non-zero
+exit (a failed rank, the hang watchdog) is requeued the same way. SIGTERM (scancel, preemption) is
+forwarded too, but then the script never requeues: Slurm decides what happens next. The restarted job
+resumes from the newest valid checkpoint in RUN/checkpoints.
 
 Quoting: everything the shell reads is `shlex.quote`d; #SBATCH values (read by sbatch, not a
 shell) are written bare when they are plain and double-quoted with backslash escapes otherwise; any
@@ -15,6 +16,7 @@ control character (a newline would start a new script line) is refused.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -22,7 +24,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from cluster.job import ACTIVE, Job, JobError, JobRecord, load_record, save_record
+from cluster.job import ACTIVE, Job, JobError, JobRecord, jobs_home, load_record, save_record
+from cluster.outcome import SUMMARY
 from cluster.spec import JobCommand, JobSpec, SpecError, check_no_control_chars
 
 _PLAIN_DIRECTIVE = re.compile(r"^[A-Za-z0-9_.,:@%+=/&|!*\[\]-]+$")
@@ -111,9 +114,10 @@ def render_sbatch(spec: JobSpec, cmd: JobCommand) -> str:
         "",
         "# Preemption warning (--signal=B:USR1) or termination: tell every rank to checkpoint and exit.",
         "stop_requested=0",
+        "terminated=0",
         "step_pid=",
         "forward_stop() {",
-        '    if [ "$1" = USR1 ]; then stop_requested=1; fi  # TERM means cancel/preempt: Slurm decides the rest',
+        '    if [ "$1" = USR1 ]; then stop_requested=1; else terminated=1; fi',
         '    echo "mnemos: SIG$1 received at $(date -Is): ranks save a checkpoint and exit"',
         '    if [ -n "$step_pid" ]; then kill -USR1 "$step_pid" 2>/dev/null; fi  # srun relays it to all tasks',
         "}",
@@ -136,6 +140,12 @@ def render_sbatch(spec: JobSpec, cmd: JobCommand) -> str:
     lines += [
         'echo "mnemos: step ended with exit code ${rc}, training ${outcome}, at $(date -Is)"',
         "",
+        "# SIGTERM to the batch shell is `scancel` or preemption: Slurm decides what comes next (a preemption",
+        "# with PreemptMode=REQUEUE requeues by itself); requeueing here would undo a cancel.",
+        'if [ "$terminated" = 1 ]; then',
+        '    echo "mnemos: stopped by SIGTERM (cancel or preemption): the script does not requeue; Slurm decides"',
+        '    exit "$rc"',
+        "fi",
         'if [ "$rc" -ne 0 ] || [ "$outcome" = preempted ] || { [ "$stop_requested" = 1 ] && [ "$outcome" != finished ]; }; then',
         '    if [ "$restarts" -lt "$MNEMOS_MAX_RESTARTS" ]; then',
         '        echo "mnemos: requeueing job ${SLURM_JOB_ID} (restart $((restarts + 1)) of ${MNEMOS_MAX_RESTARTS}); it resumes from the newest checkpoint"',
@@ -175,7 +185,8 @@ def submit(spec: JobSpec, cmd: JobCommand) -> "SlurmJob":
     if not re.fullmatch(r"\d+", job_id):
         raise JobError(f"sbatch printed {res.stdout.strip()!r}, not a job id")
     rec = JobRecord(job_id=job_id, scheduler="slurm", name=job_name(spec, run_dir), run_dir=str(run_dir),
-                    script=str(path), output=output_pattern(spec, run_dir))
+                    script=str(path), output=output_pattern(spec, run_dir),
+                    task_dirs=bool(spec.array and cmd.config is not None))
     save_record(rec)
     return SlurmJob(job_id, rec)
 
@@ -199,8 +210,21 @@ class SlurmJob(Job):
         super().__init__(job_id, record or load_record(str(job_id), "slurm"))
 
     # --- state ---
+    def run_dir(self) -> str:
+        """The run directory of this job; for a task '12_3' of an array of training runs, RUN/task3."""
+        if self.record.task_dirs and "_" in self.job_id and self.record.run_dir:
+            return str(Path(self.record.run_dir) / f"task{self.job_id.split('_', 1)[1]}")
+        return self.record.run_dir
+
     def task_states(self) -> dict[str, str]:
-        """State of the job, or of each task of an array job: squeue, then scontrol, then sacct."""
+        """State of the job, or of each task of an array job: squeue, then scontrol, then sacct, then the
+        job record and the run's summary (Slurm forgets a job MinJobAge after it ends, sacct needs accounting)."""
+        states = self._slurm_states()
+        if states:
+            return states
+        return {jid: state for jid, (state, _) in self._ended_states().items()}
+
+    def _slurm_states(self) -> dict[str, str]:
         res = _run(["squeue", "-h", "-r", "-j", self.job_id, "-o", "%i|%T"], check=False)
         states = dict(line.split("|", 1) for line in res.stdout.split() if "|" in line)
         if res.returncode == 0 and states and all(s in ACTIVE for s in states.values()) and "_" not in self.job_id:
@@ -217,9 +241,45 @@ class SlurmJob(Job):
             if "|" in line:
                 jid, st = line.split("|", 1)
                 states[jid] = st.split()[0] if st else "UNKNOWN"
-        if not states:
-            raise JobError(f"job {self.job_id} is unknown to squeue, scontrol and sacct")
         return states
+
+    def _ended_states(self) -> dict[str, tuple[str, str]]:
+        """For a job Slurm no longer knows: {id: (state, how we know)} from the record and the run's
+        results/train_summary.json (COMPLETED when training finished, else ENDED)."""
+        if not self.record.run_dir:
+            raise JobError(f"no job {self.job_id!r} (no record in {jobs_home()}, and unknown to squeue, "
+                           f"scontrol and sacct)")
+        base = self.job_id.split("_")[0]
+        runs = {self.job_id: Path(self.run_dir())}
+        if self.record.task_dirs and "_" not in self.job_id:
+            runs = {f"{base}_{p.name[4:]}": p for p in sorted(Path(self.record.run_dir).glob("task*"))
+                    if p.name[4:].isdigit()} or runs
+        out = {}
+        for jid, run in runs.items():
+            summary = run / SUMMARY
+            try:
+                fresh = summary.stat().st_mtime >= self.record.submitted_at  # not an earlier job's
+                data = json.loads(summary.read_text()) if fresh else {}
+            except (OSError, ValueError):
+                data = {}
+            status, step = data.get("status"), data.get("step")
+            at = f" at step {step}" if step is not None else ""
+            if status == "finished":
+                out[jid] = ("COMPLETED", f"from {summary}: finished{at}")
+            elif status:
+                out[jid] = ("ENDED", f"Slurm no longer knows the job; {summary} says {status}{at}")
+            else:
+                out[jid] = ("ENDED", f"Slurm no longer knows the job and {summary} has no summary from it")
+        return out
+
+    def state_note(self) -> str | None:
+        """How the state was known when Slurm no longer knows the job (None while it does)."""
+        if self._slurm_states():
+            return None
+        ended = self._ended_states()
+        if len(ended) == 1:
+            return next(iter(ended.values()))[1]
+        return "; ".join(f"{jid}: {note}" for jid, (_, note) in ended.items())
 
     def _scontrol_states(self) -> dict[str, str]:
         res = _run(["scontrol", "show", "job", self.job_id], check=False)
@@ -255,6 +315,9 @@ class SlurmJob(Job):
     # --- control ---
     def cancel(self, signal: str | None = None, batch_only: bool = False) -> None:
         """scancel the job, or with `signal` send it (e.g. 'USR1' to the batch shell with batch_only)."""
+        if not self._slurm_states():  # scancel exits 0 for an id Slurm does not know: say so instead
+            state = self.state()  # raises "no job ..." without a record
+            raise JobError(f"job {self.job_id} has ended ({state}) and Slurm no longer knows it: nothing to cancel")
         argv = ["scancel"]
         if signal:
             argv.append(f"--signal={signal}")
@@ -275,18 +338,25 @@ class SlurmJob(Job):
             paths = sorted(Path(pattern).parent.glob(Path(pattern).name))
         return paths
 
+    def output_text(self) -> str:
+        """The batch output file(s) so far, each under a `==> PATH <==` line; "" before there is any."""
+        return "\n".join(f"==> {p} <==\n{p.read_text(errors='replace')}" for p in self.output_paths() if p.exists())
+
     def logs(self, with_rank_logs: bool = True) -> str:
-        """The batch output (every restart appends to it) and, optionally, where the per-rank logs are."""
-        chunks = []
-        for p in self.output_paths():
-            if p.exists():
-                chunks.append(f"==> {p} <==\n{p.read_text(errors='replace')}")
+        """The batch output (every restart appends to it) and, optionally, where the per-rank logs are.
+        Before the job has written anything (pending), one line saying so."""
+        out = self.output_text()
+        chunks = [out] if out else []
         if with_rank_logs and self.record.run_dir:
-            rank_logs = sorted((Path(self.record.run_dir) / "logs").glob("rank*.log"))
+            run = Path(self.run_dir())
+            rank_logs = sorted((run / "logs").glob("rank*.log"))
+            if self.record.task_dirs and "_" not in self.job_id:  # every task's run of an array
+                rank_logs += sorted(run.glob("task*/logs/rank*.log"))
             if rank_logs:
                 chunks.append("per-rank logs: " + " ".join(str(p) for p in rank_logs))
         if not chunks:
-            raise JobError(f"no log files found for job {self.job_id} (yet)")
+            where = " ".join(str(p) for p in self.output_paths()) or self.record.output or "its output file"
+            return f"job {self.job_id} is {self.state()} and has not written output yet ({where})\n"
         return "\n".join(chunks)
 
 

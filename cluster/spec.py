@@ -19,6 +19,7 @@ _DEPENDENCY = re.compile(
     r"([,?](singleton|(after|afterok|afternotok|afterany|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+))*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MEM = re.compile(r"^\d+[KMGTkmgt]?$")  # sbatch --mem: a number of MB, or with a K/M/G/T suffix
 
 
 class SpecError(ValueError):
@@ -67,6 +68,14 @@ class JobSpec(BaseModel):
                 raise ValueError(f"--volume {claim}:{path} (rule: the mount path is absolute)")
         return volumes
 
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, namespace: str) -> str:
+        if not (_DNS1123.match(namespace) and len(namespace) <= 63):
+            raise ValueError(f"--namespace={namespace!r} (rule: a Kubernetes namespace is a DNS-1123 label: at "
+                             f"most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)")
+        return namespace
+
     @field_validator("env")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
@@ -79,12 +88,20 @@ class JobSpec(BaseModel):
     def _formats(self) -> "JobSpec":
         checks = (("time", self.time, _TIME, "MIN, HH:MM:SS or D-HH:MM:SS"),
                   ("array", self.array, _ARRAY, "indices like 0-7, 1,3,5, 0-15:4 or 0-7%2"),
-                  ("dependency", self.dependency, _DEPENDENCY, "TYPE:JOBID[:JOBID...], e.g. afterok:123"))
+                  ("dependency", self.dependency, _DEPENDENCY, "TYPE:JOBID[:JOBID...], e.g. afterok:123"),
+                  ("mem", self.mem, _MEM, "megabytes, or a number with K, M, G or T, e.g. 200G; 0 = all of a node's"))
         for field, value, pattern, rule in checks:
             if value is not None and not pattern.match(value):
                 raise ValueError(f"--{field}={value!r} (rule: {rule})")
         if self.min_nodes is not None and self.min_nodes > self.nodes:
             raise ValueError(f"--nodes {self.min_nodes}:{self.nodes} (rule: MIN <= MAX)")
+        limit = self.time_seconds()
+        # The save signal comes signal_lead_s before the limit: at or before the start would leave no training.
+        # (--time 0 is Slurm's "no limit".)
+        if limit and limit <= self.signal_lead_s:
+            raise ValueError(f"--time={self.time!r} ({limit} s) with --signal-lead={self.signal_lead_s} (rule: the time "
+                             f"limit must be longer than the signal lead, the seconds before the limit at which the "
+                             f"ranks save and the job requeues; give a longer --time or a shorter --signal-lead)")
         return self
 
     @property

@@ -6,6 +6,7 @@ FAKE_MODE=signal  wait for SIGUSR1/SIGTERM, write RUN/logs/stopped-rankR, exit 0
 FAKE_MODE=late    like signal, but install the handlers only after 4 s of "start-up"
 FAKE_MODE=slow    like signal, but then "save" for 120 s before exiting 0
 FAKE_MODE=save40  like signal, but then "save" for 40 s (longer than torchrun's 30 s shutdown grace)
+FAKE_SUMMARY=1    on the signal, rank 0 also writes RUN/results/train_summary.json as a preempted trainer does
 """
 
 import json
@@ -40,6 +41,11 @@ elif mode in ("signal", "late", "slow", "save40"):
         time.sleep(0.05)
     with open(os.path.join(os.environ["MNEMOS_LOG_DIR"], f"stopped-rank{rank}"), "w") as f:
         f.write(signal.Signals(got[0]).name if got else "timeout")
+    if got and rank == 0 and os.environ.get("FAKE_SUMMARY"):
+        results = os.path.join(os.path.dirname(os.environ["MNEMOS_LOG_DIR"]), "results")
+        os.makedirs(results, exist_ok=True)
+        with open(os.path.join(results, "train_summary.json"), "w") as f:
+            json.dump({"status": "preempted", "step": 3}, f)
     if mode in ("slow", "save40") and got:
         time.sleep(120 if mode == "slow" else 40)
         with open(os.path.join(os.environ["MNEMOS_LOG_DIR"], f"saved-rank{rank}"), "w") as f:

@@ -467,3 +467,55 @@ def test_kubectl_failure_is_its_sentence_not_client_go_retries(tmp_path, monkeyp
     with pytest.raises(JobError) as err:
         k8s._kubectl(["get", "pytorchjob", "x"])
     assert str(err.value) == "kubectl get pytorchjob x failed: The connection to the server localhost:8080 was refused"
+
+
+@pytest.mark.parametrize("args, words", [
+    # the save signal would come at (or before) the start: no training, then TIMEOUT
+    (("--time", "1"), "--time='1' (60 s) with --signal-lead=120 (rule: the time limit must be longer"),
+    (("--time", "30", "--signal-lead", "2000"), "--time='30' (1800 s) with --signal-lead=2000"),
+    (("--mem", "abc"), "--mem='abc' (rule: megabytes, or a number with K, M, G or T"),
+    (("--scheduler", "k8s", "--namespace", "Bad_NS"), "--namespace='Bad_NS' (rule: a Kubernetes namespace is a DNS-1123"),
+    (("--scheduler", "k8s", "--array", "0-1"), "--array='0-1' with --scheduler k8s (rule:"),
+    # elastic ranges are refused for Slurm before the config is checked at 2, 3 and 4 nodes (batch 8 fails at 3)
+    (("--nodes", "2:4"), "--nodes 2:4: elastic node ranges are a Kubernetes feature"),
+])
+def test_cli_refuses_bad_job_options_up_front(tmp_path, args, words):
+    cfg = _write_tiny_config(tmp_path, tmp_path / "run")
+    res = _mnemos("submit", str(cfg), *args, "--dry-run", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith("mnemos: ") and words in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not res.stdout and not (tmp_path / "run").exists()
+
+
+def test_time_and_memory_rules_in_the_api():
+    JobSpec(time="0")  # Slurm's "no limit"
+    JobSpec(time="3", signal_lead_s=120, mem="200g")
+    with pytest.raises(ValueError, match="signal-lead"):
+        JobSpec(time="00:02:00")
+
+
+def test_jobs_with_unknown_ids_and_signals_to_kubernetes_jobs(tmp_path):
+    """An id with no record that is not Slurm-shaped is 'no job', not a kubectl call; --signal is refused for a
+    Kubernetes job instead of deleting it (kubectl is a recording shim: it must not be called)."""
+    from cluster.job import JobRecord, save_record
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'kubectl.calls'}\n")
+    (bin_dir / "kubectl").chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(REPO), MNEMOS_HOME=str(tmp_path / "home"),
+               PATH=f"{bin_dir}:{os.environ['PATH']}")
+    os.environ["MNEMOS_HOME"], old = str(tmp_path / "home"), os.environ.get("MNEMOS_HOME")
+    try:
+        save_record(JobRecord(job_id="mnemos-run", scheduler="k8s", run_dir=str(tmp_path), namespace="llm"))
+    finally:
+        os.environ.pop("MNEMOS_HOME") if old is None else os.environ.__setitem__("MNEMOS_HOME", old)
+
+    def mnemos(*args):
+        return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env=env, timeout=120)
+    res = mnemos("jobs", "status", "abc")
+    assert res.returncode == 1 and res.stderr.startswith("mnemos: no job 'abc' (no record in "), res.stderr
+    assert "--scheduler k8s" in res.stderr
+    res = mnemos("jobs", "cancel", "mnemos-run", "--signal", "USR1")
+    assert res.returncode == 2 and "--signal='USR1' for Kubernetes job mnemos-run (rule: signals are Slurm-only" \
+        in res.stderr, res.stderr
+    assert not (tmp_path / "kubectl.calls").exists()

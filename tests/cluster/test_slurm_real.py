@@ -81,7 +81,8 @@ def test_cancel_a_running_job_through_the_cli(slurm_cluster, tmp_path):
     _wait_state(job, {"RUNNING"})
     status = _mnemos("jobs", "status", job.job_id, "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["state"] == "RUNNING"
+    info = json.loads(status.stdout)
+    assert info["state"] == "RUNNING" and info["restarts"] == 0 and info["reason"] is None and info["note"] is None
     res = _mnemos("jobs", "cancel", job.job_id)
     assert res.returncode == 0, res.stderr
     assert _wait_state(job, {"CANCELLED"}) == "CANCELLED"
@@ -228,3 +229,120 @@ def test_training_array_runs_one_run_per_task(slurm_cluster, tmp_path, shared_da
         assert json.loads((run / "results" / "train_summary.json").read_text())["status"] == "finished"
         seeds.append(int(next(l for l in (run / "config.yaml").read_text().splitlines() if l.startswith("seed:")).split()[1]))
     assert seeds == [7, 8]
+
+
+# ------------------------------------------------------------------------- audit: cancel, records, run dirs
+def _fake_python(tmp_path: Path) -> str:
+    """An interpreter for JobCommand.python that runs launcher.launch with the stand-in worker (so the batch
+    script's own training path, outcome check included, runs without training)."""
+    p = tmp_path / "fakepy"
+    p.write_text(f'#!/bin/bash\nif [ "$1 $2" = "-m launcher.launch" ]; then\n'
+                 f'    exec {PY} "$@" --worker-module tests.cluster.fake_worker\nfi\nexec {PY} "$@"\n')
+    p.chmod(0o755)
+    return str(p)
+
+
+def _fake_training(tmp_path: Path, run_dir: Path, **spec) -> SlurmJob:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(f"run_dir: {run_dir}\n")
+    cmd = JobCommand(run_dir=run_dir, workdir=REPO, code_dir=REPO, python=_fake_python(tmp_path),
+                     config=run_dir / "config.yaml")
+    job = submit(JobSpec(**spec), cmd)
+    job.poll_s = 1.0
+    return job
+
+
+def _wait_ready(job, rank_log: Path, timeout_s=90):
+    deadline = time.monotonic() + timeout_s
+    while not (rank_log.exists() and "ready" in rank_log.read_text()):
+        assert time.monotonic() < deadline and job.state() in ACTIVE, job.logs()
+        time.sleep(0.5)
+
+
+def test_jobs_cancel_stops_for_good_and_does_not_requeue(slurm_cluster, tmp_path):
+    """`mnemos jobs cancel` TERMs the batch shell; the ranks save (the run says 'preempted'), and the script
+    must leave the job CANCELLED instead of requeueing it."""
+    run = tmp_path / "run"
+    job = _fake_training(tmp_path, run, time="10", max_restarts=2, env={"FAKE_MODE": "signal", "FAKE_SUMMARY": "1"})
+    _wait_ready(job, run / "logs" / "rank0.log")
+    res = _mnemos("jobs", "cancel", job.job_id)
+    assert res.returncode == 0, res.stderr
+    out = next((run / "logs").glob("slurm-*.out"))
+    deadline = time.monotonic() + 60  # the script's last line, written before it exits
+    while "step ended" not in out.read_text() or job.state() in ACTIVE:
+        assert time.monotonic() < deadline, job.logs()
+        time.sleep(0.5)
+    time.sleep(2)  # a requeue would show within the script's own run
+    assert job.state() == "CANCELLED" and job.restarts() == 0, job.logs()
+    log = job.logs()
+    assert "training preempted" in log and "requeueing job" not in log, log
+
+
+def test_status_of_a_job_slurm_forgot_comes_from_the_record_and_the_run(slurm_cluster, tmp_path):
+    """After MinJobAge Slurm forgets a finished job (and without accounting sacct knows nothing): the
+    record and RUN/results/train_summary.json still say how it ended. An id with neither is 'no job'."""
+    from cluster.job import JobRecord, save_record
+    run = tmp_path / "run"
+    (run / "results").mkdir(parents=True)
+    (run / "results" / "train_summary.json").write_text('{"status": "finished", "step": 42}')
+    save_record(JobRecord(job_id="987654", scheduler="slurm", name="old", run_dir=str(run), submitted_at=0,
+                          output=str(run / "logs" / "slurm-%j.out")))
+    res = _mnemos("jobs", "status", "987654")
+    assert res.returncode == 0, res.stderr
+    assert "state=COMPLETED (from " in res.stdout and "finished at step 42" in res.stdout, res.stdout
+    info = json.loads(_mnemos("jobs", "status", "987654", "--json").stdout)
+    assert info["state"] == "COMPLETED" and info["restarts"] is None and info["reason"] is None
+    assert SlurmJob("987654").state() == "COMPLETED"
+    (run / "results" / "train_summary.json").write_text('{"status": "preempted", "step": 7}')
+    job = SlurmJob("987654")
+    assert job.state() == "ENDED" and job.done() and "says preempted at step 7" in job.state_note()
+    # mistyped ids: one line naming where it looked, non-zero, and never kubectl for a Slurm-shaped id
+    for args in (("status", "987653"), ("cancel", "987653"), ("status", "abc"), ("logs", "abc")):
+        res = _mnemos("jobs", *args)
+        assert res.returncode == 1 and f"no job '{args[1]}'" in res.stderr, (args, res.stderr)
+        assert "kubectl" not in res.stderr and "Traceback" not in res.stderr and not res.stdout
+
+
+def test_logs_of_a_pending_job_say_so(slurm_cluster, tmp_path):
+    blocker = _py_job(tmp_path / "a", "import time; time.sleep(600)")
+    job = _py_job(tmp_path / "b", "print('hi')", dependency=f"afterok:{blocker.job_id}")
+    assert job.state() == "PENDING"
+    text = job.logs()
+    assert f"job {job.job_id} is PENDING and has not written output yet" in text, text
+    blocker.cancel()
+    job.cancel()
+
+
+def test_array_task_status_and_logs_name_the_task_run_dirs(slurm_cluster, tmp_path):
+    run = tmp_path / "sweep"
+    job = _fake_training(tmp_path, run, array="0-1", max_restarts=0, env={"FAKE_MODE": "ok"})
+    assert job.wait(timeout_s=120) == "COMPLETED", job.logs()
+    assert "per-rank logs: " in job.logs() and str(run / "task1" / "logs" / "rank0.log") in job.logs()
+    info = json.loads(_mnemos("jobs", "status", f"{job.job_id}_1", "--json").stdout)
+    assert info["run_dir"] == str(run / "task1") and info["state"] == "COMPLETED"
+    assert info["restarts"] == 0 and info["exitcode"] == "0:0"
+
+
+def test_submit_refuses_a_run_dir_in_use_and_rolls_back_a_refused_submit(slurm_cluster, tmp_path):
+    """A second job in the run directory of an active one would replace the config.yaml the first resumes
+    from; a submit that sbatch refuses leaves the run directory as it was."""
+    from tests.cluster.test_scripts import _write_tiny_config
+    run = tmp_path / "run"
+    cfg = _write_tiny_config(tmp_path, run)
+    first = _mnemos("submit", str(cfg), "--python", _fake_python(tmp_path), "--env", "FAKE_MODE=signal")
+    assert first.returncode == 0, first.stderr
+    job = SlurmJob(first.stdout.split("submitted Slurm job ")[1].split(":")[0])
+    before = (run / "config.yaml").read_text()
+    scripts = sorted((run / "slurm").iterdir())
+    res = _mnemos("submit", str(cfg), "--set", "optim.lr=5e-4")
+    assert res.returncode == 2 and f"job {job.job_id}" in res.stderr, res.stderr
+    assert f"mnemos jobs cancel {job.job_id}" in res.stderr and "Traceback" not in res.stderr
+    assert (run / "config.yaml").read_text() == before and sorted((run / "slurm").iterdir()) == scripts
+    job.cancel()
+    _wait_state(job, {"CANCELLED"})
+    res = _mnemos("submit", str(cfg), "--set", "optim.lr=5e-4", "--partition", "nosuch")
+    assert res.returncode == 1 and "partition" in res.stderr.lower(), res.stderr
+    assert (run / "config.yaml").read_text() == before and sorted((run / "slurm").iterdir()) == scripts
+    fresh = tmp_path / "fresh"
+    res = _mnemos("submit", str(cfg), "--set", f"run_dir={fresh}", "--partition", "nosuch")
+    assert res.returncode == 1 and not fresh.exists(), res.stderr

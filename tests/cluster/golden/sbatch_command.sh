@@ -19,9 +19,10 @@ echo "mnemos: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}, restart ${restarts} 
 
 # Preemption warning (--signal=B:USR1) or termination: tell every rank to checkpoint and exit.
 stop_requested=0
+terminated=0
 step_pid=
 forward_stop() {
-    if [ "$1" = USR1 ]; then stop_requested=1; fi  # TERM means cancel/preempt: Slurm decides the rest
+    if [ "$1" = USR1 ]; then stop_requested=1; else terminated=1; fi
     echo "mnemos: SIG$1 received at $(date -Is): ranks save a checkpoint and exit"
     if [ -n "$step_pid" ]; then kill -USR1 "$step_pid" 2>/dev/null; fi  # srun relays it to all tasks
 }
@@ -37,6 +38,12 @@ wait "$step_pid"; rc=$?
 outcome=unknown
 echo "mnemos: step ended with exit code ${rc}, training ${outcome}, at $(date -Is)"
 
+# SIGTERM to the batch shell is `scancel` or preemption: Slurm decides what comes next (a preemption
+# with PreemptMode=REQUEUE requeues by itself); requeueing here would undo a cancel.
+if [ "$terminated" = 1 ]; then
+    echo "mnemos: stopped by SIGTERM (cancel or preemption): the script does not requeue; Slurm decides"
+    exit "$rc"
+fi
 if [ "$rc" -ne 0 ] || [ "$outcome" = preempted ] || { [ "$stop_requested" = 1 ] && [ "$outcome" != finished ]; }; then
     if [ "$restarts" -lt "$MNEMOS_MAX_RESTARTS" ]; then
         echo "mnemos: requeueing job ${SLURM_JOB_ID} (restart $((restarts + 1)) of ${MNEMOS_MAX_RESTARTS}); it resumes from the newest checkpoint"
