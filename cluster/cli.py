@@ -128,8 +128,8 @@ def submit_cmd(args) -> int:
             from cluster.k8s import unmounted_paths
             missing = unmounted_paths(cfg, cmd, spec, args.pvc)
             if missing:  # the image may hold them, so a note, not a refusal
-                print(f"note: the pods see their image and the mounted claims only, and none of these is on a "
-                      f"mount: {', '.join(missing)} (--pvc CLAIM mounts the run directory, --volume CLAIM:PATH "
+                print(f"note: the pods see their image and the mounted claims only; these may not be there for "
+                      f"them: {', '.join(missing)} (--pvc CLAIM mounts the run directory, --volume CLAIM:PATH "
                       f"another claim)", file=sys.stderr)
         if args.dry_run:
             sys.stdout.write(render(spec, cmd, args.scheduler, args.pvc))

@@ -146,7 +146,8 @@ class JobCommand(BaseModel):
 
     run_dir: Path = Field(description="Run directory (on a filesystem every node sees); logs go to RUN/logs.")
     workdir: Path = Field(description="Directory the job starts in (relative paths in the config resolve here).")
-    code_dir: Path | None = Field(None, description="The mnemos checkout put on PYTHONPATH; default workdir.")
+    code_dir: Path | None = Field(None, description="The mnemos checkout put on PYTHONPATH (Slurm; on Kubernetes "
+                                                    "only when it lies on a mounted claim); default workdir.")
     python: str = Field("python3", description="Python interpreter on the compute nodes.")
     config: Path | None = Field(None, description="Resolved RUN/config.yaml of a training run.")
     argv: list[str] | None = Field(None, description="An explicit command, run once per node, instead of training.")
