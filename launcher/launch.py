@@ -862,9 +862,28 @@ def spawn_deepspeed(cmd: list[str], layout: DeepSpeedLayout, run_dir: str | os.P
     finally:
         if follower is not None:
             follower.close()
+        if layout.local:
+            _remove_shm_allreduce_buffers(layout.master_addr, _option_value(cmd, "--master_port"))
     if rc != 0:
         log.error("the DeepSpeed launcher exited with code %d", rc)
     return rc
+
+
+def _option_value(cmd: list[str], option: str) -> str | None:
+    return cmd[cmd.index(option) + 1] if option in cmd and cmd.index(option) + 1 < len(cmd) else None
+
+
+def _remove_shm_allreduce_buffers(master_addr: str, master_port: str | None) -> None:
+    """DeepSpeed's CPU shared-memory all-reduce (set up when its launcher says all ranks are local) creates
+    one 66 MB /dev/shm segment per rank, named after the address and port, and never unlinks it: every
+    local launch on a CPU would leave them behind. The port is this launch's own, so nothing else uses them."""
+    if master_port is None:
+        return
+    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_{master_addr}_{master_port}_*"):
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 class _RankLogFollower:

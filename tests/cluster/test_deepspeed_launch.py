@@ -230,6 +230,7 @@ def test_two_ranks_through_deepspeeds_launcher_train_like_torchrun(shared_data, 
     they train exactly as the 2 ranks torchrun starts from the same config."""
     shards = build_shards(shared_data, tmp_path / "data", train_bytes=100_000)
     hf = _hostfile(tmp_path, "# this machine only\nlocalhost slots=2\n")
+    shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     runs = {}
     for launcher in ("deepspeed", "torchrun"):
         cfg = write_config(tmp_path / f"{launcher}.yaml", tmp_path / launcher, shards,
@@ -244,6 +245,8 @@ def test_two_ranks_through_deepspeeds_launcher_train_like_torchrun(shared_data, 
     rank_logs = sorted((tmp_path / "deepspeed" / "logs" / "ranks").glob("*_rank*.log"))
     assert [p.name.rsplit("_", 1)[1] for p in rank_logs] == ["rank0.log", "rank1.log"]
     assert all(p.stat().st_size > 0 for p in rank_logs)
+    # DeepSpeed's CPU shared-memory all-reduce segments (66 MB a rank) do not outlive the launch
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm_before
     assert sorted(runs["deepspeed"]) == [1, 2, 3, 4]
     np.testing.assert_allclose([runs["deepspeed"][s] for s in range(1, 5)],
                                [runs["torchrun"][s] for s in range(1, 5)], rtol=1e-6)
