@@ -83,12 +83,27 @@ def _use_formatter(parser: argparse.ArgumentParser, formatter) -> None:
                 _use_formatter(sub, formatter)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_command_line(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """(the parser, the parsed arguments) of a command line. A command whose parser sets `parse_rest` (each
+    `mnemos downstream TASK`) hands the arguments after its name to that function: its own parser, built
+    only when it is named."""
     command = requested_command(argv)
     known = any(command in commands for commands in COMMAND_MODULES.values())
     parser = build_parser(command) if known else overview_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    parse_rest = getattr(args, "parse_rest", None)
+    if parse_rest is None:
+        if rest:
+            parser.parse_args(argv)  # argparse's own error for the arguments no parser knows
+        return parser, args
+    task_args = parse_rest(rest)
+    task_args.log_level = args.log_level
+    return parser, task_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, args = parse_command_line(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if not getattr(args, "func", None):

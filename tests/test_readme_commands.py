@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from launcher.cli import build_parser
+from launcher.cli import parse_command_line
 from tests.conftest import ROOT
 
 
@@ -41,7 +41,7 @@ def test_readme_command_parses(command):
     os.chdir(ROOT)  # README paths such as ../shared/data are relative to the checkout
     try:
         with contextlib.redirect_stderr(err):
-            build_parser().parse_args(argv)
+            parse_command_line(argv)
     except SystemExit as stop:
         assert stop.code == 0 or "no such file or directory" in err.getvalue(), err.getvalue()
     finally:

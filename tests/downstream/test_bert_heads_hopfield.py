@@ -1,6 +1,5 @@
 """BERT heads through the Hopfield lens: k at 90% mass, operating classes I-IV, CLI outputs."""
 
-import argparse
 import json
 
 import numpy as np
@@ -33,11 +32,8 @@ def test_analyze_builds_per_layer_distribution():
 
 
 def _run(argv):
-    parser = argparse.ArgumentParser()
-    from evaluation.downstream import cli
-    cli.register(parser.add_subparsers())
-    args = parser.parse_args(["downstream", "bert-heads"] + argv)
-    assert args.func(args) == 0
+    from launcher.cli import main
+    assert main(["downstream", "bert-heads"] + argv) == 0
 
 
 def test_cli_with_saved_probabilities(tmp_path):

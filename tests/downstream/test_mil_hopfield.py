@@ -39,15 +39,10 @@ def test_ci_protocol_on_tiger_learns(shared_data):
 
 
 def test_cli_writes_json_markdown_and_tensorboard(shared_data, tmp_path):
-    import argparse
-    from evaluation.downstream import cli as dcli
-    parser = argparse.ArgumentParser()
-    dcli.register(parser.add_subparsers())
+    from launcher.cli import main
     out = tmp_path / "run"
-    args = parser.parse_args(["downstream", "mil", "--dataset", str(shared_data / "mil" / "fox.npz"),
-                              "--repetitions", "1", "--folds", "2", "--grid", "tiny", "--inner-folds", "2",
-                              "--out", str(out)])
-    assert args.func(args) == 0
+    assert main(["downstream", "mil", "--dataset", str(shared_data / "mil" / "fox.npz"),
+                 "--repetitions", "1", "--folds", "2", "--grid", "tiny", "--inner-folds", "2", "--out", str(out)]) == 0
     text = (out / "results" / "mil.json").read_text()
     res = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in mil.json: JSON has no NaN/Infinity"))
     res = res["results"][0]

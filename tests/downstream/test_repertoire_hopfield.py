@@ -1,6 +1,5 @@
 """DeepRC-style repertoire classification: simulator, TSV reader, encoding, k-mer baseline, Hopfield model."""
 
-import argparse
 import json
 import re
 
@@ -153,15 +152,11 @@ def test_kmer_matrix_frequencies():
 
 
 def test_cv_learns_an_easy_witness_rate_and_cli_writes_results(tmp_path):
-    parser = argparse.ArgumentParser()
-    from evaluation.downstream import cli
-    cli.register(parser.add_subparsers())
+    from launcher.cli import main
     out = tmp_path / "run"
-    args = parser.parse_args(["downstream", "repertoire", "--n-repertoires", "32", "--sequences", "100",
-                              "--witness-rates", "0.2", "--folds", "2", "--epochs", "20", "--subsample", "50", "--kernels", "8", "--seed-kernels", "4",
-                              "--batch-repertoires", "1",
-                              "--out", str(out), "--export", str(tmp_path / "tsv")])
-    assert args.func(args) == 0
+    assert main(["downstream", "repertoire", "--n-repertoires", "32", "--sequences", "100", "--witness-rates", "0.2",
+                 "--folds", "2", "--epochs", "20", "--subsample", "50", "--kernels", "8", "--seed-kernels", "4",
+                 "--batch-repertoires", "1", "--out", str(out), "--export", str(tmp_path / "tsv")]) == 0
     res = json.loads((out / "results" / "repertoire.json").read_text())["results"][0]
     assert res["auc_mean"] > 0.8 and res["kmer_auc_mean"] >= 0.0
     assert all(f["seeded_kmers"][0] == "SLGY" for f in res["per_fold"])  # found on each training fold

@@ -1,7 +1,6 @@
 """`mnemos downstream slots`: CLI registration, a CI-sized object-discovery run against the k-means
 baseline, exact resume from checkpoints, set-prediction loss and run, data parallel with torchrun (gloo)."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -13,21 +12,18 @@ import pytest
 import torch
 
 from evaluation.downstream import scenes, slots
-from evaluation.downstream.cli import TASK_MODULES
-from evaluation.downstream.cli import register as register_downstream
+from evaluation.downstream.cli import TASK_MODULES, task_parser
 from tests.downstream.slots_ci import CI_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse(*argv):
-    parser = argparse.ArgumentParser()
-    register_downstream(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["downstream", "slots", *argv])
+    return task_parser("evaluation.downstream.slots").parse_args(["slots", *argv])
 
 
 def test_cli_registers_slots(tmp_path):
-    assert "evaluation.downstream.slots" in TASK_MODULES
+    assert TASK_MODULES["slots"][0] == "evaluation.downstream.slots"
     args = parse("--dataset", "sprites", "--task", "set-prediction", "--steps", "7", "--seeds", "0,1,2",
                  "--out", str(tmp_path))
     assert args.func is slots.main and args.dataset == "sprites" and args.steps == 7 and args.seeds == "0,1,2"

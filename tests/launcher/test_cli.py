@@ -67,3 +67,37 @@ def test_an_unknown_command_lists_every_command():
     for commands in COMMAND_MODULES.values():
         for command in commands:
             assert f"'{command}'" in out.stderr
+
+
+def test_each_downstream_task_module_registers_the_help_the_table_names():
+    from evaluation.downstream.cli import TASK_MODULES, task_parser
+    for task, (module, help_line) in TASK_MODULES.items():
+        assert _commands(task_parser(module)) == {task: help_line}, module
+    assert _commands(build_parser("downstream")._subparsers._group_actions[0].choices["downstream"]) == {
+        task: help_line for task, (_, help_line) in TASK_MODULES.items()}
+
+
+def test_downstream_help_imports_no_task_module_and_a_task_its_own_only():
+    """`mnemos downstream --help` lists the tasks in a fraction of a second; `mnemos downstream toy ...` parses
+    with the toy task's own parser (its errors name `mnemos downstream toy`) without importing the others."""
+    code = ("import contextlib, io, sys; from launcher.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try: main(['downstream', '--help'])\n"
+            "    except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'evaluation.downstream.slots', 'evaluation.downstream.toy') "
+            "if m in sys.modules), 'repertoire' in out.getvalue())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] True"
+    code = ("import sys; from launcher.cli import main\n"
+            "try: main(['downstream', 'toy', '--steps', '0'])\n"
+            "except SystemExit as e: print('exit', e.code)\n"
+            "print(sorted(m for m in ('evaluation.downstream.slots', 'evaluation.downstream.toy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split("\n")[:2] == ["exit 2", "['evaluation.downstream.toy']"], out.stdout + out.stderr
+    assert "mnemos downstream toy: error: argument --steps" in out.stderr
+
+
+def test_unknown_arguments_are_still_refused_for_every_other_command():
+    out = subprocess.run([sys.executable, "-m", "launcher.cli", "jobs", "list", "--bogus"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr
