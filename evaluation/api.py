@@ -145,6 +145,8 @@ def prepare_tasks(tasks: Sequence[str | Task], shots: Sequence[int], data_dir: s
         k = max(_shots_of(task, shots), default=0)
         try:
             docs = task.eval_docs(limit)
+            if docs:  # every template rendered once on real data: a name the documents lack stops here
+                _requests(task, docs[0], 0, 0, 0)
             if k == 0 or c.fewshot_siblings or not docs:  # siblings come from the example's own passage
                 continue
             pool = task.fewshot_docs()

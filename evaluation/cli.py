@@ -269,8 +269,12 @@ def main(args) -> int:
             print(f"mnemos eval: --hf-model {args.hf_model} {what} (rule: the harness loads GPT-2 causal language "
                   f"models, as `mnemos ckpt export-hf` writes them from a GPT run)", file=sys.stderr)
             return 2
-        model, tokenizer = load_hf_for_eval(args.hf_model, tokenizer_path=args.tokenizer, max_memory=max_memory,
-                                            offload_folder=args.offload_folder, dtype=args.dtype)
+        try:
+            model, tokenizer = load_hf_for_eval(args.hf_model, tokenizer_path=args.tokenizer, max_memory=max_memory,
+                                                offload_folder=args.offload_folder, dtype=args.dtype)
+        except ValueError as err:  # a --max-memory that fits no layer: the user's setting, not a bug
+            print(f"mnemos eval: {err}", file=sys.stderr)
+            return 2
         device = model.input_device
         info = {"hf_model": str(args.hf_model)}
         default_out = Path("eval_results")

@@ -28,14 +28,15 @@ def load_index(path: str, what: str = "contamination_index"):
     """The n-gram index at `path`; TaskError naming `what` (the option) when it is missing or not an index."""
     import os
     from evaluation.task import TaskError
+    rule = "rule: an n-gram index written by `mnemos data decontaminate ... --write-index FILE`"
+    if os.path.isdir(path):
+        raise TaskError(f"{what} {path} is a directory ({rule})")
     if not os.path.isfile(path):
-        raise TaskError(f"{what} {path}: no such file (rule: an n-gram index written by `mnemos data "
-                        f"decontaminate ... --write-index FILE`)")
+        raise TaskError(f"{what} {path}: no such file ({rule})")
     try:
         return _ngrams().NgramIndex.load(path)
-    except Exception as err:  # noqa: BLE001  numpy says "pickled data", "not a zip file", a missing key...
-        raise TaskError(f"{what} {path} is not an n-gram index ({type(err).__name__}: {err}; rule: a file written by "
-                        f"`mnemos data decontaminate ... --write-index FILE`)") from None
+    except Exception:  # noqa: BLE001  numpy's own words ("pickled data", "not a zip file") would only mislead
+        raise TaskError(f"{what} {path} is not an n-gram index ({rule})") from None
 
 
 def _ns_text(ns: Sequence[int]) -> str:

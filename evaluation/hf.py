@@ -110,7 +110,9 @@ def load_hf_big_model(path: str | os.PathLike, device_map: str | dict = "auto", 
         device_map = infer_auto_device_map(model, max_memory=mem, no_split_module_classes=["GPT2Block"],
                                            dtype=torch_dtype)
     if isinstance(device_map, dict) and set(device_map.values()) == {"disk"}:
-        raise ValueError(f"max_memory={max_memory} leaves no room for any layer on a GPU or the CPU; raise it")
+        raise ValueError(f"--max-memory {max_memory} leaves no room for any layer on a GPU or the CPU (rule: at "
+                         f"least one transformer block, {_block_bytes(model, torch_dtype) / 2**20:.0f} MiB here, must "
+                         f"fit on a GPU or the CPU; the rest may go to disk)")
     model = load_checkpoint_and_dispatch(model, str(path), device_map=device_map, max_memory=max_memory,
                                          offload_folder=offload_folder, no_split_module_classes=["GPT2Block"],
                                          dtype=torch_dtype)
@@ -122,6 +124,11 @@ def load_hf_big_model(path: str | os.PathLike, device_map: str | dict = "auto", 
         input_device = "cpu"
     log.info("loaded %s with device map %s", path, dmap)
     return HFLogits(model, config.n_positions, input_device)
+
+
+def _block_bytes(model, dtype: torch.dtype) -> int:
+    block = model.transformer.h[0]
+    return sum(p.numel() for p in block.parameters()) * torch.finfo(dtype).bits // 8
 
 
 def load_hf_for_eval(path: str | os.PathLike, tokenizer_path: str | None = None, **kwargs):

@@ -59,6 +59,9 @@ def test_contamination_that_is_not_an_index_names_the_option(tmp_path, shared_da
     _refused(capsys, base + ["--contamination", str(jsonl)], f"--contamination {jsonl} is not an n-gram index")
     _refused(capsys, base + ["--contamination", str(tmp_path / "missing.idx")],
              f"--contamination {tmp_path / 'missing.idx'}: no such file")
+    _refused(capsys, base + ["--contamination", str(tmp_path)], f"--contamination {tmp_path} is a directory")
+    main(["eval", *base, "--contamination", str(jsonl)])
+    assert "pickle" not in capsys.readouterr().err  # numpy's hint to load it unsafely would only mislead
 
 
 def test_bf16_on_cpu_is_refused_before_the_model_loads(tmp_path, capsys):

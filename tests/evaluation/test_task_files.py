@@ -74,3 +74,17 @@ def test_a_jinja_syntax_error_is_refused_when_the_task_loads(tmp_path, capsys):
                      "doc_to_text: not a valid Jinja template: unexpected '}'")
 
 
+
+
+def test_a_template_naming_a_field_the_documents_lack_is_refused_before_the_model_loads(tmp_path, capsys):
+    """Undefined names only show on real documents: `mnemos eval` renders each task's templates once on its
+    first document before it loads the model, so nothing is written and no checkpoint is read."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "t.yaml").write_text(_GEN_TASK.format(name="mytask") + "doc_to_text: '{{ contxt }}'\n")
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", str(tmp_path / "no_run"), "--include-tasks", str(d), "--tasks", "mytask",
+                 "--shots", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "doc_to_text failed on a document" in err and "'contxt' is undefined" in err, err
+    assert "no valid checkpoint" not in err and not out.exists()

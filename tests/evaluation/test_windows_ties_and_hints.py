@@ -84,6 +84,15 @@ def test_hf_model_says_which_window_it_uses(run_and_export, tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "results.json").read_text())["config"]["model"]["max_length"] == 96
 
 
+def test_a_max_memory_that_fits_no_layer_is_one_line(run_and_export, tmp_path, capsys):
+    rc = main(["eval", "--hf-model", str(run_and_export[1]), "--tasks", "arithmetic_2da", "--shots", "0",
+               "--limit", "2", "--out", str(tmp_path / "o"), "--max-memory", "cpu=1KB", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("mnemos eval: --max-memory {'cpu': 1000} leaves no room"), err
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_out_hint_only_when_out_was_not_given(run_and_export, tmp_path, capsys):
     base = ["eval", "--checkpoint", str(run_and_export[0]), "--tasks", "arithmetic_2da", "--shots", "0",
             "--limit", "2", "--device", "cpu"]
