@@ -140,6 +140,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("stats", help="documents, tokens, bytes of shards or jsonl/text files")
     q.add_argument("paths", nargs="*", help="shard prefixes, directories of shards, or jsonl/text files")
     q.add_argument("--input", "-i", nargs="+", default=[], help="the same, as the other stages take them")
+    q.add_argument("--text-field", default="text", help="record field holding the text (jsonl/parquet documents)")
     q.add_argument("--json-out", type=output_file, help="write the stats JSON here")
     q.set_defaults(func=cmd_stats)
 
@@ -543,8 +544,12 @@ def cmd_stats(a) -> int:
         if is_shards:
             rows.extend({**shard_stats(x), "kind": "token shards"} for x in find_prefixes([p]))
         else:
-            for f in expand_paths([p]):
-                r = DocumentReader([f])
+            files = expand_paths([p])
+            missing = _missing_text_field(files, a) if files else []
+            if missing:
+                return _fail("stats", missing[0])
+            for f in files:
+                r = DocumentReader([f], text_field=a.text_field)
                 docs = chars = 0
                 for d in r.run():
                     docs += 1

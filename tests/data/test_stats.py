@@ -41,3 +41,14 @@ def test_the_total_adds_only_like_inputs(shared_data, small_tokenizer, tmp_path,
     # named by a shard prefix or by their directory, token shards are alike
     assert mnemos_data("stats", tmp_path / "tok_a" / "shard_00000", tmp_path / "tok_b", "--json-out", tmp_path / "s.json") == 0
     assert json.load(open(tmp_path / "s.json"))["total"] is not None
+
+
+def test_documents_with_their_text_in_another_field(tmp_path, capsys):
+    """Records whose text is under `body` were counted as 0 documents; now --text-field reads them, and
+    without it the command says which fields the records have."""
+    path = tmp_path / "body.jsonl"
+    path.write_text("".join(json.dumps({"body": f"document {i} of the corpus"}) + "\n" for i in range(5)))
+    assert mnemos_data("stats", path) == 2
+    assert "--text-field='text' is not a field of" in capsys.readouterr().err
+    assert mnemos_data("stats", path, "--text-field", "body", "--json-out", tmp_path / "s.json") == 0
+    assert json.load(open(tmp_path / "s.json"))["total"]["documents"] == 5
