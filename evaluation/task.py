@@ -330,7 +330,9 @@ def load_split(cfg: TaskConfig, split: str, data_dir: str | None) -> list[dict]:
         words_path = kw.get("word_list")
         if not words_path:
             raise TaskError(f"task {cfg.task}: dataset.kwargs.word_list (a file with one word per line) is required")
-        _check_exists(words_path, cfg.task)
+        if not os.path.exists(words_path):
+            raise TaskError(f"task {cfg.task}: word list {words_path} does not exist (rule: one word per line; "
+                            f"`mnemos eval-data words CORPUS --out {words_path}` builds it)")
         words = synthetic.read_word_list(words_path)
         if not words:
             raise TaskError(f"task {cfg.task}: word list {words_path} is empty (rule: one word per line; "

@@ -95,6 +95,8 @@ def test_missing_task_data_is_refused_before_the_model_loads(tmp_path, std_data,
     _refused(capsys, base + ["--tasks", "copa", "--shots", "0,3", "--data-dir", str(std_data)],
              "task copa: --shots up to 3 needs 3 demonstrations, but its few-shot split 'train' has 2 usable "
              "documents")
+    _refused(capsys, base + ["--tasks", "word_scramble_cl", "--shots", "0", "--data-dir", str(tmp_path)],
+             f"word list {tmp_path}/wordlist.txt does not exist", "`mnemos eval-data words CORPUS --out")
     assert not out.exists()
 
 
