@@ -278,6 +278,28 @@ def test_jobs_cancel_stops_for_good_and_does_not_requeue(slurm_cluster, tmp_path
     assert "training preempted" in log and "requeueing job" not in log, log
 
 
+def test_requeueing_one_array_task_leaves_its_sibling_alone(slurm_cluster, tmp_path):
+    """Slurm gives an array's last task the array's own SLURM_JOB_ID: `scontrol requeue $SLURM_JOB_ID` there
+    requeued every task. USR1 to task 1 must requeue task 1 only, while task 0 keeps running."""
+    run = tmp_path / "run"
+    job = _fake_training(tmp_path, run, time="10", max_restarts=2, array="0-1",
+                         env={"FAKE_MODE": "signal", "FAKE_SUMMARY": "1"})
+    for task in (0, 1):
+        _wait_ready(SlurmJob(f"{job.job_id}_{task}"), run / f"task{task}" / "logs" / "rank0.log")
+    first, last = SlurmJob(f"{job.job_id}_0"), SlurmJob(f"{job.job_id}_1")
+    res = _mnemos("jobs", "cancel", last.job_id, "--signal", "USR1")
+    assert res.returncode == 0, res.stderr
+    deadline = time.monotonic() + 60
+    while last.restarts() < 1:
+        assert time.monotonic() < deadline, last.logs()
+        time.sleep(0.5)
+    time.sleep(2)
+    assert first.restarts() == 0 and first.state() == "RUNNING", first.logs()
+    assert f"requeueing job {last.job_id} " in last.logs(), last.logs()
+    assert not (run / "task0" / "logs" / "stopped-rank0").exists()  # task 0 never got a signal
+    job.cancel()
+
+
 def test_status_of_a_job_slurm_forgot_comes_from_the_record_and_the_run(slurm_cluster, tmp_path):
     """After MinJobAge Slurm forgets a finished job (and without accounting sacct knows nothing): the
     record and RUN/results/train_summary.json still say how it ended. An id with neither is 'no job'."""

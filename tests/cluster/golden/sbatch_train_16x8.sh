@@ -26,7 +26,10 @@ export PYTHONPATH=/shared/mnemos"${PYTHONPATH:+:$PYTHONPATH}"
 export NCCL_IB_HCA=mlx5
 export WANDB_MODE=offline
 restarts=${SLURM_RESTART_COUNT:-0}
-echo "mnemos: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}, restart ${restarts} of at most ${MNEMOS_MAX_RESTARTS}, $(date -Is)"
+# An array task is ARRAYID_TASKID: Slurm gives the last task the array's own SLURM_JOB_ID, which
+# `scontrol requeue` would take for every task of the array.
+job="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"; job="${job:-$SLURM_JOB_ID}"
+echo "mnemos: job ${job} on ${SLURM_JOB_NODELIST}, restart ${restarts} of at most ${MNEMOS_MAX_RESTARTS}, $(date -Is)"
 
 # Preemption warning (--signal=B:USR1) or termination: tell every rank to checkpoint and exit.
 stop_requested=0
@@ -57,8 +60,8 @@ if [ "$terminated" = 1 ]; then
 fi
 if [ "$rc" -ne 0 ] || [ "$outcome" = preempted ] || { [ "$stop_requested" = 1 ] && [ "$outcome" != finished ]; }; then
     if [ "$restarts" -lt "$MNEMOS_MAX_RESTARTS" ]; then
-        echo "mnemos: requeueing job ${SLURM_JOB_ID} (restart $((restarts + 1)) of ${MNEMOS_MAX_RESTARTS}); it resumes from the newest checkpoint"
-        scontrol requeue "$SLURM_JOB_ID" && exit 0
+        echo "mnemos: requeueing job ${job} (restart $((restarts + 1)) of ${MNEMOS_MAX_RESTARTS}); it resumes from the newest checkpoint"
+        scontrol requeue "$job" && exit 0
         echo "mnemos: scontrol requeue failed" >&2
     else
         echo "mnemos: restart cap ${MNEMOS_MAX_RESTARTS} reached; not requeueing" >&2
