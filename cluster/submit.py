@@ -130,13 +130,14 @@ def submit_prepared(cfg, cmd: JobCommand, spec: JobSpec, scheduler: str = "slurm
         raise
 
 
-def check_run_dir_free(run_dir: str | os.PathLike) -> None:
-    """ConfigError naming the job when a recorded job that is still active trains in `run_dir`."""
+def check_run_dir_free(run_dir: str | os.PathLike, this_job: str | None = None) -> None:
+    """ConfigError naming the job when a recorded job that is still active trains in `run_dir`; `this_job`
+    (the Slurm job id a command runs in) is not counted."""
     from cluster.job import ACTIVE, all_records
     from launcher.config import ConfigError
     run_dir = Path(run_dir).resolve()
     for rec in reversed(all_records()):
-        if not rec.run_dir:
+        if not rec.run_dir or (this_job and rec.job_id.split("_")[0] == this_job.split("_")[0]):
             continue
         mine = Path(rec.run_dir).resolve()
         # an array of training runs owns RUN/task<i> as well

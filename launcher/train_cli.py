@@ -37,8 +37,17 @@ def prepare_run(config: str | None, overrides: list[str], nproc: int, write: boo
     cfg.check_cross_sections(nproc)
     check_local_device(cfg)
     check_resumable(cfg)
+    check_no_job_uses(cfg.run_dir)
     note_unused_vocab(cfg)
     return cfg, write_run(cfg) if write else Path(cfg.run_dir) / "config.yaml"
+
+
+def check_no_job_uses(run_dir: str) -> None:
+    """A run directory that a submitted job (pending, running or requeued) trains in is refused, as `mnemos
+    submit` refuses it: this run's config.yaml and checkpoints would be what that job resumes from. A command
+    run inside that very job (its own allocation) is not refused."""
+    from cluster.submit import check_run_dir_free
+    check_run_dir_free(run_dir, this_job=os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"))
 
 
 

@@ -360,6 +360,10 @@ def test_submit_refuses_a_run_dir_in_use_and_rolls_back_a_refused_submit(slurm_c
     assert res.returncode == 2 and f"job {job.job_id}" in res.stderr, res.stderr
     assert f"mnemos jobs cancel {job.job_id}" in res.stderr and "Traceback" not in res.stderr
     assert (run / "config.yaml").read_text() == before and sorted((run / "slurm").iterdir()) == scripts
+    for extra in (["--dry-run"], []):  # `mnemos train` into that run directory: refused the same way
+        res = _mnemos("train", str(cfg), "--set", "train.max_steps=1", *extra)
+        assert res.returncode == 2 and f"in use by slurm job {job.job_id}" in res.stderr, res.stderr
+    assert (run / "config.yaml").read_text() == before and not list(run.glob("checkpoints/step_*"))
     job.cancel()
     _wait_state(job, {"CANCELLED"})
     res = _mnemos("submit", str(cfg), "--set", "optim.lr=5e-4", "--partition", "nosuch")
