@@ -174,6 +174,19 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
     return res
 
 
+def _array_task_ids(text: str) -> list[str]:
+    """Slurm's ArrayTaskId of one record: '3', or the pending tasks '0-7%2', '1,3,5', '0-15:4'."""
+    ids = []
+    for part in text.split("%")[0].split(","):
+        lo, _, rest = part.partition("-")
+        hi, _, step = rest.partition(":")
+        if lo.isdigit() and (not hi or hi.isdigit()) and (not step or step.isdigit()):
+            ids += [str(i) for i in range(int(lo), int(hi or lo) + 1, int(step or 1))]
+        else:
+            ids.append(part)
+    return ids
+
+
 def submit(spec: JobSpec, cmd: JobCommand) -> "SlurmJob":
     """Write RUN/slurm/<name>-<time>.sbatch, submit it with sbatch, record the job, return it."""
     script = render_sbatch(spec, cmd)
@@ -289,10 +302,12 @@ class SlurmJob(Job):
         out = {}
         if res.returncode == 0:
             for rec in parse_scontrol(res.stdout):
-                jid = rec.get("JobId", "")
-                if rec.get("ArrayJobId") and rec.get("ArrayTaskId"):
-                    jid = f"{rec['ArrayJobId']}_{rec['ArrayTaskId']}"
-                out[jid] = rec.get("JobState", "UNKNOWN")
+                state = rec.get("JobState", "UNKNOWN")
+                if rec.get("ArrayJobId") and rec.get("ArrayTaskId"):  # pending tasks share one record: 0-3%2
+                    for task in _array_task_ids(rec["ArrayTaskId"]):
+                        out[f"{rec['ArrayJobId']}_{task}"] = state
+                else:
+                    out[rec.get("JobId", "")] = state
         return out
 
     def state(self) -> str:
@@ -333,7 +348,9 @@ class SlurmJob(Job):
         paths = []
         res = _run(["scontrol", "show", "job", self.job_id], check=False)
         if res.returncode == 0:
-            paths = [Path(r["StdOut"]) for r in parse_scontrol(res.stdout) if r.get("StdOut")]
+            # the record of an array's pending tasks names its output with task id NO_VAL (4294967294)
+            paths = [Path(r["StdOut"]) for r in parse_scontrol(res.stdout)
+                     if r.get("StdOut") and "_4294967294" not in r["StdOut"]]
         if not paths and self.record.output:
             base = self.job_id.split("_")[0]
             task = self.job_id.split("_")[1] if "_" in self.job_id else "*"

@@ -76,6 +76,21 @@ def test_dependency_chain_afterok(slurm_cluster, tmp_path):
     assert _wait_state(after_bad, {"CANCELLED"}) == "CANCELLED"
 
 
+def test_a_pending_array_lists_its_tasks_and_no_made_up_log_file(slurm_cluster, tmp_path):
+    """While an array waits, Slurm keeps its tasks in one record (ArrayTaskId=0-1, StdOut with task id
+    4294967294): status lists the tasks themselves, and logs names no file that will never exist."""
+    first = _py_job(tmp_path / "a", "import time; time.sleep(60)")
+    arr = _py_job(tmp_path / "arr", "print('task')", array="0-1", dependency=f"afterok:{first.job_id}")
+    try:
+        assert arr.state() == "PENDING"
+        assert sorted(arr.task_states()) == [f"{arr.job_id}_0", f"{arr.job_id}_1"], arr.task_states()
+        text = arr.logs()
+        assert "has not written output yet" in text and "4294967294" not in text, text
+    finally:
+        arr.cancel()
+        first.cancel()
+
+
 def test_cancel_a_running_job_through_the_cli(slurm_cluster, tmp_path):
     job = _py_job(tmp_path, "import time; print('started', flush=True); time.sleep(600)")
     _wait_state(job, {"RUNNING"})
