@@ -196,7 +196,10 @@ def submit(spec: JobSpec, cmd: JobCommand) -> "SlurmJob":
     sdir.mkdir(parents=True, exist_ok=True)
     path = sdir / f"{job_name(spec, run_dir)}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}.sbatch"
     path.write_text(script)
-    res = _run(["sbatch", "--parsable", str(path)])
+    res = _run(["sbatch", "--parsable", str(path)], check=False)
+    if res.returncode != 0:  # the caller removes the script again: name what sbatch said, not the file
+        raise JobError(f"sbatch refused the job (exit {res.returncode}): "
+                       f"{(res.stderr.strip() or res.stdout.strip()).replace(chr(10), '; ')}")
     job_id = res.stdout.strip().split(";")[0]
     if not re.fullmatch(r"\d+", job_id):
         raise JobError(f"sbatch printed {res.stdout.strip()!r}, not a job id")

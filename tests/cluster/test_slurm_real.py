@@ -383,6 +383,7 @@ def test_submit_refuses_a_run_dir_in_use_and_rolls_back_a_refused_submit(slurm_c
     _wait_state(job, {"CANCELLED"})
     res = _mnemos("submit", str(cfg), "--set", "optim.lr=5e-4", "--partition", "nosuch")
     assert res.returncode == 1 and "partition" in res.stderr.lower(), res.stderr
+    assert "sbatch refused the job" in res.stderr and ".sbatch" not in res.stderr, res.stderr  # no removed file
     assert (run / "config.yaml").read_text() == before and sorted((run / "slurm").iterdir()) == scripts
     fresh = tmp_path / "fresh"
     res = _mnemos("submit", str(cfg), "--set", f"run_dir={fresh}", "--partition", "nosuch")
