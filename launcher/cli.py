@@ -51,7 +51,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     modules = [m for m, commands in COMMAND_MODULES.items() if command in commands] or list(COMMAND_MODULES)
     for name in modules:
         importlib.import_module(name).register(sub)
-    _use_formatter(parser, HelpFormatter)
+    use_formatter(parser, HelpFormatter)
     return parser
 
 
@@ -62,7 +62,7 @@ def overview_parser() -> argparse.ArgumentParser:
     for commands in COMMAND_MODULES.values():
         for command, help_line in commands.items():
             sub.add_parser(command, help=help_line)
-    _use_formatter(parser, HelpFormatter)
+    use_formatter(parser, HelpFormatter)
     return parser
 
 
@@ -74,13 +74,13 @@ def _top_level() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
 
 
-def _use_formatter(parser: argparse.ArgumentParser, formatter) -> None:
+def use_formatter(parser: argparse.ArgumentParser, formatter) -> None:
     """Give every (sub)command's --help the same formatter, set here once rather than in each module."""
     parser.formatter_class = formatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                _use_formatter(sub, formatter)
+                use_formatter(sub, formatter)
 
 
 def parse_command_line(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:

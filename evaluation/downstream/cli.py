@@ -39,10 +39,8 @@ def register(subparsers) -> None:
 def task_parser(module: str) -> argparse.ArgumentParser:
     """The `mnemos downstream` parser with the one task `module` registers."""
     from launcher.argtypes import HelpFormatter
-    parser = argparse.ArgumentParser(prog="mnemos downstream", formatter_class=HelpFormatter)
+    from launcher.cli import use_formatter
+    parser = argparse.ArgumentParser(prog="mnemos downstream")
     importlib.import_module(module).register(parser.add_subparsers(dest="task", metavar="TASK"))
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for task in action.choices.values():
-                task.formatter_class = HelpFormatter
+    use_formatter(parser, HelpFormatter)
     return parser
