@@ -8,7 +8,6 @@ the figures that matter (the save path is the same)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+from launcher.argtypes import CommandParser  # noqa: E402
+
 
 def _timed(fn, repeats: int) -> tuple[float, list[float]]:
     times = []
@@ -33,7 +34,7 @@ def _timed(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = CommandParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d-model", type=int, default=512)
     ap.add_argument("--n-layer", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=16384)

@@ -7,13 +7,13 @@ Writes bench/results/data_contamination.json.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
 from data_common import SHARED, corpus_documents, write_result  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 
 def throughput(filt, docs, repeat):
@@ -31,7 +31,7 @@ def throughput(filt, docs, repeat):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = CommandParser()
     ap.add_argument("--copies", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()

@@ -7,7 +7,6 @@ signatures are bit-identical and the candidate pairs equal. Writes bench/results
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -16,10 +15,11 @@ import numpy as np
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
 from data_common import corpus_documents, write_result  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = CommandParser()
     ap.add_argument("--docs", type=int, default=6000)
     ap.add_argument("--num-perm", type=int, default=128)
     ap.add_argument("--bands", type=int, default=16)

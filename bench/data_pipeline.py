@@ -8,7 +8,6 @@ Writes bench/results/data_pipeline.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,10 +19,11 @@ import numpy as np
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
 from data_common import SHARED, write_result  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = CommandParser()
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tasks", type=int, default=4)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")

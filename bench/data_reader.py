@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
 from data_common import RESULTS, SHARED, machine  # noqa: E402
-from launcher.argtypes import integer, output_file  # noqa: E402
+from launcher.argtypes import CommandParser, integer, output_file  # noqa: E402
 
 WORKLOADS = ("many_small_txt", "large_txt", "jsonl")
 
@@ -63,7 +63,7 @@ def workload_list(text: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", type=workload_list, default=list(WORKLOADS),
                     help=f"comma-separated, of {', '.join(WORKLOADS)} (default: all)")
     ap.add_argument("--files", type=integer(1), default=200, help="files of many_small_txt (default: 200)")

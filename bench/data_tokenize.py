@@ -6,7 +6,6 @@ the pipeline with 2 tasks on 2 processes (scaling). Writes bench/results/data_to
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -16,10 +15,11 @@ import time
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
 from data_common import corpus_documents, write_result  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = CommandParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--copies", type=int, default=2, help="corpus copies (more bytes, steadier timing)")
     ap.add_argument("--vocab-size", type=int, default=8000)

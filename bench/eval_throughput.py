@@ -27,7 +27,6 @@ Writes bench/results/eval_throughput_<device>.json.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 PRESETS = {
     "tiny": dict(n_layer=1, d_model=32, n_head=2, n_ctx=512, vocab_size=512),  # smoke test of the script
@@ -109,7 +109,7 @@ def same_ids_as_unbatched(lm, reqs) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = CommandParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
     ap.add_argument("--n", type=int, default=200, help="examples per workload")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from launcher.argtypes import comma_list, integer, output_file  # noqa: E402
+from launcher.argtypes import CommandParser, comma_list, integer, output_file  # noqa: E402
 from model.hopfield import Hopfield  # noqa: E402
 
 DEVICES = ("cpu", "cuda")
@@ -67,7 +67,7 @@ def run(batch: int, seq: int, d: int, heads: int, steps: list[int], repeats: int
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=integer(1), default=8)
     p.add_argument("--seq", type=integer(1), default=256)
     p.add_argument("--d", type=integer(1), default=256)

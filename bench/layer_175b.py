@@ -40,6 +40,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.checkpoint import checkpoint  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 SMOKE_PRESET = "gpt-mini"  # --smoke: a tiny preset, so `mnemos plan --model gpt-mini` can read the result
 
@@ -200,7 +201,7 @@ def measure(args) -> dict:
 def main(argv=None) -> int:
     from launcher.argtypes import integer, output_file
     from model.presets import PRESETS, preset_shape
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = CommandParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gpt3-175b", choices=[n for n, v in PRESETS.items() if v["arch"] == "gpt"])
     ap.add_argument("--tp", type=integer(1), default=8)
     ap.add_argument("--micro-batch", type=integer(1), default=1)

@@ -38,6 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from evaluation.downstream import scenes, slots  # noqa: E402
 from evaluation.downstream.slot_metrics import fg_ari, kmeans_fg_ari  # noqa: E402
 from model.slot_attention import SpatialBroadcastDecoder  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 
 def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int, lr: float, every: int,
@@ -147,7 +148,7 @@ def _decoder_override(text: str) -> tuple[str, object]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="tetrominoes-mini", choices=sorted(scenes.SPECS))
     p.add_argument("--preset", default="tiny", choices=sorted(slots.PRESETS))
     p.add_argument("--steps", type=int, default=3000, help="decoder-ceiling steps (0 skips it)")

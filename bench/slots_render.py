@@ -27,6 +27,7 @@ from evaluation.downstream import scenes  # noqa: E402
 from evaluation.downstream import slots  # noqa: E402
 from evaluation.downstream.slots import PRESETS  # noqa: E402
 from model.slot_attention import SlotAttentionAutoEncoder  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 
 def best_of(fn, repeat: int) -> float:
@@ -39,7 +40,7 @@ def best_of(fn, repeat: int) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256, help="scenes per rendered batch")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from launcher.argtypes import CommandParser  # noqa: E402
 
 PEAK_TFLOPS_BF16 = 989.0  # H100/H200 SXM dense bf16 without sparsity (NVIDIA data sheet); README "Performance"
 VARIANTS = ("mnemos-eager", "mnemos-compile", "mnemos-fast", "mnemos-fast-cudnn", "mnemos-fast-sac", "hf-eager",
@@ -242,7 +243,7 @@ def device_type(text: str) -> str:
 
 def main(argv=None) -> int:
     from launcher.argtypes import integer, number, output_file
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = CommandParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU: checks that the script works")
     ap.add_argument("--device", type=device_type, default=None, help="cpu or cuda (default: cuda when present, else cpu)")
     from model.presets import PRESETS

@@ -7,10 +7,11 @@ is done from one that must be requeued, since the ranks exit 0 in both cases.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from launcher.argtypes import CommandParser
 
 SUMMARY = Path("results") / "train_summary.json"
 
@@ -27,7 +28,7 @@ def run_outcome(run_dir: str | Path, since: float | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cluster.outcome", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m cluster.outcome", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir")
     p.add_argument("--since", type=float, default=None, help="ignore a summary older than this epoch time")
     args = p.parse_args(argv)

@@ -128,3 +128,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         shown = ",".join(map(str, default)).replace("%", "%%") if isinstance(default, (list, tuple)) else "%(default)s"
         return f"{text} (default: {shown})" if text else f"default: {shown}"
 
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusals are one line and exit code 2, like every other refusal of the
+    command line: argparse's own puts the whole usage (a dozen lines for `mnemos plan`) above the error.
+    Sub-commands added through add_subparsers get this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")

@@ -8,7 +8,7 @@ import importlib
 import logging
 import sys
 
-from launcher.argtypes import HelpFormatter
+from launcher.argtypes import CommandParser, HelpFormatter
 
 # Modules that contribute subcommands, with the commands each registers and their one-line help
 # (register(subparsers) sets `func` on its parsers). A command line that names a command imports only that
@@ -67,7 +67,7 @@ def overview_parser() -> argparse.ArgumentParser:
 
 
 def _top_level() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="mnemos",
         description="Train and evaluate GPT-3-class and BERT models across many machines.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from launcher.argtypes import integer, number, output_dir
+from launcher.argtypes import CommandParser, integer, number, output_dir
 from launcher.config import ConfigError
 
 log = logging.getLogger("mnemos.finetune")
@@ -607,7 +607,7 @@ def register(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`mnemos finetune ...` without the other commands (tests, `python -m launcher.finetune`)."""
-    parser = argparse.ArgumentParser(prog="mnemos finetune", description=__doc__)
+    parser = CommandParser(prog="mnemos finetune", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

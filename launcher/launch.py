@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.argtypes import CommandParser
+
 log = logging.getLogger("mnemos.launch")
 
 WORKER_MODULE = "launcher.worker"
@@ -505,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     # From the first moment on, a preemption notice is remembered rather than fatal (SIGUSR1's default).
     received: list[str] = []
     signal.signal(signal.SIGUSR1, lambda signum, _frame: received.append(signal.Signals(signum).name))
-    p = argparse.ArgumentParser(prog="python -m launcher.launch", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m launcher.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="resolved RUN/config.yaml")
     p.add_argument("--nproc-per-node", "--nproc", type=int, default=None, dest="nproc",
                    help="ranks on this node (default: SLURM_GPUS_ON_NODE with --slurm, else 1)")

@@ -38,9 +38,9 @@ def register(subparsers) -> None:
 
 def task_parser(module: str) -> argparse.ArgumentParser:
     """The `mnemos downstream` parser with the one task `module` registers."""
-    from launcher.argtypes import HelpFormatter
+    from launcher.argtypes import CommandParser, HelpFormatter
     from launcher.cli import use_formatter
-    parser = argparse.ArgumentParser(prog="mnemos downstream")
+    parser = CommandParser(prog="mnemos downstream")
     importlib.import_module(module).register(parser.add_subparsers(dest="task", metavar="TASK"))
     use_formatter(parser, HelpFormatter)
     return parser

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from evaluation.downstream import scenes as scenes_mod
 from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
-from launcher.argtypes import comma_list, integer, number, output_dir
+from launcher.argtypes import CommandParser, comma_list, integer, number, output_dir
 from launcher.config import ConfigError
 from launcher.prefetch import StepPrefetcher
 from model.slot_attention import UPDATE_NORMS, SlotAttentionAutoEncoder, SlotAttentionSetPredictor
@@ -797,7 +797,7 @@ if __name__ == "__main__":  # `torchrun -m evaluation.downstream.slots ...` (wha
     import sys
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    _parser = argparse.ArgumentParser(prog="python -m evaluation.downstream.slots")
+    _parser = CommandParser(prog="python -m evaluation.downstream.slots")
     register(_parser.add_subparsers(dest="task_name"))
     _args = _parser.parse_args(["slots", *sys.argv[1:]])
     try:

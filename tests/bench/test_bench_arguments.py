@@ -19,7 +19,7 @@ def bench(name: str):
 
 
 def refused(name: str, argv: list[str], capsys) -> str:
-    """The error line of a refused run (argparse prints the usage above it)."""
+    """The error line of a refused run."""
     with pytest.raises(SystemExit) as stop:
         bench(name).main(argv)
     assert stop.value.code == 2

@@ -94,10 +94,25 @@ def test_downstream_help_imports_no_task_module_and_a_task_its_own_only():
             "print(sorted(m for m in ('evaluation.downstream.slots', 'evaluation.downstream.toy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.split("\n")[:2] == ["exit 2", "['evaluation.downstream.toy']"], out.stdout + out.stderr
-    assert "mnemos downstream toy: error: argument --steps" in out.stderr
+    assert out.stderr.startswith("mnemos downstream toy: argument --steps")
 
 
 def test_unknown_arguments_are_still_refused_for_every_other_command():
     out = subprocess.run([sys.executable, "-m", "launcher.cli", "jobs", "list", "--bogus"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr
+
+
+@pytest.mark.parametrize("argv, prog, message", [
+    (["plan"], "mnemos plan", "one of the arguments --model --config is required"),
+    (["data", "dedup", "--input", "x.txt"], "mnemos data dedup", "the following arguments are required: --out/-o"),
+    (["jobs", "status"], "mnemos jobs status", "the following arguments are required: job"),
+    (["downstream", "mil", "--folds", "1"], "mnemos downstream mil", "argument --folds: must be an integer >= 2"),
+    (["trian"], "mnemos", "argument COMMAND: invalid choice: 'trian'"),
+])
+def test_a_refused_command_line_is_one_line_naming_the_command_and_its_help(argv, prog, message):
+    """argparse's own refusal puts the whole usage (a dozen lines for `mnemos plan`) above the error."""
+    out = subprocess.run([sys.executable, "-m", "launcher.cli", *argv], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(f"{prog}: {message}") and out.stderr.endswith(f"(see `{prog} --help`)\n")
