@@ -49,6 +49,13 @@ class GenerationConfig:
         num_beams = _number("num_beams", kw.pop("num_beams", 4 if method == "beam" else 1), int, 1)
         if method is None:
             method = "beam" if num_beams > 1 else "greedy"
+        if method == "greedy":  # beam settings under greedy would be dropped without a word
+            if num_beams > 1:
+                raise ValueError(f"num_beams={num_beams!r} with method='greedy': greedy decoding keeps one "
+                                 "hypothesis; set method: beam or leave num_beams out")
+            if "length_penalty" in kw:
+                raise ValueError(f"length_penalty={kw['length_penalty']!r} with method='greedy': the penalty ranks "
+                                 "finished beams, so it applies to method: beam only")
         if kw.pop("do_sample", False):
             raise ValueError("do_sample=true: sampling is not supported by the evaluation harness; use greedy or "
                              "beam search")

@@ -55,10 +55,14 @@ def test_an_unknown_task_shows_close_matches_not_every_name(capsys):
 def test_every_shipped_task_has_a_paper_name():
     from evaluation.registry import load_configs
     assert [name for name, cfg in load_configs().items() if not cfg.paper_name] == []
+
+
 @pytest.mark.parametrize("setting, expected", [
     ("{method: bream}", ["generation: method='bream': expected 'greedy' or 'beam'"]),
     ("{max_gen_tokens: 12}", ["unknown generation settings 'max_gen_tokens' (did you mean 'max_gen_toks'?)"]),
     ("{num_beams: two}", ["num_beams='two': expected an integer >= 1"]),
+    ("{method: greedy, length_penalty: 0.6}", ["length_penalty=0.6 with method='greedy'", "method: beam only"]),
+    ("{method: greedy, num_beams: 4}", ["num_beams=4 with method='greedy'"]),
 ])
 def test_generation_typos_are_refused_when_the_task_loads(tmp_path, capsys, setting, expected):
     _refused_at_load(tmp_path, capsys, _GEN_TASK.format(name="mytask") + f"generation: {setting}\n", *expected)
@@ -72,8 +76,6 @@ def test_a_gpt3_metric_the_task_does_not_compute_is_refused(tmp_path, capsys):
 def test_a_jinja_syntax_error_is_refused_when_the_task_loads(tmp_path, capsys):
     _refused_at_load(tmp_path, capsys, _GEN_TASK.format(name="mytask") + "doc_to_text: '{{ context }'\n",
                      "doc_to_text: not a valid Jinja template: unexpected '}'")
-
-
 
 
 def test_a_template_naming_a_field_the_documents_lack_is_refused_before_the_model_loads(tmp_path, capsys):
