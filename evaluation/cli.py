@@ -162,6 +162,9 @@ def _synthetic(args) -> int:
             s.write_jsonl(s.scramble_docs(kind, words, n=args.n, seed=args.seed), out / f"scramble_{kind}.jsonl")
             n_files += 1
     print(f"wrote {n_files} task files to {out}")
+    if not words:
+        print(f"  the {len(s.SCRAMBLES)} word-scramble files need a word list: `mnemos eval-data words CORPUS --out "
+              f"FILE`, then this command with --word-list FILE")
     return 0
 
 

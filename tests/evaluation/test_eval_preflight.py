@@ -130,3 +130,11 @@ def test_synthetic_checks_the_word_list_before_writing(tmp_path, capsys):
     assert main(["eval-data", "synthetic", "-o", str(out), "--word-list", str(tmp_path / "empty.txt")]) == 2
     assert f"--word-list {tmp_path / 'empty.txt'} is empty" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_synthetic_without_a_word_list_says_which_files_it_left_out_and_how_to_get_them(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["eval-data", "synthetic", "-o", str(out), "--n", "5"]) == 0
+    said = capsys.readouterr().out
+    assert "wrote 10 task files" in said and "5 word-scramble files need a word list" in said
+    assert "mnemos eval-data words" in said and not list(out.glob("scramble_*"))
