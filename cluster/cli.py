@@ -150,7 +150,7 @@ def submit_cmd(args) -> int:
 
 
 def jobs_cmd(args) -> int:
-    from cluster.job import TERMINAL, JobError, jobs_home
+    from cluster.job import TERMINAL, JobError, UnknownJobError, jobs_home
     try:
         if args.jobs_action == "list":
             recs = sorted(jobs_home().glob("*.json"), key=lambda p: p.stat().st_mtime)
@@ -191,7 +191,7 @@ def jobs_cmd(args) -> int:
                 from launcher.config import ConfigError
                 raise ConfigError(f"--signal={args.signal!r} for Kubernetes job {job.job_id} (rule: signals are "
                                   f"Slurm-only; `mnemos jobs cancel {job.job_id}` deletes the PyTorchJob)")
-            state = job.state()  # an id no scheduler knows and no record names: "no job ..." (exit 1)
+            state = job.state()  # an id no scheduler knows and no record names: "no job ..." (exit 2)
             if state in TERMINAL:
                 print(f"job {job.job_id} already ended ({state}): nothing to cancel")
                 return 0
@@ -204,7 +204,7 @@ def jobs_cmd(args) -> int:
             return 0
     except JobError as err:
         print(f"mnemos: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, UnknownJobError) else 1
     return 2
 
 

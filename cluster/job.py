@@ -28,6 +28,10 @@ class JobError(RuntimeError):
     """A job could not be submitted, found or controlled, or it ended without success."""
 
 
+class UnknownJobError(JobError):
+    """No record and no scheduler knows the id: a mistyped id, the user's error (exit code 2)."""
+
+
 @dataclass
 class JobRecord:
     """What `mnemos jobs` needs to find a job again."""

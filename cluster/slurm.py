@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from cluster.job import ACTIVE, Job, JobError, JobRecord, jobs_home, load_record, save_record
+from cluster.job import ACTIVE, Job, JobError, JobRecord, UnknownJobError, jobs_home, load_record, save_record
 from cluster.outcome import SUMMARY
 from cluster.spec import JobCommand, JobSpec, SpecError, check_no_control_chars
 
@@ -266,7 +266,7 @@ class SlurmJob(Job):
         """For a job Slurm no longer knows: {id: (state, how we know)} from the record and the run's
         results/train_summary.json (COMPLETED when training finished, else ENDED)."""
         if not self.record.run_dir:
-            raise JobError(f"no job {self.job_id!r} (no record in {jobs_home()}, and unknown to squeue, "
+            raise UnknownJobError(f"no job {self.job_id!r} (no record in {jobs_home()}, and unknown to squeue, "
                            f"scontrol and sacct)")
         base = self.job_id.split("_")[0]
         runs = {self.job_id: Path(self.run_dir())}

@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from cluster.job import Job, JobError
+from cluster.job import Job, JobError, UnknownJobError
 from cluster.spec import JobCommand, JobSpec, SpecError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +193,7 @@ def get_job(job_id: str, scheduler: str | None = None) -> Job:
     sched = scheduler or (rec.scheduler if rec else None)
     if sched is None:
         if not re.fullmatch(r"\d+(_\d+)?", job_id):
-            raise JobError(f"no job {job_id!r} (no record in {jobs_home()}, and not a Slurm job id; for a "
+            raise UnknownJobError(f"no job {job_id!r} (no record in {jobs_home()}, and not a Slurm job id; for a "
                            f"Kubernetes job submitted from elsewhere add --scheduler k8s)")
         sched = "slurm"
     if sched == "slurm":

@@ -513,7 +513,7 @@ def test_jobs_with_unknown_ids_and_signals_to_kubernetes_jobs(tmp_path):
         return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=tmp_path, capture_output=True,
                               text=True, env=env, timeout=120)
     res = mnemos("jobs", "status", "abc")
-    assert res.returncode == 1 and res.stderr.startswith("mnemos: no job 'abc' (no record in "), res.stderr
+    assert res.returncode == 2 and res.stderr.startswith("mnemos: no job 'abc' (no record in "), res.stderr
     assert "--scheduler k8s" in res.stderr
     res = mnemos("jobs", "cancel", "mnemos-run", "--signal", "USR1")
     assert res.returncode == 2 and "--signal='USR1' for Kubernetes job mnemos-run (rule: signals are Slurm-only" \

@@ -336,7 +336,7 @@ def test_status_of_a_job_slurm_forgot_comes_from_the_record_and_the_run(slurm_cl
     # mistyped ids: one line naming where it looked, non-zero, and never kubectl for a Slurm-shaped id
     for args in (("status", "987653"), ("cancel", "987653"), ("status", "abc"), ("logs", "abc")):
         res = _mnemos("jobs", *args)
-        assert res.returncode == 1 and f"no job '{args[1]}'" in res.stderr, (args, res.stderr)
+        assert res.returncode == 2 and f"no job '{args[1]}'" in res.stderr, (args, res.stderr)
         assert "kubectl" not in res.stderr and "Traceback" not in res.stderr and not res.stdout
 
 
