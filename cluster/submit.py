@@ -93,9 +93,10 @@ def render(spec: JobSpec, cmd: JobCommand, scheduler: str = "slurm", pvc: str | 
     return k8s.manifest_yaml(manifest)
 
 
-def write_config(cfg, path: Path) -> None:
-    """RUN/config.yaml (atomically) and the run directory's layout."""
-    for sub in ("checkpoints", "tensorboard", "results", "logs"):
+def write_config(cfg, path: Path, array: bool = False) -> None:
+    """RUN/config.yaml (atomically) and the run directory's layout. The runs of an array of training runs are
+    RUN/task<i>, each with its own layout; RUN itself keeps only the config and Slurm's logs."""
+    for sub in ("logs",) if array else ("checkpoints", "tensorboard", "results", "logs"):
         (path.parent / sub).mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".config.yaml.tmp")
     tmp.write_text(cfg.to_yaml())
@@ -119,7 +120,7 @@ def submit_prepared(cfg, cmd: JobCommand, spec: JobSpec, scheduler: str = "slurm
     check_run_dir_free(cmd.run_dir)
     snapshot = _snapshot(Path(cmd.run_dir))
     try:
-        write_config(cfg, cmd.config)
+        write_config(cfg, cmd.config, array=bool(spec.array))
         if scheduler == "slurm":
             from cluster import slurm
             return slurm.submit(spec, cmd)

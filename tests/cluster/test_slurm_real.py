@@ -244,6 +244,8 @@ def test_training_array_runs_one_run_per_task(slurm_cluster, tmp_path, shared_da
         assert json.loads((run / "results" / "train_summary.json").read_text())["status"] == "finished"
         seeds.append(int(next(l for l in (run / "config.yaml").read_text().splitlines() if l.startswith("seed:")).split()[1]))
     assert seeds == [7, 8]
+    # the tasks' runs hold the checkpoints and results; RUN itself no empty copies of their folders
+    assert not {"checkpoints", "results", "tensorboard"} & {p.name for p in (tmp_path / "sweep").iterdir()}
 
 
 # ------------------------------------------------------------------------- audit: cancel, records, run dirs
