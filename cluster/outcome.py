@@ -1,8 +1,9 @@
 """How did the last training attempt in a run directory end?  `python -m cluster.outcome RUN [--since EPOCH]`
 
-Prints `finished`, `preempted` (stopped by a signal after saving a checkpoint) or `unknown` (no summary,
-or one older than --since, i.e. from an earlier attempt). The batch script uses it to tell a run that
-is done from one that must be requeued, since the ranks exit 0 in both cases.
+Prints `finished`, `preempted` (stopped by SIGUSR1, the time-limit notice, after saving a checkpoint),
+`terminated` (stopped by SIGTERM after saving: `scancel --signal=TERM`, a pod deleted) or `unknown` (no
+summary, or one older than --since, i.e. from an earlier attempt). The batch script uses it to tell a run
+that is done or was stopped on purpose from one that must be requeued, since the ranks exit 0 in each case.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ def run_outcome(run_dir: str | Path, since: float | None = None) -> str:
     try:
         if since is not None and path.stat().st_mtime < since:
             return "unknown"
-        status = json.loads(path.read_text()).get("status")
+        summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return "unknown"
+    status = summary.get("status")
+    if status == "preempted" and summary.get("stop_signal") == "SIGTERM":
+        return "terminated"
     return status if status in ("finished", "preempted") else "unknown"
 
 

@@ -72,7 +72,8 @@ class StopFlag:
 
     def __init__(self, interrupt: bool = False):
         self.requested = False
-        self.signal_name = ""
+        self.signal_name = ""  # the first stop signal: a later one (SIGTERM at the time limit) does not replace it
+        self.interrupts = 0
         self.interrupt = interrupt
 
     def install(self) -> "StopFlag":
@@ -83,14 +84,16 @@ class StopFlag:
 
     def _handler(self, signum, frame):
         if signum == signal.SIGINT:
-            if self.signal_name == "SIGINT":  # Ctrl-C twice: stop at once
+            self.interrupts += 1
+            if self.interrupts > 1:  # Ctrl-C twice: stop at once
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt
             # no logging in a signal handler (its lock may be held by the code interrupted)
             os.write(2, b"Ctrl-C: the step finishes, a checkpoint is saved, then training stops "
                         b"(Ctrl-C again to stop at once, without one)\n")
+        if not self.requested:
+            self.signal_name = signal.Signals(signum).name
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
 
 class LossGuard:

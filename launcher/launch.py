@@ -665,7 +665,7 @@ def k8s_exit_code(config_path: str, started: float, received: list[str], wait_s:
         outcome = run_outcome(run_dir, since=started)
     if outcome == "finished":
         return 0
-    if outcome == "preempted" or received:
+    if outcome in ("preempted", "terminated") or received:  # a pod's SIGTERM: restart it elsewhere
         log.warning("run stopped early (%s); exit 143 so the operator restarts this pod", outcome)
         return 128 + signal.SIGTERM
     return 0

@@ -561,7 +561,9 @@ class Trainer:
     def write_summary(self, status: str) -> None:
         if not self.is_main:
             return
-        summary = {"status": status, **asdict(self.state), "parameters": self.n_params,
+        # which signal stopped a preempted run: the Slurm script requeues after SIGUSR1, not after SIGTERM
+        stop_signal = (self.stop.signal_name or None) if status == "preempted" else None
+        summary = {"status": status, "stop_signal": stop_signal, **asdict(self.state), "parameters": self.n_params,
                    "world_size": self.world, "tp": self.topology.tp, "zero_stage": self.cfg.parallel.zero_stage,
                    "final_train_loss": self.history["train_loss"][-1][1] if self.history["train_loss"] else None,
                    "validation": self.history["valid"], "data": getattr(self, "data_budget", None)}

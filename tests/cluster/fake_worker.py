@@ -45,7 +45,7 @@ elif mode in ("signal", "late", "slow", "save40"):
         results = os.path.join(os.path.dirname(os.environ["MNEMOS_LOG_DIR"]), "results")
         os.makedirs(results, exist_ok=True)
         with open(os.path.join(results, "train_summary.json"), "w") as f:
-            json.dump({"status": "preempted", "step": 3}, f)
+            json.dump({"status": "preempted", "stop_signal": signal.Signals(got[0]).name, "step": 3}, f)
     if mode in ("slow", "save40") and got:
         time.sleep(120 if mode == "slow" else 40)
         with open(os.path.join(os.environ["MNEMOS_LOG_DIR"], f"saved-rank{rank}"), "w") as f:

@@ -412,6 +412,32 @@ def test_restart_cap_stops_requeueing(tmp_path):
     assert not (tmp_path / "scontrol.calls").exists()
 
 
+@pytest.mark.parametrize("stop_signal, requeued", [("SIGUSR1", True), ("SIGTERM", False)])
+def test_a_run_stopped_by_sigterm_is_not_requeued_one_stopped_by_sigusr1_is(tmp_path, stop_signal, requeued):
+    """The ranks save and exit 0 after either signal. SIGUSR1 is the time-limit notice (and `jobs cancel
+    --signal USR1`): requeue. SIGTERM to the steps alone (`scancel --signal=TERM` spares the batch shell)
+    asks the run to stop: no requeue, and exit 75 since the run is not finished."""
+    run_dir = tmp_path / "run"
+    cmd = JobCommand(run_dir=run_dir, workdir=tmp_path, code_dir=REPO, python=sys.executable,
+                     config=run_dir / "config.yaml")
+    path = tmp_path / "job.sbatch"
+    path.write_text(render_sbatch(JobSpec(max_restarts=2), cmd))
+    (run_dir / "results").mkdir(parents=True)
+    summary = run_dir / "results" / "train_summary.json"
+    summary.write_text(json.dumps({"status": "preempted", "stop_signal": stop_signal}))
+    later = time.time() + 60  # written "during" the step
+    os.utime(summary, (later, later))
+    env = dict(os.environ, PATH=f"{_shims(tmp_path)}:{os.environ['PATH']}", SLURM_JOB_ID="9",
+               SLURM_JOB_NODELIST="node1", SHIM_RC="0")
+    res = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / "scontrol.calls").read_text() if (tmp_path / "scontrol.calls").exists() else ""
+    if requeued:
+        assert res.returncode == 0 and json.loads(calls) == ["requeue", "9"], res.stdout + res.stderr
+    else:
+        assert res.returncode == 75 and calls == "", res.stdout + res.stderr
+        assert "training terminated" in res.stdout and "stopped by SIGTERM" in res.stdout
+
+
 def test_k8s_submit_applies_the_validated_manifest_with_kubectl(tmp_path, monkeypatch):
     """`kubectl apply -f -` receives exactly the manifest --dry-run prints (kubectl is a recording shim)."""
     bin_dir = tmp_path / "bin"

@@ -277,7 +277,7 @@ def _wait_ready(job, rank_log: Path, timeout_s=90):
 
 
 def test_jobs_cancel_stops_for_good_and_does_not_requeue(slurm_cluster, tmp_path):
-    """`mnemos jobs cancel` TERMs the batch shell; the ranks save (the run says 'preempted'), and the script
+    """`mnemos jobs cancel` TERMs the batch shell and the steps; the ranks save, and the script
     must leave the job CANCELLED instead of requeueing it."""
     run = tmp_path / "run"
     job = _fake_training(tmp_path, run, time="10", max_restarts=2, env={"FAKE_MODE": "signal", "FAKE_SUMMARY": "1"})
@@ -292,7 +292,21 @@ def test_jobs_cancel_stops_for_good_and_does_not_requeue(slurm_cluster, tmp_path
     time.sleep(2)  # a requeue would show within the script's own run
     assert job.state() == "CANCELLED" and job.restarts() == 0, job.logs()
     log = job.logs()
-    assert "training preempted" in log and "requeueing job" not in log, log
+    # the ranks saved; they got Slurm's SIGTERM or the script's USR1, whichever came first
+    assert ("training terminated" in log or "training preempted" in log) and "requeueing job" not in log, log
+
+
+def test_scancel_sigterm_to_the_steps_stops_a_training_job_without_a_requeue(slurm_cluster, tmp_path):
+    """`scancel --signal=TERM` signals the job's steps, not its batch shell: the ranks save (the run says it
+    was stopped by SIGTERM), and the script must not requeue it as it would after the time-limit notice."""
+    run = tmp_path / "run"
+    job = _fake_training(tmp_path, run, time="10", max_restarts=2, env={"FAKE_MODE": "signal", "FAKE_SUMMARY": "1"})
+    _wait_ready(job, run / "logs" / "rank0.log")
+    subprocess.run(["scancel", "--signal=TERM", job.job_id], check=True)
+    assert job.wait(timeout_s=120) == "FAILED", job.logs()  # exit 75: stopped, and the run is not finished
+    log = job.logs()
+    assert job.restarts() == 0 and "training terminated" in log and "requeueing job" not in log, log
+    assert (run / "logs" / "stopped-rank0").read_text() == "SIGTERM"
 
 
 def test_requeueing_one_array_task_leaves_its_sibling_alone(slurm_cluster, tmp_path):

@@ -152,6 +152,8 @@ def test_stop_signal_saves_and_exits_0_without_a_traceback(tiny_data, tmp_path, 
     assert "training preempted" in out + err
     summary = json.loads((tmp_path / "s" / "results" / "train_summary.json").read_text())
     assert summary["status"] == "preempted" and 3 <= summary["step"] < 500
+    # the ranks of a local launch get SIGTERM for a Ctrl-C; a single-rank run catches the SIGINT itself
+    assert summary["stop_signal"] == ("SIGINT" if (nproc, how) == (1, "Ctrl-C") else "SIGTERM")
     ckpts = list_checkpoints(tmp_path / "s" / "checkpoints")
     assert [p.name for p in ckpts] == [f"step_{summary['step']:08d}"] and verify(ckpts[0])[0]
     assert (tmp_path / "s" / "checkpoints" / "latest").read_text().strip() == ckpts[0].name

@@ -58,6 +58,12 @@ if [ "$terminated" = 1 ]; then
     echo "mnemos: stopped by SIGTERM (cancel or preemption): the script does not requeue; Slurm decides"
     exit "$rc"
 fi
+# SIGTERM to the steps only (`scancel --signal=TERM`, which spares the batch shell) asks to stop, too.
+if [ "$outcome" = terminated ]; then
+    echo "mnemos: the ranks were stopped by SIGTERM and saved a checkpoint: not requeueing (the run is not finished)"
+    if [ "$rc" -eq 0 ]; then rc=75; fi
+    exit "$rc"
+fi
 if [ "$rc" -ne 0 ] || [ "$outcome" = preempted ] || { [ "$stop_requested" = 1 ] && [ "$outcome" != finished ]; }; then
     if [ "$restarts" -lt "$MNEMOS_MAX_RESTARTS" ]; then
         echo "mnemos: requeueing job ${job} (restart $((restarts + 1)) of ${MNEMOS_MAX_RESTARTS}); it resumes from the newest checkpoint"
