@@ -273,7 +273,7 @@ class SlurmJob(Job):
         results/train_summary.json (COMPLETED when training finished, else ENDED)."""
         if not self.record.run_dir:
             raise UnknownJobError(f"no job {self.job_id!r} (no record in {jobs_home()}, and unknown to squeue, "
-                           f"scontrol and sacct)")
+                                  f"scontrol and sacct)")
         base = self.job_id.split("_")[0]
         runs = {self.job_id: Path(self.run_dir())}
         if self.record.task_dirs and "_" not in self.job_id:

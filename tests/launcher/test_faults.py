@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from launcher.faults import HANG_EXIT_CODE, LossGuard
+from launcher.faults import HANG_EXIT_CODE, LossGuard, StopFlag
 from tests.launcher.conftest import run_train, step_losses, write_config
 
 
@@ -68,3 +68,18 @@ def test_hang_watchdog_dumps_stacks_and_exits_nonzero(tiny_data, tmp_path):
     assert proc.returncode == HANG_EXIT_CODE
     dump = (tmp_path / "run" / "logs" / "hang_rank0.txt").read_text()
     assert "no training progress" in dump and "train_step" in dump
+
+
+def test_the_stop_flag_keeps_the_first_signal():
+    """At a Slurm time limit SIGUSR1 comes first and SIGTERM may follow while the ranks save: the run was
+    stopped by the notice (to be requeued), not terminated."""
+    import signal
+    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        flag = StopFlag().install()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.requested and flag.signal_name == "SIGUSR1"
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
