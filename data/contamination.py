@@ -109,7 +109,7 @@ def registry_eval_texts(tasks: Sequence[str] | None = None, data_dir: str | None
 
 # The N of the harness's clean/dirty report (evaluation.contamination.choose_n, GPT-3 Section 4): the
 # 5th-percentile example length clamped to [8, 13]; shorter examples are matched whole at their own length
-# (8..12). Tasks may fix N instead (`contamination_ngram`: 2 for the anagram and reversed-word tasks).
+# (8..12). Tasks may fix N instead (`contamination_ngram`: 2 for the word scrambles).
 REPORT_NS = range(8, 14)
 
 
@@ -186,8 +186,9 @@ class ContaminationIndex:
                       n: int = 13, min_n: int | None = 8, data_dir: str | None = None) -> "ContaminationIndex":
         """Benchmark n-grams of the harness's tasks (all when `tasks` is None) plus extra files.
         `min_n` = 8 by default here: many registry examples (GPT-3's arithmetic: "Q: What is 98 plus
-        45? A: 143") have fewer than 13 words and would otherwise never be found; GPT-3 Section 4
-        clamps its overlap N to [8, 13] for the same reason. Long examples still use 13-grams.
+        45? A: 143") have fewer than 13 words and would otherwise never be found, so they are matched whole
+        down to 8 words, GPT-3's smallest N for non-synthetic tasks (App. C: spurious collisions below it).
+        Long examples still use 13-grams.
         `missing_tasks` of the result names the registry tasks that had no data under `data_dir`."""
         missing: list[str] = []
 

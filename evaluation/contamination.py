@@ -2,7 +2,8 @@
 
 An example is dirty if it shares any N-gram with the training corpus, where N is the 5th-percentile
 example length in words (words as in App. C: lowercased, punctuation stripped, whitespace split),
-clamped to [8, 13]; reversed-word and anagram tasks use N = 2 (`contamination_ngram` in the task YAML).
+clamped to [8, 13]; the word-scramble tasks use N = 2 (`contamination_ngram` in the task YAML; GPT-3 Table C.1,
+where RI has 7: see evaluation/tasks/word_scramble.yaml).
 The report gives the task's metric on all, clean and dirty examples and the relative change of the
 clean score against the full one.
 

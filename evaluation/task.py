@@ -92,7 +92,7 @@ class TaskConfig(_Strict):
     answer_normalization: Literal["none", "strip", "squad"] = Field("strip", description="Normalisation before exact match / F1.")
     metrics: list[str] = Field(default_factory=list, description="Metrics to report; default by output_type.")
     gpt3_metric: str | None = Field(None, description="The metric GPT-3 reports for this task (marked in reports).")
-    contamination_ngram: int | None = Field(None, description="Fixed N for the clean/dirty report (2 for anagrams, reversed words).")
+    contamination_ngram: int | None = Field(None, description="Fixed N for the clean/dirty report (2 for the word scrambles).")
     limit_fewshot_pool: int | None = Field(None, description="Use only the first N documents of the few-shot split.")
     fewshot_siblings: str | None = Field(None, description="Demonstrations from the example's own passage (GPT-3's "
                                          "RACE, SQuAD 2.0, MultiRC): the document field listing the passage's other "

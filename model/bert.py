@@ -2,7 +2,7 @@
 
 Architecture (BERT Section 3, and the Transformer encoder of Vaswani et al. 2017 it cites): the input
 representation is the sum of token, learned position and segment (token-type) embeddings, followed by
-LayerNorm and dropout (Section 3.2, Figure 2). Each block is post-LayerNorm: x = LN(x + Attn(x)), then
+LayerNorm and dropout (Section 3 "Input/Output Representations", Figure 2). Each block is post-LayerNorm: x = LN(x + Attn(x)), then
 x = LN(x + FFN(x)) with a GELU (erf) FFN of width 4 d_model (Section 3, "Model Architecture"). The pooler
 is a tanh dense layer on the [CLS] state (Section 3, "C"). Pretraining heads (Section 3.1, Appendix A.1):
 the masked-LM head is dense + GELU + LayerNorm followed by a decoder tied to the word embeddings with its
@@ -114,7 +114,7 @@ class BertModel(nn.Module):
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model)
-        self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.d_model)  # segment A / B (Section 3.2)
+        self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.d_model)  # segment A / B (Section 3, Figure 2)
         self.ln_emb = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -129,7 +129,7 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         pos = torch.arange(N, device=input_ids.device)
-        # Input representation = token + segment + position embeddings (BERT Section 3.2, Figure 2)
+        # Input representation = token + segment + position embeddings (BERT Section 3, Figure 2)
         x = self.wte(input_ids) + self.wtt(token_type_ids) + self.wpe(pos)  # (B, N, d_model)
         x = self.drop(self.ln_emb(x))
         mask = padding_mask(attention_mask)  # (B, 1, 1, N)

@@ -1,5 +1,5 @@
 """`mnemos downstream bert-heads`: BERT's attention heads through the Hopfield lens (Ramsauer et al. 2020,
-Section 4 "Transformer and BERT models", Fig. 2 / A.3).
+Section 4 "Transformer and BERT models", Fig. A.3).
 
 For each head and each query token, k = the number of largest attention weights needed to reach 90% of the
 attention mass. Heads fall into the paper's operating classes by k relative to the sequence length N:

@@ -1,8 +1,9 @@
 """`mnemos downstream repertoire`: immune repertoire classification with Hopfield attention pooling, DeepRC-style
 (Ramsauer et al. 2020, Section 4 "Immune repertoire classification"; Widrich et al. 2020, DeepRC).
 
-A repertoire is a bag of 10^3-10^5 amino-acid sequences (CDR3s); a repertoire is positive when some of its
-sequences ("witnesses", down to 0.01%) carry a disease motif. Pieces:
+A repertoire is a bag of amino-acid sequences (CDR3s; about 300,000 per repertoire in the paper's datasets, a
+--sequences of them here); a repertoire is positive when some of its sequences ("witnesses", down to 0.01%) carry
+a disease motif. Pieces:
 
   simulate_repertoires  background CDR3-like sequences; positive repertoires get a motif implanted into a
                         fraction `witness_rate` of their sequences, each motif position substituted with

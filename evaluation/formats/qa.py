@@ -1,4 +1,4 @@
-"""Closed-book question answering (GPT-3 Section 3.3): Natural Questions (open-domain) and WebQuestions.
+"""Closed-book question answering (GPT-3 Section 3.2): Natural Questions (open-domain) and WebQuestions.
 
 Published formats read here:
   nq_open       NQ-open release jsonl (`NQ-open.{train,dev}.jsonl`): one {"question", "answer": [...]} per line.
