@@ -72,6 +72,8 @@ def register(subparsers) -> None:
     q = sub.add_parser("filter", help="cleanup + heuristic quality filters (+ GPT-3 classifier)")
     common(q)
     q.add_argument("--min-words", type=integer(0), default=50, help="documents with fewer words are dropped")
+    q.add_argument("--max-words", type=integer(0), default=100_000,
+                   help="documents with more words are dropped (Gopher's bound for web text); 0: no bound, for books")
     q.add_argument("--no-heuristics", action="store_true",
                    help="skip the length, symbol and repetition filters (normalisation and a classifier still run)")
     q.add_argument("--classifier", help="quality_classifier.npz that an earlier run with --train-classifier-reference/raw "
@@ -369,7 +371,8 @@ def cmd_filter(a) -> int:
     from .io import DocumentReader, JsonlWriter
     steps = [_reader(a), TextNormalizer()]
     if not a.no_heuristics:
-        steps += [LengthFilter(a.min_words, rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"), prefix="length_")),
+        steps += [LengthFilter(a.min_words, a.max_words or None,
+                               rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"), prefix="length_")),
                   SymbolRatioFilter(rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"), prefix="symbols_")),
                   RepetitionFilter(rejects_writer=JsonlWriter(os.path.join(a.out, "rejects"), prefix="repetition_"))]
     clf = None

@@ -61,9 +61,12 @@ class TextNormalizer(PipelineStep):
 
 
 class LengthFilter(BaseFilter):
+    """Gopher's word-count rule: keep documents of 50 to 100,000 words. `max_words=None` lifts the upper
+    bound (whole books are longer)."""
+
     name = "length"
 
-    def __init__(self, min_words: int = 50, max_words: int = 100_000_000, **kw):
+    def __init__(self, min_words: int = 50, max_words: int | None = 100_000, **kw):
         super().__init__(**kw)
         self.min_words, self.max_words = min_words, max_words
 
@@ -71,7 +74,7 @@ class LengthFilter(BaseFilter):
         n = len(doc.text.split())
         if n < self.min_words:
             return False, "too_few_words"
-        if n > self.max_words:
+        if self.max_words is not None and n > self.max_words:
             return False, "too_many_words"
         return True
 

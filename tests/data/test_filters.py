@@ -12,6 +12,9 @@ def test_normalizer_changes_text_filters_decide():
     good = " ".join(["the cat sat on the mat and looked at the birds outside"] * 1)
     assert LengthFilter(min_words=5).filter(Document(good, "a")) is True
     assert LengthFilter(min_words=50).filter(Document(good, "a")) == (False, "too_few_words")
+    book = " ".join(["word"] * 100_001)  # Gopher's upper bound is 100,000 words; books may lift it
+    assert LengthFilter().filter(Document(book, "b")) == (False, "too_many_words")
+    assert LengthFilter(max_words=None).filter(Document(book, "b")) is True
     assert SymbolRatioFilter().filter(Document("# # # # a b c", "s")) == (False, "symbol_word_ratio")
     assert SymbolRatioFilter().filter(Document("12 34 56 78 90 ab", "s")) == (False, "alpha_words")
     assert SymbolRatioFilter().filter(Document(good, "s")) is True
