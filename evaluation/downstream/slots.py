@@ -47,7 +47,10 @@ from model.slot_attention import UPDATE_NORMS, SlotAttentionAutoEncoder, SlotAtt
 
 log = logging.getLogger("mnemos.slots")
 
-AP_THRESHOLDS = [math.inf, 0.2, 0.1, 0.05, 0.025]  # position distance in image units (App. E.2, scaled to 2D)
+# Set-prediction AP thresholds of App. E.2, in CLEVR's coordinates, which span 6 units ([-3, 3]); positions
+# here are image units ([0, 1]), so each threshold is the same fraction of the span: t / 6.
+AP_THRESHOLDS = [math.inf, 1.0, 0.5, 0.25, 0.125]
+AP_COORD_SPAN = 6.0
 EVAL_SEED = 1_000_003  # all training seeds are evaluated on the same held-out scenes
 
 # Architecture presets. "paper": App. E.1 widths (5x5 kernels, 64 channels, full-resolution broadcast).
@@ -544,9 +547,13 @@ def evaluate(model, args, spec, scenes: scenes_mod.Scenes, device, seed: int, nu
         if by_count:
             scores.update(fg_ari_by_count(per_scene, scenes.present))
         return scores
-    target = scenes_mod.set_targets(scenes, spec)
-    cats = list(spec.categorical.values())
-    return {f"ap_{_thr_name(t)}": average_precision(out["pred"], target, cats, t) for t in AP_THRESHOLDS}
+    return set_prediction_scores(out["pred"], scenes_mod.set_targets(scenes, spec), list(spec.categorical.values()))
+
+
+def set_prediction_scores(pred: np.ndarray, target: np.ndarray, categorical: list[int]) -> dict[str, float]:
+    """AP at each of the paper's thresholds, keyed by the paper's value ("ap_0.5")."""
+    return {f"ap_{_thr_name(t)}": average_precision(pred, target, categorical, t / AP_COORD_SPAN)
+            for t in AP_THRESHOLDS}
 
 
 def fg_ari_by_count(per_scene: np.ndarray, present: np.ndarray) -> dict[str, float]:

@@ -246,12 +246,21 @@ def test_set_prediction_loss_is_permutation_invariant():
         slots.set_prediction_loss(pred[:, :1], target)  # fewer slots than objects: no object is dropped silently
 
 
+def test_ap_thresholds_are_the_papers_as_fractions_of_the_coordinate_span():
+    """App. E.2's thresholds are in CLEVR units (coordinates in [-3, 3]); an object predicted 0.1 image
+    units away (0.6 CLEVR units) is found at threshold 1 but not at 0.5."""
+    target = np.array([[[0.5, 0.5, 1.0, 0.0, 1.0]]])  # (y, x), a 2-class one-hot, "is real"
+    pred = np.array([[[0.5, 0.6, 1.0, 0.0, 0.9]]])
+    scores = slots.set_prediction_scores(pred, target, [2])
+    assert scores == {"ap_inf": 1.0, "ap_1": 1.0, "ap_0.5": 0.0, "ap_0.25": 0.0, "ap_0.125": 0.0}
+
+
 def test_set_prediction_run(tmp_path):
     args = parse("--dataset", "sprites", "--task", "set-prediction", "--preset", "tiny", "--steps", "6",
                  "--batch-size", "4", "--eval-size", "16", "--threads", "1", "--seeds", "0,1", "--out", str(tmp_path))
     assert args.func(args) == 0
     res = json.loads((tmp_path / "results" / "slots_sprites_set_prediction.json").read_text())
-    assert set(res["median"]) >= {"ap_inf", "ap_0.2", "ap_0.1", "ap_0.05", "ap_0.025"}
+    assert set(res["median"]) >= {"ap_inf", "ap_1", "ap_0.5", "ap_0.25", "ap_0.125"}
     assert [r["seed"] for r in res["per_seed"]] == [0, 1]
     assert all(0 <= res["median"][k] <= 1 for k in res["median"] if k.startswith("ap_"))
 
