@@ -104,7 +104,7 @@ def write_standard_fixtures(root: Path) -> Path:
                 "answers": ["A", "C"], "options": [["yes", "no", "maybe", "never"], ["red", "green", "blue", "black"]],
                 "questions": ["Did Bob go?", "What color was the car?"], "article": "Bob went out. The car was blue.",
                 "id": "1.txt"}))
-    # TriviaQA (unfiltered json, records under "Data")
+    # TriviaQA (the Wikipedia split's json, records under "Data")
     tq = {"Data": [{"Question": "Which planet is known as the red planet?", "QuestionId": "t1",
                     "Answer": {"Value": "Mars", "Aliases": ["Mars", "Planet Mars"], "NormalizedAliases": ["mars"]}},
                    {"Question": "What is the capital of France?", "QuestionId": "t2",
@@ -112,7 +112,7 @@ def write_standard_fixtures(root: Path) -> Path:
           "Version": 1.0}
     (root / "triviaqa").mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev"):
-        (root / f"triviaqa/unfiltered-web-{split}.json").write_text(json.dumps(tq))
+        (root / f"triviaqa/wikipedia-{split}.json").write_text(json.dumps(tq))
     # WikiText raw
     (root / "wikitext-2-raw").mkdir(parents=True, exist_ok=True)
     (root / "wikitext-2-raw/wiki.test.raw").write_text(

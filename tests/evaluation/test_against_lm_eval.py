@@ -396,7 +396,7 @@ def test_race_lm_eval_scores_the_last_question_after_the_earlier_ones(std_data):
 
 def test_triviaqa_nq_webqs_prompts(std_data, reading_data):
     t = get_task("triviaqa", std_data)
-    rec = json.loads((std_data / "triviaqa/unfiltered-web-dev.json").read_text())["Data"][0]
+    rec = json.loads((std_data / "triviaqa/wikipedia-dev.json").read_text())["Data"][0]
     hf = {"question": rec["Question"], "question_id": rec["QuestionId"],
           "answer": {"aliases": rec["Answer"]["Aliases"], "value": rec["Answer"]["Value"],
                      "normalized_aliases": rec["Answer"]["NormalizedAliases"]}}
