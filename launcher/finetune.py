@@ -116,7 +116,7 @@ def _need(table, fields: list[str], path: str) -> None:
 
 
 class PairEncoder:
-    """[CLS] A [SEP] (B [SEP]), truncating the longer segment first (BERT Section 4.1)."""
+    """[CLS] A [SEP] (B [SEP]), truncating the longer segment first (as BERT's reference code does)."""
 
     def __init__(self, tokenizer, vocab, max_len: int):
         self.tok, self.vocab, self.max_len = tokenizer, vocab, max_len

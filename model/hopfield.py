@@ -11,7 +11,7 @@ Section 3 in the order they build on each other:
 Notation: N stored patterns, S state patterns, h heads, d_k = hidden_size (association space, per head),
 d_v = pattern_size (per head), B batch. The update in the association space is the paper's rule
 xi_new = X softmax(beta X^T xi) (Eq. 3) with X = K^T, xi = q; `update_steps_max` applies it that many times
-(Section 2: "the update converges after one step" for well-separated patterns; metastable states otherwise)
+(Section 2: well-separated patterns are retrieved with one update; otherwise it may end in a metastable state)
 before the final retrieval of the values; 0 (the default) is one softmax, i.e. attention.
 
 Argument names follow the authors' `hflayers` package where the meaning is the same (input_size,
