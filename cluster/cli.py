@@ -106,7 +106,7 @@ def _option_error(e: dict) -> str:
 def _node_range(text: str) -> tuple[int | None, int]:
     """--nodes N -> (None, N); --nodes MIN:MAX -> (MIN, MAX), torchrun's syntax for an elastic range."""
     from launcher.config import ConfigError
-    from launcher.launch import parse_nnodes
+    from launcher.rendezvous import parse_nnodes
     try:
         lo, hi = parse_nnodes(text)
     except ValueError:

@@ -5,14 +5,11 @@ inside a Slurm allocation.
     spawn_local(...)       run it here: rank environment, per-rank log files, signal forwarding
     python -m launcher.launch --slurm CONFIG --nproc-per-node G
                            one task per node inside `srun`: reads SLURM_*, expands the node list,
-                           rendezvous on the first node, then spawn_local
+                           rendezvous on the first node (launcher.rendezvous), then spawn_local
     python -m launcher.launch --k8s CONFIG --nproc-per-node G
                            one per PyTorchJob pod: the operator's pod count and rank (PET_NNODES,
                            PET_NODE_RANK, or WORLD_SIZE/RANK) and MASTER_ADDR, or with an elasticPolicy
                            its PET_NNODES=MIN:MAX and PET_RDZV_ENDPOINT (torchrun --nnodes MIN:MAX, c10d)
-    deepspeed_layout(...), deepspeed_command(...), spawn_deepspeed(...)
-                           the alternative to torchrun: DeepSpeed's launcher over an MPI-style
-                           hostfile (`mnemos train --launcher deepspeed --hostfile FILE`)
 
 Every rank gets MASTER_ADDR/MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE (set by torchrun), plus the
 settings below (`rank_environment`). Rank output goes to the console prefixed with `[rankR]:` and to
@@ -38,16 +35,15 @@ import functools
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.argtypes import CommandParser
+from launcher.rendezvous import LaunchError, k8s_exit_code, k8s_rendezvous, parse_nnodes, slurm_rendezvous
 
 log = logging.getLogger("mnemos.launch")
 
@@ -55,11 +51,6 @@ WORKER_MODULE = "launcher.worker"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _PREFIX = re.compile(r"^\[rank(\d+)\]:")
 NOTICE_POLL_S = 1.0  # after SIGUSR1, how often to look for ranks that could not catch it yet
-
-
-class LaunchError(RuntimeError):
-    """The launch cannot start as asked (scheduler variables missing, a bad argument): a one-line message
-    naming what and the rule, exit code 2 from `python -m launcher.launch`."""
 
 
 # --------------------------------------------------------------------------------------------- command
@@ -129,18 +120,6 @@ def resolve_config(config_path: str | os.PathLike, overrides: list[str]) -> Path
     tmp.write_text(cfg.to_yaml())
     os.replace(tmp, path)
     return path
-
-
-def parse_nnodes(nnodes: int | str) -> tuple[int, int]:
-    """torchrun's node count: 4 -> (4, 4); "2:4" -> (2, 4) (an elastic range); anything else is refused."""
-    text = str(nnodes).strip()
-    lo, sep, hi = text.partition(":")
-    if not lo.isdigit() or (sep and not hi.isdigit()):
-        raise ValueError(f"nnodes={text!r} (rule: N or MIN:MAX, whole numbers)")
-    lo_n, hi_n = int(lo), int(hi) if sep else int(lo)
-    if lo_n < 1 or hi_n < lo_n:
-        raise ValueError(f"nnodes={text!r} (rule: 1 <= MIN <= MAX)")
-    return lo_n, hi_n
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -416,93 +395,7 @@ def _children(pid: int) -> list[int]:
     return sorted(out)
 
 
-# --------------------------------------------------------------------------------------------- Slurm
-def expand_nodelist(nodelist: str) -> list[str]:
-    """Expand a Slurm hostlist: 'gpu[01-03,7],login1' -> ['gpu01','gpu02','gpu03','gpu7','login1'].
-
-    Several bracket groups in one name form the cartesian product ('r[1-2]n[1-2]' -> r1n1 r1n2 r2n1 r2n2);
-    zero padding of a range start is kept.
-    """
-    names: list[str] = []
-    for item in _split_top_level(nodelist.strip()):
-        names.extend(_expand_one(item))
-    return names
-
-
-def _split_top_level(text: str) -> list[str]:
-    items, depth, cur = [], 0, ""
-    for ch in text:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced ']' in node list {text!r}")
-        if ch == "," and depth == 0:
-            if cur:
-                items.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    if depth != 0:
-        raise ValueError(f"unbalanced '[' in node list {text!r}")
-    if cur:
-        items.append(cur)
-    return items
-
-
-def _expand_one(item: str) -> list[str]:
-    m = re.search(r"\[([^\]]*)\]", item)
-    if not m:
-        return [item]
-    head, tail = item[:m.start()], item[m.end():]
-    out = []
-    for part in m.group(1).split(","):
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
-                raise ValueError(f"bad range {part!r} in node list entry {item!r}")
-            width = len(lo) if lo.startswith("0") else 0
-            values = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-        else:
-            if not part.isdigit():
-                raise ValueError(f"bad index {part!r} in node list entry {item!r}")
-            values = [part]
-        for v in values:
-            out.extend(_expand_one(head + v + tail))
-    return out
-
-
-def node_address(name: str) -> str:
-    """The address slurmd advertises for node `name` (NodeAddr); the name itself without scontrol."""
-    if shutil.which("scontrol"):
-        res = subprocess.run(["scontrol", "show", "node", name], capture_output=True, text=True)
-        m = re.search(r"\bNodeAddr=(\S+)", res.stdout)
-        if res.returncode == 0 and m:
-            return m.group(1)
-    return name
-
-
-def slurm_rendezvous(environ: dict[str, str] | None = None) -> dict:
-    """nnodes, node_rank, rdzv endpoint and id for this task, from the SLURM_* variables of `srun`."""
-    e = os.environ if environ is None else environ
-    try:
-        job_id = e["SLURM_JOB_ID"]
-        nodelist = e.get("SLURM_JOB_NODELIST") or e["SLURM_NODELIST"]
-    except KeyError as missing:
-        raise LaunchError(f"--slurm: {missing.args[0]} is not set (run this inside srun in an allocation)") from None
-    nodes = expand_nodelist(nodelist)
-    nnodes = int(e.get("SLURM_JOB_NUM_NODES") or e.get("SLURM_NNODES") or len(nodes))
-    node_rank = int(e.get("SLURM_NODEID", "0"))
-    host = e.get("MNEMOS_RDZV_HOST") or node_address(nodes[0])
-    # A port per job: two jobs whose first node is the same host never collide.
-    port = int(e.get("MNEMOS_RDZV_PORT") or 20000 + int(re.sub(r"\D", "", job_id) or 0) % 20000)
-    restart = e.get("SLURM_RESTART_COUNT", "0")
-    return {"nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": f"{host}:{port}",
-            "rdzv_id": f"{job_id}-{restart}", "nodes": nodes,
-            "local_addr": host if host in ("127.0.0.1", "localhost") else None}
-
-
+# --------------------------------------------------------------------------------------------- entry
 def main(argv: list[str] | None = None) -> int:
     # From the first moment on, a preemption notice is remembered rather than fatal (SIGUSR1's default).
     received: list[str] = []
@@ -599,343 +492,6 @@ def array_task_config(config_path: str | os.PathLike, task_id: int, overrides: l
     os.replace(tmp, path)
     return path
 
-
-def k8s_rendezvous(environ: dict[str, str] | None = None) -> dict:
-    """nnodes/node_rank/endpoint in a PyTorchJob pod, from what the Kubeflow training operator sets.
-
-    Fixed size (a Master, no elasticPolicy): every pod gets MASTER_ADDR/MASTER_PORT (the master pod), RANK
-    (the pod's index, master 0) and WORLD_SIZE; operators since v1.7 add torchrun's PET_NNODES=<pods>
-    (a plain number), PET_NODE_RANK, PET_NPROC_PER_NODE and PET_MASTER_ADDR/PORT, and count WORLD_SIZE in
-    ranks (pods x spec.nprocPerNode) rather than pods. So the pod count is PET_NNODES when set, else
-    WORLD_SIZE (older operators), and the pod rank PET_NODE_RANK, else RANK.
-    Elastic (an elasticPolicy, Workers only): PET_RDZV_ENDPOINT (worker 0) and PET_NNODES="MIN:MAX" (or
-    the Worker replicas without min/max), no pod rank: torchrun's c10d rendezvous numbers the nodes.
-    """
-    e = os.environ if environ is None else environ
-    if "PET_RDZV_ENDPOINT" in e or ":" in e.get("PET_NNODES", ""):
-        return _k8s_elastic_rendezvous(e)
-    found = {}
-    for what, names in (("nnodes", ("PET_NNODES", "WORLD_SIZE")), ("rank", ("PET_NODE_RANK", "RANK")),
-                        ("addr", ("MASTER_ADDR",)), ("port", ("MASTER_PORT",))):
-        value = next((e[n] for n in names if n in e), None)
-        if value is None:
-            raise LaunchError(f"--k8s: {' or '.join(names)} is not set (the PyTorchJob operator sets it in every "
-                              f"pod of a job with a Master; run this only as a PyTorchJob pod's command)")
-        found[what] = value
-    nnodes_text, rank_text, endpoint = found["nnodes"], found["rank"], f"{found['addr']}:{found['port']}"
-    if not nnodes_text.isdigit() or int(nnodes_text) < 1 or not rank_text.isdigit():
-        raise LaunchError(f"--k8s: pod count {nnodes_text!r} and pod rank {rank_text!r} from the operator "
-                          f"(rule: whole numbers, at least 1 pod)")
-    nnodes, node_rank = int(nnodes_text), int(rank_text)
-    if node_rank >= nnodes:
-        raise LaunchError(f"--k8s: pod rank {node_rank} of {nnodes} pods (rule: 0 <= rank < pods)")
-    if nnodes == 1:
-        return {"nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
-    # The master pod hosts the rendezvous store; say so rather than rely on hostname matching.
-    return {"nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": endpoint,
-            "rdzv_id": e.get("MNEMOS_JOB_NAME", "mnemos"), "rdzv_conf": f"is_host={int(node_rank == 0)}"}
-
-
-def _k8s_elastic_rendezvous(e) -> dict:
-    try:
-        lo, hi = parse_nnodes(e["PET_NNODES"])
-        endpoint = e["PET_RDZV_ENDPOINT"]
-        max_restarts = int(e.get("PET_MAX_RESTARTS", "0"))
-    except KeyError as missing:
-        raise LaunchError(f"--k8s: {missing.args[0]} is not set (the operator sets it with an elasticPolicy)") from None
-    except ValueError as err:
-        raise LaunchError(f"--k8s: elastic settings from the operator: {err}") from None
-    backend = e.get("PET_RDZV_BACKEND", "c10d")
-    if backend != "c10d":
-        raise LaunchError(f"--k8s: PET_RDZV_BACKEND={backend!r} (rule: mnemos uses c10d rendezvous)")
-    # A string node count keeps torchrun elastic even for MIN == MAX: node ranks come from the rendezvous.
-    return {"nnodes": f"{lo}:{hi}", "rdzv_endpoint": endpoint, "rdzv_id": e.get("MNEMOS_JOB_NAME", "mnemos"),
-            "max_restarts": max_restarts}
-
-
-def k8s_exit_code(config_path: str, started: float, received: list[str], wait_s: float = 60.0) -> int:
-    """0 when the run finished; 143 (retryable under restartPolicy ExitCode) when it saved and stopped."""
-    import yaml
-    from cluster.outcome import run_outcome
-    run_dir = (yaml.safe_load(Path(config_path).read_text()) or {}).get("run_dir", "runs/default")
-    deadline = time.time() + wait_s
-    outcome = run_outcome(run_dir, since=started)
-    while outcome == "unknown" and time.time() < deadline:  # rank 0 may live in another pod
-        time.sleep(1)
-        outcome = run_outcome(run_dir, since=started)
-    if outcome == "finished":
-        return 0
-    if outcome in ("preempted", "terminated") or received:  # a pod's SIGTERM: restart it elsewhere
-        log.warning("run stopped early (%s); exit 143 so the operator restarts this pod", outcome)
-        return 128 + signal.SIGTERM
-    return 0
-
-
-
-# --------------------------------------------------------------------------------------------- DeepSpeed
-# The alternative to torchrun: DeepSpeed's own launcher reads an MPI-style hostfile and starts the ranks
-# of every host over pdsh/ssh (one host that is this machine: a plain local launch, no ssh).
-LOCAL_NAMES = ("localhost", "127.0.0.1")
-DEEPSPEED_PORT = 29500  # DeepSpeed's (and torch's) default master port
-_HOSTFILE_LINE = re.compile(r"^(?P<host>\S+)\s+slots=(?P<slots>\S+)\s*(#.*)?$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-
-
-class HostfileError(ValueError):
-    """A hostfile or DeepSpeed launch option breaks a rule; the message names the line and the rule."""
-
-
-@dataclass(frozen=True)
-class Host:
-    name: str
-    slots: int
-    line: int  # 1-based line in the hostfile, for messages
-
-
-@dataclass(frozen=True)
-class DeepSpeedLayout:
-    """A validated hostfile and what the launch uses of it: every host, `nproc` ranks on each."""
-
-    hostfile: Path
-    hosts: tuple[Host, ...]
-    nproc: int
-    master_addr: str
-
-    @property
-    def world_size(self) -> int:
-        return len(self.hosts) * self.nproc
-
-    @property
-    def local(self) -> bool:
-        """One host, and it is this machine: DeepSpeed launches here without ssh."""
-        return len(self.hosts) == 1 and is_local_host(self.hosts[0].name)
-
-
-def parse_hostfile(text: str, source: str = "hostfile") -> list[Host]:
-    """`HOSTNAME slots=N` lines; blank lines and `#` comments are skipped. Anything else is an error
-    naming the line (DeepSpeed itself would ignore trailing words such as max_slots=)."""
-    hosts: list[Host] = []
-    seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _HOSTFILE_LINE.match(line)
-        if not m:
-            raise HostfileError(f"{source} line {number}: {line!r} "
-                                f"(rule: 'HOSTNAME slots=N', optionally followed by '# comment')")
-        name, slots = m["host"], m["slots"]
-        if not _HOSTNAME.match(name):
-            raise HostfileError(f"{source} line {number}: host {name!r} (rule: a host name or IPv4 address)")
-        if not slots.isdigit() or int(slots) < 1:
-            raise HostfileError(f"{source} line {number}: slots={slots} (rule: a whole number >= 1)")
-        if name in seen:
-            raise HostfileError(f"{source} line {number}: host {name!r} is already on line {seen[name]} "
-                                f"(rule: one line per host)")
-        seen[name] = number
-        hosts.append(Host(name, int(slots), number))
-    if not hosts:
-        raise HostfileError(f"{source}: no hosts (rule: at least one 'HOSTNAME slots=N' line)")
-    return hosts
-
-
-def is_local_host(name: str) -> bool:
-    import socket
-    return name in LOCAL_NAMES or name in (socket.gethostname(), socket.getfqdn())
-
-
-def deepspeed_layout(hostfile: str | os.PathLike, nproc: int | None = None, master_addr: str | None = None,
-                     gpus_here: int = 0) -> DeepSpeedLayout:
-    """Read and check a hostfile for a run of `nproc` ranks per host (default: the hosts' slots).
-
-    `gpus_here`: GPUs this run would use on this machine (0 for a CPU run, where slots are processes).
-    """
-    path = Path(hostfile)
-    if not path.is_file():
-        raise HostfileError(f"--hostfile {str(path)!r} does not exist")
-    hosts = parse_hostfile(path.read_text(), source=str(path))
-    nproc = _ranks_per_host(hosts, nproc, path)
-    for h in hosts:
-        if h.slots < nproc:
-            raise HostfileError(f"{path} line {h.line}: host {h.name!r} has slots={h.slots} but {nproc} ranks per "
-                                f"host were asked (rule: slots >= ranks per host)")
-        if gpus_here and is_local_host(h.name) and nproc > gpus_here:
-            raise HostfileError(f"{path} line {h.line}: {nproc} ranks on {h.name!r} but this machine has "
-                                f"{gpus_here} GPU(s) (rule: one rank per GPU)")
-        if len(hosts) > 1 and h.name in LOCAL_NAMES:
-            # The other hosts would take "localhost" to mean themselves.
-            raise HostfileError(f"{path} line {h.line}: {h.name!r} in a hostfile with several hosts "
-                                f"(rule: name each host by an address every host can reach)")
-    if master_addr is None:
-        # Given explicitly, so DeepSpeed does not ssh to the first host to ask for its address.
-        master_addr = "127.0.0.1" if len(hosts) == 1 and is_local_host(hosts[0].name) else hosts[0].name
-    return DeepSpeedLayout(path, tuple(hosts), nproc, master_addr)
-
-
-def _ranks_per_host(hosts: list[Host], nproc: int | None, path: Path) -> int:
-    if nproc is not None:
-        if nproc < 1:
-            raise HostfileError(f"--nproc={nproc} (rule: at least 1 rank per host)")
-        return nproc
-    slots = {h.slots for h in hosts}
-    if len(slots) > 1:
-        listing = ", ".join(f"line {h.line}: {h.name} slots={h.slots}" for h in hosts)
-        raise HostfileError(f"{path}: hosts have different slots ({listing}); give --nproc N to run N ranks "
-                            f"on each (rule: every host runs the same number of ranks)")
-    return slots.pop()
-
-
-def deepspeed_command(config_path: str | os.PathLike, layout: DeepSpeedLayout, master_port: int | None = None,
-                      *, module: str = WORKER_MODULE, python: str | None = None,
-                      rank_log_dir: str | os.PathLike | None = None) -> list[str]:
-    """The DeepSpeed launcher argv (what the `deepspeed` console script runs, with this interpreter)
-    that starts `layout.nproc` ranks of `module CONFIG` on every host of the hostfile. With
-    `rank_log_dir`, each host's launcher writes its ranks' output to DIR/<start time>_rank<R>.log (a
-    shared run directory collects every host's ranks) instead of the console."""
-    port = master_port if master_port is not None else (free_port() if layout.local else DEEPSPEED_PORT)
-    if not 0 < port < 65536:
-        raise HostfileError(f"--master-port={port} (rule: 1-65535)")
-    cmd = [python or sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(layout.hostfile),
-           "--master_addr", layout.master_addr, "--master_port", str(port),
-           "--num_nodes", str(len(layout.hosts)), "--num_gpus", str(layout.nproc)]
-    if layout.local:
-        # DeepSpeed checks passwordless ssh to the first host whenever a hostfile is given, even when it
-        # then launches locally (one host): nothing to check for this machine.
-        cmd += ["--no_ssh_check"]
-    elif len(layout.hosts) == 1:
-        cmd += ["--force_multi"]  # one host that is not this one: DeepSpeed would otherwise run it here
-    if rank_log_dir is not None:
-        cmd += [f"--enable_each_rank_log={rank_log_dir}"]
-    # The worker takes one argument, the resolved config: no --local_rank=N (LOCAL_RANK is in its env).
-    cmd += ["--module", "--no_local_rank", module, str(config_path)]
-    return cmd
-
-
-def free_port() -> int:
-    # A free port here, like torchrun --standalone: concurrent local runs never collide.
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def require_pdsh(layout: DeepSpeedLayout) -> None:
-    """DeepSpeed starts the ranks of other hosts with pdsh: refuse before anything starts without it."""
-    if not layout.local and shutil.which("pdsh") is None:
-        raise HostfileError("DeepSpeed starts the ranks of other hosts with pdsh over passwordless ssh, and pdsh "
-                            "is not installed here (rule: install pdsh, or list only this machine in the hostfile)")
-
-
-def spawn_deepspeed(cmd: list[str], layout: DeepSpeedLayout, run_dir: str | os.PathLike,
-                    env: dict[str, str] | None = None, received: list[str] | None = None) -> int:
-    """Run the DeepSpeed launcher and wait; returns its exit code (0 only if every rank exited 0).
-
-    Rank output goes to the console, prefixed `[rankR]:` as torchrun's: with `--enable_each_rank_log=DIR`
-    (DeepSpeed writes each rank's output to DIR/<start time>_rank<R>.log only) the files of this launch are
-    followed onto the console, every rank's for a local launch and rank 0's across hosts (the run directory
-    is shared, so rank 0's file is there wherever it runs); the files stay. SIGUSR1/SIGTERM/SIGINT are
-    forwarded to the local ranks as for torchrun (remote ranks are DeepSpeed's: pdsh stops them when the
-    launcher ends).
-    """
-    require_pdsh(layout)
-    Path(run_dir, "logs").mkdir(parents=True, exist_ok=True)
-    full_env = rank_environment(run_dir, env, layout.nproc)
-    rank_log_dir = next((a.split("=", 1)[1] for a in cmd if a.startswith("--enable_each_rank_log=")), None)
-    follower = None
-    if rank_log_dir is not None:
-        shown = range(layout.world_size) if layout.local else range(1)
-        follower = _RankLogFollower(Path(rank_log_dir), shown)
-    log.info("launching %d rank(s) on each of %d host(s) with DeepSpeed: %s", layout.nproc, len(layout.hosts),
-             " ".join(cmd))
-    # A local launch gets a process group of its own, as torchrun does: DeepSpeed's launcher kills its ranks
-    # at once on a terminal's Ctrl-C. Across hosts it stays in ours: there its pdsh kill command is what
-    # stops the other hosts' ranks.
-    own_group = layout.local and threading.current_thread() is threading.main_thread()
-    proc = subprocess.Popen(cmd, env=full_env, preexec_fn=_own_group_ignore_sigusr1 if own_group else _ignore_sigusr1)
-
-    def ranks() -> list[int]:
-        # runner -> deepspeed.launcher.launch -> ranks: the grandchildren (a local launch).
-        return [pid for launcher in _children(proc.pid) for pid in _children(launcher)]
-
-    try:
-        # The ranks save and exit on SIGTERM, then DeepSpeed's launcher ends by itself.
-        rc = _supervise(proc, ranks, received, stop_agent=False,
-                        pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
-    finally:
-        if follower is not None:
-            follower.close()
-        if layout.local:
-            _remove_shm_allreduce_buffers(layout.master_addr, _option_value(cmd, "--master_port"))
-    if rc != 0:
-        log.error("the DeepSpeed launcher exited with code %d", rc)
-    return rc
-
-
-def _option_value(cmd: list[str], option: str) -> str | None:
-    return cmd[cmd.index(option) + 1] if option in cmd and cmd.index(option) + 1 < len(cmd) else None
-
-
-def _remove_shm_allreduce_buffers(master_addr: str, master_port: str | None) -> None:
-    """DeepSpeed's CPU shared-memory all-reduce (set up when its launcher says all ranks are local) creates
-    one 66 MB /dev/shm segment per rank, named after the address and port, and never unlinks it: every
-    local launch on a CPU would leave them behind. The port is this launch's own, so nothing else uses them."""
-    if master_port is None:
-        return
-    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_{master_addr}_{master_port}_*"):
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
-class _RankLogFollower:
-    """Copy the rank log files that DeepSpeed's launcher writes (DIR/<time>_rank<R>.log) to our stdout while
-    it runs, each line prefixed `[rankR]:` as torchrun's. Only files that were not there before this launch
-    are followed (earlier launches share the directory); the files themselves are left as they are."""
-
-    POLL_S = 0.2
-
-    def __init__(self, directory: Path, ranks: range) -> None:
-        self.directory = directory
-        self.ranks = ranks
-        self.before = set(directory.glob("*_rank*.log")) if directory.is_dir() else set()
-        self.files: dict[int, object] = {}
-        self.partial: dict[int, str] = {}
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _open_new(self) -> None:
-        for rank in self.ranks:
-            if rank in self.files:
-                continue
-            new = sorted(set(self.directory.glob(f"*_rank{rank}.log")) - self.before)
-            if new:
-                self.files[rank] = open(new[-1], errors="replace")
-                self.partial[rank] = ""
-
-    def _copy(self, final: bool) -> None:
-        for rank, f in self.files.items():
-            *lines, rest = (self.partial[rank] + f.read()).split("\n")
-            if final and rest:  # the last line, without its newline
-                lines, rest = [*lines, rest], ""
-            self.partial[rank] = rest
-            for line in lines:
-                sys.stdout.write(f"[rank{rank}]:{line}\n")
-            sys.stdout.flush()
-
-    def _run(self) -> None:
-        while not self.done.wait(self.POLL_S):
-            self._open_new()
-            self._copy(final=False)
-        self._open_new()
-        self._copy(final=True)
-
-    def close(self) -> None:
-        self.done.set()
-        self.thread.join(timeout=30)
-        for f in self.files.values():
-            f.close()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,7 +70,7 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         if "MASTER_PORT" not in os.environ:
-            from launcher.launch import free_port
+            from launcher.deepspeed_launch import free_port
             os.environ["MASTER_PORT"] = str(free_port())
         import deepspeed
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",

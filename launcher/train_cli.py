@@ -136,7 +136,8 @@ def train(config: str | None, overrides: list[str], nproc: int | None = None, *,
 def train_deepspeed(config: str | None, overrides: list[str], nproc: int | None, hostfile: str | None,
                     master_addr: str | None, master_port: int | None, dry_run: bool) -> int:
     """Check the hostfile and the config for hosts x ranks before anything starts, then run DeepSpeed's launcher."""
-    from launcher.launch import HostfileError, deepspeed_command, deepspeed_layout, require_pdsh, spawn_deepspeed
+    from launcher.deepspeed_launch import (HostfileError, deepspeed_command, deepspeed_layout, require_pdsh,
+                                          spawn_deepspeed)
     if hostfile is None:
         raise ConfigError("--launcher deepspeed needs --hostfile FILE (lines 'HOSTNAME slots=N')")
     cfg = load_config(config, overrides)

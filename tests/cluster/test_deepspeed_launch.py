@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from launcher.config import ConfigError
-from launcher.launch import HostfileError, deepspeed_command, deepspeed_layout, parse_hostfile
+from launcher.deepspeed_launch import HostfileError, deepspeed_command, deepspeed_layout, parse_hostfile
 from launcher.train_cli import train
 from tests.conftest import small_tokenizer_file
 from tests.launcher.conftest import build_shards, run_train, step_losses, write_config
@@ -185,7 +185,7 @@ def _launch_fake_ranks(tmp_path, mode: str, word: str, new_session: bool = False
     """spawn_deepspeed of 2 fake ranks on this machine in a launcher process; returns it with the console
     lines read until both ranks printed `word`."""
     hf = _hostfile(tmp_path, "localhost slots=2\n")
-    code = ("import sys, launcher.launch as L; "
+    code = ("import sys, launcher.deepspeed_launch as L; "
             f"lay = L.deepspeed_layout({str(hf)!r}); "
             f"cmd = L.deepspeed_command('unused.yaml', lay, module='tests.cluster.fake_worker'); "
             f"sys.exit(L.spawn_deepspeed(cmd, lay, {str(tmp_path / 'run')!r}))")
@@ -260,7 +260,7 @@ def test_rank_output_reaches_the_console_prefixed_and_stays_in_the_rank_files(tm
     ranks_dir = tmp_path / "run" / "logs" / "ranks"
     ranks_dir.mkdir(parents=True)
     (ranks_dir / "20000101000000_rank0.log").write_text("an earlier launch\n")
-    code = ("import sys, launcher.launch as L; "
+    code = ("import sys, launcher.deepspeed_launch as L; "
             f"lay = L.deepspeed_layout({str(hf)!r}); "
             f"cmd = L.deepspeed_command('unused.yaml', lay, module='tests.cluster.fake_worker', "
             f"rank_log_dir={str(ranks_dir)!r}); "

@@ -1,5 +1,6 @@
-"""launcher.launch: the torchrun command, Slurm node lists, rank environment, per-rank logs,
-fail-fast when one rank dies, and signal forwarding to the ranks (a stand-in worker, no training)."""
+"""launcher.launch and launcher.rendezvous: the torchrun command, Slurm node lists, rank environment,
+per-rank logs, fail-fast when one rank dies, and signal forwarding to the ranks (a stand-in worker, no
+training)."""
 
 import json
 import os
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.launch import (expand_nodelist, k8s_rendezvous, parse_nnodes, rank_environment, slurm_rendezvous,
-                             spawn_local, torchrun_command)
+from launcher.launch import rank_environment, spawn_local, torchrun_command
+from launcher.rendezvous import expand_nodelist, k8s_rendezvous, parse_nnodes, slurm_rendezvous
 
 FAKE = "tests.cluster.fake_worker"
 REPO = Path(__file__).resolve().parents[2]
