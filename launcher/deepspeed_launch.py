@@ -19,8 +19,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.launch import (WORKER_MODULE, _children, _ignore_sigusr1, _own_group_ignore_sigusr1, _supervise,
-                             rank_environment)
+from launcher.launch import (WORKER_MODULE, child_pids, ignore_sigusr1, own_group_ignore_sigusr1, rank_environment,
+                             supervise_ranks)
 
 log = logging.getLogger("mnemos.launch")  # one logger for every part of the launcher
 
@@ -200,15 +200,15 @@ def spawn_deepspeed(cmd: list[str], layout: DeepSpeedLayout, run_dir: str | os.P
     # at once on a terminal's Ctrl-C. Across hosts it stays in ours: there its pdsh kill command is what
     # stops the other hosts' ranks.
     own_group = layout.local and threading.current_thread() is threading.main_thread()
-    proc = subprocess.Popen(cmd, env=full_env, preexec_fn=_own_group_ignore_sigusr1 if own_group else _ignore_sigusr1)
+    proc = subprocess.Popen(cmd, env=full_env, preexec_fn=own_group_ignore_sigusr1 if own_group else ignore_sigusr1)
 
     def ranks() -> list[int]:
         # runner -> deepspeed.launcher.launch -> ranks: the grandchildren (a local launch).
-        return [pid for launcher in _children(proc.pid) for pid in _children(launcher)]
+        return [pid for launcher in child_pids(proc.pid) for pid in child_pids(launcher)]
 
     try:
         # The ranks save and exit on SIGTERM, then DeepSpeed's launcher ends by itself.
-        rc = _supervise(proc, ranks, received, stop_agent=False,
+        rc = supervise_ranks(proc, ranks, received, stop_agent=False,
                         pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
     finally:
         if follower is not None:

@@ -194,14 +194,14 @@ def spawn_local(config_path: str | os.PathLike, nproc: int, overrides: list[str]
     # leaves SIGTERM to the launcher: Slurm (scancel, preemption) and systemd signal every process of a job,
     # and torchrun's own shutdown would SIGKILL ranks still saving after 30 s and exit non-zero.
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_own_group_leave_stop_signals if own_group else _ignore_sigusr1,
+                            preexec_fn=_own_group_leave_stop_signals if own_group else ignore_sigusr1,
                             bufsize=1, text=True, errors="replace")
     demux = _LogDemux(logs, _agent_log_name(nnodes, node_rank))
     pump = threading.Thread(target=demux.pump, args=(proc.stdout,), daemon=True)
     pump.start()
     try:
         # torchrun's workers are its direct children.
-        rc = _supervise(proc, lambda: _children(proc.pid), received, stop_agent=True,
+        rc = supervise_ranks(proc, lambda: child_pids(proc.pid), received, stop_agent=True,
                         pass_through=(signal.SIGHUP, signal.SIGQUIT) if own_group else ())
     finally:
         pump.join(timeout=10)
@@ -223,18 +223,18 @@ def _run_dir_of(config_path: str | os.PathLike) -> str:
     return (yaml.safe_load(Path(config_path).read_text()) or {}).get("run_dir", "runs/default")
 
 
-def _ignore_sigusr1() -> None:
+def ignore_sigusr1() -> None:
     # The launcher processes must survive a SIGUSR1 aimed at the whole tree; workers install their own handler.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def _own_group_ignore_sigusr1() -> None:
+def own_group_ignore_sigusr1() -> None:
     os.setpgid(0, 0)
-    _ignore_sigusr1()
+    ignore_sigusr1()
 
 
 def _own_group_leave_stop_signals() -> None:
-    _own_group_ignore_sigusr1()
+    own_group_ignore_sigusr1()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun keeps it: --signals-to-handle leaves SIGTERM out
 
 
@@ -248,7 +248,7 @@ def _torchrun_takes_a_signal_list() -> bool:
     return (major, minor) >= (2, 9)
 
 
-def _supervise(proc: subprocess.Popen, workers, received: list[str] | None, stop_agent: bool,
+def supervise_ranks(proc: subprocess.Popen, workers, received: list[str] | None, stop_agent: bool,
                pass_through: tuple[int, ...] = ()) -> int:
     """Wait for `proc` (the torchrun or DeepSpeed agent), passing stop requests on to the ranks `workers()`
     lists; returns its exit code.
@@ -378,7 +378,7 @@ class _LogDemux:
             f.close()
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     """Direct children of `pid` (torchrun's workers), read from /proc."""
     out = []
     for entry in os.listdir("/proc"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.launch import _children
+from launcher.launch import child_pids
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,8 +38,8 @@ def _train(cfg: Path) -> subprocess.Popen:
 
 def _rank_pids(proc: subprocess.Popen) -> list[int]:
     """torchrun is the launcher's child; the ranks are torchrun's children."""
-    for agent in _children(proc.pid):
-        ranks = _children(agent)
+    for agent in child_pids(proc.pid):
+        ranks = child_pids(agent)
         if ranks:
             return ranks
     return []

@@ -317,7 +317,7 @@ def test_sigterm_to_every_process_of_the_tree_lets_the_ranks_finish_saving(tmp_p
     """Slurm (scancel --signal=TERM, preemption with GraceTime) and systemd signal every process of a job,
     torchrun included. torchrun must not start its own shutdown, which would SIGKILL ranks still saving
     after 30 s and exit non-zero: the ranks save (here 40 s), exit 0, and so do torchrun and the launcher."""
-    from launcher.launch import _children
+    from launcher.launch import child_pids
     proc = _start_launcher(tmp_path, "tree", "save40")
     logs = tmp_path / "tree" / "logs"
     _wait_for_ranks(proc, logs, "ready")
@@ -325,7 +325,7 @@ def test_sigterm_to_every_process_of_the_tree_lets_the_ranks_finish_saving(tmp_p
     while todo:
         pid = todo.pop()
         tree.append(pid)
-        todo += _children(pid)
+        todo += child_pids(pid)
     assert len(tree) >= 4, tree  # launcher, torchrun, 2 ranks
     for pid in tree:
         os.kill(pid, signal.SIGTERM)
