@@ -195,7 +195,7 @@ def get_job(job_id: str, scheduler: str | None = None) -> Job:
     if sched is None:
         if not re.fullmatch(r"\d+(_\d+)?", job_id):
             raise UnknownJobError(f"no job {job_id!r} (no record in {jobs_home()}, and not a Slurm job id; for a "
-                           f"Kubernetes job submitted from elsewhere add --scheduler k8s)")
+                                  f"Kubernetes job submitted from elsewhere add --scheduler k8s)")
         sched = "slurm"
     if sched == "slurm":
         from cluster.slurm import SlurmJob

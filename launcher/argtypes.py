@@ -129,7 +129,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
-
 class CommandParser(argparse.ArgumentParser):
     """An ArgumentParser whose refusals are one line and exit code 2, like every other refusal of the
     command line: argparse's own puts the whole usage (a dozen lines for `mnemos plan`) above the error.
