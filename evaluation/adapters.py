@@ -144,7 +144,6 @@ class MnemosLM(LM):
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         self.model = model.eval().to(device=self.device, dtype=torch_dtype)
         self.tokenizer = tokenizer
-        cfg = getattr(model, "cfg", None)
         self.max_length = int(max_length or _default_window(model))
         self.eos_id = int(tokenizer.eos_id)
         self.progress = progress

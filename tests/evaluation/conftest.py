@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from evaluation.adapters import ByteTokenizer, MnemosLM
 

@@ -4,7 +4,6 @@ had the model been loaded first, the error would be "no valid checkpoint" instea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

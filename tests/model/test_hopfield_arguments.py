@@ -1,7 +1,6 @@
 """What the Hopfield layers accept and refuse: mask types, update steps, head sizes, shapes, nonsense arguments.
 Every refusal names the argument, the value and the rule."""
 
-import math
 
 import pytest
 import torch
