@@ -11,6 +11,7 @@ from evaluation.downstream import repertoire as rp
 from evaluation.downstream.repertoire_data import (AMINO_ACIDS, EncodedRepertoires, Repertoire, SimConfig,
                                                    encode_repertoire, read_repertoire_tsv, read_repertoires,
                                                    sequence_features, simulate_repertoires, write_repertoires)
+from evaluation.downstream.repertoire_kmers import enriched_kmers, kmer_matrix
 
 
 def test_simulator_implants_motifs_at_the_witness_rate():
@@ -49,11 +50,11 @@ def test_enriched_kmers_find_the_motif_from_the_training_fold_alone():
                                           seed=6))
     encoded, labels = EncodedRepertoires(reps), np.array([r.label for r in reps])
     train = np.arange(30)
-    top = rp.enriched_kmers(encoded, labels, train, k=4, n=3)
+    top = enriched_kmers(encoded, labels, train, k=4, n=3)
     assert top[0][0] == "SLGY" and top[0][1] > top[1][1] > top[2][1]
     flipped = labels.copy()
     flipped[30:] = 1 - flipped[30:]  # test labels are never read
-    assert rp.enriched_kmers(encoded, flipped, train, k=4, n=3) == top
+    assert enriched_kmers(encoded, flipped, train, k=4, n=3) == top
 
 
 def test_seeded_kernel_detects_its_kmer_and_the_pooling_attends_to_it():
@@ -147,10 +148,10 @@ def test_encoding_and_model_mask_padding():
 
 def test_kmer_matrix_frequencies():
     reps = [Repertoire(["AAAAC", "CAAAA"], np.array([1, 3]), 1)]
-    X = rp.kmer_matrix(reps, k=4)
+    X = kmer_matrix(reps, k=4)
     assert abs(X.sum() - 1) < 1e-9 and X.nnz == 3  # AAAA x2, AAAC, CAAA
     assert abs(X[0, 0] - 0.5) < 1e-9  # AAAA has code 0
-    Xc = rp.kmer_matrix(reps, k=4, use_counts=True)
+    Xc = kmer_matrix(reps, k=4, use_counts=True)
     assert abs(Xc[0, 0] - 4 / 8) < 1e-9
 
 
