@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.downstream import repertoire as rp
+from evaluation.downstream.hopfield_common import seed_everything
 from evaluation.downstream.repertoire_data import (AMINO_ACIDS, EncodedRepertoires, Repertoire, SimConfig,
                                                    encode_repertoire, read_repertoire_tsv, read_repertoires,
                                                    sequence_features, simulate_repertoires, write_repertoires)
 from evaluation.downstream.repertoire_kmers import enriched_kmers, kmer_matrix
+from evaluation.downstream.repertoire_model import RepConfig, RepertoireNet, train_folds
 
 
 def test_simulator_implants_motifs_at_the_witness_rate():
@@ -62,7 +63,7 @@ def test_seeded_kernel_detects_its_kmer_and_the_pooling_attends_to_it():
     x, lengths = sequence_features(*encode_repertoire(rep)), encode_repertoire(rep)[1]
     for seed in range(5):  # whatever the random query: the pooling starts out on the sequence that fires
         torch.manual_seed(seed)
-        net = rp.RepertoireNet(rp.RepConfig(kernels=4, heads=2, seed_kernels=1))
+        net = RepertoireNet(RepConfig(kernels=4, heads=2, seed_kernels=1))
         with torch.no_grad():
             before = net.pool.get_association_matrix(net.embed(x, lengths)[None])[0, :, 0]  # (heads, N)
         net.seed_kernels(["SLGY"], 2.0, attention=3.0)
@@ -75,7 +76,7 @@ def test_seeded_kernel_detects_its_kmer_and_the_pooling_attends_to_it():
 
 def test_config_checks_the_number_of_seeded_kernels():
     with pytest.raises(ValueError, match=r"--seed-kernels 8 \(rule: at most --kernels 4"):
-        rp.RepConfig(kernels=4, seed_kernels=8)
+        RepConfig(kernels=4, seed_kernels=8)
 
 
 def test_tsv_round_trip(tmp_path):
@@ -138,7 +139,7 @@ def test_encoding_and_model_mask_padding():
     assert torch.allclose(x[:, :20].sum(1), (idx >= 0).float())  # one-hot where there is a residue
     assert x[1, :, 3:].abs().sum() == 0  # padding is zeros
     torch.manual_seed(0)
-    net = rp.RepertoireNet(rp.RepConfig(kernels=4, kernel_size=3, seed_kernels=0))
+    net = RepertoireNet(RepConfig(kernels=4, kernel_size=3, seed_kernels=0))
     e = net.embed(x, lengths)
     # a sequence's embedding does not depend on the padding around it
     idx1, l1 = encode_repertoire(Repertoire(["CAF"], np.ones(1, int), 1))
@@ -175,12 +176,12 @@ def test_data_parallel_training_matches_one_process():
     reps = simulate_repertoires(SimConfig(n_repertoires=8, sequences_per_repertoire=60, witness_rate=0.1, seed=4))
     encoded, labels = EncodedRepertoires(reps), np.array([r.label for r in reps])
     splits = [(np.arange(7), np.arange(7, 8))]
-    cfg = rp.RepConfig(kernels=4, kernel_size=3, head_dim=4, epochs=2, batch_repertoires=4, subsample=40, seed_kernels=2,
-                       seed_min_t=-1e9)  # 8 repertoires: seed whatever ranks first
-    [(one, [log1])] = rp.train_folds(encoded, labels, splits, cfg, seed=3, nproc=1)
-    [(two, [log_r0, log_r1])] = rp.train_folds(encoded, labels, splits, cfg, seed=3, nproc=2)
-    rp.seed_everything(3)
-    init = dict(rp.RepertoireNet(cfg).named_parameters())  # (before seeding: seeding moves conv weights too)
+    cfg = RepConfig(kernels=4, kernel_size=3, head_dim=4, epochs=2, batch_repertoires=4, subsample=40, seed_kernels=2,
+                    seed_min_t=-1e9)  # 8 repertoires: seed whatever ranks first
+    [(one, [log1])] = train_folds(encoded, labels, splits, cfg, seed=3, nproc=1)
+    [(two, [log_r0, log_r1])] = train_folds(encoded, labels, splits, cfg, seed=3, nproc=2)
+    seed_everything(3)
+    init = dict(RepertoireNet(cfg).named_parameters())  # (before seeding: seeding moves conv weights too)
     for name in ("conv.weight", "pool.pooling_weights", "head.weight"):  # the steps moved the weights
         assert not torch.allclose(one.get_parameter(name), init[name], atol=1e-4), name
     for name, p in one.state_dict().items():
