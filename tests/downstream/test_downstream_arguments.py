@@ -150,7 +150,7 @@ def test_repertoire_settings_that_cannot_run_are_refused_before_simulating(tmp_p
 
 
 def test_witness_rate_zero_implants_no_witness_and_a_six_letter_motif_fits():
-    from evaluation.downstream.repertoire import SimConfig, simulate_repertoires
+    from evaluation.downstream.repertoire_data import SimConfig, simulate_repertoires
     none = simulate_repertoires(SimConfig(n_repertoires=6, sequences_per_repertoire=20, witness_rate=0.0))
     assert [r.witnesses for r in none] == [0] * 6
     some = simulate_repertoires(SimConfig(n_repertoires=6, sequences_per_repertoire=20, witness_rate=0.1,

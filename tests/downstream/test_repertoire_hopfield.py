@@ -7,15 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.downstream import repertoire as rp
+from evaluation.downstream.hopfield_common import seed_everything
+from evaluation.downstream.repertoire_data import (AMINO_ACIDS, EncodedRepertoires, Repertoire, SimConfig,
+                                                   encode_repertoire, read_repertoire_tsv, read_repertoires,
+                                                   sequence_features, simulate_repertoires, write_repertoires)
+from evaluation.downstream.repertoire_kmers import enriched_kmers, kmer_matrix
+from evaluation.downstream.repertoire_model import RepConfig, RepertoireNet, train_folds
 
 
 def test_simulator_implants_motifs_at_the_witness_rate():
-    cfg = rp.SimConfig(n_repertoires=10, sequences_per_repertoire=2000, witness_rate=0.005, seed=1)
-    reps = rp.simulate_repertoires(cfg)
+    cfg = SimConfig(n_repertoires=10, sequences_per_repertoire=2000, witness_rate=0.005, seed=1)
+    reps = simulate_repertoires(cfg)
     assert sum(r.label for r in reps) == 5
     for r in reps:
-        assert len(r.sequences) == 2000 and all(set(s) <= set(rp.AMINO_ACIDS) for s in r.sequences)
+        assert len(r.sequences) == 2000 and all(set(s) <= set(AMINO_ACIDS) for s in r.sequences)
         assert all(cfg.min_len <= len(s) <= cfg.max_len for s in r.sequences)
         with_motif = sum(cfg.motif in s for s in r.sequences)
         if r.label:
@@ -23,18 +28,18 @@ def test_simulator_implants_motifs_at_the_witness_rate():
         else:
             assert with_motif <= 2  # chance occurrences only
     # at 0.01% of 10^3 sequences a positive still gets one witness
-    low = rp.simulate_repertoires(rp.SimConfig(n_repertoires=2, sequences_per_repertoire=1000, witness_rate=1e-4))
+    low = simulate_repertoires(SimConfig(n_repertoires=2, sequences_per_repertoire=1000, witness_rate=1e-4))
     assert [r.witnesses for r in low if r.label] == [1]
     # motif noise substitutes positions
-    noisy = rp.simulate_repertoires(rp.SimConfig(n_repertoires=2, sequences_per_repertoire=1000, witness_rate=0.1,
-                                                 motif_noise=0.5, seed=3))
+    noisy = simulate_repertoires(SimConfig(n_repertoires=2, sequences_per_repertoire=1000, witness_rate=0.1,
+                                           motif_noise=0.5, seed=3))
     pos = next(r for r in noisy if r.label)
     assert sum(pos.sequences[i].count("SLGY") for i in range(1000)) < 100
 
 
 def test_simulator_implants_at_random_positions_inside_the_variable_middle():
-    cfg = rp.SimConfig(n_repertoires=2, sequences_per_repertoire=2000, witness_rate=0.05, motif="WWWW", seed=5)
-    pos = next(r for r in rp.simulate_repertoires(cfg) if r.label)
+    cfg = SimConfig(n_repertoires=2, sequences_per_repertoire=2000, witness_rate=0.05, motif="WWWW", seed=5)
+    pos = next(r for r in simulate_repertoires(cfg) if r.label)
     starts = [s.index("WWWW") for s in pos.sequences if "WWWW" in s]
     assert len(starts) >= 100 and min(starts) >= 3  # never over the germline 'CAS' start
     assert all(s.index("WWWW") + 4 <= len(s) - 1 for s in pos.sequences if "WWWW" in s)  # nor the final 'F'
@@ -42,23 +47,23 @@ def test_simulator_implants_at_random_positions_inside_the_variable_middle():
 
 
 def test_enriched_kmers_find_the_motif_from_the_training_fold_alone():
-    reps = rp.simulate_repertoires(rp.SimConfig(n_repertoires=40, sequences_per_repertoire=300, witness_rate=0.01,
-                                                seed=6))
-    encoded, labels = rp.EncodedRepertoires(reps), np.array([r.label for r in reps])
+    reps = simulate_repertoires(SimConfig(n_repertoires=40, sequences_per_repertoire=300, witness_rate=0.01,
+                                          seed=6))
+    encoded, labels = EncodedRepertoires(reps), np.array([r.label for r in reps])
     train = np.arange(30)
-    top = rp.enriched_kmers(encoded, labels, train, k=4, n=3)
+    top = enriched_kmers(encoded, labels, train, k=4, n=3)
     assert top[0][0] == "SLGY" and top[0][1] > top[1][1] > top[2][1]
     flipped = labels.copy()
     flipped[30:] = 1 - flipped[30:]  # test labels are never read
-    assert rp.enriched_kmers(encoded, flipped, train, k=4, n=3) == top
+    assert enriched_kmers(encoded, flipped, train, k=4, n=3) == top
 
 
 def test_seeded_kernel_detects_its_kmer_and_the_pooling_attends_to_it():
-    rep = rp.Repertoire(["CASSLGYAF", "CASSLGAAF"] + ["CASQRTEAF", "CASPPGRTF", "CASWWHEKF"] * 60, np.ones(182, int), 1)
-    x, lengths = rp.sequence_features(*rp.encode_repertoire(rep)), rp.encode_repertoire(rep)[1]
+    rep = Repertoire(["CASSLGYAF", "CASSLGAAF"] + ["CASQRTEAF", "CASPPGRTF", "CASWWHEKF"] * 60, np.ones(182, int), 1)
+    x, lengths = sequence_features(*encode_repertoire(rep)), encode_repertoire(rep)[1]
     for seed in range(5):  # whatever the random query: the pooling starts out on the sequence that fires
         torch.manual_seed(seed)
-        net = rp.RepertoireNet(rp.RepConfig(kernels=4, heads=2, seed_kernels=1))
+        net = RepertoireNet(RepConfig(kernels=4, heads=2, seed_kernels=1))
         with torch.no_grad():
             before = net.pool.get_association_matrix(net.embed(x, lengths)[None])[0, :, 0]  # (heads, N)
         net.seed_kernels(["SLGY"], 2.0, attention=3.0)
@@ -71,43 +76,43 @@ def test_seeded_kernel_detects_its_kmer_and_the_pooling_attends_to_it():
 
 def test_config_checks_the_number_of_seeded_kernels():
     with pytest.raises(ValueError, match=r"--seed-kernels 8 \(rule: at most --kernels 4"):
-        rp.RepConfig(kernels=4, seed_kernels=8)
+        RepConfig(kernels=4, seed_kernels=8)
 
 
 def test_tsv_round_trip(tmp_path):
-    reps = rp.simulate_repertoires(rp.SimConfig(n_repertoires=4, sequences_per_repertoire=50, seed=2))
-    meta = rp.write_repertoires(reps, tmp_path)
-    back = rp.read_repertoires(tmp_path, meta)
+    reps = simulate_repertoires(SimConfig(n_repertoires=4, sequences_per_repertoire=50, seed=2))
+    meta = write_repertoires(reps, tmp_path)
+    back = read_repertoires(tmp_path, meta)
     assert [r.label for r in back] == [r.label for r in reps]
     assert back[0].sequences == reps[0].sequences and (back[0].counts == reps[0].counts).all()
     # real-style file: other column names, junk rows skipped, missing counts default to 1
     f = tmp_path / "real.tsv"
     f.write_text("cdr3_aa\tduplicate_count\tv_call\nCASSLGYF\t3\tTRBV1\nCAS*F\t2\tx\n\t1\tx\nCASRRF\t\tx\n")
-    r = rp.read_repertoire_tsv(f, label=1)
+    r = read_repertoire_tsv(f, label=1)
     assert r.sequences == ["CASSLGYF", "CASRRF"] and r.counts.tolist() == [3, 1]
 
 
 def test_metadata_as_users_write_it_and_files_that_would_be_misread(tmp_path, capsys):
     """DeepRC-style metadata (CSV, an id column, names without .tsv) is read; AIRR nucleotide CDR3s, which are
     all valid amino-acid letters, and metadata naming no existing column are refused with the rule."""
-    reps = rp.simulate_repertoires(rp.SimConfig(n_repertoires=4, sequences_per_repertoire=30, seed=3))
-    rp.write_repertoires(reps, tmp_path)
+    reps = simulate_repertoires(SimConfig(n_repertoires=4, sequences_per_repertoire=30, seed=3))
+    write_repertoires(reps, tmp_path)
     meta = tmp_path / "meta.csv"
     meta.write_text("ID,status\n" + "".join(f"{r.name},{'positive' if r.label else 'negative'}\n" for r in reps))
-    back = rp.read_repertoires(tmp_path, meta, label_column="status", filename_column="ID")
+    back = read_repertoires(tmp_path, meta, label_column="status", filename_column="ID")
     assert [(r.name, r.label) for r in back] == [(r.name, r.label) for r in reps]
     # saved from Excel ("CSV UTF-8"): a byte-order mark before the header's first name
     meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
-    back = rp.read_repertoires(tmp_path, meta, label_column="status", filename_column="ID")
+    back = read_repertoires(tmp_path, meta, label_column="status", filename_column="ID")
     assert [(r.name, r.label) for r in back] == [(r.name, r.label) for r in reps]
     first = tmp_path / f"{reps[0].name}.tsv"
     first.write_bytes(b"\xef\xbb\xbf" + first.read_bytes())
-    assert rp.read_repertoire_tsv(first).sequences == reps[0].sequences
+    assert read_repertoire_tsv(first).sequences == reps[0].sequences
     with pytest.raises(ValueError, match=r"--label-column='label' is not a column \(rule: name one of the header's "
                                          r"columns: \['ID', 'status'\]\)"):
-        rp.read_repertoires(tmp_path, meta, filename_column="ID")
+        read_repertoires(tmp_path, meta, filename_column="ID")
     with pytest.raises(ValueError, match=r"repertoire 'sim_0000' is not in .*other"):
-        rp.read_repertoires(tmp_path / "other", meta, label_column="status", filename_column="ID")
+        read_repertoires(tmp_path / "other", meta, label_column="status", filename_column="ID")
 
     from launcher.cli import main as mnemos
     out = tmp_path / "run"
@@ -119,35 +124,35 @@ def test_metadata_as_users_write_it_and_files_that_would_be_misread(tmp_path, ca
     nucleotides = tmp_path / "airr.tsv"
     nucleotides.write_text("cdr3\tduplicate_count\n" + "TGTGCCAGCAGTTTAGGGTACTTC\t2\n" * 3 + "CASSLGYF\t1\n")
     with pytest.raises(ValueError, match=r"column 'cdr3' holds nucleotides \(3 of 4 sequences"):
-        rp.read_repertoire_tsv(nucleotides)
+        read_repertoire_tsv(nucleotides)
     counts = tmp_path / "counts.tsv"
     counts.write_text("amino_acid\ttemplates\nCASSLGYF\tna\nCASRRF\t-1\nCAF\tmany\n")
     with pytest.raises(ValueError, match=r"line 4: templates='many' \(rule: a clone count"):
-        rp.read_repertoire_tsv(counts)
+        read_repertoire_tsv(counts)
 
 
 def test_encoding_and_model_mask_padding():
-    rep = rp.Repertoire(["CASSLGYF", "CAF", "CASRRTEAFF"], np.ones(3, int), 1)
-    idx, lengths = rp.encode_repertoire(rep)
-    x = rp.sequence_features(idx, lengths)
+    rep = Repertoire(["CASSLGYF", "CAF", "CASRRTEAFF"], np.ones(3, int), 1)
+    idx, lengths = encode_repertoire(rep)
+    x = sequence_features(idx, lengths)
     assert x.shape == (3, 23, 10)
     assert torch.allclose(x[:, :20].sum(1), (idx >= 0).float())  # one-hot where there is a residue
     assert x[1, :, 3:].abs().sum() == 0  # padding is zeros
     torch.manual_seed(0)
-    net = rp.RepertoireNet(rp.RepConfig(kernels=4, kernel_size=3, seed_kernels=0))
+    net = RepertoireNet(RepConfig(kernels=4, kernel_size=3, seed_kernels=0))
     e = net.embed(x, lengths)
     # a sequence's embedding does not depend on the padding around it
-    idx1, l1 = rp.encode_repertoire(rp.Repertoire(["CAF"], np.ones(1, int), 1))
-    assert torch.allclose(net.embed(rp.sequence_features(idx1, l1), l1)[0], e[1], atol=1e-6)
+    idx1, l1 = encode_repertoire(Repertoire(["CAF"], np.ones(1, int), 1))
+    assert torch.allclose(net.embed(sequence_features(idx1, l1), l1)[0], e[1], atol=1e-6)
     assert net(x, lengths).shape == ()
 
 
 def test_kmer_matrix_frequencies():
-    reps = [rp.Repertoire(["AAAAC", "CAAAA"], np.array([1, 3]), 1)]
-    X = rp.kmer_matrix(reps, k=4)
+    reps = [Repertoire(["AAAAC", "CAAAA"], np.array([1, 3]), 1)]
+    X = kmer_matrix(reps, k=4)
     assert abs(X.sum() - 1) < 1e-9 and X.nnz == 3  # AAAA x2, AAAC, CAAA
     assert abs(X[0, 0] - 0.5) < 1e-9  # AAAA has code 0
-    Xc = rp.kmer_matrix(reps, k=4, use_counts=True)
+    Xc = kmer_matrix(reps, k=4, use_counts=True)
     assert abs(Xc[0, 0] - 4 / 8) < 1e-9
 
 
@@ -168,15 +173,15 @@ def test_data_parallel_training_matches_one_process():
     """2 ranks, each on a disjoint share of every global batch, make the updates one process makes on the whole
     batch. 7 repertoires in batches of 4 give uneven shares (2 + 2, then 2 + 1), which a per-rank mean would get
     wrong; a subsample of 40 of 60 sequences checks that both ranks draw the same rows a single process draws."""
-    reps = rp.simulate_repertoires(rp.SimConfig(n_repertoires=8, sequences_per_repertoire=60, witness_rate=0.1, seed=4))
-    encoded, labels = rp.EncodedRepertoires(reps), np.array([r.label for r in reps])
+    reps = simulate_repertoires(SimConfig(n_repertoires=8, sequences_per_repertoire=60, witness_rate=0.1, seed=4))
+    encoded, labels = EncodedRepertoires(reps), np.array([r.label for r in reps])
     splits = [(np.arange(7), np.arange(7, 8))]
-    cfg = rp.RepConfig(kernels=4, kernel_size=3, head_dim=4, epochs=2, batch_repertoires=4, subsample=40, seed_kernels=2,
-                       seed_min_t=-1e9)  # 8 repertoires: seed whatever ranks first
-    [(one, [log1])] = rp.train_folds(encoded, labels, splits, cfg, seed=3, nproc=1)
-    [(two, [log_r0, log_r1])] = rp.train_folds(encoded, labels, splits, cfg, seed=3, nproc=2)
-    rp.seed_everything(3)
-    init = dict(rp.RepertoireNet(cfg).named_parameters())  # (before seeding: seeding moves conv weights too)
+    cfg = RepConfig(kernels=4, kernel_size=3, head_dim=4, epochs=2, batch_repertoires=4, subsample=40, seed_kernels=2,
+                    seed_min_t=-1e9)  # 8 repertoires: seed whatever ranks first
+    [(one, [log1])] = train_folds(encoded, labels, splits, cfg, seed=3, nproc=1)
+    [(two, [log_r0, log_r1])] = train_folds(encoded, labels, splits, cfg, seed=3, nproc=2)
+    seed_everything(3)
+    init = dict(RepertoireNet(cfg).named_parameters())  # (before seeding: seeding moves conv weights too)
     for name in ("conv.weight", "pool.pooling_weights", "head.weight"):  # the steps moved the weights
         assert not torch.allclose(one.get_parameter(name), init[name], atol=1e-4), name
     for name, p in one.state_dict().items():
