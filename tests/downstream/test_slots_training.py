@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.downstream import scenes, slots
+from evaluation.downstream import scenes, slots, slots_model
 from evaluation.downstream.cli import TASK_MODULES, task_parser
 from tests.downstream.slots_ci import CI_ARGS
 
@@ -63,7 +63,7 @@ def test_ci_run_learns(ci_run):
     spec = scenes.SPECS["tetrominoes-mini"]
     args = parse(*CI_ARGS, "--out", str(out))
     torch.manual_seed(0)
-    untrained = slots.build(args, spec)
+    untrained = slots_model.build(args, spec)
     ev = scenes.render(spec.name, 256, slots.EVAL_SEED)
     before = slots.evaluate(untrained, args, spec, ev, torch.device("cpu"), 0)
     after, kmeans = res["median"], res["kmeans_baseline"]
@@ -99,20 +99,20 @@ def test_mask_entropy_term():
     --mask-entropy-from on: zero for masks where one slot draws each pixel, log K where K slots share every
     pixel equally."""
     one_hot = torch.nn.functional.one_hot(torch.randint(0, 5, (2, 7, 7)), 5).permute(0, 3, 1, 2).float()
-    assert slots.mask_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-9)
-    assert slots.mask_entropy(torch.full((2, 5, 7, 7), 0.2)).item() == pytest.approx(np.log(5), rel=1e-6)
+    assert slots_model.mask_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-9)
+    assert slots_model.mask_entropy(torch.full((2, 5, 7, 7), 0.2)).item() == pytest.approx(np.log(5), rel=1e-6)
     plain = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--out", "unused")
     weighted = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--mask-entropy", "0.5",
                      "--mask-entropy-from", "100", "--out", "unused")
     torch.manual_seed(0)
-    model = slots.build(plain, scenes.SPECS["tetrominoes-mini"])
-    batch = slots.training_batch(plain, scenes.SPECS["tetrominoes-mini"], 0, 0, 4, "cpu", 0)
+    model = slots_model.build(plain, scenes.SPECS["tetrominoes-mini"])
+    batch = slots_model.training_batch(plain, scenes.SPECS["tetrominoes-mini"], 0, 0, 4, "cpu", 0)
     out = model(batch["x"], generator=torch.Generator().manual_seed(1))
-    base = slots.compute_loss(model, plain, batch, torch.Generator().manual_seed(1))
-    total = slots.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=100)
-    assert total.item() == pytest.approx(base.item() + 0.5 * slots.mask_entropy(out["masks"]).item(), rel=1e-5)
+    base = slots_model.compute_loss(model, plain, batch, torch.Generator().manual_seed(1))
+    total = slots_model.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=100)
+    assert total.item() == pytest.approx(base.item() + 0.5 * slots_model.mask_entropy(out["masks"]).item(), rel=1e-5)
     assert total.item() > base.item()
-    before = slots.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=99)
+    before = slots_model.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=99)
     assert before.item() == base.item()  # not yet: --mask-entropy-from 100
 
 
@@ -137,7 +137,7 @@ def test_resume_continues_the_same_run(tmp_path):
     # a torn newest checkpoint is skipped, the previous one is used
     (tmp_path / "b" / "checkpoints" / "seed3" / "step00000006.pt").write_bytes(b"torn")
     spec = scenes.SPECS["tetrominoes-mini"]
-    model = slots.build(b, spec)
+    model = slots_model.build(b, spec)
     opt = torch.optim.Adam(model.parameters())
     assert slots.load_latest(tmp_path / "b" / "checkpoints" / "seed3", model, opt, "cpu") == 4
 
@@ -213,13 +213,13 @@ def test_bf16_autocast_follows_the_fp32_loss_curve():
     curves = {}
     for bf16 in (False, True):
         torch.manual_seed(0)
-        model = slots.build(args, spec)
+        model = slots_model.build(args, spec)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         losses = []
         for step in range(120):
-            batch = slots.training_batch(args, spec, 0, 0, 16, torch.device("cpu"), step)
+            batch = slots_model.training_batch(args, spec, 0, 0, 16, torch.device("cpu"), step)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = slots.compute_loss(model, args, batch, torch.Generator().manual_seed(step))
+                loss = slots_model.compute_loss(model, args, batch, torch.Generator().manual_seed(step))
             assert loss.dtype == torch.float32
             opt.zero_grad()
             loss.backward()
@@ -237,13 +237,13 @@ def test_set_prediction_loss_is_permutation_invariant():
     target = torch.rand(3, 2, 6)
     pred = torch.rand(3, 4, 6)
     perm = torch.tensor([2, 0, 3, 1])
-    l1 = slots.set_prediction_loss(pred, target)
-    l2 = slots.set_prediction_loss(pred[:, perm], target)
+    l1 = slots_model.set_prediction_loss(pred, target)
+    l2 = slots_model.set_prediction_loss(pred[:, perm], target)
     torch.testing.assert_close(l1, l2)
     exact = torch.nn.functional.pad(target, (0, 0, 0, 2))[:, perm]  # targets hidden among "absent" rows
-    assert slots.set_prediction_loss(exact, target).item() == pytest.approx(0.0)
+    assert slots_model.set_prediction_loss(exact, target).item() == pytest.approx(0.0)
     with pytest.raises(ValueError, match="2 target objects for 1 slots"):
-        slots.set_prediction_loss(pred[:, :1], target)  # fewer slots than objects: no object is dropped silently
+        slots_model.set_prediction_loss(pred[:, :1], target)  # fewer slots than objects: no object is dropped silently
 
 
 def test_ap_thresholds_are_the_papers_as_fractions_of_the_coordinate_span():
