@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from evaluation.downstream import scenes, slots, slots_model  # noqa: E402
+from evaluation.downstream import scenes, slots_eval, slots_model  # noqa: E402
 from evaluation.downstream.slot_metrics import fg_ari, kmeans_fg_ari  # noqa: E402
 from model.slot_attention import SpatialBroadcastDecoder  # noqa: E402
 from launcher.argtypes import CommandParser  # noqa: E402
@@ -69,7 +69,7 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
         masks = alpha.softmax(1)
         return (masks * rgb).sum(1), masks.squeeze(2)
 
-    held_out = scenes.render(spec.name, 256, slots.EVAL_SEED)
+    held_out = scenes.render(spec.name, 256, slots_eval.EVAL_SEED)
     curve, t0 = [], time.time()
     for step in range(1, steps + 1):
         x_scenes = scenes.render(spec.name, batch, slots_model.batch_seed(seed, 0, step))
@@ -87,7 +87,7 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
                 recon, masks = forward(held_out)
             mse = ((recon - slots_model.to_tensor(held_out.images, "cpu")) ** 2).mean().item()
             per_scene = fg_ari(held_out.masks, masks.argmax(1).numpy())
-            by_count = {k: round(v, 4) for k, v in slots.fg_ari_by_count(per_scene, held_out.present).items()}
+            by_count = {k: round(v, 4) for k, v in slots_eval.fg_ari_by_count(per_scene, held_out.present).items()}
             curve.append({"step": step, "mse": round(mse, 5), "fg_ari": round(float(np.nanmean(per_scene)), 4),
                           **by_count, "seconds": round(time.time() - t0, 1)})
             print(f"decoder ceiling {curve[-1]}", flush=True)
@@ -107,13 +107,13 @@ def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, se
     ckpt = sorted((run / "checkpoints").glob("seed*/step*.pt"))[-1]
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     model.eval()
-    held_out = scenes.render(spec.name, 256, slots.EVAL_SEED)
-    scores = slots.evaluate(model, args, spec, held_out, torch.device("cpu"), seed)
+    held_out = scenes.render(spec.name, 256, slots_eval.EVAL_SEED)
+    scores = slots_eval.evaluate(model, args, spec, held_out, torch.device("cpu"), seed)
     scores["kmeans_rgb_fg_ari"] = float(np.nanmean(kmeans_fg_ari(held_out.images, held_out.masks,
                                                                   model.slot_attention.num_slots, "rgb")))
     run_keys = ("dataset", "preset", "steps", "batch_size", "lr", "warmup_steps", "decay_steps", "iters",
                 "eval_iters", "implicit_grad", "grad_clip")
-    probe_scenes = scenes.render(spec.name, n, slots.EVAL_SEED + 1)
+    probe_scenes = scenes.render(spec.name, n, slots_eval.EVAL_SEED + 1)
     with torch.no_grad():
         out = model(slots_model.to_tensor(probe_scenes.images, "cpu"), generator=torch.Generator().manual_seed(seed))
     attn, slot_vecs = out["attn"].numpy(), out["slots"].numpy()  # (n, K, N'), (n, K, D)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.downstream import scenes, slots, slots_model
+from evaluation.downstream import scenes, slots, slots_eval, slots_model
 from evaluation.downstream.cli import TASK_MODULES, task_parser
 from tests.downstream.slots_ci import CI_ARGS
 
@@ -64,8 +64,8 @@ def test_ci_run_learns(ci_run):
     args = parse(*CI_ARGS, "--out", str(out))
     torch.manual_seed(0)
     untrained = slots_model.build(args, spec)
-    ev = scenes.render(spec.name, 256, slots.EVAL_SEED)
-    before = slots.evaluate(untrained, args, spec, ev, torch.device("cpu"), 0)
+    ev = scenes.render(spec.name, 256, slots_eval.EVAL_SEED)
+    before = slots_eval.evaluate(untrained, args, spec, ev, torch.device("cpu"), 0)
     after, kmeans = res["median"], res["kmeans_baseline"]
     assert res["eval_iters"] == 6 and res["implicit_grad"]
     assert after["mse"] < before["mse"] * 0.2  # the reconstruction is learnt
@@ -79,19 +79,19 @@ def test_ci_run_learns(ci_run):
 
 def test_upsample_nearest_maps_each_pixel_to_its_feature_cell():
     labels = np.arange(4).reshape(1, 2, 2)  # a 2x2 attention grid, as a stride-2 encoder gives for 3x3 or 4x4
-    np.testing.assert_array_equal(slots.upsample_nearest(labels, (4, 4))[0],
+    np.testing.assert_array_equal(slots_eval.upsample_nearest(labels, (4, 4))[0],
                                   [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
-    np.testing.assert_array_equal(slots.upsample_nearest(labels, (3, 3))[0], [[0, 0, 1], [0, 0, 1], [2, 2, 3]])
+    np.testing.assert_array_equal(slots_eval.upsample_nearest(labels, (3, 3))[0], [[0, 0, 1], [0, 0, 1], [2, 2, 3]])
     same = np.random.default_rng(0).integers(0, 5, (2, 7, 7))
-    np.testing.assert_array_equal(slots.upsample_nearest(same, (7, 7)), same)
+    np.testing.assert_array_equal(slots_eval.upsample_nearest(same, (7, 7)), same)
 
 
 def test_fg_ari_by_number_of_objects():
     per_scene = np.array([0.0, 1.0, 0.5, 0.7, 0.9])
     present = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]], bool)
-    by_count = slots.fg_ari_by_count(per_scene, present)
+    by_count = slots_eval.fg_ari_by_count(per_scene, present)
     assert by_count == pytest.approx({"fg_ari_1_objects": 0.5, "fg_ari_2_objects": 0.5, "fg_ari_3_objects": 0.8})
-    assert slots.fg_ari_by_count(per_scene[3:], present[3:]) == {}  # one count (Tetrominoes): nothing to split
+    assert slots_eval.fg_ari_by_count(per_scene[3:], present[3:]) == {}  # one count (Tetrominoes): nothing to split
 
 
 def test_mask_entropy_term():
@@ -251,7 +251,7 @@ def test_ap_thresholds_are_the_papers_as_fractions_of_the_coordinate_span():
     units away (0.6 CLEVR units) is found at threshold 1 but not at 0.5."""
     target = np.array([[[0.5, 0.5, 1.0, 0.0, 1.0]]])  # (y, x), a 2-class one-hot, "is real"
     pred = np.array([[[0.5, 0.6, 1.0, 0.0, 0.9]]])
-    scores = slots.set_prediction_scores(pred, target, [2])
+    scores = slots_eval.set_prediction_scores(pred, target, [2])
     assert scores == {"ap_inf": 1.0, "ap_1": 1.0, "ap_0.5": 0.0, "ap_0.25": 0.0, "ap_0.125": 0.0}
 
 
