@@ -98,7 +98,7 @@ def _thr_name(t: float) -> str:
     return "inf" if math.isinf(t) else f"{t:g}"
 
 
-# ------------------------------------------------------------------------------------------- pictures
+# ----------------------------------------------------------------------------------------- pictures
 def _mask_grid(model, scenes, device, n: int = 6, iters=None) -> np.ndarray:
     """(rows*H, (2+K)*W, 3) grid: input | reconstruction | each slot's RGB times its mask."""
     out = predict(model, first_scenes(scenes, n), device, seed=0, iters=iters)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.downstream import scenes, slots, slots_eval, slots_model
+from evaluation.downstream import scenes, slots, slots_eval, slots_model, slots_run
 from evaluation.downstream.cli import TASK_MODULES, task_parser
+from launcher.config import ConfigError
 from tests.downstream.slots_ci import CI_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +140,7 @@ def test_resume_continues_the_same_run(tmp_path):
     spec = scenes.SPECS["tetrominoes-mini"]
     model = slots_model.build(b, spec)
     opt = torch.optim.Adam(model.parameters())
-    assert slots.load_latest(tmp_path / "b" / "checkpoints" / "seed3", model, opt, "cpu") == 4
+    assert slots_run.load_latest(tmp_path / "b" / "checkpoints" / "seed3", model, opt, "cpu") == 4
 
 
 def test_time_limit_stops_checkpoints_and_resumes(tmp_path):
@@ -307,7 +308,7 @@ def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_pat
                         (["--task", "set-prediction"], "--task discovery"),
                         (["--implicit-grad"], "leave out --implicit-grad"), (["--num-slots", "6"], "--num-slots 4")):
         again = parse(*common, "--steps", "2", *flag)
-        with pytest.raises(slots.ConfigError, match=saved):
+        with pytest.raises(ConfigError, match=saved):
             again.func(again)
     assert (tmp_path / "config.yaml").read_text() == config
     more = parse(*common, "--steps", "3", "--time-limit", "5", "--eval-iters", "4", "--lr", "5e-4")
@@ -344,25 +345,25 @@ def test_run_directory_of_an_older_version_is_checked_by_its_shapes(tmp_path):
     torch.save({k: state[k] for k in ("model", "optimizer", "step")}, ckpt)  # what the older version saved
     cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(cfg, num_slots=None, warmup_steps=None)))
-    with pytest.raises(slots.ConfigError, match=r"--iters 2 does not match .* --iters 3 \(.*config.yaml"):
-        slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--iters", "2"))
-    with pytest.raises(slots.ConfigError, match="does not fit the model these options build"):
-        slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--preset", "cpu"))
+    with pytest.raises(ConfigError, match=r"--iters 2 does not match .* --iters 3 \(.*config.yaml"):
+        slots_run.check_resumable(tmp_path, parse(*common, "--steps", "2", "--iters", "2"))
+    with pytest.raises(ConfigError, match="does not fit the model these options build"):
+        slots_run.check_resumable(tmp_path, parse(*common, "--steps", "2", "--preset", "cpu"))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(cfg, preset="cpu")))  # rewritten, then it crashed
     again = parse(*common, "--steps", "2")
     assert again.func(again) == 0  # resumes: the checkpoint, not that config.yaml, says what the run is
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["preset"] == "tiny"
     (tmp_path / "config.yaml").unlink()  # the new checkpoints record their options
-    with pytest.raises(slots.ConfigError, match=r"--preset cpu does not match .* --preset tiny \(.*step0+2\.pt"):
-        slots.check_resumable(tmp_path, parse(*common, "--steps", "3", "--preset", "cpu"))
+    with pytest.raises(ConfigError, match=r"--preset cpu does not match .* --preset tiny \(.*step0+2\.pt"):
+        slots_run.check_resumable(tmp_path, parse(*common, "--steps", "3", "--preset", "cpu"))
 
 
 def test_steps_text_says_why_a_seed_has_other_steps():
-    assert slots._steps_text(5, [{"seed": 0, "steps": 5}]) == "5 steps"
-    assert slots._steps_text(5, [{"seed": 0, "steps": 2}]) == "2 of 5 steps (stopped by --time-limit)"
-    assert slots._steps_text(500, [{"seed": 0, "steps": 1801}]) == \
+    assert slots_run._steps_text(5, [{"seed": 0, "steps": 5}]) == "5 steps"
+    assert slots_run._steps_text(5, [{"seed": 0, "steps": 2}]) == "2 of 5 steps (stopped by --time-limit)"
+    assert slots_run._steps_text(500, [{"seed": 0, "steps": 1801}]) == \
         "already at step 1801, past --steps 500: evaluated only"
-    mixed = slots._steps_text(500, [{"seed": 0, "steps": 1801}, {"seed": 1, "steps": 500}])
+    mixed = slots_run._steps_text(500, [{"seed": 0, "steps": 1801}, {"seed": 1, "steps": 500}])
     assert mixed == "seed 0: already at step 1801, past --steps 500: evaluated only; seed 1: 500 steps"
 
 
