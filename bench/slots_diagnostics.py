@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from evaluation.downstream import scenes, slots  # noqa: E402
+from evaluation.downstream import scenes, slots_eval, slots_model  # noqa: E402
 from evaluation.downstream.slot_metrics import fg_ari, kmeans_fg_ari  # noqa: E402
 from model.slot_attention import SpatialBroadcastDecoder  # noqa: E402
 from launcher.argtypes import CommandParser  # noqa: E402
@@ -43,7 +43,7 @@ from launcher.argtypes import CommandParser  # noqa: E402
 
 def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int, lr: float, every: int,
                     seed: int = 0, decoder_overrides: dict | None = None, loss_kind: str = "mse") -> list[dict]:
-    widths = {**slots.PRESETS[preset][spec.name], **(decoder_overrides or {})}
+    widths = {**slots_model.PRESETS[preset][spec.name], **(decoder_overrides or {})}
     slot_dim = widths["slot_dim"]
     torch.manual_seed(seed)
     decoder = SpatialBroadcastDecoder(slot_dim, widths["dec_hidden"], widths.get("dec_layers", 4),
@@ -51,7 +51,7 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
     rotates = spec.name == "sprites"
     # (y, x) + one-hots, without the "is real" flag; sprites add their angle as cos/sin of 1, 2 and 4 times
     # it (the heart, ellipse and square repeat after 2pi, pi and pi/2)
-    attrs = nn.Linear(slots.target_dim(spec) - 1 + 6 * rotates, slot_dim)
+    attrs = nn.Linear(slots_model.target_dim(spec) - 1 + 6 * rotates, slot_dim)
     background = nn.Linear(3, slot_dim)  # from the scene's background colour (sprites: a random grey)
     opt = torch.optim.Adam([*decoder.parameters(), *attrs.parameters(), *background.parameters()], lr=lr)
 
@@ -69,25 +69,25 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
         masks = alpha.softmax(1)
         return (masks * rgb).sum(1), masks.squeeze(2)
 
-    held_out = scenes.render(spec.name, 256, slots.EVAL_SEED)
+    held_out = scenes.render(spec.name, 256, slots_eval.EVAL_SEED)
     curve, t0 = [], time.time()
     for step in range(1, steps + 1):
-        x_scenes = scenes.render(spec.name, batch, slots.batch_seed(seed, 0, step))
+        x_scenes = scenes.render(spec.name, batch, slots_model.batch_seed(seed, 0, step))
         recon, masks = forward(x_scenes)
         if loss_kind == "masks":  # supervised: can the decoder draw the true masks at all?
             labels = torch.from_numpy(x_scenes.masks).long()  # (B, H, W): 0 background, j + 1 object j
             loss = F.nll_loss(masks.clamp_min(1e-8).log(), labels)
         else:  # the autoencoder's loss
-            loss = ((recon - slots.to_tensor(x_scenes.images, "cpu")) ** 2).mean()
+            loss = ((recon - slots_model.to_tensor(x_scenes.images, "cpu")) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % every == 0 or step == steps:
             with torch.no_grad():
                 recon, masks = forward(held_out)
-            mse = ((recon - slots.to_tensor(held_out.images, "cpu")) ** 2).mean().item()
+            mse = ((recon - slots_model.to_tensor(held_out.images, "cpu")) ** 2).mean().item()
             per_scene = fg_ari(held_out.masks, masks.argmax(1).numpy())
-            by_count = {k: round(v, 4) for k, v in slots.fg_ari_by_count(per_scene, held_out.present).items()}
+            by_count = {k: round(v, 4) for k, v in slots_eval.fg_ari_by_count(per_scene, held_out.present).items()}
             curve.append({"step": step, "mse": round(mse, 5), "fg_ari": round(float(np.nanmean(per_scene)), 4),
                           **by_count, "seconds": round(time.time() - t0, 1)})
             print(f"decoder ceiling {curve[-1]}", flush=True)
@@ -103,19 +103,19 @@ def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, se
     args = argparse.Namespace(preset=config.get("preset", preset), task="discovery",
                               num_slots=config.get("num_slots"), iters=config.get("iters", 3),
                               eval_iters=config.get("eval_iters"), implicit_grad=config.get("implicit_grad", False))
-    model = slots.build(args, spec)
+    model = slots_model.build(args, spec)
     ckpt = sorted((run / "checkpoints").glob("seed*/step*.pt"))[-1]
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     model.eval()
-    held_out = scenes.render(spec.name, 256, slots.EVAL_SEED)
-    scores = slots.evaluate(model, args, spec, held_out, torch.device("cpu"), seed)
+    held_out = scenes.render(spec.name, 256, slots_eval.EVAL_SEED)
+    scores = slots_eval.evaluate(model, args, spec, held_out, torch.device("cpu"), seed)
     scores["kmeans_rgb_fg_ari"] = float(np.nanmean(kmeans_fg_ari(held_out.images, held_out.masks,
                                                                   model.slot_attention.num_slots, "rgb")))
     run_keys = ("dataset", "preset", "steps", "batch_size", "lr", "warmup_steps", "decay_steps", "iters",
                 "eval_iters", "implicit_grad", "grad_clip")
-    probe_scenes = scenes.render(spec.name, n, slots.EVAL_SEED + 1)
+    probe_scenes = scenes.render(spec.name, n, slots_eval.EVAL_SEED + 1)
     with torch.no_grad():
-        out = model(slots.to_tensor(probe_scenes.images, "cpu"), generator=torch.Generator().manual_seed(seed))
+        out = model(slots_model.to_tensor(probe_scenes.images, "cpu"), generator=torch.Generator().manual_seed(seed))
     attn, slot_vecs = out["attn"].numpy(), out["slots"].numpy()  # (n, K, N'), (n, K, D)
     if attn.shape[-1] != probe_scenes.masks[0].size:
         raise SystemExit("slot probe needs attention at image resolution (an encoder with stride 1)")
@@ -142,15 +142,15 @@ def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, se
 
 def _decoder_override(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
-    if key not in slots.DECODER_KEYS or not value.isdigit():
-        raise SystemExit(f"--decoder {text!r}: expected KEY=N with KEY one of {sorted(slots.DECODER_KEYS)}")
+    if key not in slots_model.DECODER_KEYS or not value.isdigit():
+        raise SystemExit(f"--decoder {text!r}: expected KEY=N with KEY one of {sorted(slots_model.DECODER_KEYS)}")
     return key, (int(value), int(value)) if key == "broadcast_size" else int(value)
 
 
 def main() -> None:
     p = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="tetrominoes-mini", choices=sorted(scenes.SPECS))
-    p.add_argument("--preset", default="tiny", choices=sorted(slots.PRESETS))
+    p.add_argument("--preset", default="tiny", choices=sorted(slots_model.PRESETS))
     p.add_argument("--steps", type=int, default=3000, help="decoder-ceiling steps (0 skips it)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)

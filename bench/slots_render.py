@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from evaluation.downstream import scenes  # noqa: E402
-from evaluation.downstream import slots  # noqa: E402
-from evaluation.downstream.slots import PRESETS  # noqa: E402
+from evaluation.downstream import slots, slots_model  # noqa: E402
+from evaluation.downstream.slots_model import PRESETS  # noqa: E402
 from model.slot_attention import SlotAttentionAutoEncoder  # noqa: E402
 from launcher.argtypes import CommandParser  # noqa: E402
 
@@ -61,12 +61,12 @@ def main() -> int:
             model = SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=spec.num_slots,
                                              **PRESETS[preset][name])
             opt = torch.optim.Adam(model.parameters(), 1e-4)
-            make = functools.partial(slots.training_batch, argparse.Namespace(dataset=name, task="discovery"),
+            make = functools.partial(slots_model.training_batch, argparse.Namespace(dataset=name, task="discovery"),
                                      spec, 0, 0, args.batch_size, torch.device("cpu"))
             fixed = make(0)
 
             def step(batch):
-                loss = slots.compute_loss(model, argparse.Namespace(task="discovery", mask_entropy=0.0), batch)
+                loss = slots_model.compute_loss(model, argparse.Namespace(task="discovery", mask_entropy=0.0), batch)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -26,67 +26,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import logging
-import math
 import os
-import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from evaluation.downstream import scenes as scenes_mod
-from evaluation.downstream.slot_metrics import average_precision, fg_ari, hungarian_match, kmeans_fg_ari
+from evaluation.downstream.slots_eval import (EVAL_SEED, add_mask_images, evaluate, first_scenes, flexibility,
+                                              save_picture)
+from evaluation.downstream.slots_model import PRESETS, batch_seed, build, compute_loss, training_batch
+from evaluation.downstream.slots_run import (check_resumable, load_checkpoint, run_options, save_checkpoint,
+                                             summarise, write_config, write_results)
 from launcher.argtypes import CommandParser, comma_list, integer, number, output_dir
 from launcher.config import ConfigError
 from launcher.prefetch import StepPrefetcher
-from model.slot_attention import UPDATE_NORMS, SlotAttentionAutoEncoder, SlotAttentionSetPredictor
+from model.slot_attention import UPDATE_NORMS
 
 log = logging.getLogger("mnemos.slots")
-
-# Set-prediction AP thresholds of App. E.2, in CLEVR's coordinates, which span 6 units ([-3, 3]); positions
-# here are image units ([0, 1]), so each threshold is the same fraction of the span: t / 6.
-AP_THRESHOLDS = [math.inf, 1.0, 0.5, 0.25, 0.125]
-AP_COORD_SPAN = 6.0
-EVAL_SEED = 1_000_003  # all training seeds are evaluated on the same held-out scenes
-
-# Architecture presets. "paper": App. E.1 widths (5x5 kernels, 64 channels, full-resolution broadcast).
-PRESETS = {
-    "paper": {
-        "tetrominoes": dict(slot_dim=64, mlp_hidden=128, enc_hidden=64, enc_kernel=5, dec_hidden=64, dec_kernel=5),
-        "sprites": dict(slot_dim=64, mlp_hidden=128, enc_hidden=64, enc_kernel=5, dec_hidden=64, dec_kernel=5),
-    },
-    "cpu": {
-        "tetrominoes": dict(slot_dim=64, mlp_hidden=128, enc_hidden=32, enc_kernel=3, dec_hidden=32, dec_kernel=3,
-                            dec_layers=3, broadcast_size=(9, 9)),
-        "sprites": dict(slot_dim=64, mlp_hidden=128, enc_hidden=32, enc_kernel=3, enc_stride=2, dec_hidden=32,
-                        dec_kernel=3, dec_layers=3, broadcast_size=(16, 16)),
-    },
-    "tiny": {
-        "tetrominoes": dict(slot_dim=32, mlp_hidden=64, enc_hidden=16, enc_layers=3, enc_kernel=3, dec_hidden=16,
-                            dec_kernel=3, dec_layers=3, broadcast_size=(9, 9)),
-        "sprites": dict(slot_dim=32, mlp_hidden=64, enc_hidden=16, enc_layers=3, enc_kernel=3, enc_stride=2,
-                        dec_hidden=16, dec_kernel=3, dec_layers=3, broadcast_size=(8, 8)),
-    },
-}
-for _p in PRESETS.values():  # the 14x14 CI set: full-resolution broadcast is cheap there
-    _p["tetrominoes-mini"] = {k: v for k, v in _p["tetrominoes"].items() if k != "broadcast_size"}
-DECODER_KEYS = {"dec_hidden", "dec_kernel", "dec_layers", "broadcast_size"}
-
-# What a run directory's checkpoints were trained with. The model's shape and computation and the stream of
-# scenes (FIXED_OPTIONS) must stay: a rerun that changes one would load the weights into another model, or
-# continue another run under this one's name, so it is refused (check_resumable). The optimisation recipe
-# (RECIPE_OPTIONS) may change between sessions, as `mnemos train` lets optim and schedule fields change on a
-# resume (say, a mask-entropy term switched on from a checkpoint): the session says so in its log. The rest
-# may change freely: --steps (extend the run, or evaluate a checkpoint already past it), --seeds,
-# --time-limit, --eval-*, --ckpt-every, --log-every, --no-baseline, and how it runs (--device, --threads,
-# --prefetch, --compile, --bf16).
-FIXED_OPTIONS = ("dataset", "task", "preset", "num_slots", "iters", "implicit_grad", "update_norm", "batch_size")
-RECIPE_OPTIONS = ("lr", "warmup_steps", "decay_steps", "grad_clip", "mask_entropy", "mask_entropy_from")
-RUN_OPTIONS = FIXED_OPTIONS + RECIPE_OPTIONS
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -168,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
             for sub in ("checkpoints", "tensorboard", "results", "logs"):
                 (run / sub).mkdir(parents=True, exist_ok=True)
             _add_file_log(run / "logs" / "slots.log")
-            _write_config(run / "config.yaml", args, ctx)
+            write_config(run / "config.yaml", args, ctx.world, ctx.device)
         ctx.barrier()
         # with --compile, a graph that fails to compile runs eagerly: it costs speed, not the run
         with torch._dynamo.config.patch(suppress_errors=True) if args.compile else contextlib.nullcontext():
@@ -183,99 +141,6 @@ def main(args: argparse.Namespace) -> int:
         if flush:
             torch.set_flush_denormal(False)
         ctx.close()
-
-
-# ---------------------------------------------------------------------------------- resuming a run
-def run_options(args) -> dict:
-    """The RUN_OPTIONS of `args` (parsed options, or a saved config as a Namespace), defaults resolved: the
-    number of slots of the dataset, and the warmup of min(10000, steps // 10) steps."""
-    opts = {k: getattr(args, k, None) for k in RUN_OPTIONS}
-    if opts["num_slots"] is None and opts["dataset"] in scenes_mod.SPECS:
-        opts["num_slots"] = scenes_mod.SPECS[opts["dataset"]].num_slots
-    if opts["warmup_steps"] is None and getattr(args, "steps", None) is not None:
-        opts["warmup_steps"] = default_warmup(args.steps)
-    return opts
-
-
-def default_warmup(steps: int) -> int:
-    return min(10_000, max(steps // 10, 1))
-
-
-def saved_options(run: Path, args) -> tuple[dict, str] | None:
-    """What the checkpoints in `run` were trained with, and where that was read; None when it holds none.
-    Each checkpoint records its options; for those of an older version, which did not, RUN/config.yaml - but
-    that version rewrote it before it loaded a checkpoint, so it counts only where its options build a model
-    that fits the checkpoint (and these options must build one too)."""
-    ckpts = sorted((run / "checkpoints").glob("seed*/step*.pt"), key=lambda p: p.name, reverse=True)
-    states = []
-    for path in ckpts:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a torn file: load_latest skips it too
-            continue
-        if state.get("options"):
-            return state["options"], str(path)
-        states.append((path, state))
-    if not states:
-        return None
-    path, state = states[0]
-    if not _fits(args, state):
-        raise ConfigError(f"checkpoint {path} does not fit the model these options build; rule: a run directory "
-                          f"resumes only with the options its checkpoints were trained with - repeat them, or use "
-                          f"another --out for a new run")
-    import yaml
-    try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(cfg, dict) or any(k not in cfg for k in ("dataset", "task", "preset")):
-        return None
-    saved = argparse.Namespace(**cfg)
-    return (run_options(saved), str(run / "config.yaml")) if _fits(saved, state) else None
-
-
-def _fits(args, state: dict) -> bool:
-    """Whether the model `args` builds takes the checkpoint `state`'s weights."""
-    try:
-        build(args, scenes_mod.SPECS[args.dataset]).load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError, ValueError):
-        return False
-    return True
-
-
-def check_resumable(run: Path, args) -> None:
-    """Rerunning a command resumes its run from the checkpoints in `run`: refuse, before anything is written,
-    options that would train another model or another stream of scenes than the checkpoints were trained with
-    (FIXED_OPTIONS); log the recipe options that changed (RECIPE_OPTIONS). A --warmup-steps left out takes the run's own, so that extending --steps keeps the schedule."""
-    saved = saved_options(run, args)
-    if saved is None:
-        if args.warmup_steps is None:
-            args.warmup_steps = default_warmup(args.steps)
-        return
-    then, where = saved
-    if args.warmup_steps is None and then.get("warmup_steps") is not None:
-        args.warmup_steps = then["warmup_steps"]
-    now = run_options(args)
-    changed = [key for key in RECIPE_OPTIONS if key in then and then[key] != now[key]]
-    if changed:
-        log.warning("resuming %s with another recipe than its checkpoints were trained with: %s", run,
-                    ", ".join(f"{_flag(k, now[k])} (was {_flag(k, then[k])})" for k in changed))
-    for key in FIXED_OPTIONS:
-        if key in then and then[key] != now[key]:
-            fix = f"leave out --{key.replace('_', '-')}" if then[key] is False else f"give {_flag(key, then[key])}"
-            raise ConfigError(
-                f"{_flag(key, now[key])} does not match the run in {run}, whose checkpoints were trained with "
-                f"{_flag(key, then[key])} ({where}); rule: a run directory resumes only with the model and scenes "
-                f"its checkpoints were trained with (the recipe, --steps, --seeds, --time-limit, --eval-*, "
-                f"--ckpt-every, --log-every and the device options may change) - {fix}, or use another --out "
-                f"for a new run")
-
-
-def _flag(key: str, value) -> str:
-    name = "--" + key.replace("_", "-")
-    if isinstance(value, bool):
-        return name if value else f"no {name}"
-    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
 
 
 # ------------------------------------------------------------------------------------ data parallel
@@ -328,51 +193,6 @@ class DistContext:
         if self.initialised:
             import torch.distributed as dist
             dist.destroy_process_group()
-
-
-# ------------------------------------------------------------------------------------------- model
-def build(args, spec: scenes_mod.SceneSpec) -> torch.nn.Module:
-    widths = dict(PRESETS[args.preset][spec.name])
-    k = args.num_slots or spec.num_slots
-    if args.task == "discovery":
-        return SlotAttentionAutoEncoder(image_size=spec.image_size, num_slots=k, iters=args.iters,
-                                        implicit_grad=args.implicit_grad, update_norm=args.update_norm, **widths)
-    enc = {key: v for key, v in widths.items() if key not in DECODER_KEYS}
-    return SlotAttentionSetPredictor(out_dim=target_dim(spec), num_slots=k, iters=args.iters,
-                                     implicit_grad=args.implicit_grad, update_norm=args.update_norm, **enc)
-
-
-def target_dim(spec: scenes_mod.SceneSpec) -> int:
-    return 2 + sum(spec.categorical.values()) + 1
-
-
-def batch_seed(seed: int, rank: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
-
-
-def to_tensor(images: np.ndarray, device) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
-    return (x * 2.0 - 1.0).to(device)  # [-1, 1] as in the paper's code
-
-
-def lr_at(step: int, args) -> float:
-    warm = args.warmup_steps if args.warmup_steps is not None else min(10_000, max(args.steps // 10, 1))
-    factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
-    return args.lr * factor * 0.5 ** (step / args.decay_steps)
-
-
-def set_prediction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Huber loss between predictions and targets matched by the Hungarian algorithm (Section 2.2)."""
-    # pred: (B, K, D); target: (B, M, D), M <= K, padded here with "absent" rows of zeros
-    B, K, D = pred.shape
-    if target.shape[1] > K:  # padding by a negative amount would silently drop objects
-        raise ValueError(f"{target.shape[1]} target objects for {K} slots (rule: slots >= objects)")
-    target = F.pad(target, (0, 0, 0, K - target.shape[1]))  # (B, K, D)
-    pairs = (pred[:, :, None].expand(B, K, K, D), target[:, None].expand(B, K, K, D))  # (B, K_pred, K_true, D)
-    cost = F.huber_loss(*pairs, reduction="none").sum(-1)  # (B, K, K)
-    match = torch.from_numpy(hungarian_match(cost.detach().cpu().numpy())).to(pred.device)  # (B, K)
-    matched = torch.gather(pred, 1, match[..., None].expand(B, K, D))  # (B, K, D), row j matches target j
-    return F.huber_loss(matched, target, reduction="sum") / B
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -432,7 +252,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
                          loss_val, lr, rate, _fmt_secs(eta))
                 last_t, last_step = now, done
             if done % args.eval_every == 0 and done != args.steps:
-                quick = evaluate(model, args, spec, _subset(eval_scenes, 64), ctx.device, seed)
+                quick = evaluate(model, args, spec, first_scenes(eval_scenes, 64), ctx.device, seed)
                 for key, v in quick.items():
                     writer.add_scalar(f"eval/{key}", v, done)
                 log.info("seed %d step %d quick eval (64 scenes): %s", seed, done,
@@ -468,15 +288,6 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     return result
 
 
-def training_batch(args, spec, seed: int, rank: int, size: int, device, step: int) -> dict[str, torch.Tensor]:
-    """This rank's scenes for `step` as tensors on `device`: images, and set-prediction targets."""
-    scenes = scenes_mod.render(args.dataset, size, batch_seed(seed, rank, step))
-    batch = {"x": to_tensor(scenes.images, device)}  # (B, 3, H, W)
-    if args.task == "set-prediction":
-        batch["target"] = torch.from_numpy(scenes_mod.set_targets(scenes, spec)).to(device)  # (B, M, D)
-    return batch
-
-
 def step_batches(make, start: int, stop: int, device, prefetch: bool):
     """`make(step)` for each step in [start, stop); with `prefetch`, step + 1 is made in a background thread
     while the caller computes on step."""
@@ -497,185 +308,13 @@ def step_batches(make, start: int, stop: int, device, prefetch: bool):
         ahead.close()
 
 
-def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None, step: int = 0) -> torch.Tensor:
-    out = model(batch["x"], generator=generator)
-    if args.task == "discovery":
-        loss = F.mse_loss(out["recon"].float(), batch["x"])  # Section 2.2: pixel MSE
-        if args.mask_entropy > 0 and step >= args.mask_entropy_from:
-            loss = loss + args.mask_entropy * mask_entropy(out["masks"].float())
-        return loss
-    return set_prediction_loss(out["pred"].float(), batch["target"])
+def lr_at(step: int, args) -> float:
+    warm = args.warmup_steps if args.warmup_steps is not None else min(10_000, max(args.steps // 10, 1))
+    factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+    return args.lr * factor * 0.5 ** (step / args.decay_steps)
 
 
-def mask_entropy(masks: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels of the entropy (nats) of the slot distribution; masks: (B, K, H, W), summing to 1 over K."""
-    return -(masks * masks.clamp_min(1e-12).log()).sum(dim=1).mean()
-
-
-def _subset(s: scenes_mod.Scenes, n: int) -> scenes_mod.Scenes:
-    return scenes_mod.Scenes(s.images[:n], s.masks[:n], s.present[:n], {k: v[:n] for k, v in s.attrs.items()})
-
-
-@torch.no_grad()
-def predict(model, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None, iters=None,
-            batch: int = 64) -> dict[str, np.ndarray]:
-    """Run the model over `scenes` in chunks with a fixed slot-init generator; returns numpy outputs."""
-    was = model.training
-    model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    outs: dict[str, list] = {}
-    for i in range(0, len(scenes), batch):
-        o = model(to_tensor(scenes.images[i:i + batch], device), num_slots=num_slots, iters=iters, generator=gen)
-        for key in ("recon", "masks", "rgb", "pred", "attn_maps"):
-            if key in o:
-                outs.setdefault(key, []).append(o[key].cpu().numpy())
-    model.train(was)
-    return {k: np.concatenate(v) for k, v in outs.items()}
-
-
-def evaluate(model, args, spec, scenes: scenes_mod.Scenes, device, seed: int, num_slots=None,
-             iters=None, by_count: bool = False) -> dict[str, float]:
-    out = predict(model, scenes, device, seed, num_slots, iters or args.eval_iters)
-    if args.task == "discovery":
-        labels = out["masks"].argmax(1)  # (n, H, W): each pixel to its most responsible slot
-        recon = out["recon"].transpose(0, 2, 3, 1)
-        attn_labels = upsample_nearest(out["attn_maps"].argmax(1), labels.shape[1:])  # slot attention's own grouping
-        per_scene = fg_ari(scenes.masks, labels)
-        scores = {"fg_ari": float(np.nanmean(per_scene)),
-                  "fg_ari_attention": float(np.nanmean(fg_ari(scenes.masks, attn_labels))),
-                  "mse": float(np.mean((recon - (scenes.images * 2 - 1)) ** 2))}
-        if by_count:
-            scores.update(fg_ari_by_count(per_scene, scenes.present))
-        return scores
-    return set_prediction_scores(out["pred"], scenes_mod.set_targets(scenes, spec), list(spec.categorical.values()))
-
-
-def set_prediction_scores(pred: np.ndarray, target: np.ndarray, categorical: list[int]) -> dict[str, float]:
-    """AP at each of the paper's thresholds, keyed by the paper's value ("ap_0.5")."""
-    return {f"ap_{_thr_name(t)}": average_precision(pred, target, categorical, t / AP_COORD_SPAN)
-            for t in AP_THRESHOLDS}
-
-
-def fg_ari_by_count(per_scene: np.ndarray, present: np.ndarray) -> dict[str, float]:
-    """Mean FG-ARI of the scenes with each number of objects, where scenes differ in it (sprites): a lone
-    object scores 1 only if all its pixels go to one slot, so this says where the mean is lost."""
-    counts = present.sum(1)
-    if len(np.unique(counts)) < 2:
-        return {}
-    return {f"fg_ari_{n}_objects": float(np.nanmean(per_scene[counts == n])) for n in np.unique(counts)}
-
-
-def upsample_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(n, h, w) labels -> (n, H, W), each output pixel taking the label of the feature cell it falls in."""
-    rows = np.arange(size[0]) * labels.shape[1] // size[0]
-    cols = np.arange(size[1]) * labels.shape[2] // size[1]
-    return labels[:, rows[:, None], cols[None, :]]
-
-
-def flexibility(model, args, spec, scenes, device, seed: int) -> list[dict]:
-    """Inference-time flexibility (Section 4.1): more slots and more iterations than in training."""
-    k = args.num_slots or spec.num_slots
-    rows = []
-    for ns in (k, k + 2):
-        for it in (args.iters, 2 * args.iters, 3 * args.iters):
-            rows.append({"num_slots": ns, "iters": it,
-                         **evaluate(model, args, spec, scenes, device, seed, num_slots=ns, iters=it)})
-    return rows
-
-
-def _thr_name(t: float) -> str:
-    return "inf" if math.isinf(t) else f"{t:g}"
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(ckpt_dir: Path, model, opt, step: int, keep: int = 2, **extra) -> Path:
-    """`extra`: the run's options (RUN_OPTIONS), training seconds so far and the last training loss."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / f"step{step:08d}.pt"
-    tmp = ckpt_dir / f".{path.name}.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, **extra}, tmp)
-    os.replace(tmp, path)  # atomic: a checkpoint is either complete or absent
-    for old in sorted(ckpt_dir.glob("step*.pt"))[:-keep]:
-        old.unlink()
-    return path
-
-
-def load_latest(ckpt_dir: Path, model, opt, device) -> int:
-    """Load the newest checkpoint that reads back; returns its step (0 when there is none)."""
-    return load_checkpoint(ckpt_dir, model, opt, device)["step"]
-
-
-def load_checkpoint(ckpt_dir: Path, model, opt, device) -> dict:
-    """Load the newest checkpoint that reads back into `model` and `opt`; returns its step, the training
-    seconds before it and its last training loss (0, 0.0 and NaN when there is none, or an older checkpoint
-    did not record them)."""
-    for path in sorted(ckpt_dir.glob("step*.pt"), reverse=True):
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-        except Exception as err:  # a torn or foreign file: say so and try the previous one
-            log.warning("skipping unreadable checkpoint %s: %s", path, err)
-            continue
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as err:  # check_resumable refuses this before anything is written
-            first = str(err).splitlines()[-1].strip()
-            raise ConfigError(f"checkpoint {path} does not fit the model these options build ({first}); rule: a "
-                              f"run directory resumes only with the options its checkpoints were trained with - "
-                              f"repeat them, or use another --out for a new run") from None
-        opt.load_state_dict(state["optimizer"])
-        return {"step": int(state["step"]), "train_seconds": float(state.get("train_seconds", 0.0)),
-                "train_loss": float(state.get("train_loss", math.nan))}
-    return {"step": 0, "train_seconds": 0.0, "train_loss": math.nan}
-
-
-# ---------------------------------------------------------------------------------- pictures, logs
-def _mask_grid(model, scenes, device, n: int = 6, iters=None) -> np.ndarray:
-    """(rows*H, (2+K)*W, 3) grid: input | reconstruction | each slot's RGB times its mask."""
-    out = predict(model, _subset(scenes, n), device, seed=0, iters=iters)
-    img = scenes.images[:n]
-    recon = (out["recon"].transpose(0, 2, 3, 1) + 1) / 2
-    per_slot = (out["masks"][:, :, None] * (out["rgb"] + 1) / 2 + (1 - out["masks"][:, :, None]))  # white bg
-    per_slot = per_slot.transpose(0, 1, 3, 4, 2)  # (n, K, H, W, 3)
-    rows = [np.concatenate([img[i], recon[i], *per_slot[i]], axis=1) for i in range(len(img))]
-    return np.clip(np.concatenate(rows, axis=0), 0, 1)
-
-
-def add_mask_images(writer, model, scenes, device, step: int, iters=None) -> None:
-    writer.add_image("masks/input_recon_slots", _mask_grid(model, scenes, device, iters=iters), step,
-                     dataformats="HWC")
-
-
-def save_picture(model, scenes, device, path: Path, n: int = 6, iters=None) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = min(n, len(scenes))
-    out = predict(model, _subset(scenes, n), device, seed=0, iters=iters)
-    K = out["masks"].shape[1]
-    fig, axes = plt.subplots(n, 3 + K, figsize=(1.6 * (3 + K), 1.6 * n), squeeze=False)
-    recon = np.clip((out["recon"].transpose(0, 2, 3, 1) + 1) / 2, 0, 1)
-    labels = out["masks"].argmax(1)
-    scores = fg_ari(scenes.masks[:n], labels)
-    for i in range(n):
-        axes[i, 0].imshow(scenes.images[i])
-        axes[i, 1].imshow(recon[i])
-        axes[i, 2].imshow(labels[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-        axes[i, 2].set_xlabel(f"FG-ARI {scores[i]:.2f}", fontsize=7)
-        for k in range(K):
-            axes[i, 3 + k].imshow(out["masks"][i, k], cmap="gray", vmin=0, vmax=1)
-    for j, title in enumerate(["input", "recon", "argmax"] + [f"slot {k}" for k in range(K)]):
-        axes[0, j].set_title(title, fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
+# --------------------------------------------------------------------------------------------- logs
 def _fmt_secs(s: float) -> str:
     s = int(s)
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -687,117 +326,6 @@ def _add_file_log(path: Path) -> None:
     log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
-
-
-def _write_config(path: Path, args, ctx: DistContext) -> None:
-    import yaml
-    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-    cfg.update(run_options(args))  # defaults resolved: what check_resumable compares a rerun with
-    cfg["world_size"] = ctx.world
-    cfg["device"] = str(ctx.device)
-    cfg["architecture"] = PRESETS[args.preset][args.dataset]
-    _write_atomic(path, yaml.safe_dump(cfg, sort_keys=True))  # other ranks may be reading it
-
-
-# ------------------------------------------------------------------------------------------ results
-def summarise(args, results: list[dict], seeds: list[int]) -> dict:
-    spec = scenes_mod.SPECS[args.dataset]
-    keys = [k for k, v in results[0].items() if isinstance(v, float) and k not in ("final_train_loss",)]
-    summary = {"dataset": args.dataset, "task": args.task, "steps": args.steps, "seeds": seeds,
-               "preset": args.preset, "batch_size": args.batch_size, "num_slots": args.num_slots or spec.num_slots,
-               "iters": args.iters, "eval_iters": args.eval_iters or args.iters,
-               "implicit_grad": args.implicit_grad, "grad_clip": args.grad_clip, "eval_size": args.eval_size,
-               "eval_seed": EVAL_SEED,
-               "median": {k: statistics.median(r[k] for r in results) for k in keys}, "per_seed": results}
-    if args.task == "discovery" and not args.no_baseline:
-        ev = scenes_mod.render(args.dataset, args.eval_size, EVAL_SEED)
-        k = args.num_slots or spec.num_slots
-        summary["kmeans_baseline"] = {f: float(np.nanmean(kmeans_fg_ari(ev.images, ev.masks, k, f)))
-                                      for f in ("rgb", "rgbxy")}
-    return summary
-
-
-def _finite(obj):
-    """JSON has no NaN/inf: write them as null (AP at an infinite threshold is keyed "ap_inf")."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # an earlier result stays whole until the new one is complete
-
-
-def _option_text(args) -> str:
-    """The non-paper training options that are on, for the results header."""
-    parts = [f", update norm {args.update_norm}"] if args.update_norm != "mean" else []
-    if args.mask_entropy:
-        parts.append(f", mask entropy {args.mask_entropy:g} from step {args.mask_entropy_from}")
-    return "".join(parts)
-
-
-def _steps_text(target: int, per_seed: list[dict]) -> str:
-    """How far training went: --steps, short of it (only --time-limit stops a session early), or past it (the
-    checkpoint had more steps than this command's --steps, so it was evaluated and not trained)."""
-    reached = [r["steps"] for r in per_seed]
-    if all(n == target for n in reached):
-        return f"{target} steps"
-    short = [r for r in per_seed if r["steps"] < target]
-    past = [r for r in per_seed if r["steps"] > target]
-    done = [r for r in per_seed if r["steps"] == target]
-    seeds = sum(map(bool, (short, past, done))) > 1  # name the seeds where they differ in this
-    parts = []
-    if short:
-        parts.append(f"{'seed ' + '/'.join(str(r['seed']) for r in short) + ': ' if seeds else ''}"
-                     f"{'/'.join(str(r['steps']) for r in short)} of {target} steps (stopped by --time-limit)")
-    if past:
-        parts.append(f"{'seed ' + '/'.join(str(r['seed']) for r in past) + ': ' if seeds else ''}already at step "
-                     f"{'/'.join(str(r['steps']) for r in past)}, past --steps {target}: evaluated only")
-    if done:
-        parts.append(f"seed {'/'.join(str(r['seed']) for r in done)}: {target} steps")
-    return "; ".join(parts)
-
-
-def write_results(run: Path, args, summary: dict) -> list[Path]:
-    stem = run / "results" / f"slots_{args.dataset}_{args.task.replace('-', '_')}"
-    js = stem.with_suffix(".json")
-    _write_atomic(js, json.dumps(_finite(summary), indent=2, default=str))
-    lines = [f"# Slot Attention: {args.task} on {args.dataset}", "",
-             f"{_steps_text(args.steps, summary['per_seed'])}, batch {args.batch_size}, preset {args.preset}, "
-             f"seeds {summary['seeds']}, "
-             f"{summary['num_slots']} slots, {args.iters} iterations"
-             f"{' (gradient through the last only)' if args.implicit_grad else ''}"
-             f"{f', grad-norm clip {args.grad_clip:g}' if args.grad_clip else ''}"
-             f"{_option_text(args)}; evaluated with "
-             f"{summary['eval_iters']} iterations on {args.eval_size} held-out "
-             f"scenes (seed {EVAL_SEED}).", ""]
-    metric_keys = list(summary["median"])
-    lines += ["| seed | " + " | ".join(metric_keys) + " |", "|---" * (len(metric_keys) + 1) + "|"]
-    for r in summary["per_seed"]:
-        lines.append(f"| {r['seed']} | " + " | ".join(f"{r[k]:.4f}" for k in metric_keys) + " |")
-    lines.append("| **median** | " + " | ".join(f"**{summary['median'][k]:.4f}**" for k in metric_keys) + " |")
-    if "kmeans_baseline" in summary:
-        lines += ["", "k-means-on-pixels baseline (FG-ARI, k = number of slots): " + ", ".join(
-            f"{f}: {v:.4f}" for f, v in summary["kmeans_baseline"].items())]
-    lines += ["", "## Inference-time flexibility (median over seeds)", ""]
-    flex = [r["flexibility"] for r in summary["per_seed"]]
-    fkeys = [k for k in flex[0][0] if k not in ("num_slots", "iters")]
-    lines += ["| slots | iterations | " + " | ".join(fkeys) + " |", "|---" * (len(fkeys) + 2) + "|"]
-    for j, row in enumerate(flex[0]):
-        vals = [statistics.median(f[j][k] for f in flex) for k in fkeys]
-        lines.append(f"| {row['num_slots']} | {row['iters']} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
-    pics = [r["picture"] for r in summary["per_seed"] if "picture" in r]
-    if pics:
-        lines += ["", "Pictures: " + ", ".join(pics)]
-    md = stem.with_suffix(".md")
-    _write_atomic(md, "\n".join(lines) + "\n")
-    return [js, md]
 
 
 if __name__ == "__main__":  # `torchrun -m evaluation.downstream.slots ...` (what `mnemos downstream slots` runs)

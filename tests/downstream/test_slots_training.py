@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.downstream import scenes, slots
+from evaluation.downstream import scenes, slots, slots_eval, slots_model, slots_run
 from evaluation.downstream.cli import TASK_MODULES, task_parser
+from launcher.config import ConfigError
 from tests.downstream.slots_ci import CI_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +64,9 @@ def test_ci_run_learns(ci_run):
     spec = scenes.SPECS["tetrominoes-mini"]
     args = parse(*CI_ARGS, "--out", str(out))
     torch.manual_seed(0)
-    untrained = slots.build(args, spec)
-    ev = scenes.render(spec.name, 256, slots.EVAL_SEED)
-    before = slots.evaluate(untrained, args, spec, ev, torch.device("cpu"), 0)
+    untrained = slots_model.build(args, spec)
+    ev = scenes.render(spec.name, 256, slots_eval.EVAL_SEED)
+    before = slots_eval.evaluate(untrained, args, spec, ev, torch.device("cpu"), 0)
     after, kmeans = res["median"], res["kmeans_baseline"]
     assert res["eval_iters"] == 6 and res["implicit_grad"]
     assert after["mse"] < before["mse"] * 0.2  # the reconstruction is learnt
@@ -79,19 +80,19 @@ def test_ci_run_learns(ci_run):
 
 def test_upsample_nearest_maps_each_pixel_to_its_feature_cell():
     labels = np.arange(4).reshape(1, 2, 2)  # a 2x2 attention grid, as a stride-2 encoder gives for 3x3 or 4x4
-    np.testing.assert_array_equal(slots.upsample_nearest(labels, (4, 4))[0],
+    np.testing.assert_array_equal(slots_eval.upsample_nearest(labels, (4, 4))[0],
                                   [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
-    np.testing.assert_array_equal(slots.upsample_nearest(labels, (3, 3))[0], [[0, 0, 1], [0, 0, 1], [2, 2, 3]])
+    np.testing.assert_array_equal(slots_eval.upsample_nearest(labels, (3, 3))[0], [[0, 0, 1], [0, 0, 1], [2, 2, 3]])
     same = np.random.default_rng(0).integers(0, 5, (2, 7, 7))
-    np.testing.assert_array_equal(slots.upsample_nearest(same, (7, 7)), same)
+    np.testing.assert_array_equal(slots_eval.upsample_nearest(same, (7, 7)), same)
 
 
 def test_fg_ari_by_number_of_objects():
     per_scene = np.array([0.0, 1.0, 0.5, 0.7, 0.9])
     present = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]], bool)
-    by_count = slots.fg_ari_by_count(per_scene, present)
+    by_count = slots_eval.fg_ari_by_count(per_scene, present)
     assert by_count == pytest.approx({"fg_ari_1_objects": 0.5, "fg_ari_2_objects": 0.5, "fg_ari_3_objects": 0.8})
-    assert slots.fg_ari_by_count(per_scene[3:], present[3:]) == {}  # one count (Tetrominoes): nothing to split
+    assert slots_eval.fg_ari_by_count(per_scene[3:], present[3:]) == {}  # one count (Tetrominoes): nothing to split
 
 
 def test_mask_entropy_term():
@@ -99,20 +100,20 @@ def test_mask_entropy_term():
     --mask-entropy-from on: zero for masks where one slot draws each pixel, log K where K slots share every
     pixel equally."""
     one_hot = torch.nn.functional.one_hot(torch.randint(0, 5, (2, 7, 7)), 5).permute(0, 3, 1, 2).float()
-    assert slots.mask_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-9)
-    assert slots.mask_entropy(torch.full((2, 5, 7, 7), 0.2)).item() == pytest.approx(np.log(5), rel=1e-6)
+    assert slots_model.mask_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-9)
+    assert slots_model.mask_entropy(torch.full((2, 5, 7, 7), 0.2)).item() == pytest.approx(np.log(5), rel=1e-6)
     plain = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--out", "unused")
     weighted = parse("--dataset", "tetrominoes-mini", "--preset", "tiny", "--mask-entropy", "0.5",
                      "--mask-entropy-from", "100", "--out", "unused")
     torch.manual_seed(0)
-    model = slots.build(plain, scenes.SPECS["tetrominoes-mini"])
-    batch = slots.training_batch(plain, scenes.SPECS["tetrominoes-mini"], 0, 0, 4, "cpu", 0)
+    model = slots_model.build(plain, scenes.SPECS["tetrominoes-mini"])
+    batch = slots_model.training_batch(plain, scenes.SPECS["tetrominoes-mini"], 0, 0, 4, "cpu", 0)
     out = model(batch["x"], generator=torch.Generator().manual_seed(1))
-    base = slots.compute_loss(model, plain, batch, torch.Generator().manual_seed(1))
-    total = slots.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=100)
-    assert total.item() == pytest.approx(base.item() + 0.5 * slots.mask_entropy(out["masks"]).item(), rel=1e-5)
+    base = slots_model.compute_loss(model, plain, batch, torch.Generator().manual_seed(1))
+    total = slots_model.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=100)
+    assert total.item() == pytest.approx(base.item() + 0.5 * slots_model.mask_entropy(out["masks"]).item(), rel=1e-5)
     assert total.item() > base.item()
-    before = slots.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=99)
+    before = slots_model.compute_loss(model, weighted, batch, torch.Generator().manual_seed(1), step=99)
     assert before.item() == base.item()  # not yet: --mask-entropy-from 100
 
 
@@ -137,9 +138,9 @@ def test_resume_continues_the_same_run(tmp_path):
     # a torn newest checkpoint is skipped, the previous one is used
     (tmp_path / "b" / "checkpoints" / "seed3" / "step00000006.pt").write_bytes(b"torn")
     spec = scenes.SPECS["tetrominoes-mini"]
-    model = slots.build(b, spec)
+    model = slots_model.build(b, spec)
     opt = torch.optim.Adam(model.parameters())
-    assert slots.load_latest(tmp_path / "b" / "checkpoints" / "seed3", model, opt, "cpu") == 4
+    assert slots_run.load_latest(tmp_path / "b" / "checkpoints" / "seed3", model, opt, "cpu") == 4
 
 
 def test_time_limit_stops_checkpoints_and_resumes(tmp_path):
@@ -213,13 +214,13 @@ def test_bf16_autocast_follows_the_fp32_loss_curve():
     curves = {}
     for bf16 in (False, True):
         torch.manual_seed(0)
-        model = slots.build(args, spec)
+        model = slots_model.build(args, spec)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         losses = []
         for step in range(120):
-            batch = slots.training_batch(args, spec, 0, 0, 16, torch.device("cpu"), step)
+            batch = slots_model.training_batch(args, spec, 0, 0, 16, torch.device("cpu"), step)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = slots.compute_loss(model, args, batch, torch.Generator().manual_seed(step))
+                loss = slots_model.compute_loss(model, args, batch, torch.Generator().manual_seed(step))
             assert loss.dtype == torch.float32
             opt.zero_grad()
             loss.backward()
@@ -237,13 +238,13 @@ def test_set_prediction_loss_is_permutation_invariant():
     target = torch.rand(3, 2, 6)
     pred = torch.rand(3, 4, 6)
     perm = torch.tensor([2, 0, 3, 1])
-    l1 = slots.set_prediction_loss(pred, target)
-    l2 = slots.set_prediction_loss(pred[:, perm], target)
+    l1 = slots_model.set_prediction_loss(pred, target)
+    l2 = slots_model.set_prediction_loss(pred[:, perm], target)
     torch.testing.assert_close(l1, l2)
     exact = torch.nn.functional.pad(target, (0, 0, 0, 2))[:, perm]  # targets hidden among "absent" rows
-    assert slots.set_prediction_loss(exact, target).item() == pytest.approx(0.0)
+    assert slots_model.set_prediction_loss(exact, target).item() == pytest.approx(0.0)
     with pytest.raises(ValueError, match="2 target objects for 1 slots"):
-        slots.set_prediction_loss(pred[:, :1], target)  # fewer slots than objects: no object is dropped silently
+        slots_model.set_prediction_loss(pred[:, :1], target)  # fewer slots than objects: no object is dropped silently
 
 
 def test_ap_thresholds_are_the_papers_as_fractions_of_the_coordinate_span():
@@ -251,7 +252,7 @@ def test_ap_thresholds_are_the_papers_as_fractions_of_the_coordinate_span():
     units away (0.6 CLEVR units) is found at threshold 1 but not at 0.5."""
     target = np.array([[[0.5, 0.5, 1.0, 0.0, 1.0]]])  # (y, x), a 2-class one-hot, "is real"
     pred = np.array([[[0.5, 0.6, 1.0, 0.0, 0.9]]])
-    scores = slots.set_prediction_scores(pred, target, [2])
+    scores = slots_eval.set_prediction_scores(pred, target, [2])
     assert scores == {"ap_inf": 1.0, "ap_1": 1.0, "ap_0.5": 0.0, "ap_0.25": 0.0, "ap_0.125": 0.0}
 
 
@@ -307,7 +308,7 @@ def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_pat
                         (["--task", "set-prediction"], "--task discovery"),
                         (["--implicit-grad"], "leave out --implicit-grad"), (["--num-slots", "6"], "--num-slots 4")):
         again = parse(*common, "--steps", "2", *flag)
-        with pytest.raises(slots.ConfigError, match=saved):
+        with pytest.raises(ConfigError, match=saved):
             again.func(again)
     assert (tmp_path / "config.yaml").read_text() == config
     more = parse(*common, "--steps", "3", "--time-limit", "5", "--eval-iters", "4", "--lr", "5e-4")
@@ -344,25 +345,25 @@ def test_run_directory_of_an_older_version_is_checked_by_its_shapes(tmp_path):
     torch.save({k: state[k] for k in ("model", "optimizer", "step")}, ckpt)  # what the older version saved
     cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(cfg, num_slots=None, warmup_steps=None)))
-    with pytest.raises(slots.ConfigError, match=r"--iters 2 does not match .* --iters 3 \(.*config.yaml"):
-        slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--iters", "2"))
-    with pytest.raises(slots.ConfigError, match="does not fit the model these options build"):
-        slots.check_resumable(tmp_path, parse(*common, "--steps", "2", "--preset", "cpu"))
+    with pytest.raises(ConfigError, match=r"--iters 2 does not match .* --iters 3 \(.*config.yaml"):
+        slots_run.check_resumable(tmp_path, parse(*common, "--steps", "2", "--iters", "2"))
+    with pytest.raises(ConfigError, match="does not fit the model these options build"):
+        slots_run.check_resumable(tmp_path, parse(*common, "--steps", "2", "--preset", "cpu"))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(cfg, preset="cpu")))  # rewritten, then it crashed
     again = parse(*common, "--steps", "2")
     assert again.func(again) == 0  # resumes: the checkpoint, not that config.yaml, says what the run is
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["preset"] == "tiny"
     (tmp_path / "config.yaml").unlink()  # the new checkpoints record their options
-    with pytest.raises(slots.ConfigError, match=r"--preset cpu does not match .* --preset tiny \(.*step0+2\.pt"):
-        slots.check_resumable(tmp_path, parse(*common, "--steps", "3", "--preset", "cpu"))
+    with pytest.raises(ConfigError, match=r"--preset cpu does not match .* --preset tiny \(.*step0+2\.pt"):
+        slots_run.check_resumable(tmp_path, parse(*common, "--steps", "3", "--preset", "cpu"))
 
 
 def test_steps_text_says_why_a_seed_has_other_steps():
-    assert slots._steps_text(5, [{"seed": 0, "steps": 5}]) == "5 steps"
-    assert slots._steps_text(5, [{"seed": 0, "steps": 2}]) == "2 of 5 steps (stopped by --time-limit)"
-    assert slots._steps_text(500, [{"seed": 0, "steps": 1801}]) == \
+    assert slots_run._steps_text(5, [{"seed": 0, "steps": 5}]) == "5 steps"
+    assert slots_run._steps_text(5, [{"seed": 0, "steps": 2}]) == "2 of 5 steps (stopped by --time-limit)"
+    assert slots_run._steps_text(500, [{"seed": 0, "steps": 1801}]) == \
         "already at step 1801, past --steps 500: evaluated only"
-    mixed = slots._steps_text(500, [{"seed": 0, "steps": 1801}, {"seed": 1, "steps": 500}])
+    mixed = slots_run._steps_text(500, [{"seed": 0, "steps": 1801}, {"seed": 1, "steps": 500}])
     assert mixed == "seed 0: already at step 1801, past --steps 500: evaluated only; seed 1: 500 steps"
 
 
