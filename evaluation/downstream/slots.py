@@ -37,8 +37,8 @@ from evaluation.downstream import scenes as scenes_mod
 from evaluation.downstream.slots_eval import (EVAL_SEED, add_mask_images, evaluate, first_scenes, flexibility,
                                               save_picture)
 from evaluation.downstream.slots_model import PRESETS, batch_seed, build, compute_loss, training_batch
-from evaluation.downstream.slots_run import (check_resumable, load_checkpoint, run_options, save_checkpoint,
-                                             summarise, write_config, write_results)
+from evaluation.downstream.slots_run import (check_resumable, default_warmup, load_checkpoint, run_options,
+                                             save_checkpoint, summarise, write_config, write_results)
 from launcher.argtypes import CommandParser, comma_list, integer, number, output_dir
 from launcher.config import ConfigError
 from launcher.prefetch import StepPrefetcher
@@ -309,7 +309,7 @@ def step_batches(make, start: int, stop: int, device, prefetch: bool):
 
 
 def lr_at(step: int, args) -> float:
-    warm = args.warmup_steps if args.warmup_steps is not None else min(10_000, max(args.steps // 10, 1))
+    warm = args.warmup_steps if args.warmup_steps is not None else default_warmup(args.steps)
     factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
     return args.lr * factor * 0.5 ** (step / args.decay_steps)
 

@@ -97,7 +97,8 @@ def _fits(args, state: dict) -> bool:
 def check_resumable(run: Path, args) -> None:
     """Rerunning a command resumes its run from the checkpoints in `run`: refuse, before anything is written,
     options that would train another model or another stream of scenes than the checkpoints were trained with
-    (FIXED_OPTIONS); log the recipe options that changed (RECIPE_OPTIONS). A --warmup-steps left out takes the run's own, so that extending --steps keeps the schedule."""
+    (FIXED_OPTIONS); log the recipe options that changed (RECIPE_OPTIONS). A --warmup-steps left out takes the
+    run's own, so that extending --steps keeps the schedule."""
     saved = saved_options(run, args)
     if saved is None:
         if args.warmup_steps is None:
