@@ -226,6 +226,17 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     t0, last_t, last_step = time.time(), time.time(), start
     loss_val = resumed["train_loss"]  # an evaluation-only session reports the checkpoint's last loss
     done = start
+    unread: list[tuple[int, torch.Tensor]] = []  # (step, loss) still on the device
+
+    def read_losses() -> float:
+        """The unread losses copied to the host in one go (one device sync per log line, not per step)."""
+        values = torch.stack([loss for _, loss in unread]).tolist()
+        if writer is not None:
+            for (at, _), value in zip(unread, values):
+                writer.add_scalar("train/loss", value, at)
+        unread.clear()
+        return values[-1]
+
     for step in range(start, args.steps):
         lr = lr_at(step, args)
         for group in opt.param_groups:
@@ -239,10 +250,13 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
-        loss_val = loss.item()
         done = step + 1
+        unread.append((done, loss.detach()))
+        out_of_time = args.time_limit is not None and ctx.agree(time.time() - t0 > 60 * args.time_limit)
+        checkpoint_now = ctx.rank == 0 and (done % args.ckpt_every == 0 or done == args.steps or out_of_time)
+        if done % args.log_every == 0 or done == args.steps or checkpoint_now or out_of_time:
+            loss_val = read_losses()
         if ctx.rank == 0:
-            writer.add_scalar("train/loss", loss_val, done)
             writer.add_scalar("train/lr", lr, done)
             if done % args.log_every == 0 or done == args.steps:
                 now = time.time()
@@ -259,8 +273,7 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
                          ", ".join(f"{k} {v:.4f}" for k, v in quick.items()))
                 if args.task == "discovery":
                     add_mask_images(writer, model, eval_scenes, ctx.device, done, args.eval_iters)
-        out_of_time = args.time_limit is not None and ctx.agree(time.time() - t0 > 60 * args.time_limit)
-        if ctx.rank == 0 and (done % args.ckpt_every == 0 or done == args.steps or out_of_time):
+        if checkpoint_now:
             save_checkpoint(ckpt_dir, model, opt, done, options=run_options(args), train_loss=loss_val,
                             train_seconds=resumed["train_seconds"] + time.time() - t0)
         if out_of_time:

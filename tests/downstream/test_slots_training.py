@@ -14,7 +14,7 @@ import torch
 from evaluation.downstream import scenes, slots, slots_eval, slots_model, slots_run
 from evaluation.downstream.cli import TASK_MODULES, task_parser
 from launcher.config import ConfigError
-from tests.downstream.slots_ci import CI_ARGS
+from tests.downstream.slots_ci import CI_ARGS, CI_STEPS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,9 +52,13 @@ def test_ci_run_writes_run_directory(ci_run):
     grid = {(r["num_slots"], r["iters"]) for r in res["per_seed"][0]["flexibility"]}
     assert grid == {(4, 3), (4, 6), (4, 9), (6, 3), (6, 6), (6, 9)}  # more slots and iterations at test time
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    ea = EventAccumulator(str(out / "tensorboard" / "seed0"))
+    ea = EventAccumulator(str(out / "tensorboard" / "seed0"), size_guidance={"scalars": 0})  # 0: keep all
     ea.Reload()
     assert "train/loss" in ea.Tags()["scalars"] and "eval/fg_ari" in ea.Tags()["scalars"]
+    # the losses are read back once per log line, yet every step's loss is in the curve
+    curve = ea.Scalars("train/loss")
+    assert [e.step for e in curve] == list(range(1, CI_STEPS + 1))
+    assert curve[-1].value == pytest.approx(res["per_seed"][0]["final_train_loss"], rel=1e-6)
     assert "masks/input_recon_slots" in ea.Tags()["images"]
 
 
