@@ -36,10 +36,12 @@
 #                                 no GPU has run it), and --compile cuts the launches. The paper preset at
 #                                 batch 64 is 737 / 2,950 GFLOP a step: a few thousand steps a session, far
 #                                 from the paper's 500k. SLOT_PRESET (both sets), SLOT_BATCH, SLOT_LR and
-#                                 SLOT_EXTRA (more flags, e.g. --bf16) change it. Runs resume from
-#                                 .slotruns/ when it travels with the tree (copy the returned slotruns/
-#                                 there and carry it), so training adds up across sessions; only the newest
-#                                 checkpoint is kept
+#                                 SLOT_EXTRA (more flags, e.g. --bf16) change it. Training adds up across
+#                                 sessions: the runs resume from bench/gpu_slotruns/, which is tracked
+#                                 because a new session's checkout has none of the last one's ignored
+#                                 files. Copy the returned slotruns/ over it and commit it (about 5 MB:
+#                                 each run's config, logs, results and newest checkpoint); the TensorBoard
+#                                 files come back apart, in slot_tensorboard/
 set -uo pipefail
 part=${1:-1}
 OUT=${OUT:-/tmp/mnemos-gpu-out}
@@ -78,7 +80,7 @@ elif [ "$part" = 5 ]; then  # not run yet: needs the H200's memory (run with kin
         --variants mnemos-fast hf-compile --out "$OUT/train_throughput_cuda_mb16.json"
 elif [ "$part" = 4 ]; then
     mkdir -p "$OUT/slotruns"
-    [ -d .slotruns ] && cp -r .slotruns/. "$OUT/slotruns/"
+    [ -d bench/gpu_slotruns ] && cp -r bench/gpu_slotruns/. "$OUT/slotruns/"
     echo "=== slots: start $(date +%T), ${SLOT_MIN:-6} min, 3 seeds x 2 sets at once"
     for ds in tetrominoes sprites; do
         for s in 0 1 2; do
@@ -93,7 +95,11 @@ elif [ "$part" = 4 ]; then
     done
     wait
     find "$OUT/slotruns" -name 'step*.pt' | sort | awk -F/ '{d=$0; sub(/[^/]*$/, "", d); if (d in last) print last[d]; last[d]=$0}' \
-        | xargs -r rm -f  # keep the newest checkpoint of each run: what comes back must fit a carry
+        | xargs -r rm -f  # keep the newest checkpoint of each run: what comes back is committed
+    for run in "$OUT"/slotruns/*/; do  # event files grow with every session: they come back, not committed
+        [ -d "$run/tensorboard" ] && mkdir -p "$OUT/slot_tensorboard/$(basename "$run")" \
+            && cp -r "$run/tensorboard/." "$OUT/slot_tensorboard/$(basename "$run")/" && rm -rf "$run/tensorboard"
+    done
     grep -h "step/s" "$OUT"/slotruns/*/logs/slots.log | tail -n 12
     echo "=== slots: done $(date +%T)"
 else
