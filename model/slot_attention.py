@@ -111,14 +111,28 @@ class SlotAttention(nn.Module):
         self.gru = nn.GRUCell(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, dim))
 
-    def init_slots(self, batch: int, num_slots: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(batch, num_slots, self.dim, generator=generator,
-                            device=self.slots_mu.device if generator is None else generator.device)
+    def sample_noise(self, batch: int, num_slots: int | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """The standard normal draw `init_slots` scales, (B, K, D). Drawn outside a compiled model and passed
+        in as `noise`, it keeps the generator out of the graph (torch.compile breaks the graph there)."""
+        K = self.num_slots if num_slots is None else num_slots
+        return torch.randn(batch, K, self.dim, generator=generator,
+                           device=self.slots_mu.device if generator is None else generator.device)
+
+    def init_slots(self, batch: int, num_slots: int, generator: torch.Generator | None = None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            noise = self.sample_noise(batch, num_slots, generator)
+        elif noise.shape != (batch, num_slots, self.dim):
+            raise ValueError(f"SlotAttention: noise must have shape (B={batch}, K={num_slots}, dim={self.dim}), "
+                             f"got {tuple(noise.shape)}")
         return self.slots_mu + self.slots_log_sigma.exp() * noise.to(self.slots_mu.device)  # (B, K, D)
 
     def forward(self, inputs: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
-                slots: torch.Tensor | None = None, generator: torch.Generator | None = None):
-        # inputs: (B, N, D_in); slots (optional initial slots): (B, K, D)
+                slots: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None):
+        # inputs: (B, N, D_in); slots (optional initial slots): (B, K, D); noise (optional draw that the
+        # initial slots scale, from sample_noise): (B, K, D)
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[-1] != self.input_dim:
             got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise ValueError(f"SlotAttention: inputs must have shape (B, N, input_dim={self.input_dim}), got {got}")
@@ -134,10 +148,13 @@ class SlotAttention(nn.Module):
             if num_slots is not None and num_slots != slots.shape[1]:
                 raise ValueError(f"SlotAttention: num_slots={num_slots} but the given slots have "
                                  f"K={slots.shape[1]}; pass one or the other")
+        if noise is not None and (slots is not None or generator is not None):
+            raise ValueError("SlotAttention: noise replaces the slots' random draw; pass it without slots and "
+                             "without a generator")
         K = num_slots if num_slots is not None else (slots.shape[1] if slots is not None else self.num_slots)
         T = iters if iters is not None else self.iters
         if slots is None:
-            slots = self.init_slots(B, K, generator)  # (B, K, D)
+            slots = self.init_slots(B, K, generator, noise)  # (B, K, D)
         inputs = self.norm_inputs(inputs)  # Algorithm 1, line 2
         k = self.to_k(inputs)  # (B, N, D)
         v = self.to_v(inputs)  # (B, N, D)
@@ -278,8 +295,8 @@ def _check_image(image: torch.Tensor, size: tuple[int, int] | None = None) -> No
         got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image must have shape (B, 3, H, W), got {got}")
     if size is not None and tuple(image.shape[2:]) != tuple(size):
-        raise ValueError(f"image is {tuple(image.shape[2:])} (H, W) but the model was built for image_size={tuple(size)}"
-                         f": its decoder only draws that size")
+        raise ValueError(f"image is {tuple(image.shape[2:])} (H, W) but the model was built for "
+                         f"image_size={tuple(size)}: its decoder only draws that size")
 
 
 class SlotAttentionAutoEncoder(nn.Module):
@@ -299,11 +316,13 @@ class SlotAttentionAutoEncoder(nn.Module):
                                                broadcast_size)
 
     def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         # image: (B, 3, H, W) in [-1, 1]
         _check_image(image, self.decoder.image_size)
         feats = self.encoder(image)  # (B, N, D)
-        slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator)  # (B, K, D), (B, K, N)
+        slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator, noise=noise)
+        # slots: (B, K, D), attn: (B, K, N)
         rgb, alpha = self.decoder(slots)  # (B, K, 3, H, W), (B, K, 1, H, W)
         masks = alpha.softmax(dim=1)  # softmax over slots (Section 2.2)
         recon = (masks * rgb).sum(dim=1)  # (B, 3, H, W)
@@ -326,9 +345,10 @@ class SlotAttentionSetPredictor(nn.Module):
         self.head = nn.Sequential(nn.Linear(slot_dim, slot_dim), nn.ReLU(), nn.Linear(slot_dim, out_dim))
 
     def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         # image: (B, 3, H, W) in [-1, 1]
         _check_image(image)
         feats = self.encoder(image)  # (B, N, D)
-        slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator)  # (B, K, D)
+        slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator, noise=noise)  # (B, K, D)
         return {"pred": torch.sigmoid(self.head(slots)), "slots": slots, "attn": attn}  # pred: (B, K, out_dim)

@@ -243,8 +243,10 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
             group["lr"] = lr
         batch = next(stream)
         gen = torch.Generator(device=ctx.device).manual_seed(batch_seed(seed, ctx.rank, step))
+        # the slots' noise is drawn here, outside the (compiled) model: a generator inside breaks its graph
+        noise = model.slot_attention.sample_noise(per_rank, generator=gen)
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = compute_loss(ddp, args, batch, gen, step)
+            loss = compute_loss(ddp, args, batch, step=step, noise=noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:

@@ -70,8 +70,11 @@ def training_batch(args, spec, seed: int, rank: int, size: int, device, step: in
     return batch
 
 
-def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None, step: int = 0) -> torch.Tensor:
-    out = model(batch["x"], generator=generator)
+def compute_loss(model, args, batch: dict[str, torch.Tensor], generator=None, step: int = 0,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of one batch; the slots start from `noise` when given (a draw made outside a
+    compiled model), else from a draw of `generator`."""
+    out = model(batch["x"], generator=generator, noise=noise)
     if args.task == "discovery":
         loss = F.mse_loss(out["recon"].float(), batch["x"])  # Section 2.2: pixel MSE
         if args.mask_entropy > 0 and step >= args.mask_entropy_from:

@@ -194,6 +194,30 @@ def test_input_and_slot_shapes_are_checked(sa):
         sa(x, num_slots=4, slots=torch.randn(2, 5, 16, dtype=torch.double))
 
 
+def test_noise_drawn_outside_starts_the_same_slots(sa):
+    """A trainer draws the slots' noise itself (sample_noise) so that a compiled model holds no generator:
+    the slots are the same as from the generator inside."""
+    x = torch.randn(2, 20, 12, dtype=torch.double)
+    inside, _ = sa(x, num_slots=7, generator=torch.Generator().manual_seed(3))
+    noise = sa.sample_noise(2, 7, generator=torch.Generator().manual_seed(3))
+    outside, _ = sa(x, num_slots=7, noise=noise)
+    torch.testing.assert_close(outside, inside, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"noise must have shape \(B=2, K=5, dim=16\), got \(2, 7, 16\)"):
+        sa(x, noise=noise)
+    with pytest.raises(ValueError, match="pass it without slots and without a generator"):
+        sa(x, num_slots=7, noise=noise, generator=torch.Generator())
+
+
+def test_autoencoder_with_outside_noise_compiles_to_one_graph():
+    torch.manual_seed(0)
+    model = SlotAttentionAutoEncoder(image_size=(12, 12), num_slots=3, iters=2, slot_dim=16, enc_hidden=8,
+                                     enc_layers=2, enc_kernel=3, dec_hidden=8, dec_layers=2, dec_kernel=3,
+                                     mlp_hidden=16)
+    noise = model.slot_attention.sample_noise(2, generator=torch.Generator().manual_seed(0))
+    explained = torch._dynamo.explain(model)(torch.randn(2, 3, 12, 12), noise=noise)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 def test_autoencoder_refuses_an_image_of_another_size():
     m = SlotAttentionAutoEncoder(image_size=(35, 35), num_slots=2, slot_dim=8, mlp_hidden=8, enc_hidden=4,
                                  enc_layers=2, enc_kernel=3, dec_hidden=4, dec_layers=2, dec_kernel=3)
