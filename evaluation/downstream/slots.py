@@ -3,9 +3,10 @@
     mnemos downstream slots --dataset tetrominoes|sprites --task discovery|set-prediction \
         --steps N --seeds 0,1,2 --out RUN
 
-Data parallel when launched with torchrun (torch.distributed DDP; gloo on CPU, nccl on CUDA): every rank
-renders its own scenes (seed, rank, step) and the global batch is split across ranks; rank 0 logs,
-checkpoints and evaluates. Each seed trains in turn and resumes from its newest valid checkpoint.
+Data parallel with `--nproc N` (N local ranks started with torchrun; or under a torchrun of your own:
+torch.distributed DDP, gloo on CPU, nccl on CUDA): every rank renders its own scenes (seed, rank, step)
+and the global batch is split across ranks; rank 0 logs, checkpoints and evaluates. Each seed trains in
+turn and resumes from its newest valid checkpoint.
 
 Run directory:
   RUN/config.yaml                        resolved options
@@ -28,6 +29,8 @@ import contextlib
 import functools
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +51,7 @@ log = logging.getLogger("mnemos.slots")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def register(subparsers) -> None:
+def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("slots", help="Slot Attention: object discovery / set prediction on rendered scenes",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(scenes_mod.SPECS), default="tetrominoes",
@@ -93,6 +96,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (cuda when available), cpu or cuda")
     p.add_argument("--threads", type=integer(1), default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--nproc", type=integer(1), default=1,
+                   help="data parallel over this many local ranks, started with torchrun (one GPU each with "
+                        "CUDA); --batch-size is the global batch, split evenly over them")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                    help="render the next step's scenes in a background thread while this step computes (the "
                         "batches are the same either way; default: on with CUDA, off on CPU, where it measured "
@@ -104,6 +110,7 @@ def register(subparsers) -> None:
                    help="run the forward pass under bfloat16 autocast (the loss and the optimiser stay fp32)")
     p.add_argument("--no-baseline", action="store_true", help="skip the k-means baseline")
     p.set_defaults(func=main)
+    return p
 
 
 def main(args: argparse.Namespace) -> int:
@@ -113,9 +120,14 @@ def main(args: argparse.Namespace) -> int:
                          f"for each of the up to {spec.max_objects} objects of {args.dataset})")
     run = Path(args.out)
     check_resumable(run, args)  # before anything is written: RUN/config.yaml keeps describing its checkpoints
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_ranks(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = DistContext.from_env(args.device)
+    if args.batch_size % ctx.world:
+        raise ConfigError(f"--batch-size {args.batch_size} over {ctx.world} ranks (rule: the global batch splits "
+                          f"evenly over the ranks)")
     # Sharp masks drive softmax outputs below 1e-38, and a CPU computes on such denormals up to 10x slower:
     # late training steps ran 2.8x slower. The flag is per thread; it covers the main thread, which does all
     # the work with --threads 1. Reset on the way out, as the caller may be a test process.
@@ -144,6 +156,46 @@ def main(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ data parallel
+def launch_ranks(args: argparse.Namespace) -> int:
+    """`--nproc N`: the same command in N local ranks under torchrun, once the options are checked here
+    (nothing is spawned for a batch that does not split, or for more ranks than GPUs); torchrun's exit code."""
+    if args.batch_size % args.nproc:
+        raise ConfigError(f"--batch-size {args.batch_size} with --nproc {args.nproc} (rule: the global batch "
+                          f"splits evenly over the ranks)")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if cuda and args.nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {args.nproc} with {torch.cuda.device_count()} GPU(s) (rule: one GPU per rank)")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+           "-m", "evaluation.downstream.slots", *rank_argv(args)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(args.threads or 1))  # torchrun would set 1 and warn
+    log.info("data parallel over %d ranks: %s", args.nproc, " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # a Ctrl-C reached torchrun and the ranks as well: let them end first
+        return proc.wait()
+
+
+def rank_argv(args: argparse.Namespace) -> list[str]:
+    """The options of `args` as a command line for the ranks (all but --nproc)."""
+    slots_parser = register(CommandParser(prog="slots").add_subparsers())
+    argv: list[str] = []
+    for action in slots_parser._actions:
+        if not action.option_strings or action.dest in ("help", "nproc"):
+            continue
+        value = getattr(args, action.dest)
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if value is not None:
+                argv.append(action.option_strings[0] if value else action.option_strings[1])
+        elif action.nargs == 0:  # store_true
+            if value:
+                argv.append(action.option_strings[0])
+        elif value is not None:
+            argv += [action.option_strings[0], str(value)]
+    return argv
+
+
 class DistContext:
     """Rank/world/device of this process; initialises torch.distributed when launched by torchrun."""
 
@@ -213,8 +265,6 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     if ctx.rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run / "tensorboard" / f"seed{seed}"))
-    if args.batch_size % ctx.world:
-        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {ctx.world} ranks")
     per_rank = args.batch_size // ctx.world
     if start:
         log.info("seed %d: resumed from step %d", seed, start)
@@ -343,9 +393,7 @@ def _add_file_log(path: Path) -> None:
         log.setLevel(logging.INFO)
 
 
-if __name__ == "__main__":  # `torchrun -m evaluation.downstream.slots ...` (what `mnemos downstream slots` runs)
-    import sys
-
+if __name__ == "__main__":  # `torchrun -m evaluation.downstream.slots ...` (what `--nproc N` runs)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     _parser = CommandParser(prog="python -m evaluation.downstream.slots")
     register(_parser.add_subparsers(dest="task_name"))

@@ -272,17 +272,33 @@ def test_set_prediction_run(tmp_path):
 
 @pytest.mark.slow
 def test_data_parallel_two_ranks_gloo(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "evaluation.downstream.slots", "--dataset", "tetrominoes-mini", "--preset", "tiny",
-           "--steps", "4", "--batch-size", "8", "--eval-size", "8", "--ckpt-every", "2", "--no-baseline",
-           "--device", "cpu", "--threads", "1", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """`--nproc 2` starts two ranks with torchrun (gloo on CPU) that train one model on the split batch."""
+    rc, err = _cli("--dataset", "tetrominoes-mini", "--preset", "tiny", "--steps", "4", "--batch-size", "8",
+                   "--eval-size", "8", "--ckpt-every", "2", "--no-baseline", "--device", "cpu", "--threads", "1",
+                   "--nproc", "2", "--out", str(tmp_path))
+    assert rc == 0, err[-3000:]
     cfg = (tmp_path / "config.yaml").read_text()
     assert "world_size: 2" in cfg
     assert (tmp_path / "checkpoints" / "seed0" / "step00000004.pt").exists()
     assert json.loads((tmp_path / "results" / "slots_tetrominoes-mini_discovery.json").read_text())["per_seed"]
+
+
+def test_nproc_that_does_not_split_the_batch_is_refused_before_any_rank_starts(tmp_path):
+    rc, err = _cli("--dataset", "tetrominoes-mini", "--preset", "tiny", "--steps", "4", "--batch-size", "8",
+                   "--nproc", "3", "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--batch-size 8 with --nproc 3 (rule: the global batch splits evenly over the ranks)" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ranks_get_the_same_options():
+    argv = ["--dataset", "sprites", "--seeds", "0,2", "--lr", "1e-3", "--implicit-grad", "--no-prefetch",
+            "--time-limit", "6", "--warmup-steps", "10", "--out", "runs/x", "--nproc", "2", "--compile"]
+    args = parse(*argv)
+    again = parse(*slots.rank_argv(args))
+    assert "--nproc" not in slots.rank_argv(args) and again.nproc == 1
+    assert {k: v for k, v in vars(again).items() if k != "nproc"} == {k: v for k, v in vars(args).items()
+                                                                         if k != "nproc"}
 
 
 def _cli(*argv):
