@@ -29,8 +29,10 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -171,10 +173,22 @@ def launch_ranks(args: argparse.Namespace) -> int:
     env.setdefault("OMP_NUM_THREADS", str(args.threads or 1))  # torchrun would set 1 and warn
     log.info("data parallel over %d ranks: %s", args.nproc, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, _frame):  # torchrun passes it on to the ranks: none is left running without us
+        proc.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # a Ctrl-C reached torchrun and the ranks as well: let them end first
-        return proc.wait()
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # a terminal's Ctrl-C reached torchrun and the ranks too: wait for them
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def rank_argv(args: argparse.Namespace) -> list[str]:

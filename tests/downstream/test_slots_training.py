@@ -3,8 +3,10 @@ baseline, exact resume from checkpoints, set-prediction loss and run, data paral
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +283,46 @@ def test_data_parallel_two_ranks_gloo(tmp_path):
     assert "world_size: 2" in cfg
     assert (tmp_path / "checkpoints" / "seed0" / "step00000004.pt").exists()
     assert json.loads((tmp_path / "results" / "slots_tetrominoes-mini_discovery.json").read_text())["per_seed"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_nproc_command_leaves_no_rank_running(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    parent = subprocess.Popen([sys.executable, "-m", "launcher.cli", "downstream", "slots", "--dataset",
+                               "tetrominoes-mini", "--preset", "tiny", "--steps", "1000000", "--batch-size", "4",
+                               "--log-every", "5", "--no-baseline", "--device", "cpu", "--threads", "1",
+                               "--nproc", "2", "--out", str(out)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ranks() -> list[int]:  # processes whose command line names this run's directory, but the parent
+        pids = []
+        for proc_dir in Path("/proc").glob("[0-9]*"):
+            try:
+                cmdline = (proc_dir / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(out).encode() in cmdline and int(proc_dir.name) != parent.pid:
+                pids.append(int(proc_dir.name))
+        return pids
+
+    try:
+        deadline = time.monotonic() + 120
+        log = out / "logs" / "slots.log"
+        while not (log.exists() and " step " in log.read_text()):  # both ranks are training
+            assert parent.poll() is None and time.monotonic() < deadline, "the ranks did not start training"
+            time.sleep(0.5)
+        assert len(ranks()) >= 3  # torchrun and its two ranks
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while ranks() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert ranks() == []
+    finally:
+        parent.kill()
+        for pid in ranks():
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_nproc_that_does_not_split_the_batch_is_refused_before_any_rank_starts(tmp_path):
