@@ -36,7 +36,9 @@
 #                                 no GPU has run it), and --compile cuts the launches. The paper preset at
 #                                 batch 64 is 737 / 2,950 GFLOP a step: a few thousand steps a session, far
 #                                 from the paper's 500k. SLOT_PRESET (both sets), SLOT_BATCH, SLOT_LR and
-#                                 SLOT_EXTRA (more flags, e.g. --bf16) change it. Training adds up across
+#                                 SLOT_EXTRA (more flags, e.g. --bf16) change it; SLOT_SETS picks the scene
+#                                 sets (default "tetrominoes sprites"; sprites-2to5 has the real set's
+#                                 2-5 sprites, no lone one). Training adds up across
 #                                 sessions: the runs resume from bench/gpu_slotruns/, which is tracked
 #                                 because a new session's checkout has none of the last one's ignored
 #                                 files. Copy the returned slotruns/ over it and commit it (about 5 MB:
@@ -81,11 +83,12 @@ elif [ "$part" = 5 ]; then  # not run yet: needs the H200's memory (run with kin
 elif [ "$part" = 4 ]; then
     mkdir -p "$OUT/slotruns"
     [ -d bench/gpu_slotruns ] && cp -r bench/gpu_slotruns/. "$OUT/slotruns/"
-    echo "=== slots: start $(date +%T), ${SLOT_MIN:-6} min, 3 seeds x 2 sets at once"
-    for ds in tetrominoes sprites; do
+    echo "=== slots: start $(date +%T), ${SLOT_MIN:-6} min, 3 seeds of each of ${SLOT_SETS:-tetrominoes sprites} at once"
+    for ds in ${SLOT_SETS:-tetrominoes sprites}; do
         for s in 0 1 2; do
-            preset=${SLOT_PRESET:-$([ "$ds" = sprites ] && echo cpu || echo tiny)}
-            per_set=$([ "$ds" = sprites ] && echo "${SPRITE_EXTRA:-}")
+            case $ds in sprites*) sprites=1 ;; *) sprites= ;; esac
+            preset=${SLOT_PRESET:-$([ -n "$sprites" ] && echo cpu || echo tiny)}
+            per_set=$([ -n "$sprites" ] && echo "${SPRITE_EXTRA:-}")
             python3 -m evaluation.downstream.slots --dataset "$ds" --preset "$preset" --steps 500000 \
                 --batch-size "${SLOT_BATCH:-16}" --lr "${SLOT_LR:-1e-3}" --warmup-steps 1000 --decay-steps 40000 \
                 --implicit-grad --grad-clip 1.0 --eval-iters 6 --compile ${SLOT_EXTRA:-} $per_set --threads 2 \

@@ -48,7 +48,7 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
     torch.manual_seed(seed)
     decoder = SpatialBroadcastDecoder(slot_dim, widths["dec_hidden"], widths.get("dec_layers", 4),
                                       widths["dec_kernel"], spec.image_size, widths.get("broadcast_size"))
-    rotates = spec.name == "sprites"
+    rotates = spec.name.startswith("sprites")
     # (y, x) + one-hots, without the "is real" flag; sprites add their angle as cos/sin of 1, 2 and 4 times
     # it (the heart, ellipse and square repeat after 2pi, pi and pi/2)
     attrs = nn.Linear(slots_model.target_dim(spec) - 1 + 6 * rotates, slot_dim)

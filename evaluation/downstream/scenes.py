@@ -9,6 +9,10 @@ Two families, rendered batch-at-a-time with numpy broadcasting (no per-pixel Pyt
 * ``sprites`` (after Multi-dSprites, "coloured sprites on grayscale"): 64x64 RGB on a random grey
   background, 1-4 sprites (square, ellipse, heart), 3 scales, random rotation, 7 colours; later sprites
   occlude earlier ones; every sprite keeps at least a quarter of its area visible.
+  ``sprites-2to5`` is the same with 2-5 sprites, the count of the real "coloured sprites on grayscale"
+  set (DeepMind's multi_object_datasets README; its "colored sprites and background" variant has 1-4).
+  It has no scene with a lone sprite, where FG-ARI is all or nothing: 1 if every pixel of the sprite
+  lands in one slot, else 0.
 
 Every batch is a pure function of its seed: ``render(name, n, seed)`` returns the same scenes wherever
 and whenever it runs, so training streams are reproducible and need no stored state.
@@ -97,6 +101,9 @@ SPECS = {
     "sprites": SceneSpec("sprites", (64, 64), 4, 5,
                          {"shape": len(SPRITE_SHAPES), "scale": len(SPRITE_SCALES),
                           "colour": len(SPRITE_COLOURS)}),
+    "sprites-2to5": SceneSpec("sprites-2to5", (64, 64), 5, 6,
+                              {"shape": len(SPRITE_SHAPES), "scale": len(SPRITE_SCALES),
+                               "colour": len(SPRITE_COLOURS)}),
 }
 
 
@@ -108,6 +115,8 @@ def render(name: str, n: int, seed: int) -> Scenes:
         return render_tetrominoes(n, seed, block=2)
     if name == "sprites":
         return render_sprites(n, seed)
+    if name == "sprites-2to5":
+        return render_sprites(n, seed, min_k=2, max_k=5)
     raise ValueError(f"unknown scene family {name!r}; expected one of {sorted(SPECS)}")
 
 
@@ -196,9 +205,10 @@ def _sprite_masks(shape, scale, angle, cy, cx, size, window: int | None = _WINDO
     return out.reshape(lead + (size, size))
 
 
-def render_sprites(n: int, seed: int, size: int = 64, max_k: int = 4, min_visible: float = 0.25) -> Scenes:
+def render_sprites(n: int, seed: int, size: int = 64, min_k: int = 1, max_k: int = 4,
+                   min_visible: float = 0.25) -> Scenes:
     rng = np.random.default_rng(seed)
-    count = rng.integers(1, max_k + 1, n)
+    count = rng.integers(min_k, max_k + 1, n)
     present = np.arange(max_k)[None, :] < count[:, None]  # (n, k)
     shape = rng.integers(0, len(SPRITE_SHAPES), (n, max_k))
     scale = rng.integers(0, len(SPRITE_SCALES), (n, max_k))

@@ -34,6 +34,7 @@ PRESETS = {
 }
 for _p in PRESETS.values():  # the 14x14 CI set: full-resolution broadcast is cheap there
     _p["tetrominoes-mini"] = {k: v for k, v in _p["tetrominoes"].items() if k != "broadcast_size"}
+    _p["sprites-2to5"] = dict(_p["sprites"])
 DECODER_KEYS = {"dec_hidden", "dec_kernel", "dec_layers", "broadcast_size"}
 
 

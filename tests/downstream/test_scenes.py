@@ -18,7 +18,7 @@ def spr():
     return render("sprites", 300, seed=7)
 
 
-@pytest.mark.parametrize("name", ["tetrominoes", "sprites"])
+@pytest.mark.parametrize("name", ["tetrominoes", "sprites", "sprites-2to5"])
 def test_seeded(name):
     a, b, c = render(name, 16, 3), render(name, 16, 3), render(name, 16, 4)
     np.testing.assert_array_equal(a.images, b.images)
@@ -89,6 +89,19 @@ def test_sprites_masks_attributes_and_occlusion(spr):
     assert occluded > 20  # later sprites do cover earlier ones
 
 
+def test_sprites_2to5_has_two_to_five_sprites_and_a_slot_more():
+    many = render("sprites-2to5", 200, seed=7)
+    assert set(np.unique(many.present.sum(1))) == {2, 3, 4, 5}
+    for i in range(200):
+        assert set(np.unique(many.masks[i])) == set(range(many.present[i].sum() + 1))
+    assert SPECS["sprites-2to5"].num_slots == 6 and SPECS["sprites-2to5"].max_objects == 5
+    # the 1-4 set draws what it drew before the count became an argument (runs resume on this stream)
+    few = render("sprites", 6, 11)
+    assert few.present.sum(1).tolist() == [1, 1, 4, 2, 3, 3]
+    assert few.attrs["colour"].tolist() == [[4, 5, 6, 6], [6, 0, 5, 3], [4, 1, 0, 0], [6, 6, 2, 3], [1, 1, 6, 4],
+                                            [0, 1, 3, 6]]
+
+
 def test_sprite_masks_on_windows_equal_the_whole_canvas():
     """The renderer evaluates each sprite only on a window around its centre: no sprite may reach past it,
     wherever it sits (canvas corners included) and however it is turned."""
@@ -110,7 +123,7 @@ def test_sprite_masks_on_windows_equal_the_whole_canvas():
     assert scenes._WINDOW < 64 and whole.any(axis=1).sum(axis=1).max() > scenes._WINDOW // 2
 
 
-@pytest.mark.parametrize("name", ["tetrominoes", "sprites"])
+@pytest.mark.parametrize("name", ["tetrominoes", "sprites", "sprites-2to5"])
 def test_set_targets(name):
     s = render(name, 8, 0)
     spec = SPECS[name]
