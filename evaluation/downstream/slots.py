@@ -267,7 +267,8 @@ def train_and_evaluate(args, seed: int, ctx: DistContext) -> dict:
     run = Path(args.out)
     torch.manual_seed(seed)
     model = build(args, spec).to(ctx.device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    # on a GPU one fused kernel updates every parameter (a tiny model's step is bound by kernel launches)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, fused=ctx.device.type == "cuda")
     ckpt_dir = run / "checkpoints" / f"seed{seed}"
     resumed = load_checkpoint(ckpt_dir, model, opt, ctx.device)
     start = resumed["step"]
