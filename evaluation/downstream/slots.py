@@ -174,7 +174,9 @@ def launch_ranks(args: argparse.Namespace) -> int:
     log.info("data parallel over %d ranks: %s", args.nproc, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
 
-    def forward(signum, _frame):  # torchrun passes it on to the ranks: none is left running without us
+    # Not launcher.launch.supervise_ranks: it hands a stop notice only to ranks that catch it (to save a
+    # checkpoint), and these ranks catch nothing. torchrun passes the signal on and ends them.
+    def forward(signum, _frame):
         proc.send_signal(signum)
 
     previous = {}
