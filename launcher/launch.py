@@ -113,7 +113,11 @@ def torchrun_command(config_path: str | os.PathLike, nproc: int, overrides: list
 def resolve_config(config_path: str | os.PathLike, overrides: list[str]) -> Path:
     """Apply `--set` overrides and write RUN/config.yaml; returns its path."""
     from launcher.config import load_config
-    cfg = load_config(config_path, overrides)
+    return _write_run_config(load_config(config_path, overrides))
+
+
+def _write_run_config(cfg) -> Path:
+    """Write `cfg` to RUN/config.yaml under a temporary name first: a reader never sees half a file."""
     path = Path(cfg.run_dir) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".config.yaml.tmp")
@@ -485,12 +489,7 @@ def array_task_config(config_path: str | os.PathLike, task_id: int, overrides: l
     cfg = load_config(config_path, overrides)
     cfg.run_dir = str(Path(cfg.run_dir) / f"task{task_id}")
     cfg.seed = cfg.seed + task_id
-    path = Path(cfg.run_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".config.yaml.tmp")
-    tmp.write_text(cfg.to_yaml())
-    os.replace(tmp, path)
-    return path
+    return _write_run_config(cfg)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from launcher.config import ConfigError
 from launcher.deepspeed_launch import HostfileError, deepspeed_command, deepspeed_layout, parse_hostfile
 from launcher.train_cli import train
 from tests.conftest import small_tokenizer_file
-from tests.launcher.conftest import build_shards, run_train, step_losses, write_config
+from tests.launcher.conftest import build_shards, run_train, write_config
+from tests.step_log import step_losses
 
 REPO = Path(__file__).resolve().parents[2]
 

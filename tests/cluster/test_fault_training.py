@@ -1,7 +1,6 @@
 """A rank killed mid-training: the local launch fails fast (no hang) and the next start resumes from
 the last complete checkpoint and ends exactly where an uninterrupted run ends."""
 
-import json
 import os
 import re
 import signal
@@ -13,21 +12,9 @@ from pathlib import Path
 import pytest
 
 from launcher.launch import child_pids
+from tests.step_log import step_losses
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    path = run_dir / "logs" / "steps.jsonl"
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("split") == "train":
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def _train(cfg: Path) -> subprocess.Popen:
@@ -57,7 +44,7 @@ def test_killed_rank_fails_fast_and_restart_resumes_from_last_checkpoint(tmp_pat
     cfg = write_config(tmp_path / "crash.yaml", tmp_path / "crash", data, **common)
     proc = _train(cfg)
     deadline = time.monotonic() + 180
-    while max(_losses(tmp_path / "crash"), default=0) < 60:
+    while max(step_losses(tmp_path / "crash", while_running=True), default=0) < 60:
         assert proc.poll() is None and time.monotonic() < deadline, "training did not get going"
         time.sleep(0.2)
     ranks = _rank_pids(proc)
@@ -69,7 +56,7 @@ def test_killed_rank_fails_fast_and_restart_resumes_from_last_checkpoint(tmp_pat
     out = proc.stdout.read()
     assert rc != 0, out[-3000:]
     assert elapsed < 60, f"the job took {elapsed:.0f}s to fail after a rank died"
-    died_at = max(_losses(tmp_path / "crash"))
+    died_at = max(step_losses(tmp_path / "crash", while_running=True))
     assert died_at < steps
 
     again = _train(tmp_path / "crash" / "config.yaml")
@@ -79,6 +66,6 @@ def test_killed_rank_fails_fast_and_restart_resumes_from_last_checkpoint(tmp_pat
     assert m, out[-3000:]
     resumed_from = int(m.group(1))  # the last complete checkpoint (one being written at the kill is skipped)
     assert resumed_from % 25 == 0 and died_at - 50 <= resumed_from <= died_at
-    a, b = _losses(tmp_path / "crash"), _losses(tmp_path / "straight")
+    a, b = step_losses(tmp_path / "crash"), step_losses(tmp_path / "straight")
     assert sorted(a) == list(range(1, steps + 1))
     assert [a[s] for s in range(1, steps + 1)] == [b[s] for s in range(1, steps + 1)]

@@ -14,6 +14,7 @@ import pytest
 from cluster.job import ACTIVE
 from cluster.slurm import SlurmJob, submit
 from cluster.spec import JobCommand, JobSpec
+from tests.step_log import step_losses
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
@@ -160,20 +161,6 @@ def test_scancel_sigterm_to_every_process_lets_the_ranks_save_and_the_step_succe
 
 
 # ----------------------------------------------------------------------------- training + preemption
-def _train_losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    path = run_dir / "logs" / "steps.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("split") == "train":
-                out[rec["step"]] = rec["loss"]
-    return out
-
-
 @pytest.mark.slow
 def test_two_node_training_is_preempted_requeued_and_matches_uninterrupted(slurm_cluster, tmp_path, shared_data):
     from tests.launcher.conftest import build_shards, write_config
@@ -196,7 +183,7 @@ def test_two_node_training_is_preempted_requeued_and_matches_uninterrupted(slurm
 
     # Preempt once training is under way: the warning Slurm sends before the time limit (B:USR1).
     deadline = time.monotonic() + 240
-    while max(_train_losses(run_dir), default=0) < 20:
+    while max(step_losses(run_dir, while_running=True), default=0) < 20:
         assert time.monotonic() < deadline, f"training never started: {job.logs()}"
         assert job.state() in ("PENDING", "RUNNING"), job.logs()
         time.sleep(0.5)
@@ -208,7 +195,7 @@ def test_two_node_training_is_preempted_requeued_and_matches_uninterrupted(slurm
     while job.restarts() < 1:
         assert time.monotonic() < deadline, f"no requeue: {job.logs()}"
         time.sleep(1)
-    stopped_at = max(_train_losses(run_dir))
+    stopped_at = max(step_losses(run_dir, while_running=True))
     assert stopped_at < steps, "the signal arrived after training had finished"
     assert (run_dir / "checkpoints" / f"step_{stopped_at:08d}").exists()
     assert json.loads((run_dir / "results" / "train_summary.json").read_text())["status"] == "preempted"
@@ -219,7 +206,7 @@ def test_two_node_training_is_preempted_requeued_and_matches_uninterrupted(slurm
     log = job.logs()
     assert "restart 1 of at most 2" in log and "resumed from" in log + (run_dir / "logs" / "rank0.log").read_text()
 
-    a, b = _train_losses(run_dir), _train_losses(tmp_path / "straight")
+    a, b = step_losses(run_dir), step_losses(tmp_path / "straight")
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     assert a[steps] == b[steps], (a[steps], b[steps])          # the same final loss
     assert [a[s] for s in range(1, steps + 1)] == [b[s] for s in range(1, steps + 1)]

@@ -66,12 +66,3 @@ def run_train(config: Path, *extra: str, nproc: int = 1, env=None, timeout: int 
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def step_losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
-    """step -> logged training metric (the last record wins if a step was logged twice)."""
-    import json
-    out = {}
-    for line in (run_dir / "logs" / "steps.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("split") == "train":
-            out[rec["step"]] = rec[key]
-    return out

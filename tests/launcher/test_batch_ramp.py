@@ -4,8 +4,8 @@ batches while the size changes."""
 
 import pytest
 
-from tests.launcher.conftest import step_losses
-from tests.launcher.test_perf_train import _records, _run
+from tests.launcher.test_perf_train import _run
+from tests.step_log import step_losses, step_records
 
 # 4 x 64-token sequences at first, 16 after 3 full batches of tokens: sizes 4,4,4,4,8,8,12,12,16,16
 COMMON = dict(model={"attn_pattern": "alternating", "local_window": 16},
@@ -17,7 +17,7 @@ STOP_AT_4 = dict(COMMON, train={**COMMON["train"], "max_steps": 4})
 @pytest.fixture(scope="module")
 def ramp_run(tiny_data, tmp_path_factory):
     run = _run(tmp_path_factory.mktemp("ramp"), tiny_data, "ramp", **COMMON)
-    sizes = [r["batch_size"] for r in _records(run) if r.get("split") == "train"]
+    sizes = [r["batch_size"] for r in step_records(run) if r.get("split") == "train"]
     assert sizes == [4, 4, 4, 4, 8, 8, 12, 12, 16, 16]
     return run
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from data.bert_samples import BERT_SYMBOLS
-from tests.launcher.conftest import run_train, step_losses, write_config
+from tests.launcher.conftest import run_train, write_config
+from tests.step_log import step_losses
 
 
 @pytest.fixture(scope="module")

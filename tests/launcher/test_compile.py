@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.launcher.conftest import run_train, step_losses, write_config
+from tests.launcher.conftest import run_train, write_config
+from tests.step_log import step_losses
 
 
 def _run(tmp_path, shards, name, **perf):

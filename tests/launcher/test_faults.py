@@ -6,16 +6,12 @@ import os
 import pytest
 
 from launcher.faults import HANG_EXIT_CODE, LossGuard, StopFlag
-from tests.launcher.conftest import run_train, step_losses, write_config
+from tests.launcher.conftest import run_train, write_config
+from tests.step_log import step_losses, step_records
 
 
 def _events(run_dir):
-    out = []
-    for line in (run_dir / "logs" / "steps.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "event" in rec:
-            out.append(rec)
-    return out
+    return [rec for rec in step_records(run_dir) if "event" in rec]
 
 
 def test_loss_guard_flags_nan_and_spikes_only_after_history():

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tests.launcher.conftest import run_train, step_losses, write_config
+from tests.launcher.conftest import run_train, write_config
+from tests.step_log import step_losses, step_records
 
 
 def _run(tmp_path, shards, name, nproc=1, **sections):
@@ -41,20 +42,15 @@ def test_chunked_loss_with_zero2_on_two_ranks_matches_plain(tiny_data, tmp_path,
 
 # ---- asynchronous metrics ------------------------------------------------------------------------
 
-def _records(run):
-    import json
-    return [json.loads(line) for line in (run / "logs" / "steps.jsonl").read_text().splitlines()]
-
-
 def test_async_metrics_log_the_same_values_in_order(tiny_data, tmp_path, plain_run):
     # read every 4 steps (and at step 10): steps 1-3 wait on the device until step 4
     run = _run(tmp_path, tiny_data, "async", model={"attn_pattern": "alternating", "local_window": 16},
                train={"log_every_steps": 4}, perf={"async_metrics": True})
-    train = [r for r in _records(run) if r.get("split") == "train"]
+    train = [r for r in step_records(run) if r.get("split") == "train"]
     assert [r["step"] for r in train] == list(range(1, 11))
     for key in ("loss", "grad_norm"):  # bit-identical, not merely close
         assert step_losses(run, key) == step_losses(plain_run, key)
-    ref = [r for r in _records(plain_run) if r.get("split") == "train"]
+    ref = [r for r in step_records(plain_run) if r.get("split") == "train"]
     assert [r["consumed_tokens"] for r in train] == [r["consumed_tokens"] for r in ref]
     assert all(r["tokens_per_s"] > 0 for r in train)
     # the reads really were deferred: a read interval shares one measured rate (its wall time / steps)

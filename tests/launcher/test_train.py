@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from parallel.manifest import list_checkpoints, verify
-from tests.launcher.conftest import run_train, step_losses, write_config
+from tests.launcher.conftest import run_train, write_config
+from tests.step_log import step_losses
 
 
 def _train(tmp_path, shards, name, nproc=1, extra=(), env=None, **sections):

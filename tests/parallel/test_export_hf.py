@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from tests.launcher.conftest import build_shards, run_train, step_losses, write_config
+from tests.launcher.conftest import build_shards, run_train, write_config
+from tests.step_log import step_losses
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.launcher.conftest import build_shards, run_train, step_losses, write_config
+from tests.launcher.conftest import build_shards, run_train, write_config
+from tests.step_log import step_losses
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 14
