@@ -121,7 +121,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"mnemos downstream slots: --num-slots {args.num_slots} (rule: set prediction needs a slot "
                          f"for each of the up to {spec.max_objects} objects of {args.dataset})")
     run = Path(args.out)
-    check_resumable(run, args)  # before anything is written: RUN/config.yaml keeps describing its checkpoints
+    # before anything is written: RUN/config.yaml keeps describing its checkpoints
+    recipe_change = check_resumable(run, args)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_ranks(args)
     if args.threads:
@@ -140,6 +141,8 @@ def main(args: argparse.Namespace) -> int:
             for sub in ("checkpoints", "tensorboard", "results", "logs"):
                 (run / sub).mkdir(parents=True, exist_ok=True)
             _add_file_log(run / "logs" / "slots.log")
+            if recipe_change:  # in the run's own log, where a reader of its curves looks for it
+                log.warning(recipe_change)
             write_config(run / "config.yaml", args, ctx.world, ctx.device)
         ctx.barrier()
         # with --compile, a graph that fails to compile runs eagerly: it costs speed, not the run

@@ -94,24 +94,20 @@ def _fits(args, state: dict) -> bool:
     return True
 
 
-def check_resumable(run: Path, args) -> None:
+def check_resumable(run: Path, args) -> str | None:
     """Rerunning a command resumes its run from the checkpoints in `run`: refuse, before anything is written,
     options that would train another model or another stream of scenes than the checkpoints were trained with
-    (FIXED_OPTIONS); log the recipe options that changed (RECIPE_OPTIONS). A --warmup-steps left out takes the
-    run's own, so that extending --steps keeps the schedule."""
+    (FIXED_OPTIONS). Returns a note of the recipe options that changed (RECIPE_OPTIONS), for the run's log,
+    or None. A --warmup-steps left out takes the run's own, so that extending --steps keeps the schedule."""
     saved = saved_options(run, args)
     if saved is None:
         if args.warmup_steps is None:
             args.warmup_steps = default_warmup(args.steps)
-        return
+        return None
     then, where = saved
     if args.warmup_steps is None and then.get("warmup_steps") is not None:
         args.warmup_steps = then["warmup_steps"]
     now = run_options(args)
-    changed = [key for key in RECIPE_OPTIONS if key in then and then[key] != now[key]]
-    if changed:
-        log.warning("resuming %s with another recipe than its checkpoints were trained with: %s", run,
-                    ", ".join(f"{_flag(k, now[k])} (was {_flag(k, then[k])})" for k in changed))
     for key in FIXED_OPTIONS:
         if key in then and then[key] != now[key]:
             fix = f"leave out --{key.replace('_', '-')}" if then[key] is False else f"give {_flag(key, then[key])}"
@@ -121,6 +117,11 @@ def check_resumable(run: Path, args) -> None:
                 f"its checkpoints were trained with (the recipe, --steps, --seeds, --time-limit, --eval-*, "
                 f"--ckpt-every, --log-every and the device options may change) - {fix}, or use another --out "
                 f"for a new run")
+    changed = [key for key in RECIPE_OPTIONS if key in then and then[key] != now[key]]
+    if not changed:
+        return None
+    return (f"resuming {run} with another recipe than its checkpoints were trained with: "
+            + ", ".join(f"{_flag(k, now[k])} (was {_flag(k, then[k])})" for k in changed))
 
 
 def _flag(key: str, value) -> str:

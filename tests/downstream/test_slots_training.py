@@ -376,7 +376,8 @@ def test_run_directory_refuses_other_options_and_resumes_with_more_steps(tmp_pat
     more = parse(*common, "--steps", "3", "--time-limit", "5", "--eval-iters", "4", "--lr", "5e-4")
     with caplog.at_level("WARNING", logger="mnemos.slots"):
         assert more.func(more) == 0  # resume-compatible options
-    assert "another recipe than its checkpoints were trained with: --lr 0.0005 (was --lr 0.0004)" in caplog.text
+    note = "another recipe than its checkpoints were trained with: --lr 0.0005 (was --lr 0.0004)"
+    assert note in caplog.text and note in (tmp_path / "logs" / "slots.log").read_text()  # the run's own log too
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "seed0").glob("*.pt")) == ["step00000002.pt",
                                                                                          "step00000003.pt"]
     state = torch.load(tmp_path / "checkpoints" / "seed0" / "step00000003.pt", weights_only=True)
