@@ -25,7 +25,7 @@
 #                                 sets. On Tetrominoes on CPU its wider decoder passed quick-evaluation
 #                                 FG-ARI 0.9 by step 5,000-6,000 on each of seeds 0, 1 and 2 and peaked at
 #                                 0.93 by 14,000, where `tiny` took 52,000 steps to 0.9 (seed 2) or stalled
-#                                 at 0.5-0.6 (seed 1); it then drifted to 0.85-0.89 by 18-24k steps, so
+#                                 at 0.5-0.6 (seed 1); it then settled at 0.85-0.90 through 38k steps, so
 #                                 whether it reaches 0.95 is open (`tiny`: seed 0 0.950 at 164k, seed 2
 #                                 0.941 at 114k; SLOT_PRESET=tiny trains that instead; README,
 #                                 bench/slots_curves.py compares the curves). Sprites (16x16 broadcast)
