@@ -247,6 +247,9 @@ class SpatialBroadcastDecoder(nn.Module):
         # one axis: those steps then upsample that axis only (stride 1 along the other)
         n_up_hw = [_doublings(b, i) for b, i in zip(self.broadcast_size, self.image_size)]
         n_up = max(n_up_hw)
+        if kernel == 1 and n_up:
+            raise ValueError(f"SpatialBroadcastDecoder: kernel=1 needs broadcast_size=image_size ({self.image_size}), "
+                             f"got {self.broadcast_size}: a 1x1 transposed convolution leaves gaps when upsampling")
         self.pos = SoftPositionEmbed(slot_dim)
         ups: list[nn.Module] = []
         cin = slot_dim
@@ -258,7 +261,9 @@ class SpatialBroadcastDecoder(nn.Module):
             cin = hidden
         self.up = nn.Sequential(*ups)
         self.cnn = conv_stack([cin] + [hidden] * max(layers - n_up - 1, 0), kernel, final_act=True)
-        self.out = nn.Conv2d(hidden if (layers - n_up - 1 > 0 or n_up) else cin, 4, 3, padding=1)
+        out_kernel = min(kernel, 3)  # kernel 1: a per-pixel MLP decoder, no spatial context at all
+        self.out = nn.Conv2d(hidden if (layers - n_up - 1 > 0 or n_up) else cin, 4, out_kernel,
+                             padding=out_kernel // 2)
         out_size = self.output_grid()
         if out_size[0] < self.image_size[0] or out_size[1] < self.image_size[1]:
             raise ValueError(f"SpatialBroadcastDecoder: kernel={kernel} with broadcast_size={self.broadcast_size} "

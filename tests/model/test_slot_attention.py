@@ -250,3 +250,27 @@ def test_decoder_refuses_sizes_it_cannot_draw():
         SpatialBroadcastDecoder(slot_dim=8, image_size=(32, 32), broadcast_size=(8,))
     with pytest.raises(ValueError, match=r"kernel=4 .* smaller than image_size=\(32, 32\)"):
         SpatialBroadcastDecoder(slot_dim=8, kernel=4, layers=4, image_size=(32, 32), broadcast_size=(8, 8))
+
+
+@pytest.mark.parametrize("kernel,spreads", [(1, False), (3, True)])
+def test_kernel_one_decoder_draws_each_pixel_from_its_own_position_only(kernel, spreads):
+    # the `pixel` preset's decoder: a change at one broadcast position may only change that pixel's output
+    torch.manual_seed(0)
+    dec = SpatialBroadcastDecoder(slot_dim=8, hidden=6, layers=3, kernel=kernel, image_size=(7, 7))
+    slots = torch.randn(2, 3, 8)
+    base_rgb, base_alpha = dec(slots)
+    poke = torch.zeros(1, 7, 7, 8)
+    poke[0, 2, 3] = 5.0  # (B*K, h, w, D) before the permute to channels-first
+    handle = dec.pos.register_forward_hook(lambda mod, inp, out: out + poke)
+    rgb, alpha = dec(slots)
+    handle.remove()
+    changed = ((rgb - base_rgb).abs().sum(2) + (alpha - base_alpha).abs().sum(2)) > 0  # (B, K, H, W)
+    assert changed[..., 2, 3].all()
+    others = changed.clone()
+    others[..., 2, 3] = False
+    assert others.any() == spreads
+
+
+def test_kernel_one_decoder_refuses_to_upsample():
+    with pytest.raises(ValueError, match=r"kernel=1 needs broadcast_size=image_size \(\(32, 32\)\), got \(8, 8\)"):
+        SpatialBroadcastDecoder(slot_dim=8, kernel=1, layers=4, image_size=(32, 32), broadcast_size=(8, 8))
