@@ -9,9 +9,14 @@
    is matched to the slot whose attention covers most of its pixels, and linear probes (ridge for the
    position, logistic regression for shape and colour), fitted on half the objects and scored on the other
    half, say which attributes the slots carry.
+3. error breakdown (with --run RUN): where the decoder's masks go wrong on 1,024 held-out scenes. FG-ARI
+   for scenes whose objects do not touch, touch only objects of another colour, or touch one of the same
+   colour (4-neighbour contact), and the share of object pixels outside the slot that draws most of their
+   object, with how many of those lie on the object's edge.
 
     python bench/slots_diagnostics.py --dataset tetrominoes-mini --steps 3000
     python bench/slots_diagnostics.py --dataset tetrominoes-mini --run RUN --preset tiny --steps 0
+    python bench/slots_diagnostics.py --dataset tetrominoes --run RUN --steps 0 --out RUN/results/diag.json
     python bench/slots_diagnostics.py --dataset sprites --preset cpu --decoder broadcast_size=64 \
         --decoder-loss masks --steps 2000 --every 250 --batch-size 8
 
@@ -94,19 +99,77 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
     return curve
 
 
-def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, seed: int = 0) -> dict:
-    from sklearn.linear_model import LogisticRegression, Ridge
+def touching_pairs(masks: np.ndarray, num_objects: int) -> np.ndarray:
+    """(n, M, M) bool, upper triangle: objects i and j share a 4-neighbour edge somewhere in the scene."""
+    touch = np.zeros((len(masks), num_objects, num_objects), bool)
+    for a, b in ((masks[:, 1:, :], masks[:, :-1, :]), (masks[:, :, 1:], masks[:, :, :-1])):
+        lo, hi = np.minimum(a, b), np.maximum(a, b)  # ids of the two pixels of each vertical/horizontal pair
+        contact = (lo > 0) & (lo != hi)
+        touch[np.nonzero(contact)[0], lo[contact] - 1, hi[contact] - 1] = True
+    return touch
 
+
+def error_breakdown(masks: np.ndarray, colour: np.ndarray, labels: np.ndarray) -> dict:
+    """Where predicted slot labels (n, H, W) disagree with the true objects `masks` (n, H, W; 0 background,
+    j + 1 object j) whose colours are `colour` (n, M): FG-ARI by how the scene's objects touch, and the
+    object pixels outside their object's majority slot (how many of them on the object's edge)."""
+    n, num_objects = colour.shape
+    per_scene = fg_ari(masks, labels)
+    touch = touching_pairs(masks, num_objects)
+    same = (touch & (colour[:, :, None] == colour[:, None, :])).any((1, 2))
+    other = (touch & (colour[:, :, None] != colour[:, None, :])).any((1, 2))
+    kinds = {"no_contact": ~same & ~other, "contact_other_colour_only": other & ~same,
+             "contact_same_colour": same}
+    result = {"scenes": n, "fg_ari": round(float(np.nanmean(per_scene)), 4), "by_contact": {}}
+    for name, sel in kinds.items():
+        result["by_contact"][name] = {"share_of_scenes": round(float(sel.mean()), 4),
+                                      "fg_ari": round(float(np.nanmean(per_scene[sel])), 4) if sel.any() else None}
+    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
+    interior = np.ones_like(masks, bool)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        interior &= padded[:, 1 + dy:1 + dy + masks.shape[1], 1 + dx:1 + dx + masks.shape[2]] == masks
+    wrong = np.zeros_like(masks, bool)
+    for j in range(1, num_objects + 1):
+        obj = masks == j
+        counts = np.stack([(obj & (labels == k)).sum((1, 2)) for k in range(int(labels.max()) + 1)], 1)
+        wrong |= obj & (labels != counts.argmax(1)[:, None, None])
+    foreground = masks > 0
+    result["object_pixels_outside_majority_slot"] = round(float(wrong.sum() / foreground.sum()), 4)
+    result["of_those_on_the_object_edge"] = round(float((wrong & ~interior).sum() / max(wrong.sum(), 1)), 4)
+    result["edge_share_of_object_pixels"] = round(float((foreground & ~interior).sum() / foreground.sum()), 4)
+    return result
+
+
+def load_run(spec: scenes.SceneSpec, run: Path, preset: str):
+    """The last checkpoint of RUN's first seed, built as RUN/config.yaml says; (model, options)."""
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     args = argparse.Namespace(preset=config.get("preset", preset), task="discovery",
                               num_slots=config.get("num_slots"), iters=config.get("iters", 3),
-                              eval_iters=config.get("eval_iters"), implicit_grad=config.get("implicit_grad", False))
+                              eval_iters=config.get("eval_iters"), implicit_grad=config.get("implicit_grad", False),
+                              update_norm=config.get("update_norm", "mean"))
     model = slots_model.build(args, spec)
     ckpt = sorted((run / "checkpoints").glob("seed*/step*.pt"))[-1]
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     model.eval()
+    return model, args, config, ckpt
+
+
+def run_breakdown(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 1024, seed: int = 0) -> dict:
+    model, args, _, ckpt = load_run(spec, run, preset)
+    held_out = scenes.render(spec.name, n, slots_eval.EVAL_SEED)
+    out = slots_eval.predict(model, held_out, torch.device("cpu"), seed, iters=args.eval_iters)
+    result = {"checkpoint": str(ckpt), **error_breakdown(held_out.masks, held_out.attrs["colour"],
+                                                         out["masks"].argmax(1))}
+    print("error breakdown:", result, flush=True)
+    return result
+
+
+def slot_probe(spec: scenes.SceneSpec, run: Path, preset: str, n: int = 2000, seed: int = 0) -> dict:
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    model, args, config, ckpt = load_run(spec, run, preset)
     held_out = scenes.render(spec.name, 256, slots_eval.EVAL_SEED)
     scores = slots_eval.evaluate(model, args, spec, held_out, torch.device("cpu"), seed)
     scores["kmeans_rgb_fg_ari"] = float(np.nanmean(kmeans_fg_ari(held_out.images, held_out.masks,
@@ -178,6 +241,7 @@ def main() -> None:
         result["decoder_ceiling"] = decoder_ceiling(spec, a.preset, a.steps, a.batch_size, a.lr, a.every,
                                                     decoder_overrides=overrides, loss_kind=a.decoder_loss)
     if a.run:
+        result["error_breakdown"] = run_breakdown(spec, a.run, a.preset)
         result["slot_probe"] = slot_probe(spec, a.run, a.preset)
     out = a.out or ROOT / "bench" / "results" / f"slots_diagnostics_{a.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
