@@ -19,7 +19,8 @@ Run directory:
 
 Training follows the paper (App. E): Adam, lr 4e-4 with linear warmup and decay 0.5^(step / decay_steps),
 T = 3 iterations, K = objects + 1 slots; `--preset paper` uses the paper's widths, `cpu` and `tiny` are
-narrower variants that fit a CPU (smaller kernels, strided encoder, low-resolution broadcast).
+narrower variants that fit a CPU (smaller kernels, strided encoder, low-resolution broadcast); `pixel` is
+`cpu`'s encoder with a per-pixel MLP decoder (1x1 convolutions on the full-resolution broadcast).
 """
 
 from __future__ import annotations

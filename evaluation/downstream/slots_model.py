@@ -25,6 +25,14 @@ PRESETS = {
         "sprites": dict(slot_dim=64, mlp_hidden=128, enc_hidden=32, enc_kernel=3, enc_stride=2, dec_hidden=32,
                         dec_kernel=3, dec_layers=3, broadcast_size=(16, 16)),
     },
+    # "pixel": the cpu encoder with a per-pixel MLP decoder (1x1 convolutions on the full-resolution broadcast):
+    # every pixel of a slot's image is a function of the slot and that pixel's position only.
+    "pixel": {
+        "tetrominoes": dict(slot_dim=64, mlp_hidden=128, enc_hidden=32, enc_kernel=3, dec_hidden=64, dec_kernel=1,
+                            dec_layers=4),
+        "sprites": dict(slot_dim=64, mlp_hidden=128, enc_hidden=32, enc_kernel=3, enc_stride=2, dec_hidden=64,
+                        dec_kernel=1, dec_layers=4),
+    },
     "tiny": {
         "tetrominoes": dict(slot_dim=32, mlp_hidden=64, enc_hidden=16, enc_layers=3, enc_kernel=3, dec_hidden=16,
                             dec_kernel=3, dec_layers=3, broadcast_size=(9, 9)),

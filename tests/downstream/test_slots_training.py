@@ -84,6 +84,24 @@ def test_ci_run_learns(ci_run):
     assert after["fg_ari"] > kmeans["rgbxy"] + 0.1
 
 
+@pytest.mark.parametrize("preset", sorted(slots_model.PRESETS))
+@pytest.mark.parametrize("dataset", sorted(scenes.SPECS))
+def test_every_preset_builds_for_every_scene_family(preset, dataset):
+    """`--preset P --dataset D` must build for every pair the CLI offers, and its autoencoder draws D's size."""
+    spec = scenes.SPECS[dataset]
+    args = parse("--dataset", dataset, "--preset", preset, "--out", "unused")
+    model = slots_model.build(args, spec)
+    decoder = model.decoder
+    assert decoder.image_size == spec.image_size
+    if preset == "pixel":  # a per-pixel decoder: full-resolution broadcast, only 1x1 convolutions
+        assert decoder.broadcast_size == spec.image_size
+        convs = [m for m in decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        assert convs and all(m.kernel_size == (1, 1) for m in convs)
+    set_args = parse("--dataset", dataset, "--preset", preset, "--task", "set-prediction", "--out", "unused")
+    pred = slots_model.build(set_args, spec)(torch.rand(1, 3, *spec.image_size))["pred"]
+    assert pred.shape == (1, spec.num_slots, slots_model.target_dim(spec))
+
+
 def test_upsample_nearest_maps_each_pixel_to_its_feature_cell():
     labels = np.arange(4).reshape(1, 2, 2)  # a 2x2 attention grid, as a stride-2 encoder gives for 3x3 or 4x4
     np.testing.assert_array_equal(slots_eval.upsample_nearest(labels, (4, 4))[0],
