@@ -24,8 +24,8 @@
 #                                 1,000, decay 40,000; the `pixel` preset on Tetrominoes (the `cpu`
 #                                 encoder, a per-pixel MLP decoder on the full 35x35 broadcast) and `cpu`
 #                                 (32 channels, 3x3 kernels) on sprites. On Tetrominoes on CPU `pixel`
-#                                 scored 0.937 and 0.930 on 256 scenes after 100 minutes (seeds 0 and 1,
-#                                 24-27k steps, quick evaluations 0.92-0.96 from 10k on); `cpu` peaked at
+#                                 scored 0.932 and 0.943 on 256 scenes after 130 minutes (seeds 0 and 1,
+#                                 31-34k steps, quick evaluations 0.92-0.96 from 10k on); `cpu` peaked at
 #                                 0.93 by 14k and drifted to 0.85-0.89; `tiny` reached 0.950 (seed 0) at
 #                                 164k and 0.941 (seed 2) at 114k, and stalled on seed 1. Whether `pixel`
 #                                 passes 0.95 is open; SLOT_PRESET=cpu or =tiny trains one preset on both
