@@ -141,7 +141,7 @@ def error_breakdown(masks: np.ndarray, colour: np.ndarray, labels: np.ndarray) -
 
 
 def load_run(spec: scenes.SceneSpec, run: Path, preset: str):
-    """The last checkpoint of RUN's first seed, built as RUN/config.yaml says; (model, options)."""
+    """The last checkpoint of RUN's first seed, built as RUN/config.yaml says: (model, options, config, path)."""
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
