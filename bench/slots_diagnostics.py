@@ -4,7 +4,8 @@
    of each object's position, one-hot shape, colour (and scale and angle for sprites), plus a background
    slot mapped from the scene's background colour), with the autoencoder's loss (MSE of the mask-weighted
    mixture). Its MSE and FG-ARI curve (also by number of objects) say how fast the decoder could render
-   the scenes if the slots carried every attribute.
+   the scenes if the slots carried every attribute. A slot-frame decoder (`--preset frames`) gets each
+   slot's frame from its object's true pixels (their centre and spread), as if it had attended to them alone.
 2. slot probe (with --run RUN): the trained autoencoder in RUN is applied to held-out scenes; each object
    is matched to the slot whose attention covers most of its pixels, and linear probes (ridge for the
    position, logistic regression for shape and colour), fitted on half the objects and scored on the other
@@ -42,7 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from evaluation.downstream import scenes, slots_eval, slots_model  # noqa: E402
 from evaluation.downstream.slot_metrics import fg_ari, kmeans_fg_ari  # noqa: E402
-from model.slot_attention import SpatialBroadcastDecoder  # noqa: E402
+from model.slot_attention import SpatialBroadcastDecoder, build_grid, slot_frames  # noqa: E402
 from launcher.argtypes import CommandParser  # noqa: E402
 
 
@@ -52,7 +53,9 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
     slot_dim = widths["slot_dim"]
     torch.manual_seed(seed)
     decoder = SpatialBroadcastDecoder(slot_dim, widths["dec_hidden"], widths.get("dec_layers", 4),
-                                      widths["dec_kernel"], spec.image_size, widths.get("broadcast_size"))
+                                      widths["dec_kernel"], spec.image_size, widths.get("broadcast_size"),
+                                      widths.get("dec_frame", "image"))
+    pixel_positions = build_grid(*spec.image_size)[0, ..., :2].reshape(-1, 2)  # (H W, 2), the decoder's (y, x)
     rotates = spec.name.startswith("sprites")
     # (y, x) + one-hots, without the "is real" flag; sprites add their angle as cos/sin of 1, 2 and 4 times
     # it (the heart, ellipse and square repeat after 2pi, pi and pi/2)
@@ -70,7 +73,12 @@ def decoder_ceiling(spec: scenes.SceneSpec, preset: str, steps: int, batch: int,
         is_bg = batch_scenes.masks[..., None] == 0  # (B, H, W, 1)
         bg_colour = (batch_scenes.images * is_bg).sum((1, 2)) / np.maximum(is_bg.sum((1, 2)), 1)  # (B, 3)
         z = torch.cat([background(torch.from_numpy(bg_colour).float())[:, None], z], 1)  # (B, 1 + M, slot_dim)
-        rgb, alpha = decoder(z)
+        frames = None
+        if decoder.frame == "slot":  # each slot's frame from its true pixels, as if it attended to them alone
+            ids = torch.from_numpy(batch_scenes.masks).long().flatten(1)  # (B, H W): 0 background, j + 1 object j
+            owns = F.one_hot(ids, z.shape[1]).transpose(1, 2).float()  # (B, 1 + M, H W)
+            frames = slot_frames(owns + 1e-8, pixel_positions)  # an absent object: the whole image's frame
+        rgb, alpha = decoder(z, frames)
         masks = alpha.softmax(1)
         return (masks * rgb).sum(1), masks.squeeze(2)
 

@@ -10,7 +10,9 @@ Blocks, as in the paper:
                             mean and spread then get no gradient and keep their initial values;
                             `update_norm="sum"` replaces the weighted mean of Eq. 2 (see UPDATE_NORMS)
   Encoder                   App. E.1: CNN, soft position embedding, flatten, LayerNorm, MLP
-  SpatialBroadcastDecoder   App. E.1 (Watters et al. 2019): each slot broadcast on a grid, CNN to RGB + alpha
+  SpatialBroadcastDecoder   App. E.1 (Watters et al. 2019): each slot broadcast on a grid, CNN to RGB + alpha;
+                            with frame="slot" the grid is given in each slot's own reference frame
+                            (`slot_frames`: the decoder half of Biza et al. 2023, "Invariant Slot Attention")
   SlotAttentionAutoEncoder  Section 2.2 "Object discovery": masks = softmax over slots, MSE reconstruction
   SlotAttentionSetPredictor Section 2.2 "Set prediction": encoder, slot attention, per-slot MLP head
 
@@ -213,12 +215,40 @@ class Encoder(nn.Module):
         k, s, p = self.first.kernel_size[0], self.first.stride[0], self.first.padding[0]
         return (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
 
+    def feature_positions(self, height: int, width: int, device=None) -> torch.Tensor:
+        """(N, 2): each feature's (y, x) in the image's [0, 1] coordinates (pixel / (size - 1), as
+        `build_grid` spans the image), in the order `forward` flattens them. Feature i sits over pixel
+        i * stride, the centre of its first convolution's window."""
+        stride = self.first.stride[0]
+        h, w = self.feature_size(height, width)
+        ys = torch.arange(h, device=device) * stride / max(height - 1, 1)
+        xs = torch.arange(w, device=device) * stride / max(width - 1, 1)
+        return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # image: (B, 3, H, W)
         x = self.cnn(F.relu(self.first(image)))  # (B, C, H', W')
         x = self.pos(x.permute(0, 2, 3, 1))  # (B, H', W', C)
         x = x.flatten(1, 2)  # (B, N = H' W', C)
         return self.mlp(self.norm(x))  # (B, N, out_dim)
+
+
+def slot_frames(attn: torch.Tensor, positions: torch.Tensor, min_scale: float = 0.01):
+    """Each slot's reference frame from its attention: the attention-weighted mean of the inputs' (y, x)
+    positions and their weighted standard deviation per axis (Biza et al. 2023, Sec. 3).
+    attn: (B, K, N), positions: (N, 2); returns centre (B, K, 2) and scale (B, K, 2), scale >= min_scale
+    so that a slot that wins a single input still gets a finite frame."""
+    weights = attn / attn.sum(dim=-1, keepdim=True)  # (B, K, N)
+    centre = weights @ positions  # (B, K, 2)
+    spread = positions[None, None] - centre[:, :, None]  # (B, K, N, 2)
+    variance = (weights[..., None] * spread.square()).sum(dim=2)  # (B, K, 2)
+    return centre, variance.clamp_min(min_scale ** 2).sqrt()
+
+
+# Where the decoder's broadcast grid is measured from. "image": absolute (y, x, 1-y, 1-x), the paper's.
+# "slot": (position - slot centre) / slot scale, the slot's own frame: a slot then only has to say what its
+# object looks like around its centre, and where the object is comes from the attention, exactly.
+DECODER_FRAMES = ("image", "slot")
 
 
 def _doublings(start: int, target: int) -> int:
@@ -233,11 +263,16 @@ class SpatialBroadcastDecoder(nn.Module):
     """Each slot is tiled on an (h0, w0) grid, given the position embedding and decoded by a CNN into
     4 channels: RGB and an alpha logit (App. E.1, Watters et al. 2019). With h0 < image height the grid is
     upsampled by stride-2 transposed convolutions (the paper's CLEVR decoder) and cropped to the image; for a
-    non-square image the axis that needs fewer doublings keeps stride 1 in the extra steps."""
+    non-square image the axis that needs fewer doublings keeps stride 1 in the extra steps. With
+    frame="slot", `forward` takes each slot's (centre, scale) and the grid is expressed in that frame."""
 
     def __init__(self, slot_dim: int = 64, hidden: int = 32, layers: int = 4, kernel: int = 5,
-                 image_size: tuple[int, int] = (35, 35), broadcast_size: tuple[int, int] | None = None):
+                 image_size: tuple[int, int] = (35, 35), broadcast_size: tuple[int, int] | None = None,
+                 frame: str = "image"):
         super().__init__()
+        if frame not in DECODER_FRAMES:
+            raise ValueError(f"SpatialBroadcastDecoder: frame={frame!r}: expected one of {DECODER_FRAMES}")
+        self.frame = frame
         self.image_size = tuple(image_size)
         self.broadcast_size = tuple(broadcast_size or image_size)
         for name, size in (("image_size", self.image_size), ("broadcast_size", self.broadcast_size)):
@@ -250,7 +285,8 @@ class SpatialBroadcastDecoder(nn.Module):
         if kernel == 1 and n_up:
             raise ValueError(f"SpatialBroadcastDecoder: kernel=1 needs broadcast_size=image_size ({self.image_size}), "
                              f"got {self.broadcast_size}: a 1x1 transposed convolution leaves gaps when upsampling")
-        self.pos = SoftPositionEmbed(slot_dim)
+        # a slot's frame gives (y, x) only: the image frame's 1-y, 1-x add nothing a bias cannot
+        self.pos = SoftPositionEmbed(slot_dim) if frame == "image" else nn.Linear(2, slot_dim)
         ups: list[nn.Module] = []
         cin = slot_dim
         for step in range(n_up):
@@ -282,12 +318,20 @@ class SpatialBroadcastDecoder(nn.Module):
                     size[ax] = (size[ax] + 2 * m.padding[ax] - m.kernel_size[ax]) // m.stride[ax] + 1
         return size[0], size[1]
 
-    def forward(self, slots: torch.Tensor):
-        # slots: (B, K, D)
+    def forward(self, slots: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor] | None = None):
+        # slots: (B, K, D); frames (frame="slot" only): centre and scale, (B, K, 2) each, from slot_frames
         B, K, D = slots.shape
         h0, w0 = self.broadcast_size
         x = slots.reshape(B * K, 1, 1, D).expand(B * K, h0, w0, D)  # (B*K, h0, w0, D), spatial broadcast
-        x = self.pos(x).permute(0, 3, 1, 2)  # (B*K, D, h0, w0)
+        if self.frame == "image":
+            x = self.pos(x)
+        else:
+            if frames is None:
+                raise ValueError("SpatialBroadcastDecoder(frame='slot') needs frames=(centre, scale), (B, K, 2) each")
+            centre, scale = (f.reshape(B * K, 1, 1, 2).to(x.dtype) for f in frames)
+            grid = build_grid(h0, w0, x.device)[..., :2].to(x.dtype)  # (1, h0, w0, 2): (y, x) in [0, 1]
+            x = x + self.pos((grid - centre) / scale)  # (B*K, h0, w0, D)
+        x = x.permute(0, 3, 1, 2)  # (B*K, D, h0, w0)
         x = self.cnn(self.up(x))  # (B*K, hidden, H'', W'')
         x = self.out(x)[:, :, : self.image_size[0], : self.image_size[1]]  # (B*K, 4, H, W)
         x = x.reshape(B, K, 4, *self.image_size)  # (B, K, 4, H, W)
@@ -312,13 +356,13 @@ class SlotAttentionAutoEncoder(nn.Module):
                  slot_dim: int = 64, enc_hidden: int = 64, enc_layers: int = 4, enc_kernel: int = 5,
                  enc_stride: int = 1, dec_hidden: int = 32, dec_layers: int = 4, dec_kernel: int = 5,
                  broadcast_size: tuple[int, int] | None = None, mlp_hidden: int = 128,
-                 implicit_grad: bool = False, update_norm: str = "mean"):
+                 implicit_grad: bool = False, update_norm: str = "mean", dec_frame: str = "image"):
         super().__init__()
         self.encoder = Encoder(3, enc_hidden, enc_layers, enc_kernel, slot_dim, enc_stride)
         self.slot_attention = SlotAttention(num_slots, slot_dim, iters, mlp_hidden, implicit_grad=implicit_grad,
                                             update_norm=update_norm)
         self.decoder = SpatialBroadcastDecoder(slot_dim, dec_hidden, dec_layers, dec_kernel, image_size,
-                                               broadcast_size)
+                                               broadcast_size, dec_frame)
 
     def forward(self, image: torch.Tensor, num_slots: int | None = None, iters: int | None = None,
                 generator: torch.Generator | None = None,
@@ -328,10 +372,15 @@ class SlotAttentionAutoEncoder(nn.Module):
         feats = self.encoder(image)  # (B, N, D)
         slots, attn = self.slot_attention(feats, num_slots, iters, generator=generator, noise=noise)
         # slots: (B, K, D), attn: (B, K, N)
-        rgb, alpha = self.decoder(slots)  # (B, K, 3, H, W), (B, K, 1, H, W)
+        feature_hw = self.encoder.feature_size(*image.shape[2:])
+        frames = None
+        if self.decoder.frame == "slot":
+            positions = self.encoder.feature_positions(*image.shape[2:], image.device).to(attn.dtype)
+            frames = slot_frames(attn, positions)
+        rgb, alpha = self.decoder(slots, frames)  # (B, K, 3, H, W), (B, K, 1, H, W)
         masks = alpha.softmax(dim=1)  # softmax over slots (Section 2.2)
         recon = (masks * rgb).sum(dim=1)  # (B, 3, H, W)
-        attn_maps = attn.reshape(*attn.shape[:2], *self.encoder.feature_size(*image.shape[2:]))  # (B, K, H', W')
+        attn_maps = attn.reshape(*attn.shape[:2], *feature_hw)  # (B, K, H', W')
         return {"recon": recon, "rgb": rgb, "masks": masks.squeeze(2), "slots": slots, "attn": attn,
                 "attn_maps": attn_maps}
 

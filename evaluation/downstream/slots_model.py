@@ -40,10 +40,13 @@ PRESETS = {
                         dec_hidden=16, dec_kernel=3, dec_layers=3, broadcast_size=(8, 8)),
     },
 }
+# "frames": the pixel preset with the decoder's grid in each slot's own frame (the centre and spread of the slot's
+# attention; the decoder half of Invariant Slot Attention): where an object is comes from the attention.
+PRESETS["frames"] = {name: dict(widths, dec_frame="slot") for name, widths in PRESETS["pixel"].items()}
 for _p in PRESETS.values():  # the 14x14 CI set: full-resolution broadcast is cheap there
     _p["tetrominoes-mini"] = {k: v for k, v in _p["tetrominoes"].items() if k != "broadcast_size"}
     _p["sprites-2to5"] = dict(_p["sprites"])
-DECODER_KEYS = {"dec_hidden", "dec_kernel", "dec_layers", "broadcast_size"}
+DECODER_KEYS = {"dec_hidden", "dec_kernel", "dec_layers", "broadcast_size", "dec_frame"}
 
 
 def build(args, spec: scenes_mod.SceneSpec) -> torch.nn.Module:

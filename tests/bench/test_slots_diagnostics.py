@@ -64,3 +64,11 @@ def test_breakdown_counts_stray_pixels_and_whether_they_are_on_the_edge(diag):
     assert got["of_those_on_the_object_edge"] == 0.5
     assert got["edge_share_of_object_pixels"] == round(16 / 25, 4)
     assert got["by_contact"]["contact_same_colour"] == {"share_of_scenes": 0.0, "fg_ari": None}
+
+
+def test_decoder_ceiling_gives_a_slot_frame_decoder_the_objects_frames(diag):
+    # the `frames` preset's decoder is drawn in each slot's frame: the ceiling takes it from the true masks
+    spec = diag.scenes.SPECS["tetrominoes-mini"]
+    curve = diag.decoder_ceiling(spec, "frames", steps=3, batch=4, lr=1e-3, every=3)
+    assert [row["step"] for row in curve] == [3]
+    assert np.isfinite(curve[0]["mse"]) and -1 <= curve[0]["fg_ari"] <= 1

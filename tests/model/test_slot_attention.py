@@ -4,8 +4,8 @@ flexibility (slots / iterations), decoder mask normalisation, set-prediction hea
 import pytest
 import torch
 
-from model.slot_attention import (SlotAttention, SlotAttentionAutoEncoder, SlotAttentionSetPredictor,
-                                  SoftPositionEmbed, SpatialBroadcastDecoder, build_grid)
+from model.slot_attention import (Encoder, SlotAttention, SlotAttentionAutoEncoder, SlotAttentionSetPredictor,
+                                  SoftPositionEmbed, SpatialBroadcastDecoder, build_grid, slot_frames)
 
 torch.set_num_threads(1)
 
@@ -274,3 +274,69 @@ def test_kernel_one_decoder_draws_each_pixel_from_its_own_position_only(kernel, 
 def test_kernel_one_decoder_refuses_to_upsample():
     with pytest.raises(ValueError, match=r"kernel=1 needs broadcast_size=image_size \(\(32, 32\)\), got \(8, 8\)"):
         SpatialBroadcastDecoder(slot_dim=8, kernel=1, layers=4, image_size=(32, 32), broadcast_size=(8, 8))
+
+
+def test_slot_frames_are_the_attention_weighted_centre_and_spread():
+    positions = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])  # (y, x) of 4 inputs
+    attn = torch.tensor([[[1.0, 1.0, 0.0, 0.0],  # the top row, evenly: centre (0, 0.5), spread (0, 0.5)
+                          [0.0, 0.0, 0.0, 2.0],  # one input: centre (1, 1), spread 0, held at min_scale
+                          [3.0, 1.0, 0.0, 0.0]]])  # x = 0 with 3/4, 1 with 1/4: mean 0.25, std sqrt(3)/4
+    centre, scale = slot_frames(attn, positions, min_scale=0.01)
+    assert torch.allclose(centre, torch.tensor([[[0.0, 0.5], [1.0, 1.0], [0.0, 0.25]]]))
+    assert torch.allclose(scale, torch.tensor([[[0.01, 0.5], [0.01, 0.01], [0.01, 3 ** 0.5 / 4]]]))
+
+
+@pytest.mark.parametrize("stride,size", [(1, 9), (2, 64), (2, 35)])
+def test_encoder_feature_positions_are_in_the_decoders_coordinates(stride, size):
+    enc = Encoder(3, hidden=4, layers=1, kernel=3, out_dim=4, stride=stride)
+    positions = enc.feature_positions(size, size)
+    h, w = enc.feature_size(size, size)
+    assert positions.shape == (h * w, 2)
+    # feature (i, j) sits over pixel (i * stride, j * stride); the decoder's grid puts pixel p at p / (size - 1)
+    i, j = h - 1, 2
+    assert torch.allclose(positions[i * w + j], torch.tensor([i * stride, j * stride]) / (size - 1))
+    if stride == 1:  # then it is the encoder's own position grid
+        assert torch.allclose(positions, build_grid(size, size)[0, ..., :2].reshape(-1, 2))
+
+
+def test_slot_frame_decoder_moves_the_drawing_with_the_slot_centre():
+    # in its own frame a slot is drawn the same wherever it is: moving the centre by 2 pixels moves every
+    # output pixel by 2 (the `frames` preset's decoder, per-pixel so that nothing leaks from the border)
+    torch.manual_seed(0)
+    size = 9
+    dec = SpatialBroadcastDecoder(slot_dim=8, hidden=6, layers=3, kernel=1, image_size=(size, size),
+                                  frame="slot").double()
+    slots = torch.randn(2, 3, 8, dtype=torch.float64)
+    centre = torch.rand(2, 3, 2, dtype=torch.float64)
+    scale = 0.1 + torch.rand(2, 3, 2, dtype=torch.float64)
+    rgb, alpha = dec(slots, (centre, scale))
+    shift = torch.tensor([2.0, -1.0], dtype=torch.float64)  # (down, left) in pixels
+    moved_rgb, moved_alpha = dec(slots, (centre + shift / (size - 1), scale))
+    assert torch.allclose(moved_rgb[..., 2:, :-1], rgb[..., :-2, 1:])
+    assert torch.allclose(moved_alpha[..., 2:, :-1], alpha[..., :-2, 1:])
+    # the image-frame decoder draws a slot at one place, whatever it is told
+    assert not torch.allclose(moved_rgb, rgb)
+
+
+def test_slot_frame_decoder_needs_frames_and_a_known_frame():
+    with pytest.raises(ValueError, match=r"frame='polar': expected one of \('image', 'slot'\)"):
+        SpatialBroadcastDecoder(slot_dim=8, kernel=1, image_size=(9, 9), frame="polar")
+    dec = SpatialBroadcastDecoder(slot_dim=8, hidden=4, layers=2, kernel=1, image_size=(9, 9), frame="slot")
+    with pytest.raises(ValueError, match=r"needs frames=\(centre, scale\)"):
+        dec(torch.randn(1, 2, 8))
+
+
+def test_slot_frame_autoencoder_learns_and_stays_equivariant_in_the_slots():
+    torch.manual_seed(0)
+    model = SlotAttentionAutoEncoder(image_size=(12, 12), num_slots=3, iters=2, slot_dim=16, enc_hidden=8,
+                                     enc_layers=2, enc_kernel=3, enc_stride=2, dec_hidden=8, dec_layers=3,
+                                     dec_kernel=1, mlp_hidden=16, dec_frame="slot").double()
+    image = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    noise = model.slot_attention.sample_noise(2).double()
+    out = model(image, noise=noise)
+    out["recon"].square().mean().backward()
+    assert model.decoder.pos.weight.grad.abs().sum() > 0  # the embedding of the slot-frame grid learns
+    perm = torch.tensor([2, 0, 1])
+    permuted = model(image, noise=noise[:, perm])
+    assert torch.allclose(permuted["masks"], out["masks"][:, perm])
+    assert torch.allclose(permuted["recon"], out["recon"])
