@@ -21,22 +21,22 @@
 #                                 sprites, all six trained side by side on the one GPU for SLOT_MIN minutes
 #                                 (--time-limit, default 6: the call must end within the device's 10-minute
 #                                 command limit), then evaluated. The recipe: batch 16, lr 1e-3, warm-up
-#                                 1,000, decay 40,000; the `pixel` preset on Tetrominoes (the `cpu`
-#                                 encoder, a per-pixel MLP decoder on the full 35x35 broadcast) and `cpu`
-#                                 (32 channels, 3x3 kernels) on sprites. On Tetrominoes on CPU `pixel`
-#                                 scored 0.932 and 0.943 on 256 scenes after 130 minutes (seeds 0 and 1,
-#                                 31-34k steps, quick evaluations 0.92-0.96 from 10k on); `cpu` peaked at
-#                                 0.93 by 14k and drifted to 0.85-0.89; `tiny` reached 0.950 (seed 0) at
-#                                 164k and 0.941 (seed 2) at 114k, and stalled on seed 1. Whether `pixel`
-#                                 passes 0.95 is open; SLOT_PRESET=cpu or =tiny trains one preset on both
-#                                 sets (README; bench/slots_curves.py compares the curves). Sprites
-#                                 (`cpu`, 16x16 broadcast) reached `tiny`'s reconstruction error in half the steps (MSE 0.030 at
-#                                 5k steps; `tiny` 0.043 at 5k, 0.031 at 10k, 0.023 at 20k, its masks
-#                                 still blobs at FG-ARI 0.41-0.43). SPRITE_EXTRA adds flags to
-#                                 the sprite runs only, e.g. --update-norm sum, which keeps the spare slots
-#                                 empty (tiny on CPU, seed 0: 0.511 at 15k steps against 0.459 at 26k with
-#                                 the paper's mean), but seed 1 had not started to learn at 11k (README).
-#                                 A step is 10.8 (Tetrominoes) or 13.2 (sprites) GFLOP forward and backward
+#                                 1,000, decay 40,000, the `pixel` preset (the `cpu` encoder, a per-pixel
+#                                 MLP decoder on the full-resolution broadcast) on both sets. On
+#                                 Tetrominoes on CPU `pixel` scored 0.937, 0.930 and 0.984 on 256 scenes
+#                                 after 100 minutes (seeds 0, 1, 2; 23-27k steps, median 0.937);
+#                                 `cpu` peaked at 0.93 by 14k and drifted to 0.85-0.89; `tiny` reached
+#                                 0.950 (seed 0) at 164k and stalled on seed 1. On sprites `pixel` was
+#                                 chosen by the decoder ceiling (true slots; README): FG-ARI 0.637 after
+#                                 2k steps, lone sprites 0.095, against 0.557 and 0.0 for `cpu`'s 16x16
+#                                 broadcast; it has not been trained end to end there (about 1 step/s on a
+#                                 CPU core). SLOT_PRESET=cpu or =tiny trains one other preset on both
+#                                 sets (README; bench/slots_curves.py compares the curves). SPRITE_EXTRA
+#                                 adds flags to the sprite runs only, e.g. --update-norm sum, which keeps
+#                                 the spare slots empty (tiny on CPU, seed 0: 0.511 at 15k steps against
+#                                 0.459 at 26k with the paper's mean), but seed 1 had not started to learn
+#                                 at 11k (README).
+#                                 A step is 10.8 (Tetrominoes) or 28.8 (sprites) GFLOP forward and backward
 #                                 (FlopCounterMode), so on a GPU kernel launches rather than FLOPs should
 #                                 bound it (an estimate: no GPU has run it), and --compile cuts the
 #                                 launches. The paper preset at
@@ -93,7 +93,7 @@ elif [ "$part" = 4 ]; then
     for ds in ${SLOT_SETS:-tetrominoes sprites}; do
         for s in 0 1 2; do
             case $ds in sprites*) sprites=1 ;; *) sprites= ;; esac
-            preset=${SLOT_PRESET:-$([ -n "$sprites" ] && echo cpu || echo pixel)}
+            preset=${SLOT_PRESET:-pixel}
             per_set=$([ -n "$sprites" ] && echo "${SPRITE_EXTRA:-}")
             python3 -m evaluation.downstream.slots --dataset "$ds" --preset "$preset" --steps 500000 \
                 --batch-size "${SLOT_BATCH:-16}" --lr "${SLOT_LR:-1e-3}" --warmup-steps 1000 --decay-steps 40000 \
